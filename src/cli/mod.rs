@@ -1,0 +1,111 @@
+//! The commands of the one binary, parsed with argh. Each command lives in its
+//! own file; this module holds the top-level dispatch and shared flag parsers.
+
+pub mod health;
+pub mod serve;
+
+use std::time::Duration;
+
+use argh::FromArgs;
+
+/// codereview: real-time collaborative code review over gRPC.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Serve(serve::ServeArgs),
+    Health(health::HealthArgs),
+}
+
+/// Runs a command; returns the process exit status.
+pub fn run(cli: Cli) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("codereview: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Health(args) => health::run(args).await,
+        }
+    });
+    // Do not wait for lingering tasks (e.g. stuck connections) at exit.
+    runtime.shutdown_background();
+    code
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (or a bare number of seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: expected e.g. 500ms, 30s, 5m, 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("bad duration {text:?}: unit must be ms, s, m or h")),
+    };
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err(format!("bad duration {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a byte size: `4096`, `64KiB`, `4MiB`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("bad size {text:?}: expected e.g. 65536, 64KiB, 4MiB"))?;
+    let multiplier = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        "GiB" | "G" => 1024 * 1024 * 1024,
+        _ => return Err(format!("bad size {text:?}: unit must be B, KiB, MiB or GiB")),
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("bad size {text:?}: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
+        assert!(parse_bytes("4TB").is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! The receiving half of a call, on either side: DATA chunks from h2 go into
+//! the [`MessageDecoder`], whole messages come out.
+//!
+//! Flow control: HTTP/2 receive capacity for a message is released only when
+//! the reader comes back for the next one (or calls
+//! [`Inbound::release_consumed`]), so a slow consumer pushes back on its peer.
+//! Bytes of a message still being assembled are released early: its size was
+//! already checked against the limit, and a message larger than the stream
+//! window could never complete otherwise. On drop everything still held is
+//! released, or the connection window would shrink for good.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use http::HeaderMap;
+
+use super::codec::MessageDecoder;
+use super::observe::{NoopObserver, Observer};
+use super::status::Status;
+
+pub struct Inbound {
+    body: RecvStream,
+    decoder: MessageDecoder,
+    /// Received from h2 and not yet released.
+    unreleased: usize,
+    /// Wire bytes of messages handed out, released on the next read.
+    consumed: usize,
+    /// Bytes of the message being assembled that were already released.
+    released_of_partial: usize,
+    finished: bool,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("unreleased", &self.unreleased)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Inbound {
+    pub fn new(body: RecvStream, max_message_len: usize, observer: Arc<dyn Observer>) -> Self {
+        Inbound {
+            body,
+            decoder: MessageDecoder::new(max_message_len),
+            unreleased: 0,
+            consumed: 0,
+            released_of_partial: 0,
+            finished: false,
+            observer,
+        }
+    }
+
+    pub fn without_observer(body: RecvStream, max_message_len: usize) -> Self {
+        Inbound::new(body, max_message_len, Arc::new(NoopObserver))
+    }
+
+    /// Releases the capacity of the messages already returned.
+    pub fn release_consumed(&mut self) {
+        let n = std::mem::take(&mut self.consumed);
+        self.release(n);
+    }
+
+    /// Bytes received and not yet returned as messages.
+    pub fn buffered_bytes(&self) -> usize {
+        self.decoder.buffered()
+    }
+
+    fn release(&mut self, n: usize) {
+        let n = n.min(self.unreleased);
+        if n > 0 {
+            // An error means the stream is gone; nothing to give back then.
+            let _ = self.body.flow_control().release_capacity(n);
+            self.unreleased -= n;
+        }
+    }
+
+    /// The next message, still protobuf-encoded; `Ok(None)` at the end of the
+    /// stream. Cancel-safe: the only await is on h2, and dropping it loses
+    /// nothing.
+    pub async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
+        self.release_consumed();
+        loop {
+            if let Some(frame) = self.decoder.decode()? {
+                self.consumed += frame.wire_len().saturating_sub(self.released_of_partial);
+                self.released_of_partial = 0;
+                return Ok(Some(frame.payload));
+            }
+            let partial = self.decoder.partial_message_bytes();
+            if partial > self.released_of_partial {
+                self.release(partial - self.released_of_partial);
+                self.released_of_partial = partial;
+            }
+            if self.finished {
+                self.decoder.finish()?;
+                return Ok(None);
+            }
+            match self.body.data().await {
+                Some(Ok(chunk)) => {
+                    self.observer.bytes_received(chunk.len());
+                    self.unreleased += chunk.len();
+                    self.decoder.push(chunk);
+                }
+                Some(Err(error)) => return Err(Status::from_h2(&error)),
+                None => self.finished = true,
+            }
+        }
+    }
+
+    /// The trailers, once [`Inbound::raw_message`] returned `Ok(None)`.
+    pub async fn trailers(&mut self) -> Result<Option<HeaderMap>, Status> {
+        self.body.trailers().await.map_err(|e| Status::from_h2(&e))
+    }
+}
+
+impl Drop for Inbound {
+    fn drop(&mut self) {
+        let all = self.unreleased;
+        self.release(all);
+    }
+}

@@ -1,0 +1,168 @@
+//! One HTTP/2 connection: the h2 handshake, the loop that accepts streams and
+//! hands each to its own task, keepalive PINGs, the idle timeout, and the
+//! connection's part of shutdown (GOAWAY, then drain).
+//!
+//! ```text
+//!  handshake ──► serving ──┬─ no streams for idle_timeout ─► GOAWAY ─► draining
+//!                          ├─ PING unanswered ─────────────► closed
+//!                          ├─ shutdown: Draining ──────────► GOAWAY ─► draining
+//!                          └─ peer closes / error ─────────► closed
+//!  draining ──► last stream ends ──► closed      (shutdown: Closing ─► closed)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::{Ping, Reason};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+use super::Shared;
+use super::dispatch::serve_stream;
+use crate::grpc::shutdown::{Phase, ShutdownSignal};
+use crate::log;
+
+/// What the connection's streams know about it.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub peer: Option<SocketAddr>,
+    pub active_streams: AtomicUsize,
+    started: Instant,
+    /// Milliseconds after `started` when a stream last ended.
+    last_activity_ms: AtomicU64,
+    /// Facts established before HTTP/2 (e.g. the TLS client certificate).
+    pub extensions: http::Extensions,
+}
+
+impl ConnectionInfo {
+    pub fn new(id: u64, peer: Option<SocketAddr>, extensions: http::Extensions) -> Self {
+        ConnectionInfo {
+            id,
+            peer,
+            active_streams: AtomicUsize::new(0),
+            started: Instant::now(),
+            last_activity_ms: AtomicU64::new(0),
+            extensions,
+        }
+    }
+
+    /// Records activity now (a stream ended).
+    pub fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Serves one connection until it closes.
+pub(crate) async fn serve_connection<T>(
+    io: T,
+    shared: Arc<Shared>,
+    info: Arc<ConnectionInfo>,
+    shutdown: ShutdownSignal,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = &shared.config;
+    let handshake = config.h2_builder().handshake::<T, Bytes>(io);
+    let mut conn = match timeout(config.handshake_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => {
+            log!(Debug, "http2 handshake failed", conn = info.id, error = error.to_string().as_str());
+            return;
+        }
+        Err(_) => {
+            log!(Debug, "http2 handshake timed out", conn = info.id);
+            return;
+        }
+    };
+
+    let (dead_tx, mut dead_peer) = oneshot::channel::<()>();
+    let keepalive = conn.ping_pong().map(|ping_pong| {
+        tokio::spawn(keepalive(
+            ping_pong,
+            config.keepalive_interval,
+            config.keepalive_timeout,
+            dead_tx,
+        ))
+    });
+
+    let idle_timeout = config.idle_timeout;
+    let mut draining = false;
+    let mut drain_signal = shutdown.clone();
+    let mut close_signal = shutdown;
+    loop {
+        let idle_at = info.last_activity() + idle_timeout;
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(serve_stream(request, respond, shared.clone(), info.clone()));
+                }
+                Some(Err(error)) => {
+                    log!(Debug, "connection error", conn = info.id, error = error.to_string().as_str());
+                    break;
+                }
+                None => break,
+            },
+            _ = drain_signal.reached(Phase::Draining), if !draining => {
+                conn.graceful_shutdown();
+                draining = true;
+            }
+            _ = close_signal.reached(Phase::Closing) => {
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                break;
+            }
+            _ = &mut dead_peer => {
+                log!(Info, "closing connection: keepalive ping unanswered", conn = info.id);
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                break;
+            }
+            _ = sleep_until(idle_at), if !draining => {
+                if info.active_streams.load(Ordering::Relaxed) == 0 && !conn.has_streams() {
+                    if info.last_activity() + idle_timeout <= Instant::now() {
+                        log!(Debug, "closing idle connection", conn = info.id);
+                        conn.graceful_shutdown();
+                        draining = true;
+                    }
+                } else {
+                    info.touch();
+                }
+            }
+        }
+    }
+    if let Some(task) = keepalive {
+        task.abort();
+    }
+}
+
+/// Pings the peer every `interval`; reports a dead peer when a PING is not
+/// answered within `ping_timeout`.
+async fn keepalive(
+    mut ping_pong: h2::PingPong,
+    interval: Duration,
+    ping_timeout: Duration,
+    dead: oneshot::Sender<()>,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        sleep(interval).await;
+        match timeout(ping_timeout, ping_pong.ping(Ping::opaque())).await {
+            Ok(Ok(_pong)) => continue,
+            Ok(Err(_)) => return, // the connection is gone anyway
+            Err(_) => {
+                let _ = dead.send(());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! One HTTP/2 stream from request headers to final status: the HTTP-level
+//! checks the gRPC spec asks for, `grpc-timeout`, routing, the interceptor,
+//! running the handler under its deadline, and the trailers.
+//!
+//! ```text
+//!  headers ─► checks ─┬─ bad method ───────────► 405
+//!                     ├─ not application/grpc ─► 415
+//!                     ├─ no `te: trailers` ────► 400
+//!                     ├─ unknown encoding ─────► trailers-only UNIMPLEMENTED
+//!                     ├─ bad grpc-timeout ─────► trailers-only INTERNAL
+//!                     ├─ unknown path ─────────► trailers-only UNIMPLEMENTED
+//!                     ├─ interceptor refuses ──► trailers-only (its status)
+//!                     └─ handler ─┬─ returns ───► trailers (status + metadata)
+//!                                 └─ deadline ──► trailers DEADLINE_EXCEEDED
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::call::{RequestHead, SinkCore};
+use super::connection::ConnectionInfo;
+use super::router::{Call, Route};
+use super::Shared;
+use crate::grpc::metadata::Metadata;
+use crate::grpc::status::{Code, Status};
+use crate::grpc::timeout;
+use crate::log;
+
+/// The only message encoding we accept.
+pub const ACCEPT_ENCODING: &str = "identity";
+
+/// Why a request is refused at the HTTP level, before gRPC begins.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HttpRefusal {
+    MethodNotAllowed,
+    UnsupportedMediaType,
+    MissingTeTrailers,
+}
+
+/// The spec's HTTP-level checks. Pure, for tests.
+pub(crate) fn check_http(method: &Method, headers: &HeaderMap) -> Result<(), HttpRefusal> {
+    if method != Method::POST {
+        return Err(HttpRefusal::MethodNotAllowed);
+    }
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !is_grpc_content_type(content_type) {
+        return Err(HttpRefusal::UnsupportedMediaType);
+    }
+    let te_ok = headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
+    if !te_ok {
+        return Err(HttpRefusal::MissingTeTrailers);
+    }
+    Ok(())
+}
+
+/// `application/grpc` or `application/grpc+proto`, optionally with parameters.
+pub(crate) fn is_grpc_content_type(value: &str) -> bool {
+    let media = value.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/grpc")
+        || media.eq_ignore_ascii_case("application/grpc+proto")
+}
+
+/// Serves one stream to completion.
+pub(crate) async fn serve_stream(
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+) {
+    let started = Instant::now();
+    let stream_id = respond.stream_id().as_u32();
+    let (parts, body) = request.into_parts();
+
+    if let Err(refusal) = check_http(&parts.method, &parts.headers) {
+        log!(Debug, "http request refused", conn = connection.id, stream = stream_id, why = format!("{refusal:?}").as_str());
+        refuse_http(&mut respond, refusal);
+        return;
+    }
+
+    let route = shared.router.route(parts.uri.path());
+    let method_name = match &route {
+        Route::Method(name, _) => *name,
+        _ => "unknown",
+    };
+    shared.observer.call_started(method_name);
+    connection.active_streams.fetch_add(1, Ordering::Relaxed);
+    let status = run_call(&parts, body, respond, route, method_name, &shared, &connection, stream_id).await;
+    connection.active_streams.fetch_sub(1, Ordering::Relaxed);
+    connection.touch();
+    let elapsed = started.elapsed();
+    shared.observer.call_finished(method_name, status.code(), elapsed);
+    log!(
+        Debug,
+        "call finished",
+        conn = connection.id,
+        stream = stream_id,
+        method = method_name,
+        status = status.code().name(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_call(
+    parts: &http::request::Parts,
+    body: RecvStream,
+    respond: SendResponse<Bytes>,
+    route: Route<'_>,
+    method_name: &'static str,
+    shared: &Arc<Shared>,
+    connection: &Arc<ConnectionInfo>,
+    stream_id: u32,
+) -> Status {
+    let sink = SinkCore::new(respond, shared.observer.clone());
+
+    if let Some(encoding) = parts.headers.get("grpc-encoding")
+        && encoding.as_bytes() != ACCEPT_ENCODING.as_bytes()
+    {
+        let status = Status::unimplemented(format!(
+            "message encoding {:?} is not supported; supported: {ACCEPT_ENCODING}",
+            String::from_utf8_lossy(encoding.as_bytes())
+        ));
+        sink.finish(&status);
+        return status;
+    }
+
+    let deadline = match parts.headers.get("grpc-timeout") {
+        None => None,
+        Some(value) => match timeout::parse(value.as_bytes()) {
+            Ok(duration) => Some(Instant::now() + duration),
+            Err(error) => {
+                let status = Status::internal(format!("malformed grpc-timeout: {error}"));
+                sink.finish(&status);
+                return status;
+            }
+        },
+    };
+
+    let handler = match route {
+        Route::Method(_, handler) => handler.clone(),
+        Route::UnknownMethod { service, method } => {
+            let status = Status::unimplemented(format!("unknown method {method} for service {service}"));
+            sink.finish(&status);
+            return status;
+        }
+        Route::UnknownService(service) => {
+            let status = Status::unimplemented(format!("unknown service {service}"));
+            sink.finish(&status);
+            return status;
+        }
+        Route::Malformed => {
+            let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
+            sink.finish(&status);
+            return status;
+        }
+    };
+
+    let mut head = RequestHead {
+        method: method_name,
+        metadata: Metadata::from_headers(&parts.headers),
+        deadline,
+        peer: connection.peer,
+        connection_id: connection.id,
+        stream_id,
+        extensions: connection.extensions.clone(),
+    };
+    if let Some(interceptor) = shared.router.interceptor()
+        && let Err(status) = interceptor(&mut head)
+    {
+        sink.finish(&status);
+        return status;
+    }
+
+    let (give_back, returned) = oneshot::channel();
+    let call = Call {
+        head,
+        body,
+        sink,
+        give_back,
+        max_message_len: shared.config.max_recv_message_bytes,
+        observer: shared.observer.clone(),
+    };
+    let handler_future = handler(call);
+    let outcome = match deadline {
+        Some(deadline) => tokio::select! {
+            outcome = handler_future => outcome,
+            _ = tokio::time::sleep_until(deadline) => Err(Status::deadline_exceeded("deadline exceeded")),
+        },
+        None => handler_future.await,
+    };
+    // The handler (or its cancellation) dropped the sink, which came back here.
+    let Ok(mut sink) = returned.await else {
+        return Status::internal("response sink lost");
+    };
+    let status = match outcome {
+        Ok(trailers) => Status::ok().with_metadata(trailers),
+        Err(status) => status,
+    };
+    let deliverable = !matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled);
+    if deliverable && sink.pending_len() > 0 {
+        let flushed = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, sink.flush()).await.ok(),
+            None => Some(sink.flush().await),
+        };
+        if !matches!(flushed, Some(Ok(()))) {
+            let status = Status::deadline_exceeded("deadline exceeded while flushing the response");
+            sink.finish(&status);
+            return status;
+        }
+    }
+    sink.finish(&status);
+    status
+}
+
+fn refuse_http(respond: &mut SendResponse<Bytes>, refusal: HttpRefusal) {
+    let (http_status, grpc_status) = match refusal {
+        HttpRefusal::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Status::unimplemented("gRPC requires the POST method"),
+        ),
+        HttpRefusal::UnsupportedMediaType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Status::unknown("content-type must be application/grpc or application/grpc+proto"),
+        ),
+        HttpRefusal::MissingTeTrailers => (
+            StatusCode::BAD_REQUEST,
+            Status::internal("gRPC requires the header te: trailers"),
+        ),
+    };
+    let mut response = http::Response::new(());
+    *response.status_mut() = http_status;
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    if refusal == HttpRefusal::MethodNotAllowed {
+        headers.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    grpc_status.write_trailers(headers);
+    let _ = respond.send_response(response, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn http_checks() {
+        let good = headers(&[("content-type", "application/grpc"), ("te", "trailers")]);
+        assert_eq!(check_http(&Method::POST, &good), Ok(()));
+        assert_eq!(check_http(&Method::GET, &good), Err(HttpRefusal::MethodNotAllowed));
+        let proto = headers(&[("content-type", "application/grpc+proto"), ("te", "trailers")]);
+        assert_eq!(check_http(&Method::POST, &proto), Ok(()));
+        let json = headers(&[("content-type", "application/grpc+json"), ("te", "trailers")]);
+        assert_eq!(check_http(&Method::POST, &json), Err(HttpRefusal::UnsupportedMediaType));
+        let html = headers(&[("content-type", "text/html"), ("te", "trailers")]);
+        assert_eq!(check_http(&Method::POST, &html), Err(HttpRefusal::UnsupportedMediaType));
+        let no_te = headers(&[("content-type", "application/grpc")]);
+        assert_eq!(check_http(&Method::POST, &no_te), Err(HttpRefusal::MissingTeTrailers));
+        let te_list = headers(&[("content-type", "application/grpc"), ("te", "gzip, trailers")]);
+        assert_eq!(check_http(&Method::POST, &te_list), Ok(()));
+    }
+}

@@ -1,0 +1,15 @@
+//! codereview: a real-time collaborative code-review server and client over
+//! gRPC, in one small static binary.
+//!
+//! Layers, dependencies pointing down only:
+//! - [`cli`]: the commands (serve, join, watch, upload, snapshot, token, load, health).
+//! - [`review`]: the domain — sessions, operational transformation, the registry.
+//! - [`grpc`]: the wire — gRPC framing on h2, status, metadata, server, client, TLS.
+
+#![forbid(unsafe_code)]
+
+pub mod grpc;
+pub mod cli;
+pub mod interop;
+pub mod logging;
+pub mod pb;
