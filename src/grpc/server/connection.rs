@@ -117,12 +117,12 @@ pub(crate) async fn serve_connection<T>(
                 draining = true;
             }
             _ = close_signal.reached(Phase::Closing) => {
-                conn.abrupt_shutdown(Reason::NO_ERROR);
+                close_now(&mut conn).await;
                 break;
             }
             _ = &mut dead_peer => {
                 log!(Info, "closing connection: keepalive ping unanswered", conn = info.id);
-                conn.abrupt_shutdown(Reason::NO_ERROR);
+                close_now(&mut conn).await;
                 break;
             }
             _ = sleep_until(idle_at), if !draining => {
@@ -141,6 +141,19 @@ pub(crate) async fn serve_connection<T>(
     if let Some(task) = keepalive {
         task.abort();
     }
+}
+
+/// Sends GOAWAY and gives h2 a moment to write it (the peer may not be
+/// reading: never wait long).
+async fn close_now<T>(conn: &mut h2::server::Connection<T, Bytes>)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.abrupt_shutdown(Reason::NO_ERROR);
+    let _ = timeout(Duration::from_millis(500), async {
+        while let Some(Ok(_)) = conn.accept().await {}
+    })
+    .await;
 }
 
 /// Pings the peer every `interval`; reports a dead peer when a PING is not
