@@ -27,14 +27,23 @@ const MAX_RESPONSES_PER_REQUEST: usize = 1000;
 pub fn register(router: &mut Router) {
     router.unary(method("EmptyCall"), |request: Request<Empty>| async move {
         let mut response = Response::new(Empty {});
-        echo(request.head(), &mut response.metadata, &mut response.trailers);
+        echo(
+            request.head(),
+            &mut response.metadata,
+            &mut response.trailers,
+        );
         Ok(response)
     });
     router.unary(method("UnaryCall"), unary_call);
     router.unary(method("CacheableUnaryCall"), unary_call);
-    router.unary(method("UnimplementedCall"), |_: Request<Empty>| async move {
-        Err::<Response<Empty>, _>(Status::unimplemented("UnimplementedCall is not implemented"))
-    });
+    router.unary(
+        method("UnimplementedCall"),
+        |_: Request<Empty>| async move {
+            Err::<Response<Empty>, _>(Status::unimplemented(
+                "UnimplementedCall is not implemented",
+            ))
+        },
+    );
     router.server_streaming(
         method("StreamingOutputCall"),
         |request: Request<StreamingOutputCallRequest>,
@@ -118,7 +127,9 @@ async fn unary_call(request: Request<SimpleRequest>) -> Result<Response<SimpleRe
         && compressed.value
     {
         // We never negotiate compression, so a request cannot have been compressed.
-        return Err(Status::invalid_argument("expected a compressed request, got an uncompressed one"));
+        return Err(Status::invalid_argument(
+            "expected a compressed request, got an uncompressed one",
+        ));
     }
     requested_status(message.response_status.as_ref(), &trailers)?;
     let mut response = Response::new(SimpleResponse {
@@ -158,7 +169,9 @@ async fn respond_with_parameters(
 
 fn zeros(size: i32) -> Result<Payload, Status> {
     if !(0..=MAX_RESPONSE_SIZE).contains(&size) {
-        return Err(Status::invalid_argument(format!("response size {size} out of range")));
+        return Err(Status::invalid_argument(format!(
+            "response size {size} out of range"
+        )));
     }
     Ok(Payload {
         r#type: 0,
@@ -170,7 +183,8 @@ fn zeros(size: i32) -> Result<Payload, Status> {
 fn requested_status(status: Option<&EchoStatus>, trailers: &Metadata) -> Result<(), Status> {
     match status {
         Some(echo) if echo.code != 0 => {
-            Err(Status::new(Code::from_i32(echo.code), echo.message.clone()).with_metadata(trailers.clone()))
+            Err(Status::new(Code::from_i32(echo.code), echo.message.clone())
+                .with_metadata(trailers.clone()))
         }
         _ => Ok(()),
     }

@@ -8,8 +8,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod grpc;
 pub mod cli;
+pub mod grpc;
 pub mod interop;
 pub mod logging;
 pub mod pb;
+pub mod review;

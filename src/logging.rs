@@ -174,7 +174,9 @@ pub fn render(
             for (key, value) in fields {
                 let _ = write!(out, " {key}=");
                 match value {
-                    Value::Str(s) if s.contains(' ') || s.is_empty() => push_json_string(&mut out, s),
+                    Value::Str(s) if s.contains(' ') || s.is_empty() => {
+                        push_json_string(&mut out, s)
+                    }
                     _ => push_text_value(&mut out, *value),
                 }
             }
@@ -312,6 +314,9 @@ mod tests {
             "slow",
             &[("conn", Value::U64(1)), ("why", Value::Str("two words"))],
         );
-        assert_eq!(line, "1970-01-01T00:00:00.000Z WARN  slow conn=1 why=\"two words\"\n");
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00.000Z WARN  slow conn=1 why=\"two words\"\n"
+        );
     }
 }

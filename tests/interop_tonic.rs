@@ -10,7 +10,7 @@ use codereview::pb::testing::*;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::metadata::{MetadataValue, BinaryMetadataValue};
+use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_prost::ProstCodec;
@@ -21,7 +21,9 @@ async fn client(url: &str) -> tonic::client::Grpc<Channel> {
         .connect()
         .await
         .unwrap();
-    tonic::client::Grpc::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 fn path(method: &'static str) -> PathAndQuery {
@@ -29,11 +31,21 @@ fn path(method: &'static str) -> PathAndQuery {
 }
 
 fn payload(size: usize) -> Option<Payload> {
-    Some(Payload { r#type: 0, body: vec![0u8; size].into() })
+    Some(Payload {
+        r#type: 0,
+        body: vec![0u8; size].into(),
+    })
 }
 
 fn params(sizes: &[i32]) -> Vec<ResponseParameters> {
-    sizes.iter().map(|&size| ResponseParameters { size, interval_us: 0, compressed: None }).collect()
+    sizes
+        .iter()
+        .map(|&size| ResponseParameters {
+            size,
+            interval_us: 0,
+            compressed: None,
+        })
+        .collect()
 }
 
 async fn unary(
@@ -41,7 +53,12 @@ async fn unary(
     request: Request<SimpleRequest>,
 ) -> Result<tonic::Response<SimpleResponse>, tonic::Status> {
     grpc.ready().await.unwrap();
-    grpc.unary(request, path("/grpc.testing.TestService/UnaryCall"), ProstCodec::default()).await
+    grpc.unary(
+        request,
+        path("/grpc.testing.TestService/UnaryCall"),
+        ProstCodec::default(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -50,7 +67,11 @@ async fn empty_unary() {
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let response: tonic::Response<Empty> = grpc
-        .unary(Request::new(Empty {}), path("/grpc.testing.TestService/EmptyCall"), ProstCodec::default())
+        .unary(
+            Request::new(Empty {}),
+            path("/grpc.testing.TestService/EmptyCall"),
+            ProstCodec::default(),
+        )
         .await
         .unwrap();
     assert_eq!(response.into_inner(), Empty {});
@@ -60,8 +81,15 @@ async fn empty_unary() {
 async fn large_unary() {
     let server = common::start_interop(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
-    let request = SimpleRequest { response_size: 314_159, payload: payload(271_828), ..Default::default() };
-    let response = unary(&mut grpc, Request::new(request)).await.unwrap().into_inner();
+    let request = SimpleRequest {
+        response_size: 314_159,
+        payload: payload(271_828),
+        ..Default::default()
+    };
+    let response = unary(&mut grpc, Request::new(request))
+        .await
+        .unwrap()
+        .into_inner();
     let body = response.payload.unwrap().body;
     assert_eq!(body.len(), 314_159);
     assert!(body.iter().all(|&b| b == 0));
@@ -73,7 +101,10 @@ async fn client_streaming() {
     let mut grpc = client(&server.url()).await;
     let requests: Vec<_> = [27_182, 8, 1828, 45_904]
         .into_iter()
-        .map(|n| StreamingInputCallRequest { payload: payload(n), expect_compressed: None })
+        .map(|n| StreamingInputCallRequest {
+            payload: payload(n),
+            expect_compressed: None,
+        })
         .collect();
     grpc.ready().await.unwrap();
     let response: tonic::Response<StreamingInputCallResponse> = grpc
@@ -92,7 +123,10 @@ async fn server_streaming() {
     let server = common::start_interop(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let sizes = [31_415, 9, 2653, 58_979];
-    let request = StreamingOutputCallRequest { response_parameters: params(&sizes), ..Default::default() };
+    let request = StreamingOutputCallRequest {
+        response_parameters: params(&sizes),
+        ..Default::default()
+    };
     grpc.ready().await.unwrap();
     let mut stream = grpc
         .server_streaming::<_, StreamingOutputCallResponse, _>(
@@ -142,7 +176,10 @@ async fn ping_pong() {
             .unwrap();
         }
         let message = stream.message().await.unwrap().unwrap();
-        assert_eq!(message.payload.unwrap().body.len() as i32, response_sizes[i]);
+        assert_eq!(
+            message.payload.unwrap().body.len() as i32,
+            response_sizes[i]
+        );
     }
     drop(tx);
     assert!(stream.message().await.unwrap().is_none());
@@ -169,14 +206,23 @@ async fn empty_stream() {
 async fn status_code_and_message() {
     let server = common::start_interop(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
-    let echo = EchoStatus { code: 2, message: "test status message".into() };
-    let request = SimpleRequest { response_status: Some(echo.clone()), ..Default::default() };
+    let echo = EchoStatus {
+        code: 2,
+        message: "test status message".into(),
+    };
+    let request = SimpleRequest {
+        response_status: Some(echo.clone()),
+        ..Default::default()
+    };
     let status = unary(&mut grpc, Request::new(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unknown);
     assert_eq!(status.message(), "test status message");
 
     grpc.ready().await.unwrap();
-    let request = StreamingOutputCallRequest { response_status: Some(echo), ..Default::default() };
+    let request = StreamingOutputCallRequest {
+        response_status: Some(echo),
+        ..Default::default()
+    };
     let result = grpc
         .streaming::<_, _, StreamingOutputCallResponse, _>(
             Request::new(tokio_stream::iter(vec![request])),
@@ -200,7 +246,10 @@ async fn special_status_message() {
     let mut grpc = client(&server.url()).await;
     let text = "\t\ntest with whitespace\r\nand Unicode BMP \u{263A} and non-BMP \u{1F608}\t\n";
     let request = SimpleRequest {
-        response_status: Some(EchoStatus { code: 2, message: text.into() }),
+        response_status: Some(EchoStatus {
+            code: 2,
+            message: text.into(),
+        }),
         ..Default::default()
     };
     let status = unary(&mut grpc, Request::new(request)).await.unwrap_err();
@@ -215,19 +264,36 @@ async fn custom_metadata() {
     let trailing = [0xab_u8, 0xab, 0xab];
     fn with_metadata<T>(request: T, trailing: &[u8]) -> Request<T> {
         let mut request = Request::new(request);
-        request
-            .metadata_mut()
-            .insert("x-grpc-test-echo-initial", MetadataValue::from_static("test_initial_metadata_value"));
-        request
-            .metadata_mut()
-            .insert_bin("x-grpc-test-echo-trailing-bin", BinaryMetadataValue::from_bytes(trailing));
+        request.metadata_mut().insert(
+            "x-grpc-test-echo-initial",
+            MetadataValue::from_static("test_initial_metadata_value"),
+        );
+        request.metadata_mut().insert_bin(
+            "x-grpc-test-echo-trailing-bin",
+            BinaryMetadataValue::from_bytes(trailing),
+        );
         request
     }
-    let request = SimpleRequest { response_size: 314_159, payload: payload(271_828), ..Default::default() };
-    let response = unary(&mut grpc, with_metadata(request, &trailing)).await.unwrap();
-    assert_eq!(response.metadata().get("x-grpc-test-echo-initial").unwrap(), "test_initial_metadata_value");
+    let request = SimpleRequest {
+        response_size: 314_159,
+        payload: payload(271_828),
+        ..Default::default()
+    };
+    let response = unary(&mut grpc, with_metadata(request, &trailing))
+        .await
+        .unwrap();
     assert_eq!(
-        response.metadata().get_bin("x-grpc-test-echo-trailing-bin").unwrap().to_bytes().unwrap().as_ref(),
+        response.metadata().get("x-grpc-test-echo-initial").unwrap(),
+        "test_initial_metadata_value"
+    );
+    assert_eq!(
+        response
+            .metadata()
+            .get_bin("x-grpc-test-echo-trailing-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
         trailing
     );
 
@@ -245,13 +311,32 @@ async fn custom_metadata() {
         )
         .await
         .unwrap();
-    assert_eq!(response.metadata().get("x-grpc-test-echo-initial").unwrap(), "test_initial_metadata_value");
+    assert_eq!(
+        response.metadata().get("x-grpc-test-echo-initial").unwrap(),
+        "test_initial_metadata_value"
+    );
     let mut stream = response.into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().payload.unwrap().body.len(), 314_159);
+    assert_eq!(
+        stream
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .payload
+            .unwrap()
+            .body
+            .len(),
+        314_159
+    );
     assert!(stream.message().await.unwrap().is_none());
     let trailers = stream.trailers().await.unwrap().unwrap();
     assert_eq!(
-        trailers.get_bin("x-grpc-test-echo-trailing-bin").unwrap().to_bytes().unwrap().as_ref(),
+        trailers
+            .get_bin("x-grpc-test-echo-trailing-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .as_ref(),
         trailing
     );
 }
@@ -280,7 +365,12 @@ async fn timeout_on_sleeping_server() {
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(StreamingOutputCallRequest { payload: payload(27_182), ..Default::default() }).await.unwrap();
+    tx.send(StreamingOutputCallRequest {
+        payload: payload(27_182),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let mut request = Request::new(ReceiverStream::new(rx));
     request.set_timeout(Duration::from_millis(1));
     let result = grpc
@@ -297,7 +387,10 @@ async fn timeout_on_sleeping_server() {
     // tonic reports its own client-side timer as CANCELLED "Timeout expired"
     // (a tonic quirk); grpcio's run of this case checks DEADLINE_EXCEEDED.
     let tonic_timeout = status.code() == Code::Cancelled && status.message().contains("Timeout");
-    assert!(status.code() == Code::DeadlineExceeded || tonic_timeout, "{status:?}");
+    assert!(
+        status.code() == Code::DeadlineExceeded || tonic_timeout,
+        "{status:?}"
+    );
     drop(tx);
 }
 
@@ -309,35 +402,69 @@ async fn deadline_enforced_by_server_on_every_kind() {
     use codereview::grpc::client::{CallOptions, Channel as OurChannel, ChannelConfig, Endpoint};
     use codereview::grpc::metadata::Metadata;
     let server = common::start_interop(ServerConfig::default()).await;
-    let channel = OurChannel::connect(&Endpoint::parse(&server.url()).unwrap(), &ChannelConfig::default())
-        .await
-        .unwrap();
+    let channel = OurChannel::connect(
+        &Endpoint::parse(&server.url()).unwrap(),
+        &ChannelConfig::default(),
+    )
+    .await
+    .unwrap();
     // Server streaming with a long interval: the server must cut it off.
     let mut metadata = Metadata::new();
     metadata.append("x-test", "1").unwrap();
-    for method in ["/grpc.testing.TestService/StreamingOutputCall", "/grpc.testing.TestService/FullDuplexCall"] {
+    for method in [
+        "/grpc.testing.TestService/StreamingOutputCall",
+        "/grpc.testing.TestService/FullDuplexCall",
+    ] {
         let mut call = channel
-            .start(method, CallOptions { metadata: metadata.clone(), timeout: Some(Duration::from_millis(200)) })
+            .start(
+                method,
+                CallOptions {
+                    metadata: metadata.clone(),
+                    timeout: Some(Duration::from_millis(200)),
+                },
+            )
             .await
             .unwrap();
         let request = StreamingOutputCallRequest {
-            response_parameters: vec![ResponseParameters { size: 1, interval_us: 5_000_000, compressed: None }],
+            response_parameters: vec![ResponseParameters {
+                size: 1,
+                interval_us: 5_000_000,
+                compressed: None,
+            }],
             ..Default::default()
         };
         call.send(&request).await.unwrap();
         if method.ends_with("StreamingOutputCall") {
             call.close_send();
         }
-        let status = call.message::<StreamingOutputCallResponse>().await.unwrap_err();
-        assert_eq!(status.code(), codereview::grpc::Code::DeadlineExceeded, "{method}");
+        let status = call
+            .message::<StreamingOutputCallResponse>()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            codereview::grpc::Code::DeadlineExceeded,
+            "{method}"
+        );
     }
     // Client streaming that never half-closes.
     let mut call = channel
-        .start("/grpc.testing.TestService/StreamingInputCall", CallOptions::timeout(Duration::from_millis(200)))
+        .start(
+            "/grpc.testing.TestService/StreamingInputCall",
+            CallOptions::timeout(Duration::from_millis(200)),
+        )
         .await
         .unwrap();
-    call.send(&StreamingInputCallRequest { payload: payload(10), expect_compressed: None }).await.unwrap();
-    let status = call.message::<StreamingInputCallResponse>().await.unwrap_err();
+    call.send(&StreamingInputCallRequest {
+        payload: payload(10),
+        expect_compressed: None,
+    })
+    .await
+    .unwrap();
+    let status = call
+        .message::<StreamingInputCallResponse>()
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), codereview::grpc::Code::DeadlineExceeded);
 }
 
@@ -362,9 +489,13 @@ async fn cancel_after_begin() {
     // The server is still serving.
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
-    grpc.unary::<_, Empty, _>(Request::new(Empty {}), path("/grpc.testing.TestService/EmptyCall"), ProstCodec::default())
-        .await
-        .unwrap();
+    grpc.unary::<_, Empty, _>(
+        Request::new(Empty {}),
+        path("/grpc.testing.TestService/EmptyCall"),
+        ProstCodec::default(),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -389,21 +520,43 @@ async fn cancel_after_first_response() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().payload.unwrap().body.len(), 31_415);
+    assert_eq!(
+        stream
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .payload
+            .unwrap()
+            .body
+            .len(),
+        31_415
+    );
     drop(stream); // cancels the call
     drop(tx);
 }
 
 #[tokio::test]
 async fn oversize_message_is_resource_exhausted_and_server_keeps_serving() {
-    let config = ServerConfig { max_recv_message_bytes: 64 * 1024, ..ServerConfig::default() };
+    let config = ServerConfig {
+        max_recv_message_bytes: 64 * 1024,
+        ..ServerConfig::default()
+    };
     let server = common::start_interop(config).await;
     let mut grpc = client(&server.url()).await;
-    let request = SimpleRequest { response_size: 1, payload: payload(100_000), ..Default::default() };
+    let request = SimpleRequest {
+        response_size: 1,
+        payload: payload(100_000),
+        ..Default::default()
+    };
     let status = unary(&mut grpc, Request::new(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     // Same connection, next call works.
-    let request = SimpleRequest { response_size: 10, payload: payload(1000), ..Default::default() };
+    let request = SimpleRequest {
+        response_size: 10,
+        payload: payload(1000),
+        ..Default::default()
+    };
     let response = unary(&mut grpc, Request::new(request)).await.unwrap();
     assert_eq!(response.into_inner().payload.unwrap().body.len(), 10);
 }
@@ -430,9 +583,12 @@ async fn hundred_concurrent_streams_on_one_connection() {
                 .into_inner();
             for round in 0..5 {
                 let size = 100 + i * 10 + round;
-                tx.send(StreamingOutputCallRequest { response_parameters: params(&[size]), ..Default::default() })
-                    .await
-                    .unwrap();
+                tx.send(StreamingOutputCallRequest {
+                    response_parameters: params(&[size]),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
                 let message = stream.message().await.unwrap().unwrap();
                 assert_eq!(message.payload.unwrap().body.len() as i32, size);
             }
@@ -454,7 +610,10 @@ async fn half_duplex_call_buffers_then_answers() {
     grpc.ready().await.unwrap();
     let requests: Vec<_> = [5, 6, 7]
         .into_iter()
-        .map(|size| StreamingOutputCallRequest { response_parameters: params(&[size]), ..Default::default() })
+        .map(|size| StreamingOutputCallRequest {
+            response_parameters: params(&[size]),
+            ..Default::default()
+        })
         .collect();
     let stream = grpc
         .streaming::<_, _, StreamingOutputCallResponse, _>(
@@ -465,7 +624,10 @@ async fn half_duplex_call_buffers_then_answers() {
         .await
         .unwrap()
         .into_inner();
-    let sizes: Vec<usize> = stream.map(|m| m.unwrap().payload.unwrap().body.len()).collect().await;
+    let sizes: Vec<usize> = stream
+        .map(|m| m.unwrap().payload.unwrap().body.len())
+        .collect()
+        .await;
     assert_eq!(sizes, vec![5, 6, 7]);
 }
 
@@ -475,7 +637,9 @@ async fn our_client_against_tonic_server() {
     use codereview::grpc::client::{CallOptions, Channel as OurChannel, ChannelConfig, Endpoint};
     use codereview::pb::health::{HealthCheckRequest, HealthCheckResponse};
     let (reporter, service) = tonic_health::server::health_reporter();
-    reporter.set_service_status("svc", tonic_health::ServingStatus::Serving).await;
+    reporter
+        .set_service_status("svc", tonic_health::ServingStatus::Serving)
+        .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -483,34 +647,72 @@ async fn our_client_against_tonic_server() {
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let channel = OurChannel::connect(&Endpoint::parse(&format!("http://{addr}")).unwrap(), &ChannelConfig::default())
-        .await
-        .unwrap();
+    let channel = OurChannel::connect(
+        &Endpoint::parse(&format!("http://{addr}")).unwrap(),
+        &ChannelConfig::default(),
+    )
+    .await
+    .unwrap();
     // Unary.
     let response: HealthCheckResponse = channel
-        .unary("/grpc.health.v1.Health/Check", &HealthCheckRequest { service: "svc".into() }, CallOptions::default())
+        .unary(
+            "/grpc.health.v1.Health/Check",
+            &HealthCheckRequest {
+                service: "svc".into(),
+            },
+            CallOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status, 1);
     let status = channel
         .unary::<_, HealthCheckResponse>(
             "/grpc.health.v1.Health/Check",
-            &HealthCheckRequest { service: "nope".into() },
+            &HealthCheckRequest {
+                service: "nope".into(),
+            },
             CallOptions::default(),
         )
         .await
         .unwrap_err();
     assert_eq!(status.code(), codereview::grpc::Code::NotFound);
     // Server streaming: Watch sees the change.
-    let mut call = channel.start("/grpc.health.v1.Health/Watch", CallOptions::default()).await.unwrap();
-    call.send(&HealthCheckRequest { service: "svc".into() }).await.unwrap();
+    let mut call = channel
+        .start("/grpc.health.v1.Health/Watch", CallOptions::default())
+        .await
+        .unwrap();
+    call.send(&HealthCheckRequest {
+        service: "svc".into(),
+    })
+    .await
+    .unwrap();
     call.close_send();
-    assert_eq!(call.message::<HealthCheckResponse>().await.unwrap().unwrap().status, 1);
-    reporter.set_service_status("svc", tonic_health::ServingStatus::NotServing).await;
-    assert_eq!(call.message::<HealthCheckResponse>().await.unwrap().unwrap().status, 2);
+    assert_eq!(
+        call.message::<HealthCheckResponse>()
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        1
+    );
+    reporter
+        .set_service_status("svc", tonic_health::ServingStatus::NotServing)
+        .await;
+    assert_eq!(
+        call.message::<HealthCheckResponse>()
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        2
+    );
     // Unknown method on the tonic server.
     let status = channel
-        .unary::<_, HealthCheckResponse>("/grpc.health.v1.Health/Nope", &HealthCheckRequest::default(), CallOptions::default())
+        .unary::<_, HealthCheckResponse>(
+            "/grpc.health.v1.Health/Nope",
+            &HealthCheckRequest::default(),
+            CallOptions::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(status.code(), codereview::grpc::Code::Unimplemented);

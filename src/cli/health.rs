@@ -6,7 +6,9 @@ use argh::FromArgs;
 
 use crate::grpc::client::{CallOptions, Channel, ChannelConfig, Endpoint};
 use crate::grpc::health::CHECK;
-use crate::pb::health::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus};
+use crate::pb::health::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+};
 
 /// check a server's health (exit 0 only when SERVING)
 #[derive(FromArgs, Debug)]
@@ -19,7 +21,11 @@ pub struct HealthArgs {
     #[argh(option, default = "String::new()")]
     pub service: String,
     /// give up after this long (default 5s)
-    #[argh(option, default = "Duration::from_secs(5)", from_str_fn(super::parse_duration))]
+    #[argh(
+        option,
+        default = "Duration::from_secs(5)",
+        from_str_fn(super::parse_duration)
+    )]
     pub timeout: Duration,
 }
 
@@ -42,7 +48,9 @@ pub async fn run(args: HealthArgs) -> i32 {
             return 1;
         }
     };
-    let request = HealthCheckRequest { service: args.service };
+    let request = HealthCheckRequest {
+        service: args.service,
+    };
     match channel
         .unary::<_, HealthCheckResponse>(CHECK, &request, CallOptions::timeout(args.timeout))
         .await

@@ -17,6 +17,7 @@ pub struct Cli {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 pub enum Command {
     Serve(serve::ServeArgs),
     Health(health::HealthArgs),
@@ -24,7 +25,10 @@ pub enum Command {
 
 /// Runs a command; returns the process exit status.
 pub fn run(cli: Cli) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("codereview: cannot start the async runtime: {error}");
@@ -68,7 +72,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a byte size: `4096`, `64KiB`, `4MiB`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: usize = number
         .parse()
@@ -78,7 +84,11 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         "KiB" | "K" | "k" => 1024,
         "MiB" | "M" => 1024 * 1024,
         "GiB" | "G" => 1024 * 1024 * 1024,
-        _ => return Err(format!("bad size {text:?}: unit must be B, KiB, MiB or GiB")),
+        _ => {
+            return Err(format!(
+                "bad size {text:?}: unit must be B, KiB, MiB or GiB"
+            ));
+        }
     };
     value
         .checked_mul(multiplier)

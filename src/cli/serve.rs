@@ -15,6 +15,11 @@ use crate::grpc::server::{Router, Server, ServerConfig};
 use crate::grpc::shutdown::{Phase, ShutdownController};
 use crate::grpc::tls::{ServerTlsFiles, TlsSource};
 use crate::logging::{self, Format, Level};
+use crate::pb::health::health_check_response::ServingStatus;
+use crate::review::error::{ErrorKind, ReviewError};
+use crate::review::limits::Limits;
+use crate::review::registry::{self, RegistryConfig};
+use crate::review::service::{self, ServiceConfig};
 use crate::{interop, log};
 
 const DEFAULT_ADDR: &str = "127.0.0.1:50051";
@@ -62,23 +67,104 @@ pub struct ServeArgs {
     #[argh(option, default = "4 << 20", from_str_fn(super::parse_bytes))]
     pub max_message_bytes: usize,
     /// interval between keepalive PINGs, 0 to disable (default 30s)
-    #[argh(option, default = "Duration::from_secs(30)", from_str_fn(super::parse_duration))]
+    #[argh(
+        option,
+        default = "Duration::from_secs(30)",
+        from_str_fn(super::parse_duration)
+    )]
     pub keepalive_interval: Duration,
     /// how long a PING may go unanswered (default 10s)
-    #[argh(option, default = "Duration::from_secs(10)", from_str_fn(super::parse_duration))]
+    #[argh(
+        option,
+        default = "Duration::from_secs(10)",
+        from_str_fn(super::parse_duration)
+    )]
     pub keepalive_timeout: Duration,
     /// close connections without streams after this long (default 5m)
-    #[argh(option, default = "Duration::from_secs(300)", from_str_fn(super::parse_duration))]
+    #[argh(
+        option,
+        default = "Duration::from_secs(300)",
+        from_str_fn(super::parse_duration)
+    )]
     pub idle_timeout: Duration,
     /// time allowed for TLS and the HTTP/2 preface (default 10s)
-    #[argh(option, default = "Duration::from_secs(10)", from_str_fn(super::parse_duration))]
+    #[argh(
+        option,
+        default = "Duration::from_secs(10)",
+        from_str_fn(super::parse_duration)
+    )]
     pub handshake_timeout: Duration,
     /// connections served at once (default 1024)
     #[argh(option, default = "1024")]
     pub max_connections: usize,
-    /// on SIGTERM, how long streams may take to finish (default 10s)
-    #[argh(option, default = "Duration::from_secs(10)", from_str_fn(super::parse_duration))]
+    /// on SIGTERM, how long streams may take to finish before they are ended with UNAVAILABLE (default 10s)
+    #[argh(
+        option,
+        default = "Duration::from_secs(10)",
+        from_str_fn(super::parse_duration)
+    )]
     pub drain_timeout: Duration,
+
+    /// sessions held at once (default 512)
+    #[argh(option, default = "512")]
+    pub max_sessions: usize,
+    /// live participants per session (default 64)
+    #[argh(option, default = "64")]
+    pub max_participants: usize,
+    /// live watchers per session (default 64)
+    #[argh(option, default = "64")]
+    pub max_watchers: usize,
+    /// content one session holds: files, paths, comments (default 2MiB)
+    #[argh(option, default = "2 << 20", from_str_fn(super::parse_bytes))]
+    pub max_document_bytes: usize,
+    /// lines per file (default 20000)
+    #[argh(option, default = "20_000")]
+    pub max_lines: usize,
+    /// files per session (default 200)
+    #[argh(option, default = "200")]
+    pub max_files: usize,
+    /// bytes per line (default 4KiB)
+    #[argh(option, default = "4 << 10", from_str_fn(super::parse_bytes))]
+    pub max_line_bytes: usize,
+    /// comments per session (default 2000)
+    #[argh(option, default = "2000")]
+    pub max_comments: usize,
+    /// bytes of session_id and user_id (default 128)
+    #[argh(option, default = "128")]
+    pub max_id_bytes: usize,
+    /// recent events kept for late joiners and resumes (default 1000)
+    #[argh(option, default = "1000")]
+    pub history_events: usize,
+    /// essential bytes a participant may have pending before it is ended with RESOURCE_EXHAUSTED (default 8MiB)
+    #[argh(option, default = "8 << 20", from_str_fn(super::parse_bytes))]
+    pub outbox_bytes: usize,
+    /// silence after which a participant is shown IDLE (default 60s)
+    #[argh(
+        option,
+        default = "Duration::from_secs(60)",
+        from_str_fn(super::parse_duration)
+    )]
+    pub idle_after: Duration,
+    /// how long an empty session is kept for resumes (default 60s)
+    #[argh(
+        option,
+        default = "Duration::from_secs(60)",
+        from_str_fn(super::parse_duration)
+    )]
+    pub session_linger: Duration,
+    /// messages per second per participant, 0 for no limit (default 100)
+    #[argh(option, default = "100.0")]
+    pub rate_limit: f64,
+    /// burst of messages above the rate (default 200)
+    #[argh(option, default = "200.0")]
+    pub rate_burst: f64,
+    /// streams are ended with UNAVAILABLE after this long, 0 for never (default 24h)
+    #[argh(
+        option,
+        default = "Duration::from_secs(86_400)",
+        from_str_fn(super::parse_duration)
+    )]
+    pub max_stream_duration: Duration,
 
     /// log level: error, warn, info, debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
@@ -97,12 +183,17 @@ impl ServeArgs {
         if !(16_384..=16_777_215).contains(&self.max_frame_size) {
             return Err("--max-frame-size must be between 16KiB and 16MiB-1".into());
         }
-        if self.initial_stream_window > (1 << 31) - 1 || self.initial_connection_window > (1 << 31) - 1 {
+        if self.initial_stream_window > (1 << 31) - 1
+            || self.initial_connection_window > (1 << 31) - 1
+        {
             return Err("HTTP/2 windows must be below 2GiB".into());
         }
         Ok(ServerConfig {
             initial_stream_window: to_u32("initial-stream-window", self.initial_stream_window)?,
-            initial_connection_window: to_u32("initial-connection-window", self.initial_connection_window)?,
+            initial_connection_window: to_u32(
+                "initial-connection-window",
+                self.initial_connection_window,
+            )?,
             max_frame_size: to_u32("max-frame-size", self.max_frame_size)?,
             max_concurrent_streams: self.max_concurrent_streams,
             max_header_list_size: to_u32("max-header-list-size", self.max_header_list_size)?,
@@ -116,6 +207,34 @@ impl ServeArgs {
         })
     }
 
+    /// The domain's limits from the flags.
+    pub fn limits(&self) -> Result<Limits, String> {
+        if !(self.rate_limit >= 0.0 && self.rate_burst >= 1.0) {
+            return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());
+        }
+        if self.max_document_bytes >= self.max_message_bytes {
+            return Err("--max-document-bytes must be below --max-message-bytes (a snapshot must fit in one message)".into());
+        }
+        Ok(Limits {
+            max_id_bytes: self.max_id_bytes,
+            max_line_bytes: self.max_line_bytes,
+            max_lines_per_file: self.max_lines,
+            max_files: self.max_files,
+            max_comments: self.max_comments,
+            max_session_bytes: self.max_document_bytes,
+            max_sessions: self.max_sessions,
+            max_participants: self.max_participants,
+            max_watchers: self.max_watchers,
+            history_events: self.history_events,
+            outbox_bytes: self.outbox_bytes,
+            idle_after: self.idle_after,
+            session_linger: self.session_linger,
+            rate_per_second: self.rate_limit,
+            rate_burst: self.rate_burst,
+            ..Limits::default()
+        })
+    }
+
     /// The address to bind: --addr, else 0.0.0.0:$PORT, else the default.
     pub fn bind_addr(&self, port_env: Option<&str>) -> Result<SocketAddr, String> {
         let text = match (&self.addr, port_env) {
@@ -123,8 +242,9 @@ impl ServeArgs {
             (None, Some(port)) if !port.is_empty() => format!("0.0.0.0:{port}"),
             _ => DEFAULT_ADDR.to_owned(),
         };
-        text.parse()
-            .map_err(|_| format!("bad listen address {text:?}: expected HOST:PORT, e.g. 127.0.0.1:50051"))
+        text.parse().map_err(|_| {
+            format!("bad listen address {text:?}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+        })
     }
 }
 
@@ -140,7 +260,8 @@ pub async fn run(args: ServeArgs) -> i32 {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let level = Level::parse(&args.log_level).ok_or("--log-level must be error, warn, info or debug")?;
+    let level =
+        Level::parse(&args.log_level).ok_or("--log-level must be error, warn, info or debug")?;
     let format = Format::parse(&args.log_format).ok_or("--log-format must be json or text")?;
     logging::init(level, format);
 
@@ -155,7 +276,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?,
         ),
-        (None, None) if args.client_ca.is_some() => return Err("--client-ca needs --tls-cert and --tls-key".into()),
+        (None, None) if args.client_ca.is_some() => {
+            return Err("--client-ca needs --tls-cert and --tls-key".into());
+        }
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
@@ -166,15 +289,27 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                  give --tls-cert/--tls-key, or --insecure if TLS is terminated in front of this server"
             ));
         }
-        log!(Warn, "serving plaintext on a non-loopback address (--insecure): traffic and tokens are not encrypted", addr = addr.to_string().as_str());
+        log!(
+            Warn,
+            "serving plaintext on a non-loopback address (--insecure): traffic and tokens are not encrypted",
+            addr = addr.to_string().as_str()
+        );
     }
+
+    let limits = args.limits()?;
+    let registry_config = RegistryConfig::new(limits);
+    let mut service_config = ServiceConfig::new(registry_config.limits.clone());
+    service_config.max_stream_duration = Some(args.max_stream_duration).filter(|d| !d.is_zero());
+    let registry = registry::spawn(registry_config);
 
     let health = HealthReporter::new();
     let mut router = Router::new();
     health.register(&mut router);
+    service::register(&mut router, registry.clone(), service_config);
+    health.set(service::SERVICE_NAME, ServingStatus::Serving);
     if args.interop {
         interop::register(&mut router);
-        health.set("grpc.testing.TestService", crate::pb::health::health_check_response::ServingStatus::Serving);
+        health.set("grpc.testing.TestService", ServingStatus::Serving);
     }
 
     let listener = TcpListener::bind(addr)
@@ -190,7 +325,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let (controller, shutdown) = ShutdownController::new();
     let mut server_task = tokio::spawn(server.serve(listener, shutdown));
-    log!(Info, "listening", addr = local.to_string().as_str(), tls = reloader.is_some(), interop = args.interop);
+    log!(
+        Info,
+        "listening",
+        addr = local.to_string().as_str(),
+        tls = reloader.is_some(),
+        interop = args.interop
+    );
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -216,14 +357,40 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
     };
 
-    log!(Info, "shutting down: draining", signal = signal_name, drain_timeout_ms = args.drain_timeout.as_millis() as u64);
+    log!(
+        Info,
+        "shutting down: draining",
+        signal = signal_name,
+        drain_timeout_ms = args.drain_timeout.as_millis() as u64
+    );
     health.set_all_not_serving();
+    let before = registry.stats().await.unwrap_or_default();
+    let deadline_ms = crate::review::now_unix_ms() + args.drain_timeout.as_millis() as i64;
+    registry.drain(deadline_ms).await;
     controller.advance(Phase::Draining);
-    let drained = tokio::time::timeout(args.drain_timeout, &mut server_task).await.is_ok();
+    let drained = tokio::time::timeout(args.drain_timeout, &mut server_task)
+        .await
+        .is_ok();
     if !drained {
+        // Streams still open: end them with UNAVAILABLE (clients resume
+        // elsewhere), give the trailers a moment, then drop what is left.
+        registry
+            .close_all(ReviewError::new(
+                ErrorKind::Unavailable,
+                "server shut down: reconnect and resume",
+            ))
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut server_task).await;
         controller.advance(Phase::Closing);
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut server_task).await;
     }
-    log!(Info, "shutdown complete", drained_in_time = drained);
+    log!(
+        Info,
+        "shutdown complete",
+        drained_in_time = drained,
+        sessions = before.sessions,
+        participants = before.participants,
+        watchers = before.watchers,
+    );
     Ok(())
 }

@@ -70,8 +70,8 @@ pub fn encode(input: &[u8], alphabet: Alphabet) -> String {
 /// outside the alphabet, misplaced padding and non-zero trailing bits.
 pub fn decode(input: &[u8], alphabet: Alphabet) -> Result<Vec<u8>, InvalidBase64> {
     let trimmed = match input {
-        [rest @ .., b'=', b'='] if input.len() % 4 == 0 => rest,
-        [rest @ .., b'='] if input.len() % 4 == 0 => rest,
+        [rest @ .., b'=', b'='] if input.len().is_multiple_of(4) => rest,
+        [rest @ .., b'='] if input.len().is_multiple_of(4) => rest,
         _ => input,
     };
     if trimmed.len() % 4 == 1 {
@@ -113,7 +113,10 @@ mod tests {
         ];
         for (plain, encoded) in vectors {
             assert_eq!(encode(plain, Alphabet::Standard), encoded);
-            assert_eq!(decode(encoded.as_bytes(), Alphabet::Standard).unwrap(), plain);
+            assert_eq!(
+                decode(encoded.as_bytes(), Alphabet::Standard).unwrap(),
+                plain
+            );
         }
         assert_eq!(decode(b"Zg==", Alphabet::Standard).unwrap(), b"f");
         assert_eq!(decode(b"Zm8=", Alphabet::Standard).unwrap(), b"fo");

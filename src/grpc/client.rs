@@ -41,7 +41,9 @@ impl Endpoint {
         } else if let Some(rest) = text.strip_prefix("http://") {
             (false, rest)
         } else if text.contains("://") {
-            return Err(format!("bad address {text:?}: the scheme must be http:// or https://"));
+            return Err(format!(
+                "bad address {text:?}: the scheme must be http:// or https://"
+            ));
         } else {
             (false, text)
         };
@@ -149,7 +151,9 @@ impl Drop for DriverGuard {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("authority", &self.authority).finish()
+        f.debug_struct("Channel")
+            .field("authority", &self.authority)
+            .finish()
     }
 }
 
@@ -177,10 +181,11 @@ impl Channel {
     /// Connects (TCP, then TLS for https, then the HTTP/2 handshake).
     pub async fn connect(endpoint: &Endpoint, config: &ChannelConfig) -> Result<Channel, Status> {
         let connect = async {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
-                .await
-                .map_err(|e| connect_error(endpoint, format!("cannot resolve host: {e}")))?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+                    .await
+                    .map_err(|e| connect_error(endpoint, format!("cannot resolve host: {e}")))?
+                    .collect();
             let mut last_error = None;
             for addr in addrs {
                 match TcpStream::connect(addr).await {
@@ -211,7 +216,9 @@ impl Channel {
             let tls = timeout(config.connect_timeout, connector.connect(name, tcp))
                 .await
                 .map_err(|_| connect_error(endpoint, "TLS handshake timed out"))?
-                .map_err(|e| Status::unavailable(format!("TLS handshake with {endpoint} failed: {e}")))?;
+                .map_err(|e| {
+                    Status::unavailable(format!("TLS handshake with {endpoint} failed: {e}"))
+                })?;
             (send_request, driver) = handshake(tls, endpoint, config).await?;
         } else {
             (send_request, driver) = handshake(tcp, endpoint, config).await?;
@@ -250,7 +257,10 @@ impl Channel {
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
         let headers = request.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         headers.insert(
             http::header::USER_AGENT,
@@ -275,7 +285,9 @@ impl Channel {
         let mut send_request = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, ready)
                 .await
-                .map_err(|_| Status::deadline_exceeded("deadline exceeded before the call started"))??,
+                .map_err(|_| {
+                    Status::deadline_exceeded("deadline exceeded before the call started")
+                })??,
             None => ready.await?,
         };
         let (response, send) = send_request
@@ -312,7 +324,9 @@ impl Channel {
             Some(message) => {
                 // Drain to the trailers so a late error status is not missed.
                 if call.message::<Resp>().await?.is_some() {
-                    return Err(Status::internal("unary call returned more than one message"));
+                    return Err(Status::internal(
+                        "unary call returned more than one message",
+                    ));
                 }
                 Ok(message)
             }
@@ -379,7 +393,9 @@ pub struct ClientCall {
 
 impl std::fmt::Debug for ClientCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientCall").field("status", &self.status).finish()
+        f.debug_struct("ClientCall")
+            .field("status", &self.status)
+            .finish()
     }
 }
 
@@ -419,10 +435,15 @@ impl ClientCall {
         };
         let outbound = &mut self.outbound;
         let result = Self::with_deadline(deadline, async {
-            outbound.flush(send, |_| {}).await.map_err(|error| match error {
-                WriteError::H2(error) => Status::from_h2(&error),
-                WriteError::Closed => Status::unavailable("the request stream was closed by the server"),
-            })
+            outbound
+                .flush(send, |_| {})
+                .await
+                .map_err(|error| match error {
+                    WriteError::H2(error) => Status::from_h2(&error),
+                    WriteError::Closed => {
+                        Status::unavailable("the request stream was closed by the server")
+                    }
+                })
         })
         .await;
         if let Err(status) = &result
@@ -518,9 +539,9 @@ impl ClientCall {
     /// call's status otherwise.
     pub async fn message<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
         match self.raw_message().await? {
-            Some(payload) => M::decode(payload)
-                .map(Some)
-                .map_err(|e| Status::internal(format!("response message is not valid protobuf: {e}"))),
+            Some(payload) => M::decode(payload).map(Some).map_err(|e| {
+                Status::internal(format!("response message is not valid protobuf: {e}"))
+            }),
             None => Ok(None),
         }
     }
@@ -562,7 +583,11 @@ impl ClientCall {
         };
         self.body = None;
         self.status = Some(result.clone());
-        if result.is_ok() { Ok(None) } else { Err(result) }
+        if result.is_ok() {
+            Ok(None)
+        } else {
+            Err(result)
+        }
     }
 
     /// The final status once the call has ended.
@@ -584,11 +609,19 @@ mod tests {
     fn endpoints_parse() {
         assert_eq!(
             Endpoint::parse("http://127.0.0.1:50051").unwrap(),
-            Endpoint { tls: false, host: "127.0.0.1".into(), port: 50051 }
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 50051
+            }
         );
         assert_eq!(
             Endpoint::parse("https://example.com:8443/").unwrap(),
-            Endpoint { tls: true, host: "example.com".into(), port: 8443 }
+            Endpoint {
+                tls: true,
+                host: "example.com".into(),
+                port: 8443
+            }
         );
         assert_eq!(Endpoint::parse("localhost:1").unwrap().port, 1);
         assert_eq!(Endpoint::parse("https://h").unwrap().port, 443);
@@ -597,6 +630,9 @@ mod tests {
         assert!(Endpoint::parse("http://:1").is_err());
         assert!(Endpoint::parse("http://h:99999").is_err());
         assert!(Endpoint::parse("http://h:0").is_err());
-        assert_eq!(Endpoint::parse("[::1]:5").unwrap().to_string(), "http://[::1]:5");
+        assert_eq!(
+            Endpoint::parse("[::1]:5").unwrap().to_string(),
+            "http://[::1]:5"
+        );
     }
 }

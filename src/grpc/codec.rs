@@ -44,7 +44,10 @@ impl std::fmt::Display for DecodeError {
             }
             DecodeError::InvalidFlag(flag) => write!(f, "invalid compressed flag {flag}"),
             DecodeError::Truncated { buffered } => {
-                write!(f, "stream ended inside a message ({buffered} bytes buffered)")
+                write!(
+                    f,
+                    "stream ended inside a message ({buffered} bytes buffered)"
+                )
             }
         }
     }
@@ -288,7 +291,10 @@ mod tests {
             dec.push(Bytes::copy_from_slice(&[b]));
             got.extend(decode_all(&mut dec));
         }
-        assert_eq!(got, vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")]);
+        assert_eq!(
+            got,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")]
+        );
     }
 
     #[test]

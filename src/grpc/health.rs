@@ -9,7 +9,9 @@ use tokio::sync::watch;
 
 use super::server::{Request, Response, ResponseSink, Router};
 use super::status::Status;
-use crate::pb::health::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus};
+use crate::pb::health::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+};
 
 pub const CHECK: &str = "/grpc.health.v1.Health/Check";
 pub const WATCH: &str = "/grpc.health.v1.Health/Watch";
@@ -56,7 +58,9 @@ impl HealthReporter {
             let status = reporter.status(&request.message().service);
             async move {
                 match status {
-                    Some(status) => Ok(Response::new(HealthCheckResponse { status: status as i32 })),
+                    Some(status) => Ok(Response::new(HealthCheckResponse {
+                        status: status as i32,
+                    })),
                     None => Err(Status::not_found("unknown service")),
                 }
             }
@@ -64,7 +68,8 @@ impl HealthReporter {
         let reporter = self.clone();
         router.server_streaming(
             WATCH,
-            move |request: Request<HealthCheckRequest>, mut sink: ResponseSink<HealthCheckResponse>| {
+            move |request: Request<HealthCheckRequest>,
+                  mut sink: ResponseSink<HealthCheckResponse>| {
                 let mut rx = reporter.tx.subscribe();
                 let service = request.into_message().service;
                 async move {
@@ -76,7 +81,10 @@ impl HealthReporter {
                             .copied()
                             .unwrap_or(ServingStatus::ServiceUnknown);
                         if last != Some(current) {
-                            sink.send(&HealthCheckResponse { status: current as i32 }).await?;
+                            sink.send(&HealthCheckResponse {
+                                status: current as i32,
+                            })
+                            .await?;
                             last = Some(current);
                         }
                         tokio::select! {

@@ -198,10 +198,22 @@ mod tests {
     #[test]
     fn invalid_keys_and_values_are_refused() {
         let mut md = Metadata::new();
-        assert!(matches!(md.append("Upper", "v"), Err(MetadataError::InvalidKey(_))));
-        assert!(matches!(md.append("grpc-x", "v"), Err(MetadataError::ReservedKey(_))));
-        assert!(matches!(md.append("k", "a\nb"), Err(MetadataError::InvalidValue(_))));
-        assert!(matches!(md.append_bin("k", b"x"), Err(MetadataError::BinaryKeyRequired(_))));
+        assert!(matches!(
+            md.append("Upper", "v"),
+            Err(MetadataError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            md.append("grpc-x", "v"),
+            Err(MetadataError::ReservedKey(_))
+        ));
+        assert!(matches!(
+            md.append("k", "a\nb"),
+            Err(MetadataError::InvalidValue(_))
+        ));
+        assert!(matches!(
+            md.append_bin("k", b"x"),
+            Err(MetadataError::BinaryKeyRequired(_))
+        ));
         assert!(md.is_empty());
     }
 }

@@ -67,7 +67,9 @@ impl OutboundQueue {
         }
         let mut out = BytesMut::with_capacity(max.min(self.len));
         while out.len() < max {
-            let Some(front) = self.pending.front_mut() else { break };
+            let Some(front) = self.pending.front_mut() else {
+                break;
+            };
             let n = front.len().min(max - out.len());
             out.extend_from_slice(&front.split_to(n));
             if front.is_empty() {

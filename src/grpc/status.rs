@@ -113,7 +113,8 @@ impl std::fmt::Display for Code {
 pub struct Status {
     code: Code,
     message: String,
-    metadata: Metadata,
+    // Boxed: statuses travel in `Result`s everywhere, keep them small.
+    metadata: Box<Metadata>,
 }
 
 macro_rules! constructors {
@@ -131,7 +132,7 @@ impl Status {
         Status {
             code,
             message: message.into(),
-            metadata: Metadata::new(),
+            metadata: Box::default(),
         }
     }
 
@@ -176,7 +177,7 @@ impl Status {
     }
 
     pub fn with_metadata(mut self, metadata: Metadata) -> Status {
-        self.metadata = metadata;
+        *self.metadata = metadata;
         self
     }
 
@@ -219,7 +220,7 @@ impl Status {
         Some(Status {
             code,
             message,
-            metadata: Metadata::from_headers(headers),
+            metadata: Box::new(Metadata::from_headers(headers)),
         })
     }
 
@@ -291,7 +292,10 @@ mod tests {
             assert_eq!(code.as_i32(), i as i32);
             assert_eq!(Code::from_i32(i as i32), *code);
             let status = Status::new(*code, "m");
-            assert_eq!(Status::from_trailers(&status.to_trailers()).unwrap(), status);
+            assert_eq!(
+                Status::from_trailers(&status.to_trailers()).unwrap(),
+                status
+            );
         }
         assert_eq!(Code::from_i32(17), Code::Unknown);
         assert_eq!(Code::from_i32(-1), Code::Unknown);
@@ -303,14 +307,20 @@ mod tests {
         let trailers = status.to_trailers();
         assert_eq!(trailers["grpc-status"], "2");
         assert_eq!(trailers["grpc-message"], "caf%C3%A9 100%25");
-        assert_eq!(Status::from_trailers(&trailers).unwrap().message(), "caf\u{e9} 100%");
+        assert_eq!(
+            Status::from_trailers(&trailers).unwrap().message(),
+            "caf\u{e9} 100%"
+        );
     }
 
     #[test]
     fn garbage_status_is_unknown() {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-status", HeaderValue::from_static("abc"));
-        assert_eq!(Status::from_trailers(&headers).unwrap().code(), Code::Unknown);
+        assert_eq!(
+            Status::from_trailers(&headers).unwrap().code(),
+            Code::Unknown
+        );
         assert!(Status::from_trailers(&HeaderMap::new()).is_none());
     }
 }

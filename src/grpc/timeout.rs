@@ -91,7 +91,10 @@ mod tests {
         assert_eq!(parse(b"4m"), Ok(Duration::from_millis(4)));
         assert_eq!(parse(b"5u"), Ok(Duration::from_micros(5)));
         assert_eq!(parse(b"6n"), Ok(Duration::from_nanos(6)));
-        assert_eq!(parse(b"99999999H"), Ok(Duration::from_secs(99_999_999 * 3600)));
+        assert_eq!(
+            parse(b"99999999H"),
+            Ok(Duration::from_secs(99_999_999 * 3600))
+        );
         assert_eq!(parse(b"0m"), Ok(Duration::ZERO));
     }
 

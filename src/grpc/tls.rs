@@ -36,25 +36,41 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file = File::open(path).map_err(|e| TlsError(format!("cannot open {}: {e}", path.display())))?;
+    let file =
+        File::open(path).map_err(|e| TlsError(format!("cannot open {}: {e}", path.display())))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(file))
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError(format!("cannot read certificates from {}: {e}", path.display())))?;
+        .map_err(|e| {
+            TlsError(format!(
+                "cannot read certificates from {}: {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(TlsError(format!("no certificate found in {}", path.display())));
+        return Err(TlsError(format!(
+            "no certificate found in {}",
+            path.display()
+        )));
     }
     Ok(certs)
 }
 
 /// Reads the first private key in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let file = File::open(path).map_err(|e| TlsError(format!("cannot open {}: {e}", path.display())))?;
+    let file =
+        File::open(path).map_err(|e| TlsError(format!("cannot open {}: {e}", path.display())))?;
     rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| TlsError(format!("cannot read private key from {}: {e}", path.display())))?
+        .map_err(|e| {
+            TlsError(format!(
+                "cannot read private key from {}: {e}",
+                path.display()
+            ))
+        })?
         .ok_or_else(|| TlsError(format!("no private key found in {}", path.display())))
 }
 
@@ -86,16 +102,25 @@ impl ServerTlsFiles {
             .map_err(|e| TlsError(format!("TLS setup: {e}")))?;
         let builder = match &self.client_ca {
             Some(ca) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider)
-                    .build()
-                    .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(root_store(ca)?),
+                    provider,
+                )
+                .build()
+                .map_err(|e| TlsError(format!("client CA {}: {e}", ca.display())))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
         let mut config = builder
             .with_single_cert(load_certs(&self.cert)?, load_key(&self.key)?)
-            .map_err(|e| TlsError(format!("certificate {} / key {}: {e}", self.cert.display(), self.key.display())))?;
+            .map_err(|e| {
+                TlsError(format!(
+                    "certificate {} / key {}: {e}",
+                    self.cert.display(),
+                    self.key.display()
+                ))
+            })?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(config))
     }
@@ -146,10 +171,12 @@ pub struct ClientTlsFiles {
 
 impl ClientTlsFiles {
     pub fn load(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        let ca = self
-            .ca
-            .as_ref()
-            .ok_or_else(|| TlsError("https needs --ca FILE: the CA certificate that signed the server's certificate".into()))?;
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            TlsError(
+                "https needs --ca FILE: the CA certificate that signed the server's certificate"
+                    .into(),
+            )
+        })?;
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|e| TlsError(format!("TLS setup: {e}")))?

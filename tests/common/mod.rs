@@ -40,7 +40,11 @@ pub async fn start(config: ServerConfig, router: Router) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let (controller, signal) = ShutdownController::new();
     let task = tokio::spawn(Server::new(config, router).serve(listener, signal));
-    TestServer { addr, controller, task: Some(task) }
+    TestServer {
+        addr,
+        controller,
+        task: Some(task),
+    }
 }
 
 /// The interop TestService plus health, as `serve --interop` registers them.

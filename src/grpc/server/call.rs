@@ -113,12 +113,18 @@ pub struct Streaming<T> {
 
 impl<T> std::fmt::Debug for Streaming<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Streaming").field("inbound", &self.inbound).finish()
+        f.debug_struct("Streaming")
+            .field("inbound", &self.inbound)
+            .finish()
     }
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new(body: RecvStream, max_message_len: usize, observer: Arc<dyn Observer>) -> Self {
+    pub(crate) fn new(
+        body: RecvStream,
+        max_message_len: usize,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         Streaming {
             inbound: Inbound::new(body, max_message_len, observer),
             _message: PhantomData,

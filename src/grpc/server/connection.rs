@@ -76,7 +76,12 @@ pub(crate) async fn serve_connection<T>(
     let mut conn = match timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
-            log!(Debug, "http2 handshake failed", conn = info.id, error = error.to_string().as_str());
+            log!(
+                Debug,
+                "http2 handshake failed",
+                conn = info.id,
+                error = error.to_string().as_str()
+            );
             return;
         }
         Err(_) => {

@@ -24,10 +24,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::Shared;
 use super::call::{RequestHead, SinkCore};
 use super::connection::ConnectionInfo;
 use super::router::{Call, Route};
-use super::Shared;
 use crate::grpc::metadata::Metadata;
 use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
@@ -87,7 +87,13 @@ pub(crate) async fn serve_stream(
     let (parts, body) = request.into_parts();
 
     if let Err(refusal) = check_http(&parts.method, &parts.headers) {
-        log!(Debug, "http request refused", conn = connection.id, stream = stream_id, why = format!("{refusal:?}").as_str());
+        log!(
+            Debug,
+            "http request refused",
+            conn = connection.id,
+            stream = stream_id,
+            why = format!("{refusal:?}").as_str()
+        );
         refuse_http(&mut respond, refusal);
         return;
     }
@@ -99,11 +105,23 @@ pub(crate) async fn serve_stream(
     };
     shared.observer.call_started(method_name);
     connection.active_streams.fetch_add(1, Ordering::Relaxed);
-    let status = run_call(&parts, body, respond, route, method_name, &shared, &connection, stream_id).await;
+    let status = run_call(
+        &parts,
+        body,
+        respond,
+        route,
+        method_name,
+        &shared,
+        &connection,
+        stream_id,
+    )
+    .await;
     connection.active_streams.fetch_sub(1, Ordering::Relaxed);
     connection.touch();
     let elapsed = started.elapsed();
-    shared.observer.call_finished(method_name, status.code(), elapsed);
+    shared
+        .observer
+        .call_finished(method_name, status.code(), elapsed);
     log!(
         Debug,
         "call finished",
@@ -154,7 +172,8 @@ async fn run_call(
     let handler = match route {
         Route::Method(_, handler) => handler.clone(),
         Route::UnknownMethod { service, method } => {
-            let status = Status::unimplemented(format!("unknown method {method} for service {service}"));
+            let status =
+                Status::unimplemented(format!("unknown method {method} for service {service}"));
             sink.finish(&status);
             return status;
         }
@@ -164,7 +183,8 @@ async fn run_call(
             return status;
         }
         Route::Malformed => {
-            let status = Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
+            let status =
+                Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
             sink.finish(&status);
             return status;
         }
@@ -245,7 +265,10 @@ fn refuse_http(respond: &mut SendResponse<Bytes>, refusal: HttpRefusal) {
     let mut response = http::Response::new(());
     *response.status_mut() = http_status;
     let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     if refusal == HttpRefusal::MethodNotAllowed {
         headers.insert(http::header::ALLOW, HeaderValue::from_static("POST"));
     }
@@ -269,16 +292,37 @@ mod tests {
     fn http_checks() {
         let good = headers(&[("content-type", "application/grpc"), ("te", "trailers")]);
         assert_eq!(check_http(&Method::POST, &good), Ok(()));
-        assert_eq!(check_http(&Method::GET, &good), Err(HttpRefusal::MethodNotAllowed));
-        let proto = headers(&[("content-type", "application/grpc+proto"), ("te", "trailers")]);
+        assert_eq!(
+            check_http(&Method::GET, &good),
+            Err(HttpRefusal::MethodNotAllowed)
+        );
+        let proto = headers(&[
+            ("content-type", "application/grpc+proto"),
+            ("te", "trailers"),
+        ]);
         assert_eq!(check_http(&Method::POST, &proto), Ok(()));
-        let json = headers(&[("content-type", "application/grpc+json"), ("te", "trailers")]);
-        assert_eq!(check_http(&Method::POST, &json), Err(HttpRefusal::UnsupportedMediaType));
+        let json = headers(&[
+            ("content-type", "application/grpc+json"),
+            ("te", "trailers"),
+        ]);
+        assert_eq!(
+            check_http(&Method::POST, &json),
+            Err(HttpRefusal::UnsupportedMediaType)
+        );
         let html = headers(&[("content-type", "text/html"), ("te", "trailers")]);
-        assert_eq!(check_http(&Method::POST, &html), Err(HttpRefusal::UnsupportedMediaType));
+        assert_eq!(
+            check_http(&Method::POST, &html),
+            Err(HttpRefusal::UnsupportedMediaType)
+        );
         let no_te = headers(&[("content-type", "application/grpc")]);
-        assert_eq!(check_http(&Method::POST, &no_te), Err(HttpRefusal::MissingTeTrailers));
-        let te_list = headers(&[("content-type", "application/grpc"), ("te", "gzip, trailers")]);
+        assert_eq!(
+            check_http(&Method::POST, &no_te),
+            Err(HttpRefusal::MissingTeTrailers)
+        );
+        let te_list = headers(&[
+            ("content-type", "application/grpc"),
+            ("te", "gzip, trailers"),
+        ]);
         assert_eq!(check_http(&Method::POST, &te_list), Ok(()));
     }
 }

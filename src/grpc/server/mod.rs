@@ -216,7 +216,11 @@ async fn handle_socket(
     let opening = match timeout(handshake_timeout, sniff::sniff(&mut tcp)).await {
         Ok(Ok(opening)) => opening,
         Ok(Err(_)) | Err(_) => {
-            log!(Debug, "connection closed before a protocol was recognised", conn = id);
+            log!(
+                Debug,
+                "connection closed before a protocol was recognised",
+                conn = id
+            );
             shared.observer.connection_closed(id);
             return;
         }
@@ -228,17 +232,32 @@ async fn handle_socket(
         }
         (Some(tls), (Opening::Tls, prefix)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let accepted = timeout(handshake_timeout, acceptor.accept(Prefixed::new(prefix, tcp))).await;
+            let accepted = timeout(
+                handshake_timeout,
+                acceptor.accept(Prefixed::new(prefix, tcp)),
+            )
+            .await;
             let mut stream = match accepted {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
-                    log!(Info, "TLS handshake failed", conn = id, peer = peer.to_string().as_str(), error = error.to_string().as_str());
+                    log!(
+                        Info,
+                        "TLS handshake failed",
+                        conn = id,
+                        peer = peer.to_string().as_str(),
+                        error = error.to_string().as_str()
+                    );
                     shared.observer.connection_rejected("tls_handshake");
                     shared.observer.connection_closed(id);
                     return;
                 }
                 Err(_) => {
-                    log!(Info, "TLS handshake timed out", conn = id, peer = peer.to_string().as_str());
+                    log!(
+                        Info,
+                        "TLS handshake timed out",
+                        conn = id,
+                        peer = peer.to_string().as_str()
+                    );
                     shared.observer.connection_rejected("tls_handshake_timeout");
                     shared.observer.connection_closed(id);
                     return;
@@ -252,7 +271,13 @@ async fn handle_socket(
             match timeout(handshake_timeout, sniff::sniff(&mut stream)).await {
                 Ok(Ok((Opening::Http2, prefix))) => {
                     let info = Arc::new(ConnectionInfo::new(id, Some(peer), extensions));
-                    serve_connection(Prefixed::new(prefix, stream), shared.clone(), info, shutdown).await;
+                    serve_connection(
+                        Prefixed::new(prefix, stream),
+                        shared.clone(),
+                        info,
+                        shutdown,
+                    )
+                    .await;
                 }
                 Ok(Ok((Opening::Http1, _))) => {
                     let _ = stream.write_all(sniff::HTTP1_ON_H2_RESPONSE).await;
@@ -278,8 +303,16 @@ async fn handle_socket(
             // Plaintext HTTP/2 on the TLS port: say so at the HTTP/2 level
             // (GOAWAY INADEQUATE_SECURITY, which gRPC clients report).
             shared.observer.connection_rejected("plaintext_on_tls");
-            log!(Info, "plaintext HTTP/2 on the TLS port", conn = id, peer = peer.to_string().as_str());
-            let handshake = shared.config.h2_builder().handshake::<_, bytes::Bytes>(Prefixed::new(prefix, tcp));
+            log!(
+                Info,
+                "plaintext HTTP/2 on the TLS port",
+                conn = id,
+                peer = peer.to_string().as_str()
+            );
+            let handshake = shared
+                .config
+                .h2_builder()
+                .handshake::<_, bytes::Bytes>(Prefixed::new(prefix, tcp));
             let _ = timeout(handshake_timeout, async {
                 if let Ok(mut conn) = handshake.await {
                     conn.abrupt_shutdown(h2::Reason::INADEQUATE_SECURITY);
@@ -290,11 +323,21 @@ async fn handle_socket(
         }
         (None, (Opening::Tls, _)) => {
             shared.observer.connection_rejected("tls_on_plaintext");
-            log!(Info, "TLS on the plaintext port", conn = id, peer = peer.to_string().as_str());
+            log!(
+                Info,
+                "TLS on the plaintext port",
+                conn = id,
+                peer = peer.to_string().as_str()
+            );
         }
         (_, (Opening::Garbage | Opening::Undecided, _)) => {
             shared.observer.connection_rejected("garbage");
-            log!(Debug, "unrecognised protocol", conn = id, peer = peer.to_string().as_str());
+            log!(
+                Debug,
+                "unrecognised protocol",
+                conn = id,
+                peer = peer.to_string().as_str()
+            );
         }
     }
     shared.observer.connection_closed(id);

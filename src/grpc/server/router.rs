@@ -40,7 +40,8 @@ impl Call {
 
 /// What a registered method does with a call; returns trailing metadata on
 /// success.
-pub(crate) type MethodHandler = Arc<dyn Fn(Call) -> BoxFuture<Result<Metadata, Status>> + Send + Sync>;
+pub(crate) type MethodHandler =
+    Arc<dyn Fn(Call) -> BoxFuture<Result<Metadata, Status>> + Send + Sync>;
 
 /// Sees each call's head before its handler; an error answers the call.
 pub type Interceptor = Arc<dyn Fn(&mut RequestHead) -> Result<(), Status> + Send + Sync>;
@@ -55,7 +56,9 @@ pub struct Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").field("services", &self.services).finish()
+        f.debug_struct("Router")
+            .field("services", &self.services)
+            .finish()
     }
 }
 
@@ -73,7 +76,8 @@ impl Router {
     }
 
     fn insert(&mut self, path: &'static str, handler: MethodHandler) {
-        let (service, _) = split_path(path).expect("method paths look like /package.Service/Method");
+        let (service, _) =
+            split_path(path).expect("method paths look like /package.Service/Method");
         self.services.insert(service.to_owned());
         let previous = self.methods.insert(path, handler);
         assert!(previous.is_none(), "method {path} registered twice");
@@ -136,7 +140,11 @@ impl Router {
     }
 
     /// One request, a stream of responses.
-    pub fn server_streaming<Req, Resp, F, Fut>(&mut self, path: &'static str, handler: F) -> &mut Self
+    pub fn server_streaming<Req, Resp, F, Fut>(
+        &mut self,
+        path: &'static str,
+        handler: F,
+    ) -> &mut Self
     where
         Req: prost::Message + Default + 'static,
         Resp: prost::Message + 'static,
@@ -160,7 +168,11 @@ impl Router {
     }
 
     /// A stream of requests, one response.
-    pub fn client_streaming<Req, Resp, F, Fut>(&mut self, path: &'static str, handler: F) -> &mut Self
+    pub fn client_streaming<Req, Resp, F, Fut>(
+        &mut self,
+        path: &'static str,
+        handler: F,
+    ) -> &mut Self
     where
         Req: prost::Message + Default + 'static,
         Resp: prost::Message + 'static,

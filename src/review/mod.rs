@@ -1,0 +1,34 @@
+//! The domain: collaborative review sessions. It knows nothing of HTTP/2.
+//!
+//! - [`ot`]: line operations and their transformation (pure).
+//! - [`document`]: a session's files under limits.
+//! - [`session`]: one session as a sans-IO state machine.
+//! - [`outbox`], [`history`]: per-participant queues and the replay log.
+//! - [`validate`]: what a client may send (pure).
+//! - [`roles`]: roles as capabilities.
+//! - [`registry`]: the single task that owns every session.
+//! - [`service`]: the four RPCs on the wire layer.
+//! - [`replica`]: the client half of the OT (used by `join`).
+
+pub mod document;
+pub mod error;
+pub mod history;
+pub mod limits;
+pub mod ot;
+pub mod outbox;
+pub mod principal;
+pub mod registry;
+pub mod replica;
+pub mod roles;
+pub mod service;
+pub mod session;
+#[cfg(test)]
+mod session_tests;
+pub mod validate;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,338 @@
+//! Operational transformation of line operations (central-server, Jupiter
+//! style). Pure: no state, no I/O.
+//!
+//! Line numbers are 0-based. The operations on one file:
+//! - `Replace(l, text)`: set line `l`; past the end of the file, the file is
+//!   first extended with empty lines (the article's edit, enum value 0).
+//! - `Insert(l, text)`: insert before line `l` (`l == len` appends).
+//! - `Delete(l)`: remove line `l`.
+//! - `ReplaceFile(lines)`: the whole file (an upload).
+//! - `Noop`: what an operation becomes when a concurrent one cancels it.
+//!
+//! [`transform`]`(a, b, a_wins)` rewrites `a` so it applies after `b` (both
+//! defined on the same document), with `a_wins` breaking ties (two inserts at
+//! one place, two replaces of one line). It satisfies TP1: for any document
+//! `S` on which `a` and `b` are valid,
+//! `S·b·transform(a, b, w) == S·a·transform(b, a, !w)` — the property test
+//! and the `ot_tp1` fuzz target check it. The server always gives priority to
+//! the operation it applied first, and clients do the same, so every replica
+//! converges.
+
+use std::sync::Arc;
+
+/// A line of text (shared: transforming an op never copies its text).
+pub type Text = Arc<str>;
+
+/// One line operation (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineOp {
+    Replace { line: u32, text: Text },
+    Insert { line: u32, text: Text },
+    Delete { line: u32 },
+    ReplaceFile { lines: Arc<[Text]> },
+    Noop,
+}
+
+/// An operation on a named file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOp {
+    pub path: Text,
+    pub op: LineOp,
+}
+
+impl FileOp {
+    pub fn is_noop(&self) -> bool {
+        self.op == LineOp::Noop
+    }
+
+    fn with_op(&self, op: LineOp) -> FileOp {
+        FileOp {
+            path: self.path.clone(),
+            op,
+        }
+    }
+
+    fn with_line(&self, line: u32) -> FileOp {
+        let op = match &self.op {
+            LineOp::Replace { text, .. } => LineOp::Replace {
+                line,
+                text: text.clone(),
+            },
+            LineOp::Insert { text, .. } => LineOp::Insert {
+                line,
+                text: text.clone(),
+            },
+            LineOp::Delete { .. } => LineOp::Delete { line },
+            other => other.clone(),
+        };
+        self.with_op(op)
+    }
+}
+
+/// Rewrites `a` to apply after `b`. `a_wins` decides ties in `a`'s favour.
+pub fn transform(a: &FileOp, b: &FileOp, a_wins: bool) -> FileOp {
+    if a.path != b.path {
+        return a.clone();
+    }
+    use LineOp::*;
+    match (&a.op, &b.op) {
+        (Noop, _) | (_, Noop) => a.clone(),
+        (ReplaceFile { .. }, ReplaceFile { .. }) => {
+            if a_wins {
+                a.clone()
+            } else {
+                a.with_op(Noop)
+            }
+        }
+        (ReplaceFile { .. }, _) => a.clone(),
+        // The file was replaced wholesale: edits to its old content lapse.
+        (_, ReplaceFile { .. }) => a.with_op(Noop),
+        (Insert { line: q, .. }, Insert { line: p, .. }) => {
+            let shifted = q > p || (q == p && !a_wins);
+            a.with_line(if shifted { q + 1 } else { *q })
+        }
+        (Delete { line: q } | Replace { line: q, .. }, Insert { line: p, .. }) => {
+            a.with_line(if q >= p { q + 1 } else { *q })
+        }
+        (Insert { line: q, .. }, Delete { line: p }) => a.with_line(if q > p { q - 1 } else { *q }),
+        (Delete { line: q } | Replace { line: q, .. }, Delete { line: p }) => {
+            if q == p {
+                a.with_op(Noop)
+            } else if q > p {
+                a.with_line(q - 1)
+            } else {
+                a.clone()
+            }
+        }
+        (Insert { .. } | Delete { .. }, Replace { .. }) => a.clone(),
+        (Replace { line: q, .. }, Replace { line: p, .. }) => {
+            if q == p && !a_wins {
+                a.with_op(Noop)
+            } else {
+                a.clone()
+            }
+        }
+    }
+}
+
+/// Transforms a position (a comment's or cursor's line) through an applied
+/// operation; `None` when its line was deleted or its file replaced.
+pub fn transform_line(path: &str, line: u32, applied: &FileOp) -> Option<u32> {
+    if &*applied.path != path {
+        return Some(line);
+    }
+    match &applied.op {
+        LineOp::Insert { line: p, .. } if line >= *p => Some(line + 1),
+        LineOp::Delete { line: p } if line == *p => None,
+        LineOp::Delete { line: p } if line > *p => Some(line - 1),
+        LineOp::ReplaceFile { .. } => None,
+        _ => Some(line),
+    }
+}
+
+/// Why an operation cannot apply to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyError {
+    /// Insert past the end, delete of a missing line.
+    OutOfRange(String),
+}
+
+/// Applies an operation to a file's lines (a missing file is empty).
+/// Limits are checked by the caller ([`super::document`]); this is the pure
+/// semantics, shared by the server's document and the client's replica.
+pub fn apply(lines: &mut Vec<Text>, op: &LineOp) -> Result<(), ApplyError> {
+    check(lines.len(), op)?;
+    match op {
+        LineOp::Replace { line, text } => {
+            let line = *line as usize;
+            if line >= lines.len() {
+                let empty: Text = Arc::from("");
+                lines.resize(line, empty);
+                lines.push(text.clone());
+            } else {
+                lines[line] = text.clone();
+            }
+        }
+        LineOp::Insert { line, text } => lines.insert(*line as usize, text.clone()),
+        LineOp::Delete { line } => {
+            lines.remove(*line as usize);
+        }
+        LineOp::ReplaceFile { lines: new } => *lines = new.to_vec(),
+        LineOp::Noop => {}
+    }
+    Ok(())
+}
+
+/// Checks that `op` can apply to a file of `len` lines.
+pub fn check(len: usize, op: &LineOp) -> Result<(), ApplyError> {
+    match op {
+        LineOp::Insert { line, .. } if *line as usize > len => {
+            Err(ApplyError::OutOfRange(format!(
+                "cannot insert at line {line}: the file has {len} lines (0-based; insert at {len} appends)"
+            )))
+        }
+        LineOp::Delete { line } if *line as usize >= len => Err(ApplyError::OutOfRange(format!(
+            "cannot delete line {line}: the file has {len} lines (0-based)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text(s: &str) -> Text {
+        Arc::from(s)
+    }
+
+    fn op(line_op: LineOp) -> FileOp {
+        FileOp {
+            path: text("f"),
+            op: line_op,
+        }
+    }
+
+    fn lines(items: &[&str]) -> Vec<Text> {
+        items.iter().map(|s| text(s)).collect()
+    }
+
+    #[test]
+    fn concurrent_inserts_at_one_place_keep_both_in_priority_order() {
+        let a = op(LineOp::Insert {
+            line: 1,
+            text: text("a"),
+        });
+        let b = op(LineOp::Insert {
+            line: 1,
+            text: text("b"),
+        });
+        let mut left = lines(&["0", "1"]);
+        apply(&mut left, &b.op).unwrap();
+        apply(&mut left, &transform(&a, &b, false).op).unwrap();
+        let mut right = lines(&["0", "1"]);
+        apply(&mut right, &a.op).unwrap();
+        apply(&mut right, &transform(&b, &a, true).op).unwrap();
+        assert_eq!(left, right);
+        assert_eq!(left, lines(&["0", "b", "a", "1"]));
+    }
+
+    #[test]
+    fn both_delete_one_line() {
+        let a = op(LineOp::Delete { line: 0 });
+        let b = op(LineOp::Delete { line: 0 });
+        assert!(transform(&a, &b, false).is_noop());
+        assert!(transform(&b, &a, true).is_noop());
+    }
+
+    #[test]
+    fn replace_past_end_extends_with_empty_lines() {
+        let mut file = Vec::new();
+        apply(
+            &mut file,
+            &LineOp::Replace {
+                line: 2,
+                text: text("x"),
+            },
+        )
+        .unwrap();
+        assert_eq!(file, lines(&["", "", "x"]));
+    }
+
+    #[test]
+    fn insert_past_end_and_delete_missing_are_errors() {
+        let mut file = lines(&["a"]);
+        assert!(
+            apply(
+                &mut file,
+                &LineOp::Insert {
+                    line: 2,
+                    text: text("x")
+                }
+            )
+            .is_err()
+        );
+        assert!(apply(&mut file, &LineOp::Delete { line: 1 }).is_err());
+        assert!(
+            apply(
+                &mut file,
+                &LineOp::Insert {
+                    line: 1,
+                    text: text("x")
+                }
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn positions_follow_inserts_and_deletes() {
+        let insert = op(LineOp::Insert {
+            line: 2,
+            text: text("x"),
+        });
+        assert_eq!(transform_line("f", 2, &insert), Some(3));
+        assert_eq!(transform_line("f", 1, &insert), Some(1));
+        assert_eq!(transform_line("g", 5, &insert), Some(5));
+        let delete = op(LineOp::Delete { line: 2 });
+        assert_eq!(transform_line("f", 2, &delete), None);
+        assert_eq!(transform_line("f", 3, &delete), Some(2));
+    }
+
+    pub(crate) fn arb_valid_op(len: usize) -> impl Strategy<Value = LineOp> {
+        let text = "[a-c]{0,2}".prop_map(|s| Arc::<str>::from(s.as_str()));
+        let mut choices: Vec<BoxedStrategy<LineOp>> = vec![
+            (0..=(len as u32 + 3), text.clone())
+                .prop_map(|(line, text)| LineOp::Replace { line, text })
+                .boxed(),
+            (0..=(len as u32), text.clone())
+                .prop_map(|(line, text)| LineOp::Insert { line, text })
+                .boxed(),
+            proptest::collection::vec(text, 0..3)
+                .prop_map(|l| LineOp::ReplaceFile { lines: l.into() })
+                .boxed(),
+        ];
+        if len > 0 {
+            choices.push(
+                (0..len as u32)
+                    .prop_map(|line| LineOp::Delete { line })
+                    .boxed(),
+            );
+        }
+        proptest::strategy::Union::new(choices)
+    }
+
+    fn arb_case() -> impl Strategy<Value = (Vec<Text>, FileOp, FileOp)> {
+        proptest::collection::vec("[x-z]".prop_map(|s| Arc::<str>::from(s.as_str())), 0..5)
+            .prop_flat_map(|doc| {
+                let len = doc.len();
+                let path = prop_oneof![Just("f"), Just("g")];
+                (
+                    Just(doc),
+                    (arb_valid_op(len), path.clone())
+                        .prop_map(|(op, p)| FileOp { path: text(p), op }),
+                    (arb_valid_op(len), path).prop_map(|(op, p)| FileOp { path: text(p), op }),
+                )
+            })
+    }
+
+    proptest! {
+        /// TP1 on one file (and identity across files).
+        #[test]
+        fn tp1_holds((doc, a, b) in arb_case(), a_wins in any::<bool>()) {
+            let run = |first: &FileOp, second: &FileOp| {
+                let mut files = std::collections::BTreeMap::<Text, Vec<Text>>::new();
+                files.insert(text("f"), doc.clone());
+                files.insert(text("g"), doc.clone());
+                for o in [first, second] {
+                    apply(files.get_mut(&o.path).unwrap(), &o.op).unwrap();
+                }
+                files
+            };
+            let left = run(&b, &transform(&a, &b, a_wins));
+            let right = run(&a, &transform(&b, &a, !a_wins));
+            prop_assert_eq!(left, right);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! A participant's outbox: framed messages waiting for its stream to take
+//! them. Essential messages (edits, comments, joins, acks) queue in order and
+//! count against a byte bound; ephemeral ones (cursor moves, ACTIVE/IDLE) are
+//! keyed by user and kind, and a newer one replaces the older one still
+//! waiting (latest wins), so they cannot grow the outbox.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::ot::Text;
+
+/// What an ephemeral message is about; one per key may wait.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EphemeralKey {
+    pub user: Text,
+    pub kind: EphemeralKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EphemeralKind {
+    Cursor,
+    Presence,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Essential(Bytes),
+    Ephemeral(EphemeralKey, u64),
+}
+
+/// The essential backlog went over its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow {
+    pub pending: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: VecDeque<Entry>,
+    essential_bytes: usize,
+    ephemeral: HashMap<EphemeralKey, (u64, Bytes)>,
+    ephemeral_bytes: usize,
+    next_generation: u64,
+    stale_entries: usize,
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Outbox::default()
+    }
+
+    /// Queues an essential message; fails (queueing nothing) when the
+    /// essential backlog would exceed `limit` bytes.
+    pub fn push(&mut self, framed: Bytes, limit: usize) -> Result<(), Overflow> {
+        let pending = self.essential_bytes + framed.len();
+        if pending > limit {
+            return Err(Overflow { pending });
+        }
+        self.essential_bytes = pending;
+        self.queue.push_back(Entry::Essential(framed));
+        Ok(())
+    }
+
+    /// Queues an ephemeral message, replacing any still waiting for `key`.
+    pub fn push_ephemeral(&mut self, key: EphemeralKey, framed: Bytes) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.ephemeral_bytes += framed.len();
+        if let Some((_, old)) = self.ephemeral.insert(key.clone(), (generation, framed)) {
+            self.ephemeral_bytes -= old.len();
+            self.stale_entries += 1;
+        }
+        self.queue.push_back(Entry::Ephemeral(key, generation));
+        if self.stale_entries > 64 && self.stale_entries > self.queue.len() / 2 {
+            self.compact();
+        }
+    }
+
+    /// Drops queue markers of replaced ephemeral messages.
+    fn compact(&mut self) {
+        let ephemeral = &self.ephemeral;
+        self.queue.retain(|entry| match entry {
+            Entry::Essential(_) => true,
+            Entry::Ephemeral(key, generation) => {
+                ephemeral.get(key).is_some_and(|(g, _)| g == generation)
+            }
+        });
+        self.stale_entries = 0;
+    }
+
+    /// Takes messages in order, up to `max_bytes` (at least one message when
+    /// any is waiting).
+    pub fn take(&mut self, max_bytes: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut taken = 0;
+        while let Some(entry) = self.queue.front() {
+            let next_len = match entry {
+                Entry::Essential(bytes) => bytes.len(),
+                Entry::Ephemeral(key, generation) => match self.ephemeral.get(key) {
+                    Some((g, bytes)) if g == generation => bytes.len(),
+                    _ => {
+                        self.queue.pop_front();
+                        self.stale_entries = self.stale_entries.saturating_sub(1);
+                        continue;
+                    }
+                },
+            };
+            if !out.is_empty() && taken + next_len > max_bytes {
+                break;
+            }
+            match self.queue.pop_front().expect("front exists") {
+                Entry::Essential(bytes) => {
+                    self.essential_bytes -= bytes.len();
+                    out.push(bytes);
+                }
+                Entry::Ephemeral(key, _) => {
+                    let (_, bytes) = self.ephemeral.remove(&key).expect("checked above");
+                    self.ephemeral_bytes -= bytes.len();
+                    out.push(bytes);
+                }
+            }
+            taken += next_len;
+        }
+        out
+    }
+
+    /// Whether a message is waiting.
+    pub fn has_pending(&self) -> bool {
+        self.essential_bytes > 0 || !self.ephemeral.is_empty()
+    }
+
+    /// Bytes waiting (essential and ephemeral).
+    pub fn buffered_bytes(&self) -> usize {
+        self.essential_bytes + self.ephemeral_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn key(user: &str) -> EphemeralKey {
+        EphemeralKey {
+            user: Arc::from(user),
+            kind: EphemeralKind::Cursor,
+        }
+    }
+
+    #[test]
+    fn ephemeral_latest_wins_and_keeps_order() {
+        let mut outbox = Outbox::new();
+        outbox.push(Bytes::from_static(b"e1"), 100).unwrap();
+        outbox.push_ephemeral(key("a"), Bytes::from_static(b"a1"));
+        outbox.push(Bytes::from_static(b"e2"), 100).unwrap();
+        outbox.push_ephemeral(key("a"), Bytes::from_static(b"a2"));
+        outbox.push_ephemeral(key("b"), Bytes::from_static(b"b1"));
+        let got = outbox.take(usize::MAX);
+        assert_eq!(
+            got,
+            vec![
+                Bytes::from_static(b"e1"),
+                Bytes::from_static(b"e2"),
+                Bytes::from_static(b"a2"),
+                Bytes::from_static(b"b1"),
+            ]
+        );
+        assert!(!outbox.has_pending());
+        assert_eq!(outbox.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn essential_bound_refuses_and_keeps_state() {
+        let mut outbox = Outbox::new();
+        outbox.push(Bytes::from(vec![0u8; 60]), 100).unwrap();
+        assert_eq!(
+            outbox.push(Bytes::from(vec![0u8; 50]), 100),
+            Err(Overflow { pending: 110 })
+        );
+        assert_eq!(outbox.buffered_bytes(), 60);
+        // Ephemeral messages never overflow, however many.
+        for i in 0..10_000 {
+            outbox.push_ephemeral(key("a"), Bytes::from(format!("{i}")));
+        }
+        assert!(outbox.queue.len() < 200, "stale markers are compacted");
+        let got = outbox.take(usize::MAX);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1], Bytes::from("9999"));
+    }
+
+    #[test]
+    fn take_respects_max_but_returns_at_least_one() {
+        let mut outbox = Outbox::new();
+        outbox.push(Bytes::from(vec![0u8; 10]), 100).unwrap();
+        outbox.push(Bytes::from(vec![0u8; 10]), 100).unwrap();
+        assert_eq!(outbox.take(5).len(), 1);
+        assert_eq!(outbox.take(100).len(), 1);
+        assert!(outbox.take(100).is_empty());
+    }
+}

@@ -1,0 +1,429 @@
+//! `codereview.v1.CodeReviewService` on the wire layer: the four RPCs, each a
+//! thin adapter between a gRPC call and the registry.
+//!
+//! A session stream's task:
+//!
+//! ```text
+//!  first message ─► identity + principal checks ─► registry.join ─┐
+//!  ┌──────────────────────────────────────────────────────────────┘
+//!  └► loop: inbound message ─► validate ─► registry (capacity released after)
+//!           pulled batch ─► sink (one write per batch, as flow control allows)
+//!           ending signal ─► final status (slow, replaced, expired, drained)
+//!           max stream duration ─► UNAVAILABLE (reconnect and resume)
+//! ```
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::document::split_lines;
+use super::error::ReviewError;
+use super::limits::Limits;
+use super::ot::Text;
+use super::principal::Principal;
+use super::registry::{Ending, Membership, RegistryHandle};
+use super::session::{MemberId, TokenWindow};
+use super::validate::{self, Action, JoinOptions};
+use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
+use crate::grpc::{Metadata, Status};
+use crate::pb::codereview::{
+    FileChunk, SessionMessage, Snapshot, SnapshotRequest, UploadSummary, WatchRequest,
+};
+
+pub const COLLABORATIVE_SESSION: &str = "/codereview.v1.CodeReviewService/CollaborativeSession";
+pub const GET_SNAPSHOT: &str = "/codereview.v1.CodeReviewService/GetSnapshot";
+pub const WATCH_SESSION: &str = "/codereview.v1.CodeReviewService/WatchSession";
+pub const UPLOAD_FILES: &str = "/codereview.v1.CodeReviewService/UploadFiles";
+pub const SERVICE_NAME: &str = "codereview.v1.CodeReviewService";
+
+/// Checks a bearer token presented mid-stream (a `token_refresh`).
+pub trait TokenVerifier: Send + Sync + 'static {
+    fn verify(&self, token: &str) -> Result<Principal, ReviewError>;
+}
+
+/// The service's settings.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    pub limits: Arc<Limits>,
+    /// Streams are ended with UNAVAILABLE after this long (reconnect and
+    /// resume); `None` for no limit (default 24 h).
+    pub max_stream_duration: Option<Duration>,
+    /// The most a stream takes from its outbox per write (default 256 KiB).
+    pub batch_bytes: usize,
+    /// Whether calls must carry a principal (authentication on).
+    pub auth_required: bool,
+    /// Verifies refreshed tokens.
+    pub verifier: Option<Arc<dyn TokenVerifier>>,
+}
+
+impl ServiceConfig {
+    pub fn new(limits: Arc<Limits>) -> Self {
+        ServiceConfig {
+            limits,
+            max_stream_duration: Some(Duration::from_secs(24 * 3600)),
+            batch_bytes: 256 * 1024,
+            auth_required: false,
+            verifier: None,
+        }
+    }
+}
+
+struct Service {
+    registry: RegistryHandle,
+    config: ServiceConfig,
+}
+
+/// Registers the four RPCs on `router`.
+pub fn register(router: &mut Router, registry: RegistryHandle, config: ServiceConfig) {
+    let service = Arc::new(Service { registry, config });
+    let s = service.clone();
+    router.bidi(COLLABORATIVE_SESSION, move |request, sink| {
+        let s = s.clone();
+        async move { s.session(request, sink).await }
+    });
+    let s = service.clone();
+    router.unary(GET_SNAPSHOT, move |request| {
+        let s = s.clone();
+        async move { s.get_snapshot(request).await }
+    });
+    let s = service.clone();
+    router.server_streaming(WATCH_SESSION, move |request, sink| {
+        let s = s.clone();
+        async move { s.watch(request, sink).await }
+    });
+    let s = service;
+    router.client_streaming(UPLOAD_FILES, move |request| {
+        let s = s.clone();
+        async move { s.upload(request).await }
+    });
+}
+
+/// Sends Leave when a member's stream task ends, however it ends.
+struct LeaveGuard {
+    registry: RegistryHandle,
+    member: MemberId,
+}
+
+impl Drop for LeaveGuard {
+    fn drop(&mut self) {
+        self.registry.leave_soon(self.member);
+    }
+}
+
+impl Service {
+    fn principal(&self, head: &RequestHead) -> Result<Principal, Status> {
+        match head.extensions.get::<Principal>() {
+            Some(principal) => Ok(principal.clone()),
+            None if self.config.auth_required => {
+                Err(Status::unauthenticated("missing credentials"))
+            }
+            None => Ok(Principal::open()),
+        }
+    }
+
+    fn check_session_id(&self, session_id: &str) -> Result<Text, Status> {
+        let limits = &self.config.limits;
+        if session_id.is_empty()
+            || session_id.len() > limits.max_id_bytes
+            || session_id.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(format!(
+                "session_id must be 1 to {} printable bytes",
+                limits.max_id_bytes
+            )));
+        }
+        Ok(Text::from(session_id))
+    }
+
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionMessage>>,
+        mut sink: ResponseSink<SessionMessage>,
+    ) -> Result<Metadata, Status> {
+        let (head, mut inbound) = request.into_parts();
+        let principal = self.principal(&head)?;
+        let limits = self.config.limits.clone();
+        // Say at once that the stream is accepted; clients may wait for it.
+        sink.send_headers()?;
+        let Some(first) = inbound.message().await? else {
+            return Ok(Metadata::new());
+        };
+        let mut first = first;
+        if first.user_id.is_empty()
+            && let Some(subject) = &principal.subject
+        {
+            first.user_id = subject.clone();
+        }
+        let identity = validate::identity_of(&first, &limits)?;
+        principal.check_user(&identity.user_id)?;
+        principal.admit(&identity.session_id)?;
+        let first = validate::validate(first, &identity, &limits)?;
+        let (options, pending) = match first.action {
+            Action::Join(options) => (options, None),
+            Action::TokenRefresh(_) => {
+                return Err(Status::invalid_argument(
+                    "a stream cannot start with token_refresh",
+                ));
+            }
+            _ => (JoinOptions::default(), Some(first)),
+        };
+        let Membership { member, mut ending } = self
+            .registry
+            .join(
+                Text::from(identity.session_id.as_str()),
+                Text::from(identity.user_id.as_str()),
+                principal.role,
+                options,
+                principal.token,
+            )
+            .await?;
+        let _leave = LeaveGuard {
+            registry: self.registry.clone(),
+            member,
+        };
+        if let Some(message) = pending {
+            self.registry.message(member, message).await?;
+        }
+        let batch_bytes = self.config.batch_bytes;
+        let mut pull = Some(self.registry.pull(member, batch_bytes).await?);
+        let stream_deadline = self.config.max_stream_duration.map(|d| Instant::now() + d);
+        loop {
+            tokio::select! {
+                biased;
+                end = &mut ending => return finish(end),
+                batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
+                    pull = None;
+                    if let Ok(batch) = batch {
+                        for framed in batch {
+                            sink.queue_framed(framed);
+                        }
+                    }
+                }
+                flushed = sink.flush(), if sink.pending_bytes() > 0 => flushed?,
+                message = inbound.message() => {
+                    let Some(message) = message? else {
+                        // The client half-closed: it is done.
+                        return Ok(Metadata::new());
+                    };
+                    let client_sequence = message.client_sequence;
+                    match validate::validate(message, &identity, &limits) {
+                        Ok(validated) => match validated.action {
+                            Action::TokenRefresh(token) => {
+                                let refreshed = self.refresh(&principal, &identity.session_id, &token);
+                                match refreshed {
+                                    Ok(window) => self.registry.refresh_token(member, window).await?,
+                                    Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                                }
+                            }
+                            _ => self.registry.message(member, validated).await?,
+                        },
+                        Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                    }
+                }
+                _ = sleep_until_opt(stream_deadline) => {
+                    return Err(Status::unavailable("maximum stream duration reached: reconnect and resume"));
+                }
+            }
+            if pull.is_none() && sink.pending_bytes() == 0 {
+                pull = Some(self.registry.pull(member, batch_bytes).await?);
+            }
+        }
+    }
+
+    fn refresh(
+        &self,
+        current: &Principal,
+        session_id: &str,
+        token: &str,
+    ) -> Result<TokenWindow, ReviewError> {
+        let Some(verifier) = &self.config.verifier else {
+            return Err(ReviewError::invalid("this server does not use tokens"));
+        };
+        let fresh = verifier.verify(token)?;
+        if fresh.subject != current.subject {
+            return Err(ReviewError::denied(
+                "a refreshed token must be for the same user",
+            ));
+        }
+        fresh.admit(session_id)?;
+        fresh
+            .token
+            .ok_or_else(|| ReviewError::invalid("the refreshed token has no expiry"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Snapshot>, Status> {
+        let principal = self.principal(request.head())?;
+        let session_id = self.check_session_id(&request.message().session_id)?;
+        principal.admit(&session_id)?;
+        match self.registry.snapshot(session_id.clone()).await? {
+            Some(snapshot) => Ok(Response::new(snapshot)),
+            None => Err(Status::not_found(format!("no session {session_id:?}"))),
+        }
+    }
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+        mut sink: ResponseSink<SessionMessage>,
+    ) -> Result<Metadata, Status> {
+        let principal = self.principal(request.head())?;
+        let request = request.into_message();
+        let session_id = self.check_session_id(&request.session_id)?;
+        principal.admit(&session_id)?;
+        let options = JoinOptions {
+            want_snapshot: request.want_snapshot,
+            resume_after: request.resume_after_sequence,
+            epoch: request.session_epoch,
+        };
+        let Membership { member, mut ending } = self.registry.watch(session_id, options).await?;
+        let _leave = LeaveGuard {
+            registry: self.registry.clone(),
+            member,
+        };
+        sink.send_headers()?;
+        let stream_deadline = self.config.max_stream_duration.map(|d| Instant::now() + d);
+        let batch_bytes = self.config.batch_bytes;
+        loop {
+            if sink.pending_bytes() > 0 {
+                tokio::select! {
+                    end = &mut ending => return finish(end),
+                    flushed = sink.flush() => flushed?,
+                }
+                continue;
+            }
+            let pull = self.registry.pull(member, batch_bytes).await?;
+            tokio::select! {
+                end = &mut ending => return finish(end),
+                batch = pull => {
+                    if let Ok(batch) = batch {
+                        for framed in batch {
+                            sink.queue_framed(framed);
+                        }
+                    }
+                }
+                status = sink.cancelled() => return Err(status),
+                _ = sleep_until_opt(stream_deadline) => {
+                    return Err(Status::unavailable("maximum stream duration reached: reconnect and resume"));
+                }
+            }
+        }
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<FileChunk>>,
+    ) -> Result<Response<UploadSummary>, Status> {
+        let principal = self.principal(request.head())?;
+        principal.role.may_upload()?;
+        let limits = self.config.limits.clone();
+        let (_, mut inbound) = request.into_parts();
+        let mut session_id: Option<Text> = None;
+        let mut files: Vec<(Text, Vec<u8>)> = Vec::new();
+        let mut seen: HashSet<Text> = HashSet::new();
+        let mut total = 0usize;
+        while let Some(chunk) = inbound.message().await? {
+            let id = self.check_session_id(&chunk.session_id)?;
+            match &session_id {
+                None => {
+                    principal.admit(&id)?;
+                    session_id = Some(id);
+                }
+                Some(existing) if *existing != id => {
+                    return Err(Status::invalid_argument(
+                        "all chunks of an upload must name the same session",
+                    ));
+                }
+                Some(_) => {}
+            }
+            if chunk.file_path.is_empty() || chunk.file_path.len() > limits.max_path_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "file_path must be 1 to {} bytes",
+                    limits.max_path_bytes
+                )));
+            }
+            total += chunk.content.len();
+            if total > limits.max_session_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "upload exceeds the session limit of {} bytes",
+                    limits.max_session_bytes
+                )));
+            }
+            let continues = files
+                .last()
+                .is_some_and(|(path, _)| **path == *chunk.file_path);
+            if continues {
+                files
+                    .last_mut()
+                    .expect("checked")
+                    .1
+                    .extend_from_slice(&chunk.content);
+            } else {
+                let path = Text::from(chunk.file_path.as_str());
+                if !seen.insert(path.clone()) {
+                    return Err(Status::invalid_argument(format!(
+                        "chunks of {:?} must be consecutive",
+                        chunk.file_path
+                    )));
+                }
+                if files.len() >= limits.max_files {
+                    return Err(Status::resource_exhausted(format!(
+                        "more than {} files",
+                        limits.max_files
+                    )));
+                }
+                files.push((path, chunk.content.to_vec()));
+            }
+        }
+        let Some(session_id) = session_id else {
+            return Err(Status::invalid_argument(
+                "an upload needs at least one chunk",
+            ));
+        };
+        let mut parsed = Vec::with_capacity(files.len());
+        for (path, bytes) in files {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Status::invalid_argument(format!("{path} is not valid UTF-8 text")))?;
+            let lines = split_lines(&text);
+            if let Some(long) = lines.iter().find(|l| l.len() > limits.max_line_bytes) {
+                return Err(Status::invalid_argument(format!(
+                    "{path} has a line of {} bytes; the limit is {}",
+                    long.len(),
+                    limits.max_line_bytes
+                )));
+            }
+            parsed.push((path, lines));
+        }
+        let user = Text::from(principal.subject.as_deref().unwrap_or("author"));
+        let outcome = self
+            .registry
+            .upload(session_id, user, principal.role, parsed)
+            .await?;
+        Ok(Response::new(UploadSummary {
+            files: outcome.files,
+            lines: outcome.lines,
+            bytes: outcome.bytes,
+            version: outcome.version,
+            sequence: outcome.sequence,
+        }))
+    }
+}
+
+fn finish(end: Result<Ending, tokio::sync::oneshot::error::RecvError>) -> Result<Metadata, Status> {
+    match end {
+        Ok(Ending::Finished) => Ok(Metadata::new()),
+        Ok(Ending::Closed(error)) => Err(error.into()),
+        Err(_) => Err(Status::unavailable("the server is shutting down")),
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

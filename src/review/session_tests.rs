@@ -1,0 +1,976 @@
+//! Session tests, in milliseconds and without I/O: targeted cases, and a
+//! simulator that runs clients (each with a [`Replica`]) against one session
+//! through random interleavings, disconnects, resumes and resends, checking
+//! no loss, no duplicate, one order and convergent documents.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use prost::Message;
+
+use super::error::ErrorKind;
+use super::limits::Limits;
+use super::ot::{FileOp, LineOp, Text};
+use super::replica::{Replica, from_wire};
+use super::roles::Role;
+use super::session::*;
+use super::validate::{
+    Action, ClientMessage, ClientPresence, CommentRequest, CursorRequest, EditRequest, JoinOptions,
+};
+use crate::grpc::codec::HEADER_LEN;
+use crate::pb::codereview::{
+    SessionMessage, joined::Catchup, notice::Kind as NoticeKind,
+    presence_update::Status as Presence, session_message::Payload,
+};
+
+fn decode(framed: &Bytes) -> SessionMessage {
+    SessionMessage::decode(&framed[HEADER_LEN..]).expect("valid message")
+}
+
+fn limits() -> Limits {
+    Limits {
+        rate_per_second: 0.0,
+        ..Limits::default()
+    }
+}
+
+struct Harness {
+    session: Session,
+    start: Instant,
+    elapsed: Duration,
+    next_member: MemberId,
+}
+
+impl Harness {
+    fn new(limits: Limits) -> Self {
+        Harness {
+            session: Session::new(Arc::from("s"), 7, Arc::new(limits)),
+            start: Instant::now(),
+            elapsed: Duration::ZERO,
+            next_member: 1,
+        }
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            at: self.start + self.elapsed,
+            unix_ms: 1_000_000 + self.elapsed.as_millis() as i64,
+        }
+    }
+
+    fn join_with(&mut self, user: &str, role: Role, options: JoinOptions) -> (MemberId, Effects) {
+        let member = self.next_member;
+        self.next_member += 1;
+        let mut fx = Effects::default();
+        let request = JoinRequest {
+            member,
+            user_id: Arc::from(user),
+            role,
+            options,
+            token: None,
+        };
+        self.session
+            .join(self.now(), request, &mut fx)
+            .expect("join");
+        (member, fx)
+    }
+
+    fn join(&mut self, user: &str) -> MemberId {
+        let member = self.join_with(user, Role::Author, JoinOptions::default()).0;
+        self.drain(member);
+        member
+    }
+
+    fn send(&mut self, member: MemberId, client_sequence: u64, action: Action) -> Effects {
+        let mut fx = Effects::default();
+        self.session.handle(
+            self.now(),
+            member,
+            ClientMessage {
+                client_sequence,
+                action,
+            },
+            &mut fx,
+        );
+        fx
+    }
+
+    fn drain(&mut self, member: MemberId) -> Vec<SessionMessage> {
+        self.session
+            .take(member, usize::MAX)
+            .iter()
+            .map(decode)
+            .collect()
+    }
+}
+
+fn edit(path: &str, op: LineOp, base_version: i32) -> Action {
+    Action::Edit(EditRequest {
+        path: Arc::from(path),
+        op,
+        base_version,
+    })
+}
+
+fn text(s: &str) -> Text {
+    Arc::from(s)
+}
+
+fn payloads(messages: &[SessionMessage]) -> Vec<&Payload> {
+    messages.iter().filter_map(|m| m.payload.as_ref()).collect()
+}
+
+#[test]
+fn edits_broadcast_to_others_and_ack_the_sender() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let bob = h.join("bob");
+    h.drain(ann);
+    h.send(
+        ann,
+        1,
+        edit(
+            "a.rs",
+            LineOp::Replace {
+                line: 0,
+                text: text("fn main() {}"),
+            },
+            0,
+        ),
+    );
+    let to_bob = h.drain(bob);
+    assert_eq!(to_bob.len(), 1);
+    let Some(Payload::Edit(e)) = &to_bob[0].payload else {
+        panic!("{to_bob:?}")
+    };
+    assert_eq!(
+        (e.line_number, e.content.as_str(), e.version),
+        (0, "fn main() {}", 1)
+    );
+    assert_eq!(to_bob[0].user_id, "ann");
+    let to_ann = h.drain(ann);
+    assert_eq!(
+        to_ann.len(),
+        1,
+        "the sender gets an ack, never its own edit"
+    );
+    let Some(Payload::Ack(ack)) = &to_ann[0].payload else {
+        panic!("{to_ann:?}")
+    };
+    assert_eq!(
+        (ack.client_sequence, ack.sequence, ack.version),
+        (1, to_bob[0].sequence, 1)
+    );
+}
+
+#[test]
+fn presence_join_leave_and_idle() {
+    let mut h = Harness::new(Limits {
+        idle_after: Duration::from_secs(5),
+        ..limits()
+    });
+    let ann = h.join("ann");
+    let (bob, _) = h.join_with("bob", Role::Reviewer, JoinOptions::default());
+    let joined = h.drain(ann);
+    let Some(Payload::Presence(p)) = &joined[0].payload else {
+        panic!("{joined:?}")
+    };
+    assert_eq!(
+        (joined[0].user_id.as_str(), p.status, p.role),
+        ("bob", Presence::Joined as i32, 2)
+    );
+    h.drain(bob);
+    h.elapsed = Duration::from_secs(6);
+    let mut fx = Effects::default();
+    h.session.tick(h.now(), &mut fx);
+    let idle: Vec<_> = h
+        .drain(ann)
+        .into_iter()
+        .filter_map(|m| match m.payload {
+            Some(Payload::Presence(p)) if p.status == Presence::Idle as i32 => Some(m.user_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(idle, vec!["ann".to_string(), "bob".to_string()]);
+    // Bob speaks: ACTIVE again.
+    h.send(bob, 0, Action::Touch);
+    let active = h.drain(ann);
+    assert!(
+        matches!(&active[0].payload, Some(Payload::Presence(p)) if p.status == Presence::Active as i32)
+    );
+    let mut fx = Effects::default();
+    h.session.leave(h.now(), bob, &mut fx);
+    let left = h.drain(ann);
+    assert!(
+        matches!(&left[0].payload, Some(Payload::Presence(p)) if p.status == Presence::Left as i32)
+    );
+    assert_eq!(h.session.stats().participants, 1);
+}
+
+#[test]
+fn out_of_range_edits_get_a_per_message_error_and_the_stream_stays() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(ann, 1, edit("a.rs", LineOp::Delete { line: 3 }, 0));
+    h.send(
+        ann,
+        2,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 1,
+                text: text("x"),
+            },
+            0,
+        ),
+    );
+    let replies = h.drain(ann);
+    for (reply, cs) in replies.iter().zip([1, 2]) {
+        let Some(Payload::Error(e)) = &reply.payload else {
+            panic!("{replies:?}")
+        };
+        assert_eq!(
+            (e.code, e.client_sequence),
+            (crate::grpc::Code::OutOfRange.as_i32(), cs)
+        );
+    }
+    assert!(h.session.has_member(ann));
+    h.send(
+        ann,
+        3,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 0,
+                text: text("ok"),
+            },
+            0,
+        ),
+    );
+    assert!(matches!(h.drain(ann)[0].payload, Some(Payload::Ack(_))));
+}
+
+#[test]
+fn roles_are_enforced_per_message() {
+    let mut h = Harness::new(limits());
+    let (rev, _) = h.join_with("rev", Role::Reviewer, JoinOptions::default());
+    let (obs, _) = h.join_with("obs", Role::Observer, JoinOptions::default());
+    h.drain(rev);
+    h.drain(obs);
+    h.send(
+        rev,
+        1,
+        edit(
+            "a.rs",
+            LineOp::Replace {
+                line: 0,
+                text: text("x"),
+            },
+            0,
+        ),
+    );
+    h.send(
+        rev,
+        2,
+        Action::Comment(CommentRequest {
+            comment_id: String::new(),
+            path: "a.rs".into(),
+            line: 0,
+            text: "nice".into(),
+        }),
+    );
+    let replies = h.drain(rev);
+    assert!(matches!(&replies[0].payload, Some(Payload::Error(e)) if e.code == 7));
+    assert!(matches!(&replies[1].payload, Some(Payload::Ack(a)) if a.comment_id == "c3"));
+    h.drain(obs);
+    h.send(
+        obs,
+        1,
+        Action::Cursor(CursorRequest {
+            path: "a.rs".into(),
+            line: 0,
+            column: 0,
+        }),
+    );
+    assert!(matches!(&h.drain(obs)[0].payload, Some(Payload::Error(e)) if e.code == 7));
+}
+
+#[test]
+fn resends_are_acknowledged_but_never_applied_twice() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let bob = h.join("bob");
+    h.drain(ann);
+    let insert = edit(
+        "a.rs",
+        LineOp::Insert {
+            line: 0,
+            text: text("once"),
+        },
+        0,
+    );
+    h.send(ann, 5, insert.clone());
+    h.send(ann, 5, insert);
+    let replies = h.drain(ann);
+    let acks: Vec<_> = payloads(&replies)
+        .into_iter()
+        .filter_map(|p| match p {
+            Payload::Ack(a) => Some((a.client_sequence, a.sequence, a.duplicate)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks.len(), 2);
+    assert_eq!((acks[0].0, acks[0].2), (5, false));
+    assert_eq!((acks[1].0, acks[1].1, acks[1].2), (5, acks[0].1, true));
+    assert_eq!(h.session.document().file("a.rs").unwrap().len(), 1);
+    assert_eq!(h.drain(bob).len(), 1, "bob sees the edit once");
+}
+
+#[test]
+fn late_joiners_get_history_or_snapshot() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    for i in 0..3 {
+        h.send(
+            ann,
+            i + 1,
+            edit(
+                "a.rs",
+                LineOp::Insert {
+                    line: 0,
+                    text: text("l"),
+                },
+                i as i32,
+            ),
+        );
+    }
+    let (bob, _) = h.join_with("bob", Role::Author, JoinOptions::default());
+    let to_bob = h.drain(bob);
+    let Some(Payload::Joined(j)) = &to_bob[0].payload else {
+        panic!()
+    };
+    assert_eq!(j.catchup, Catchup::History as i32);
+    let edits = payloads(&to_bob)
+        .into_iter()
+        .filter(|p| matches!(p, Payload::Edit(_)))
+        .count();
+    assert_eq!(edits, 3);
+    assert!(
+        matches!(to_bob.last().unwrap().payload, Some(Payload::Notice(ref n)) if n.kind == NoticeKind::CaughtUp as i32)
+    );
+
+    let options = JoinOptions {
+        want_snapshot: true,
+        ..JoinOptions::default()
+    };
+    let (carol, _) = h.join_with("carol", Role::Reviewer, options);
+    let to_carol = h.drain(carol);
+    let Some(Payload::Snapshot(s)) = &to_carol[1].payload else {
+        panic!("{to_carol:?}")
+    };
+    assert_eq!(s.files[0].lines.len(), 3);
+    assert_eq!(s.version, 3);
+    let users: Vec<_> = s.participants.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(users, vec!["ann", "bob", "carol"]);
+}
+
+#[test]
+fn resume_delivers_exactly_what_was_missed() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let bob = h.join("bob");
+    h.drain(ann);
+    h.send(
+        ann,
+        1,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 0,
+                text: text("1"),
+            },
+            0,
+        ),
+    );
+    let seen = h.drain(bob);
+    let last = seen.last().unwrap().sequence;
+    let mut fx = Effects::default();
+    h.session.leave(h.now(), bob, &mut fx);
+    h.send(
+        ann,
+        2,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 1,
+                text: text("2"),
+            },
+            1,
+        ),
+    );
+    h.send(
+        ann,
+        3,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 2,
+                text: text("3"),
+            },
+            2,
+        ),
+    );
+    let options = JoinOptions {
+        resume_after: Some(last),
+        epoch: 7,
+        want_snapshot: false,
+    };
+    let (bob2, _) = h.join_with("bob", Role::Author, options);
+    let messages = h.drain(bob2);
+    let Some(Payload::Joined(j)) = &messages[0].payload else {
+        panic!()
+    };
+    assert_eq!(j.catchup, Catchup::Resume as i32);
+    let sequences: Vec<u64> = messages
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.payload,
+                Some(Payload::Edit(_)) | Some(Payload::Ack(_)) | Some(Payload::Presence(_))
+            )
+        })
+        .map(|m| m.sequence)
+        .collect();
+    let expected: Vec<u64> = (last + 1..=j.sequence).collect();
+    assert_eq!(
+        sequences, expected,
+        "exactly the missed sequence numbers, once each"
+    );
+    // A different epoch (session recreated) gets a snapshot instead.
+    let mut fx = Effects::default();
+    h.session.leave(h.now(), bob2, &mut fx);
+    let options = JoinOptions {
+        resume_after: Some(last),
+        epoch: 99,
+        want_snapshot: false,
+    };
+    let (bob3, _) = h.join_with("bob", Role::Author, options);
+    assert!(matches!(
+        h.drain(bob3)[1].payload,
+        Some(Payload::Snapshot(_))
+    ));
+}
+
+#[test]
+fn a_slow_consumer_is_ended_and_does_not_hold_back_others() {
+    let mut h = Harness::new(Limits {
+        outbox_bytes: 4096,
+        ..limits()
+    });
+    let ann = h.join("ann");
+    let slow = h.join("slow");
+    let fast = h.join("fast");
+    h.drain(ann);
+    h.drain(fast);
+    let mut closed = Vec::new();
+    for i in 0..100u64 {
+        let fx = h.send(
+            ann,
+            i + 1,
+            edit(
+                "a.rs",
+                LineOp::Insert {
+                    line: 0,
+                    text: text("some line of code"),
+                },
+                i as i32,
+            ),
+        );
+        closed.extend(fx.closed);
+        let edits = h
+            .drain(fast)
+            .into_iter()
+            .filter(|m| matches!(m.payload, Some(Payload::Edit(_))))
+            .count();
+        assert_eq!(edits, 1, "fast keeps getting every edit");
+        h.drain(ann);
+    }
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].0, slow);
+    assert_eq!(closed[0].1.kind, ErrorKind::ResourceExhausted);
+    assert!(!h.session.has_member(slow));
+    assert!(h.session.stats().outbox_bytes < 1024);
+}
+
+#[test]
+fn cursors_coalesce_latest_wins() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let bob = h.join("bob");
+    h.drain(ann);
+    for line in 0..1000 {
+        h.send(
+            ann,
+            0,
+            Action::Cursor(CursorRequest {
+                path: "a.rs".into(),
+                line,
+                column: 1,
+            }),
+        );
+    }
+    let to_bob = h.drain(bob);
+    assert_eq!(to_bob.len(), 1);
+    assert!(matches!(&to_bob[0].payload, Some(Payload::Cursor(c)) if c.line == 999));
+    assert!(h.drain(ann).is_empty(), "own cursor is not echoed");
+}
+
+#[test]
+fn the_same_user_again_replaces_the_older_stream() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let bob = h.join("bob");
+    h.drain(ann);
+    let (bob2, fx) = h.join_with("bob", Role::Author, JoinOptions::default());
+    assert_eq!(fx.closed.len(), 1);
+    assert_eq!(
+        (fx.closed[0].0, fx.closed[0].1.kind),
+        (bob, ErrorKind::Aborted)
+    );
+    assert!(h.drain(ann).is_empty(), "no LEFT/JOINED for a takeover");
+    assert!(h.session.has_member(bob2));
+    assert_eq!(h.session.stats().participants, 2);
+}
+
+#[test]
+fn a_client_leaving_ends_its_stream_normally() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let fx = h.send(ann, 0, Action::Presence(ClientPresence::Left));
+    assert_eq!(fx.finished, vec![ann]);
+    assert!(h.session.is_empty());
+}
+
+#[test]
+fn rate_limit_refuses_excess_messages() {
+    let mut h = Harness::new(Limits {
+        rate_per_second: 10.0,
+        rate_burst: 5.0,
+        ..Limits::default()
+    });
+    let ann = h.join("ann");
+    for i in 0..8 {
+        h.send(ann, i + 1, Action::Touch);
+    }
+    let errors = h
+        .drain(ann)
+        .into_iter()
+        .filter(|m| matches!(&m.payload, Some(Payload::Error(e)) if e.code == 8))
+        .count();
+    assert_eq!(errors, 3);
+    h.elapsed = Duration::from_secs(1);
+    h.send(
+        ann,
+        20,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 0,
+                text: text("x"),
+            },
+            0,
+        ),
+    );
+    assert!(matches!(h.drain(ann)[0].payload, Some(Payload::Ack(_))));
+}
+
+#[test]
+fn uploads_replace_files_and_concurrent_edits_to_them_lapse() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(
+        ann,
+        1,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 0,
+                text: text("old"),
+            },
+            0,
+        ),
+    );
+    h.drain(ann);
+    let mut fx = Effects::default();
+    let proof = Role::Author.may_upload().unwrap();
+    let outcome = h
+        .session
+        .upload(
+            h.now(),
+            &text("ann"),
+            vec![(text("a.rs"), vec![text("new1"), text("new2")])],
+            proof,
+            &mut fx,
+        )
+        .unwrap();
+    assert_eq!((outcome.files, outcome.lines, outcome.version), (1, 2, 2));
+    // An edit based on version 1 (before the upload) lapses.
+    h.send(
+        ann,
+        2,
+        edit(
+            "a.rs",
+            LineOp::Replace {
+                line: 0,
+                text: text("stale"),
+            },
+            1,
+        ),
+    );
+    let replies = h.drain(ann);
+    assert!(
+        replies
+            .iter()
+            .any(|m| matches!(&m.payload, Some(Payload::Ack(a)) if a.noop))
+    );
+    assert_eq!(
+        h.session.document().file("a.rs").unwrap(),
+        &[text("new1"), text("new2")]
+    );
+}
+
+#[test]
+fn comments_follow_their_lines() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    for i in 0..3 {
+        h.send(
+            ann,
+            i + 1,
+            edit(
+                "a.rs",
+                LineOp::Insert {
+                    line: i as u32,
+                    text: text("l"),
+                },
+                i as i32,
+            ),
+        );
+    }
+    h.send(
+        ann,
+        10,
+        Action::Comment(CommentRequest {
+            comment_id: "x".into(),
+            path: "a.rs".into(),
+            line: 2,
+            text: "here".into(),
+        }),
+    );
+    h.send(
+        ann,
+        11,
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line: 0,
+                text: text("top"),
+            },
+            3,
+        ),
+    );
+    assert_eq!(
+        h.session.snapshot().comments[0]
+            .comment
+            .as_ref()
+            .unwrap()
+            .line_number,
+        3
+    );
+    h.send(
+        ann,
+        12,
+        Action::Comment(CommentRequest {
+            comment_id: "x".into(),
+            path: String::new(),
+            line: 0,
+            text: "dup".into(),
+        }),
+    );
+    assert!(
+        h.drain(ann)
+            .iter()
+            .any(|m| matches!(&m.payload, Some(Payload::Error(e)) if e.code == 6))
+    );
+}
+
+// ----- the simulator -----
+
+#[derive(Debug, Clone)]
+enum Step {
+    Edit {
+        client: usize,
+        kind: u8,
+        line: u32,
+        text: u8,
+    },
+    Deliver {
+        client: usize,
+        count: usize,
+    },
+    Disconnect {
+        client: usize,
+    },
+    Reconnect {
+        client: usize,
+        eager_resend: bool,
+    },
+}
+
+fn arb_step(clients: usize) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (0..clients, 0..3u8, any::<u32>(), 0..4u8).prop_map(|(client, kind, line, text)| Step::Edit { client, kind, line, text }),
+        5 => (0..clients, 1..6usize).prop_map(|(client, count)| Step::Deliver { client, count }),
+        1 => (0..clients).prop_map(|client| Step::Disconnect { client }),
+        1 => (0..clients, any::<bool>()).prop_map(|(client, eager_resend)| Step::Reconnect { client, eager_resend }),
+    ]
+}
+
+struct SimClient {
+    user: Text,
+    member: Option<MemberId>,
+    replica: Replica,
+    inbox: VecDeque<Bytes>,
+    last_sequence: u64,
+    epoch: u64,
+    next_client_sequence: u64,
+    caught_up: bool,
+    /// Client sequences sent on the current connection.
+    sent: std::collections::HashSet<u64>,
+}
+
+struct Sim {
+    h: Harness,
+    clients: Vec<SimClient>,
+}
+
+impl Sim {
+    fn new(n: usize) -> Self {
+        let mut sim = Sim {
+            h: Harness::new(limits()),
+            clients: Vec::new(),
+        };
+        for i in 0..n {
+            sim.clients.push(SimClient {
+                user: Arc::from(format!("u{i}")),
+                member: None,
+                replica: Replica::new(),
+                inbox: VecDeque::new(),
+                last_sequence: 0,
+                epoch: 0,
+                next_client_sequence: 1,
+                caught_up: false,
+                sent: Default::default(),
+            });
+            sim.connect(i, true, false);
+        }
+        sim
+    }
+
+    fn connect(&mut self, i: usize, fresh: bool, eager_resend: bool) {
+        let c = &self.clients[i];
+        let options = if fresh {
+            JoinOptions::default()
+        } else {
+            JoinOptions {
+                resume_after: Some(c.last_sequence),
+                epoch: c.epoch,
+                want_snapshot: false,
+            }
+        };
+        let user = c.user.clone();
+        let (member, _) = self.h.join_with(&user, Role::Author, options);
+        let c = &mut self.clients[i];
+        c.member = Some(member);
+        c.caught_up = false;
+        c.sent.clear();
+        c.inbox.clear();
+        if eager_resend {
+            // Resend before reading the catch-up: duplicates must be caught.
+            self.resend(i);
+        }
+    }
+
+    fn resend(&mut self, i: usize) {
+        let Some(member) = self.clients[i].member else {
+            return;
+        };
+        for (client_sequence, wire) in self.clients[i].replica.resend() {
+            if !self.clients[i].sent.insert(client_sequence) {
+                continue;
+            }
+            let request = from_wire(&wire).unwrap();
+            let action = edit(&request.path, request.op, wire.version);
+            let fx = self.h.send(member, client_sequence, action);
+            assert!(fx.closed.is_empty());
+        }
+    }
+
+    fn fetch(&mut self, i: usize) {
+        if let Some(member) = self.clients[i].member {
+            let batch = self.h.session.take(member, usize::MAX);
+            self.clients[i].inbox.extend(batch);
+        }
+    }
+
+    fn deliver(&mut self, i: usize, count: usize) {
+        self.fetch(i);
+        for _ in 0..count {
+            let Some(framed) = self.clients[i].inbox.pop_front() else {
+                return;
+            };
+            self.process(i, decode(&framed));
+        }
+    }
+
+    fn process(&mut self, i: usize, message: SessionMessage) {
+        let c = &mut self.clients[i];
+        let essential = match &message.payload {
+            Some(Payload::Edit(_) | Payload::Comment(_) | Payload::File(_)) => true,
+            Some(Payload::Presence(p)) => {
+                p.status == Presence::Joined as i32 || p.status == Presence::Left as i32
+            }
+            // A duplicate ack repeats the original's number for a resend.
+            Some(Payload::Ack(a)) => a.sequence != 0 && !a.duplicate,
+            _ => false,
+        };
+        if essential {
+            assert_eq!(
+                message.sequence,
+                c.last_sequence + 1,
+                "{}: dense, no loss, no duplicate: {message:?}",
+                c.user
+            );
+            c.last_sequence = message.sequence;
+        }
+        match message.payload {
+            Some(Payload::Joined(j)) => {
+                c.epoch = j.session_epoch;
+                assert_ne!(
+                    j.catchup,
+                    Catchup::Snapshot as i32,
+                    "history is large enough to resume"
+                );
+            }
+            Some(Payload::Edit(e)) => c
+                .replica
+                .remote(from_wire(&e).unwrap(), e.version)
+                .expect("in order"),
+            Some(Payload::Ack(a)) => c.replica.ack(a.client_sequence, a.version),
+            Some(Payload::Error(e)) => panic!("{}: unexpected error {e:?}", c.user),
+            Some(Payload::Notice(n)) if n.kind == NoticeKind::CaughtUp as i32 => {
+                c.caught_up = true;
+                self.resend(i);
+            }
+            _ => {}
+        }
+    }
+
+    fn local_edit(&mut self, i: usize, kind: u8, line_seed: u32, text_seed: u8) {
+        let c = &mut self.clients[i];
+        let len = c.replica.file("f").map_or(0, <[Text]>::len) as u32;
+        let text: Text = Arc::from(format!("{}{}", c.user, text_seed));
+        let op = match kind {
+            0 => LineOp::Replace {
+                line: line_seed % (len + 2),
+                text,
+            },
+            1 => LineOp::Insert {
+                line: line_seed % (len + 1),
+                text,
+            },
+            _ if len > 0 => LineOp::Delete {
+                line: line_seed % len,
+            },
+            _ => LineOp::Insert { line: 0, text },
+        };
+        let client_sequence = c.next_client_sequence;
+        c.next_client_sequence += 1;
+        let wire = c
+            .replica
+            .local_edit(
+                FileOp {
+                    path: Arc::from("f"),
+                    op: op.clone(),
+                },
+                client_sequence,
+            )
+            .unwrap();
+        if let (Some(member), true) = (c.member, c.caught_up) {
+            c.sent.insert(client_sequence);
+            self.h
+                .send(member, client_sequence, edit("f", op, wire.version));
+        }
+    }
+
+    fn run(&mut self, steps: &[Step]) {
+        for step in steps {
+            match *step {
+                Step::Edit {
+                    client,
+                    kind,
+                    line,
+                    text,
+                } => self.local_edit(client, kind, line, text),
+                Step::Deliver { client, count } => self.deliver(client, count),
+                Step::Disconnect { client } => {
+                    if let Some(member) = self.clients[client].member.take() {
+                        let mut fx = Effects::default();
+                        self.h.session.leave(self.h.now(), member, &mut fx);
+                        self.clients[client].inbox.clear();
+                    }
+                }
+                Step::Reconnect {
+                    client,
+                    eager_resend,
+                } => {
+                    if self.clients[client].member.is_none() {
+                        self.connect(client, false, eager_resend);
+                    }
+                }
+            }
+        }
+        // Quiesce: everyone back, everything delivered.
+        for i in 0..self.clients.len() {
+            if self.clients[i].member.is_none() {
+                self.connect(i, false, false);
+            }
+        }
+        for _ in 0..10 {
+            for i in 0..self.clients.len() {
+                self.deliver(i, usize::MAX);
+            }
+        }
+    }
+}
+
+proptest! {
+
+    /// All replicas converge to the server's document, with every edit
+    /// acknowledged, none applied twice and one order for everyone.
+    #[test]
+    fn replicas_converge(steps in proptest::collection::vec(arb_step(3), 1..120)) {
+        let mut sim = Sim::new(3);
+        sim.run(&steps);
+        let server: Vec<Text> = sim.h.session.document().file("f").map(<[Text]>::to_vec).unwrap_or_default();
+        for c in &sim.clients {
+            prop_assert_eq!(c.replica.pending().count(), 0, "{} has unacknowledged edits", c.user);
+            let replica: Vec<Text> = c.replica.file("f").map(<[Text]>::to_vec).unwrap_or_default();
+            prop_assert_eq!(&replica, &server, "{} diverged", c.user);
+            prop_assert_eq!(c.replica.version(), sim.h.session.version());
+        }
+    }
+}
