@@ -1,8 +1,16 @@
 //! The commands of the one binary, parsed with argh. Each command lives in its
 //! own file; this module holds the top-level dispatch and shared flag parsers.
 
+pub mod connect;
 pub mod health;
+pub mod histogram;
+pub mod join;
+pub mod load;
+pub mod render;
 pub mod serve;
+pub mod snapshot;
+pub mod upload;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -20,6 +28,11 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once at startup
 pub enum Command {
     Serve(serve::ServeArgs),
+    Join(join::JoinArgs),
+    Watch(watch::WatchArgs),
+    Upload(upload::UploadArgs),
+    Snapshot(snapshot::SnapshotArgs),
+    Load(load::LoadArgs),
     Health(health::HealthArgs),
 }
 
@@ -39,11 +52,31 @@ pub fn run(cli: Cli) -> i32 {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Health(args) => health::run(args).await,
+            Command::Join(args) => report("join", join::run(args).await),
+            Command::Watch(args) => report("watch", watch::run(args).await),
+            Command::Upload(args) => report("upload", upload::run(args).await),
+            Command::Snapshot(args) => report("snapshot", snapshot::run(args).await),
+            Command::Load(args) => match load::run(args).await {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(error) => report("load", Err(error)),
+            },
         }
     });
     // Do not wait for lingering tasks (e.g. stuck connections) at exit.
     runtime.shutdown_background();
     code
+}
+
+/// Prints a client command's failure as one line; returns the exit status.
+fn report(command: &str, result: Result<(), connect::ClientError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("codereview {command}: {error}");
+            1
+        }
+    }
 }
 
 /// Parses `250ms`, `30s`, `5m`, `1h` (or a bare number of seconds).

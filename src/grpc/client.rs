@@ -294,14 +294,19 @@ impl Channel {
             .send_request(request, false)
             .map_err(|e| Status::from_h2(&e))?;
         Ok(ClientCall {
-            send: Some(send),
-            outbound: OutboundQueue::new(),
-            response: Some(response),
-            body: None,
-            max_recv_message_bytes: self.max_recv_message_bytes,
-            headers: None,
-            status: None,
-            deadline,
+            sender: CallSender {
+                send: Some(send),
+                outbound: OutboundQueue::new(),
+                deadline,
+            },
+            receiver: CallReceiver {
+                response: Some(response),
+                body: None,
+                max_recv_message_bytes: self.max_recv_message_bytes,
+                headers: None,
+                status: None,
+                deadline,
+            },
         })
     }
 
@@ -379,10 +384,22 @@ where
     Ok((send_request, driver))
 }
 
-/// One call in progress.
+/// One call in progress: a sending half and a receiving half, which can be
+/// used together or split (to send and receive concurrently).
 pub struct ClientCall {
+    pub sender: CallSender,
+    pub receiver: CallReceiver,
+}
+
+/// The sending half of a call.
+pub struct CallSender {
     send: Option<SendStream<Bytes>>,
     outbound: OutboundQueue,
+    deadline: Option<Instant>,
+}
+
+/// The receiving half of a call.
+pub struct CallReceiver {
     response: Option<ResponseFuture>,
     body: Option<Inbound>,
     max_recv_message_bytes: usize,
@@ -394,25 +411,77 @@ pub struct ClientCall {
 impl std::fmt::Debug for ClientCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCall")
-            .field("status", &self.status)
+            .field("status", &self.receiver.status)
             .finish()
     }
 }
 
+async fn with_deadline<T>(
+    deadline: Option<Instant>,
+    future: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future)
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
+        None => future.await,
+    }
+}
+
 impl ClientCall {
-    async fn with_deadline<T>(
-        deadline: Option<Instant>,
-        future: impl std::future::Future<Output = Result<T, Status>>,
-    ) -> Result<T, Status> {
-        match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, future)
-                .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline exceeded"))),
-            None => future.await,
-        }
+    /// Splits the call so both halves can be used concurrently. Dropping both
+    /// before the call ends cancels it (RST_STREAM CANCEL).
+    pub fn split(self) -> (CallSender, CallReceiver) {
+        (self.sender, self.receiver)
     }
 
-    /// Queues a message without waiting; [`ClientCall::flush`] writes it.
+    pub fn queue<M: prost::Message>(&mut self, message: &M) {
+        self.sender.queue(message);
+    }
+
+    pub async fn flush(&mut self) -> Result<(), Status> {
+        self.sender.flush().await
+    }
+
+    pub async fn send<M: prost::Message>(&mut self, message: &M) -> Result<(), Status> {
+        self.sender.send(message).await
+    }
+
+    pub fn close_send(&mut self) {
+        self.sender.close_send();
+    }
+
+    /// Cancels the call (RST_STREAM CANCEL).
+    pub fn cancel(&mut self) {
+        self.sender.cancel();
+        self.receiver.cancelled();
+    }
+
+    pub async fn headers(&mut self) -> Result<&Metadata, Status> {
+        self.receiver.headers().await
+    }
+
+    pub async fn message<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        let result = self.receiver.message().await;
+        if let Err(status) = &result
+            && status.code() == Code::DeadlineExceeded
+        {
+            self.sender.cancel();
+        }
+        result
+    }
+
+    pub fn status(&self) -> Option<&Status> {
+        self.receiver.status()
+    }
+
+    pub fn trailers(&self) -> Option<&Metadata> {
+        self.receiver.trailers()
+    }
+}
+
+impl CallSender {
+    /// Queues a message without waiting; [`CallSender::flush`] writes it.
     pub fn queue<M: prost::Message>(&mut self, message: &M) {
         self.outbound.push(codec::encode_message(message));
     }
@@ -427,14 +496,15 @@ impl ClientCall {
         self.outbound.len()
     }
 
-    /// Writes the queued messages as flow control allows. Cancel-safe.
+    /// Writes the queued messages as flow control allows (several messages
+    /// ready together go out in one DATA frame). Cancel-safe.
     pub async fn flush(&mut self) -> Result<(), Status> {
         let deadline = self.deadline;
         let Some(send) = self.send.as_mut() else {
             return Err(Status::internal("the request stream is already closed"));
         };
         let outbound = &mut self.outbound;
-        let result = Self::with_deadline(deadline, async {
+        let result = with_deadline(deadline, async {
             outbound
                 .flush(send, |_| {})
                 .await
@@ -472,6 +542,11 @@ impl ClientCall {
         if let Some(send) = self.send.as_mut() {
             send.send_reset(h2::Reason::CANCEL);
         }
+    }
+}
+
+impl CallReceiver {
+    fn cancelled(&mut self) {
         self.body = None;
         self.response = None;
         if self.status.is_none() {
@@ -483,25 +558,23 @@ impl ClientCall {
     pub async fn headers(&mut self) -> Result<&Metadata, Status> {
         if self.headers.is_none() {
             let deadline = self.deadline;
-            let result = Self::with_deadline(deadline, self.await_headers()).await;
-            if let Err(status) = result {
-                if status.code() == Code::DeadlineExceeded {
-                    self.cancel();
-                }
-                return Err(status);
-            }
+            with_deadline(deadline, self.await_headers()).await?;
         }
         Ok(self.headers.as_ref().expect("set by await_headers"))
     }
 
     async fn await_headers(&mut self) -> Result<(), Status> {
-        let Some(response) = self.response.take() else {
+        let Some(pending) = self.response.as_mut() else {
             return match &self.status {
                 Some(status) if !status.is_ok() => Err(status.clone()),
                 _ => Ok(()),
             };
         };
-        let response = response.await.map_err(|e| Status::from_h2(&e))?;
+        // Polled in place (not taken) so that dropping this future loses
+        // nothing: `message()` is used inside `select!`.
+        let response = pending.await;
+        self.response = None;
+        let response = response.map_err(|e| Status::from_h2(&e))?;
         let (parts, body) = response.into_parts();
         self.headers = Some(Metadata::from_headers(&parts.headers));
         if parts.status != http::StatusCode::OK {
@@ -536,7 +609,7 @@ impl ClientCall {
     }
 
     /// The next message; `Ok(None)` when the call ended with OK, `Err` with the
-    /// call's status otherwise.
+    /// call's status otherwise. Cancel-safe.
     pub async fn message<M: prost::Message + Default>(&mut self) -> Result<Option<M>, Status> {
         match self.raw_message().await? {
             Some(payload) => M::decode(payload).map(Some).map_err(|e| {
@@ -549,11 +622,11 @@ impl ClientCall {
     /// The next message, still encoded.
     pub async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
         let deadline = self.deadline;
-        let result = Self::with_deadline(deadline, self.read_frame()).await;
+        let result = with_deadline(deadline, self.read_frame()).await;
         if let Err(status) = &result
             && status.code() == Code::DeadlineExceeded
         {
-            self.cancel();
+            self.cancelled();
             self.status = Some(status.clone());
         }
         result

@@ -1,0 +1,166 @@
+//! What every client command shares: the server address, TLS settings and
+//! credentials, turned into a connected channel with one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::grpc::client::{Channel, ChannelConfig, Endpoint};
+use crate::grpc::tls::ClientTlsFiles;
+use crate::grpc::{Metadata, Status};
+
+/// The connection flags of a client command.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub addr: String,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// A client-side failure, printed as one line.
+#[derive(Debug)]
+pub struct ClientError(pub String);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError(describe(&status))
+    }
+}
+
+/// A status as one readable line.
+pub fn describe(status: &Status) -> String {
+    if status.message().is_empty() {
+        status.code().name().to_owned()
+    } else {
+        format!("{}: {}", status.code().name(), status.message())
+    }
+}
+
+/// Reads a token file (trimmed).
+pub fn read_token_file(path: &Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClientError(format!("cannot read token file {}: {e}", path.display())))?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(ClientError(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+impl ClientOptions {
+    pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        Endpoint::parse(&self.addr).map_err(ClientError)
+    }
+
+    /// The current bearer token, if any (the file is read each time, so a
+    /// refreshed file is picked up).
+    pub fn token(&self) -> Result<Option<String>, ClientError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(ClientError("--token and --token-file are exclusive".into())),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(path)) => read_token_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn channel_config(&self, endpoint: &Endpoint) -> Result<ChannelConfig, ClientError> {
+        let tls = if endpoint.tls {
+            let files = ClientTlsFiles {
+                ca: self.ca.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            };
+            Some(files.load().map_err(|e| ClientError(e.to_string()))?)
+        } else {
+            if self.ca.is_some() || self.cert.is_some() {
+                return Err(ClientError(format!(
+                    "--ca/--cert need an https:// address (got {})",
+                    self.addr
+                )));
+            }
+            None
+        };
+        Ok(ChannelConfig {
+            tls,
+            connect_timeout: self.connect_timeout,
+            ..ChannelConfig::default()
+        })
+    }
+
+    /// Connects and attaches the credentials to every call.
+    pub async fn connect(&self) -> Result<Channel, ClientError> {
+        let endpoint = self.endpoint()?;
+        let config = self.channel_config(&endpoint)?;
+        let mut channel = Channel::connect(&endpoint, &config).await?;
+        if let Some(token) = self.token()? {
+            set_bearer(channel.default_metadata_mut(), &token)?;
+        }
+        Ok(channel)
+    }
+}
+
+/// Sets `authorization: Bearer <token>`.
+pub fn set_bearer(metadata: &mut Metadata, token: &str) -> Result<(), ClientError> {
+    metadata
+        .append("authorization", &format!("Bearer {token}"))
+        .map_err(|_| ClientError("the token contains characters not allowed in a header".into()))
+}
+
+/// The argh flag block shared by client commands, as a macro so each command
+/// keeps one flat struct (argh has no flattening).
+#[macro_export]
+macro_rules! client_flags {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident { $($body:tt)* }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// server address: http://HOST:PORT or https://HOST:PORT (default http://127.0.0.1:50051)
+            #[argh(option, default = "String::from(\"http://127.0.0.1:50051\")")]
+            pub addr: String,
+            /// PEM CA certificate that signed the server's certificate (https)
+            #[argh(option)]
+            pub ca: Option<std::path::PathBuf>,
+            /// PEM client certificate (mTLS)
+            #[argh(option)]
+            pub cert: Option<std::path::PathBuf>,
+            /// PEM private key of --cert
+            #[argh(option)]
+            pub key: Option<std::path::PathBuf>,
+            /// bearer token
+            #[argh(option)]
+            pub token: Option<String>,
+            /// file holding the bearer token (re-read when the token is refreshed)
+            #[argh(option)]
+            pub token_file: Option<std::path::PathBuf>,
+            $($body)*
+        }
+
+        impl $name {
+            pub fn client_options(&self) -> $crate::cli::connect::ClientOptions {
+                $crate::cli::connect::ClientOptions {
+                    addr: self.addr.clone(),
+                    ca: self.ca.clone(),
+                    cert: self.cert.clone(),
+                    key: self.key.clone(),
+                    token: self.token.clone(),
+                    token_file: self.token_file.clone(),
+                    connect_timeout: std::time::Duration::from_secs(10),
+                }
+            }
+        }
+    };
+}
