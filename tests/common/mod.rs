@@ -54,3 +54,29 @@ pub async fn start_interop(config: ServerConfig) -> TestServer {
     codereview::interop::register(&mut router);
     start(config, router).await
 }
+
+/// A code-review server (plus health) with the given limits; returns the
+/// registry handle too so tests can count sessions and participants.
+pub async fn start_review(
+    config: ServerConfig,
+    limits: codereview::review::limits::Limits,
+) -> (TestServer, codereview::review::registry::RegistryHandle) {
+    start_review_with(config, limits, |_| {}).await
+}
+
+/// Like [`start_review`], letting the caller adjust the service settings.
+pub async fn start_review_with(
+    config: ServerConfig,
+    limits: codereview::review::limits::Limits,
+    adjust: impl FnOnce(&mut codereview::review::service::ServiceConfig),
+) -> (TestServer, codereview::review::registry::RegistryHandle) {
+    use codereview::review::{registry, service};
+    let registry_config = registry::RegistryConfig::new(limits);
+    let mut service_config = service::ServiceConfig::new(registry_config.limits.clone());
+    adjust(&mut service_config);
+    let registry = registry::spawn(registry_config);
+    let mut router = Router::new();
+    HealthReporter::new().register(&mut router);
+    service::register(&mut router, registry.clone(), service_config);
+    (start(config, router).await, registry)
+}
