@@ -68,8 +68,25 @@ pub fn node() -> Option<Peer> {
     discover(Kind::Node)
 }
 
+/// The Python grpcio peer with the stubs generated from the article's
+/// original proto (tests/python/gen_seed/); see [`python`].
+pub fn python_seed() -> Option<Peer> {
+    discover_with(Kind::Python, &["tests/python/gen_seed/codereview_pb2.py"])
+}
+
 fn discover(kind: Kind) -> Option<Peer> {
-    match usable(kind) {
+    discover_with(kind, &[])
+}
+
+/// Like [`discover`], also requiring `files` (relative to the root).
+fn discover_with(kind: Kind, files: &[&str]) -> Option<Peer> {
+    let found = usable(kind).and_then(|program| {
+        match files.iter().find(|file| !root().join(file).is_file()) {
+            Some(file) => Err(format!("{file} is missing")),
+            None => Ok(program),
+        }
+    });
+    match found {
         Ok(program) => Some(Peer { kind, program }),
         Err(reason) => {
             if std::env::var("CODEREVIEW_REQUIRE_PEERS").as_deref() == Ok("1") {
@@ -238,8 +255,15 @@ pub fn spawn_server(extra: &[&str]) -> (ServerProcess, String) {
         args.extend(["--addr", "127.0.0.1:0"]);
     }
     args.extend(extra);
+    spawn_binary(&args)
+}
+
+/// Starts `codereview` with exactly `args` (which must make it log JSON, the
+/// default, and listen on a free port) and waits for its "listening" log
+/// line; returns the process and the address it listens on.
+pub fn spawn_binary(args: &[&str]) -> (ServerProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_codereview"))
-        .args(&args)
+        .args(args)
         .current_dir(root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
