@@ -84,6 +84,8 @@ enum Command {
     Pull {
         member: MemberId,
         max_bytes: usize,
+        /// Park until something is pending (else answer at once, maybe empty).
+        wait: bool,
         reply: oneshot::Sender<Vec<Bytes>>,
     },
     Leave {
@@ -205,10 +207,23 @@ impl RegistryHandle {
         self.send(Command::Pull {
             member,
             max_bytes,
+            wait: true,
             reply,
         })
         .await?;
         Ok(rx)
+    }
+
+    /// Takes what is pending for the member now (empty if nothing is).
+    pub async fn take_now(&self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
+        self.ask(|reply| Command::Pull {
+            member,
+            max_bytes,
+            wait: false,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
     }
 
     pub async fn leave(&self, member: MemberId) {
@@ -414,8 +429,9 @@ impl Registry {
             Command::Pull {
                 member,
                 max_bytes,
+                wait,
                 reply,
-            } => self.pull(member, max_bytes, reply),
+            } => self.pull(member, max_bytes, wait, reply),
             Command::Leave { member } => {
                 self.with_member_session(member, |session, fx| session.leave(now, member, fx));
                 self.members.remove(&member);
@@ -555,7 +571,13 @@ impl Registry {
         Self::apply(&mut self.members, &mut slot.session, fx);
     }
 
-    fn pull(&mut self, member: MemberId, max_bytes: usize, reply: oneshot::Sender<Vec<Bytes>>) {
+    fn pull(
+        &mut self,
+        member: MemberId,
+        max_bytes: usize,
+        wait: bool,
+        reply: oneshot::Sender<Vec<Bytes>>,
+    ) {
         let Some(slot) = self.members.get_mut(&member) else {
             return;
         };
@@ -564,8 +586,10 @@ impl Registry {
         };
         if session.session.has_pending(member) {
             let _ = reply.send(session.session.take(member, max_bytes));
-        } else {
+        } else if wait {
             slot.parked = Some((reply, max_bytes));
+        } else {
+            let _ = reply.send(Vec::new());
         }
     }
 

@@ -38,6 +38,9 @@ pub const WATCH_SESSION: &str = "/codereview.v1.CodeReviewService/WatchSession";
 pub const UPLOAD_FILES: &str = "/codereview.v1.CodeReviewService/UploadFiles";
 pub const SERVICE_NAME: &str = "codereview.v1.CodeReviewService";
 
+/// How long a half-closed participant's queued messages may take to deliver.
+const HALF_CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
 /// Checks a bearer token presented mid-stream (a `token_refresh`).
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Principal, ReviewError>;
@@ -204,7 +207,13 @@ impl Service {
                 flushed = sink.flush(), if sink.pending_bytes() > 0 => flushed?,
                 message = inbound.message() => {
                     let Some(message) = message? else {
-                        // The client half-closed: it is done.
+                        // The client half-closed: it is done sending. Deliver
+                        // what is already queued for it, then end with OK
+                        // (it leaves when this task ends).
+                        for framed in self.registry.take_now(member, usize::MAX).await {
+                            sink.queue_framed(framed);
+                        }
+                        let _ = tokio::time::timeout(HALF_CLOSE_FLUSH, sink.flush()).await;
                         return Ok(Metadata::new());
                     };
                     let client_sequence = message.client_sequence;
