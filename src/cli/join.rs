@@ -233,6 +233,8 @@ struct Participant {
     caught_up: bool,
     want_snapshot: bool,
     quitting: bool,
+    /// The role the server gave us (edits are checked locally too).
+    role: Option<crate::pb::codereview::Role>,
 }
 
 impl Participant {
@@ -275,6 +277,12 @@ impl Participant {
         let live = self.caught_up && sender.is_some();
         match command {
             Command::Edit { op } => {
+                if let Some(role) = self.role
+                    && role != crate::pb::codereview::Role::Author
+                {
+                    self.say(&format!("not applied: a {} may not edit", role.as_str_name().to_lowercase()));
+                    return;
+                }
                 if self.waiting() >= self.args.buffer {
                     self.say(&format!(
                         "not applied: {} messages are already waiting for the server (limit {})",
@@ -415,6 +423,7 @@ impl Participant {
         match message.payload? {
             Payload::Joined(joined) => {
                 self.epoch = joined.session_epoch;
+                self.role = crate::pb::codereview::Role::try_from(joined.role).ok();
                 if joined.catchup != crate::pb::codereview::joined::Catchup::Snapshot as i32
                     && self.last_sequence.is_none()
                 {
@@ -541,6 +550,7 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
         caught_up: false,
         want_snapshot,
         quitting: false,
+        role: None,
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;

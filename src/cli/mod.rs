@@ -9,6 +9,7 @@ pub mod load;
 pub mod render;
 pub mod serve;
 pub mod snapshot;
+pub mod token;
 pub mod upload;
 pub mod watch;
 
@@ -33,6 +34,7 @@ pub enum Command {
     Upload(upload::UploadArgs),
     Snapshot(snapshot::SnapshotArgs),
     Load(load::LoadArgs),
+    Token(token::TokenArgs),
     Health(health::HealthArgs),
 }
 
@@ -51,11 +53,16 @@ pub fn run(cli: Cli) -> i32 {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Health(args) => health::run(args).await,
+            Command::Health(args) => match health::run(args).await {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(error) => report("health", Err(error)),
+            },
             Command::Join(args) => report("join", join::run(args).await),
             Command::Watch(args) => report("watch", watch::run(args).await),
             Command::Upload(args) => report("upload", upload::run(args).await),
             Command::Snapshot(args) => report("snapshot", snapshot::run(args).await),
+            Command::Token(args) => report("token", token::run(args)),
             Command::Load(args) => match load::run(args).await {
                 Ok(true) => 0,
                 Ok(false) => 1,

@@ -10,6 +10,10 @@ use argh::FromArgs;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+use std::sync::Arc;
+
+use super::token::read_secret;
+use crate::auth::Authenticator;
 use crate::grpc::health::HealthReporter;
 use crate::grpc::server::{Router, Server, ServerConfig};
 use crate::grpc::shutdown::{Phase, ShutdownController};
@@ -44,9 +48,12 @@ pub struct ServeArgs {
     /// PEM CA: require client certificates signed by it (mTLS)
     #[argh(option)]
     pub client_ca: Option<PathBuf>,
-    /// allow a non-loopback address without TLS (TLS terminated in front of us)
+    /// allow a non-loopback address without TLS or without authentication (TLS terminated in front of us)
     #[argh(switch)]
     pub insecure: bool,
+    /// file with the HS256 secret: require bearer tokens (see `codereview token`)
+    #[argh(option)]
+    pub auth_secret_file: Option<PathBuf>,
 
     /// HTTP/2 initial stream window for received data (default 1MiB)
     #[argh(option, default = "1 << 20", from_str_fn(super::parse_bytes))]
@@ -282,24 +289,47 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
-    if tls.is_none() && !addr.ip().is_loopback() {
-        if !args.insecure {
-            return Err(format!(
-                "refusing to serve plaintext on the non-loopback address {addr}: \
-                 give --tls-cert/--tls-key, or --insecure if TLS is terminated in front of this server"
-            ));
+    let authenticator = match &args.auth_secret_file {
+        Some(path) => Some(Arc::new(Authenticator::new(&read_secret(path)?)?)),
+        None => None,
+    };
+    if !addr.ip().is_loopback() {
+        if tls.is_none() {
+            if !args.insecure {
+                return Err(format!(
+                    "refusing to serve plaintext on the non-loopback address {addr}: \
+                     give --tls-cert/--tls-key, or --insecure if TLS is terminated in front of this server"
+                ));
+            }
+            log!(
+                Warn,
+                "serving plaintext on a non-loopback address (--insecure): traffic and tokens are not encrypted",
+                addr = addr.to_string().as_str()
+            );
         }
-        log!(
-            Warn,
-            "serving plaintext on a non-loopback address (--insecure): traffic and tokens are not encrypted",
-            addr = addr.to_string().as_str()
-        );
+        if authenticator.is_none() {
+            if !args.insecure {
+                return Err(format!(
+                    "refusing to serve without authentication on the non-loopback address {addr}: \
+                     give --auth-secret-file, or --insecure to run open"
+                ));
+            }
+            log!(
+                Warn,
+                "serving without authentication on a non-loopback address (--insecure): anyone can join any session",
+                addr = addr.to_string().as_str()
+            );
+        }
     }
 
     let limits = args.limits()?;
     let registry_config = RegistryConfig::new(limits);
     let mut service_config = ServiceConfig::new(registry_config.limits.clone());
     service_config.max_stream_duration = Some(args.max_stream_duration).filter(|d| !d.is_zero());
+    if let Some(authenticator) = &authenticator {
+        service_config.auth_required = true;
+        service_config.verifier = Some(authenticator.clone());
+    }
     let registry = registry::spawn(registry_config);
 
     let health = HealthReporter::new();
@@ -310,6 +340,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.interop {
         interop::register(&mut router);
         health.set("grpc.testing.TestService", ServingStatus::Serving);
+    }
+    if let Some(authenticator) = &authenticator {
+        router.set_interceptor(authenticator.clone().interceptor());
     }
 
     let listener = TcpListener::bind(addr)
@@ -330,6 +363,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "listening",
         addr = local.to_string().as_str(),
         tls = reloader.is_some(),
+        auth = authenticator.is_some(),
         interop = args.interop
     );
 
