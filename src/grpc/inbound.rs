@@ -16,7 +16,9 @@ use h2::RecvStream;
 use http::HeaderMap;
 
 use super::codec::MessageDecoder;
-use super::observe::{NoopObserver, Observer};
+use std::sync::atomic::Ordering;
+
+use super::observe::Telemetry;
 use super::status::Status;
 
 pub struct Inbound {
@@ -29,7 +31,7 @@ pub struct Inbound {
     /// Bytes of the message being assembled that were already released.
     released_of_partial: usize,
     finished: bool,
-    observer: Arc<dyn Observer>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -42,7 +44,7 @@ impl std::fmt::Debug for Inbound {
 }
 
 impl Inbound {
-    pub fn new(body: RecvStream, max_message_len: usize, observer: Arc<dyn Observer>) -> Self {
+    pub fn new(body: RecvStream, max_message_len: usize, telemetry: Arc<Telemetry>) -> Self {
         Inbound {
             body,
             decoder: MessageDecoder::new(max_message_len),
@@ -50,12 +52,12 @@ impl Inbound {
             consumed: 0,
             released_of_partial: 0,
             finished: false,
-            observer,
+            telemetry,
         }
     }
 
     pub fn without_observer(body: RecvStream, max_message_len: usize) -> Self {
-        Inbound::new(body, max_message_len, Arc::new(NoopObserver))
+        Inbound::new(body, max_message_len, Telemetry::detached())
     }
 
     /// Releases the capacity of the messages already returned.
@@ -75,6 +77,7 @@ impl Inbound {
             // An error means the stream is gone; nothing to give back then.
             let _ = self.body.flow_control().release_capacity(n);
             self.unreleased -= n;
+            self.telemetry.stats.inbound_buffered.fetch_sub(n as i64, Ordering::Relaxed);
         }
     }
 
@@ -100,7 +103,8 @@ impl Inbound {
             }
             match self.body.data().await {
                 Some(Ok(chunk)) => {
-                    self.observer.bytes_received(chunk.len());
+                    self.telemetry.observer.bytes_received(chunk.len());
+                    self.telemetry.stats.inbound_buffered.fetch_add(chunk.len() as i64, Ordering::Relaxed);
                     self.unreleased += chunk.len();
                     self.decoder.push(chunk);
                 }

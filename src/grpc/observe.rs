@@ -24,3 +24,43 @@ pub trait Observer: Send + Sync + 'static {
 pub struct NoopObserver;
 
 impl Observer for NoopObserver {}
+
+/// Live wire-level figures, kept with atomics (cheap on the hot path): what
+/// the server holds right now, for metrics and for memory-bound tests.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    /// Connections open.
+    pub connections: std::sync::atomic::AtomicI64,
+    /// Calls in progress.
+    pub streams: std::sync::atomic::AtomicI64,
+    /// Received bytes not yet released to flow control (all streams).
+    pub inbound_buffered: std::sync::atomic::AtomicI64,
+    /// Response bytes queued and not yet handed to h2 (all streams).
+    pub outbound_buffered: std::sync::atomic::AtomicI64,
+}
+
+/// An observer plus the live figures; shared by every connection of a server.
+pub struct Telemetry {
+    pub observer: std::sync::Arc<dyn Observer>,
+    pub stats: WireStats,
+}
+
+impl Telemetry {
+    pub fn new(observer: std::sync::Arc<dyn Observer>) -> std::sync::Arc<Telemetry> {
+        std::sync::Arc::new(Telemetry {
+            observer,
+            stats: WireStats::default(),
+        })
+    }
+
+    /// A telemetry sink that records figures nobody reads (clients).
+    pub fn detached() -> std::sync::Arc<Telemetry> {
+        Telemetry::new(std::sync::Arc::new(NoopObserver))
+    }
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("stats", &self.stats).finish()
+    }
+}

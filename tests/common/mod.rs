@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 /// A server running in this process; shuts down when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Live wire figures (connections, streams, buffered bytes).
+    pub telemetry: std::sync::Arc<codereview::grpc::observe::Telemetry>,
     pub controller: ShutdownController,
     pub task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -36,12 +38,19 @@ impl Drop for TestServer {
 }
 
 pub async fn start(config: ServerConfig, router: Router) -> TestServer {
+    serve(Server::new(config, router)).await
+}
+
+/// Serves an already configured server (e.g. with TLS) on an ephemeral port.
+pub async fn serve(server: Server) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (controller, signal) = ShutdownController::new();
-    let task = tokio::spawn(Server::new(config, router).serve(listener, signal));
+    let telemetry = server.telemetry();
+    let task = tokio::spawn(server.serve(listener, signal));
     TestServer {
         addr,
+        telemetry,
         controller,
         task: Some(task),
     }
@@ -70,6 +79,15 @@ pub async fn start_review_with(
     limits: codereview::review::limits::Limits,
     adjust: impl FnOnce(&mut codereview::review::service::ServiceConfig),
 ) -> (TestServer, codereview::review::registry::RegistryHandle) {
+    let (router, registry) = review_router(limits, adjust);
+    (start(config, router).await, registry)
+}
+
+/// The code-review service (plus health) on a router, for custom servers.
+pub fn review_router(
+    limits: codereview::review::limits::Limits,
+    adjust: impl FnOnce(&mut codereview::review::service::ServiceConfig),
+) -> (Router, codereview::review::registry::RegistryHandle) {
     use codereview::review::{registry, service};
     let registry_config = registry::RegistryConfig::new(limits);
     let mut service_config = service::ServiceConfig::new(registry_config.limits.clone());
@@ -78,5 +96,5 @@ pub async fn start_review_with(
     let mut router = Router::new();
     HealthReporter::new().register(&mut router);
     service::register(&mut router, registry.clone(), service_config);
-    (start(config, router).await, registry)
+    (router, registry)
 }

@@ -14,6 +14,7 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use crate::grpc::codec;
 use crate::grpc::inbound::Inbound;
 use crate::grpc::metadata::Metadata;
-use crate::grpc::observe::Observer;
+use crate::grpc::observe::Telemetry;
 use crate::grpc::outbound::{OutboundQueue, WriteError};
 use crate::grpc::status::Status;
 
@@ -123,10 +124,10 @@ impl<T> Streaming<T> {
     pub(crate) fn new(
         body: RecvStream,
         max_message_len: usize,
-        observer: Arc<dyn Observer>,
+        telemetry: Arc<Telemetry>,
     ) -> Self {
         Streaming {
-            inbound: Inbound::new(body, max_message_len, observer),
+            inbound: Inbound::new(body, max_message_len, telemetry),
             _message: PhantomData,
         }
     }
@@ -168,17 +169,17 @@ pub(crate) struct SinkCore {
     stream: Option<SendStream<Bytes>>,
     initial_metadata: Metadata,
     pending: OutboundQueue,
-    observer: Arc<dyn Observer>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl SinkCore {
-    pub(crate) fn new(respond: SendResponse<Bytes>, observer: Arc<dyn Observer>) -> Self {
+    pub(crate) fn new(respond: SendResponse<Bytes>, telemetry: Arc<Telemetry>) -> Self {
         SinkCore {
             respond,
             stream: None,
             initial_metadata: Metadata::new(),
             pending: OutboundQueue::new(),
-            observer,
+            telemetry,
         }
     }
 
@@ -216,6 +217,10 @@ impl SinkCore {
     }
 
     pub(crate) fn queue(&mut self, framed: Bytes) {
+        self.telemetry
+            .stats
+            .outbound_buffered
+            .fetch_add(framed.len() as i64, Ordering::Relaxed);
         self.pending.push(framed);
     }
 
@@ -227,9 +232,12 @@ impl SinkCore {
         }
         self.send_headers()?;
         let stream = self.stream.as_mut().expect("headers sent");
-        let observer = &self.observer;
+        let telemetry = &self.telemetry;
         self.pending
-            .flush(stream, |n| observer.bytes_sent(n))
+            .flush(stream, |n| {
+                telemetry.observer.bytes_sent(n);
+                telemetry.stats.outbound_buffered.fetch_sub(n as i64, Ordering::Relaxed);
+            })
             .await
             .map_err(|error| match error {
                 WriteError::H2(error) => Status::from_h2(&error),
@@ -267,6 +275,13 @@ impl SinkCore {
                 let _ = self.respond.send_response(head, true);
             }
         }
+    }
+}
+
+impl Drop for SinkCore {
+    fn drop(&mut self) {
+        let unsent = self.pending.len() as i64;
+        self.telemetry.stats.outbound_buffered.fetch_sub(unsent, Ordering::Relaxed);
     }
 }
 

@@ -103,7 +103,8 @@ pub(crate) async fn serve_stream(
         Route::Method(name, _) => *name,
         _ => "unknown",
     };
-    shared.observer.call_started(method_name);
+    shared.telemetry.observer.call_started(method_name);
+    shared.telemetry.stats.streams.fetch_add(1, Ordering::Relaxed);
     connection.active_streams.fetch_add(1, Ordering::Relaxed);
     let status = run_call(
         &parts,
@@ -120,8 +121,10 @@ pub(crate) async fn serve_stream(
     connection.touch();
     let elapsed = started.elapsed();
     shared
+        .telemetry
         .observer
         .call_finished(method_name, status.code(), elapsed);
+    shared.telemetry.stats.streams.fetch_sub(1, Ordering::Relaxed);
     log!(
         Debug,
         "call finished",
@@ -144,7 +147,7 @@ async fn run_call(
     connection: &Arc<ConnectionInfo>,
     stream_id: u32,
 ) -> Status {
-    let sink = SinkCore::new(respond, shared.observer.clone());
+    let sink = SinkCore::new(respond, shared.telemetry.clone());
 
     if let Some(encoding) = parts.headers.get("grpc-encoding")
         && encoding.as_bytes() != ACCEPT_ENCODING.as_bytes()
@@ -213,7 +216,7 @@ async fn run_call(
         sink,
         give_back,
         max_message_len: shared.config.max_recv_message_bytes,
-        observer: shared.observer.clone(),
+        telemetry: shared.telemetry.clone(),
     };
     let handler_future = handler(call);
     let outcome = match deadline {

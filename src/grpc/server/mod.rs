@@ -25,7 +25,7 @@ pub use call::{Request, RequestHead, Response, ResponseSink, Streaming};
 pub use router::{BoxFuture, Interceptor, Router};
 
 use self::connection::{ConnectionInfo, serve_connection};
-use super::observe::{NoopObserver, Observer};
+use super::observe::{NoopObserver, Observer, Telemetry};
 use super::shutdown::{Phase, ShutdownSignal};
 use super::sniff::{self, Opening, Prefixed};
 use super::tls::{PeerCertificates, TlsSource};
@@ -119,7 +119,7 @@ impl ServerConfig {
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
-    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) telemetry: Arc<Telemetry>,
     tls: Option<TlsSource>,
     connection_slots: Arc<Semaphore>,
     next_connection_id: AtomicU64,
@@ -129,7 +129,7 @@ pub(crate) struct Shared {
 pub struct Server {
     config: ServerConfig,
     router: Router,
-    observer: Arc<dyn Observer>,
+    telemetry: Arc<Telemetry>,
     tls: Option<TlsSource>,
 }
 
@@ -138,14 +138,19 @@ impl Server {
         Server {
             config,
             router,
-            observer: Arc::new(NoopObserver),
+            telemetry: Telemetry::new(Arc::new(NoopObserver)),
             tls: None,
         }
     }
 
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = observer;
+        self.telemetry = Telemetry::new(observer);
         self
+    }
+
+    /// The live figures of this server (read them while it serves).
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        self.telemetry.clone()
     }
 
     /// Serves TLS (ALPN h2) instead of plaintext HTTP/2.
@@ -162,7 +167,7 @@ impl Server {
             connection_slots: Arc::new(Semaphore::new(self.config.max_connections)),
             config: self.config,
             router: self.router,
-            observer: self.observer,
+            telemetry: self.telemetry,
             tls: self.tls,
             next_connection_id: AtomicU64::new(1),
         });
@@ -175,7 +180,7 @@ impl Server {
                     Ok((tcp, peer)) => {
                         accept_errors = 0;
                         let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
-                            shared.observer.connection_rejected("max_connections");
+                            shared.telemetry.observer.connection_rejected("max_connections");
                             log!(Warn, "connection refused: max connections reached", peer = peer.to_string().as_str());
                             drop(tcp);
                             continue;
@@ -201,6 +206,15 @@ impl Server {
     }
 }
 
+/// Counts a connection as open until dropped.
+struct ConnectionCount(Arc<Shared>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.telemetry.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// From accepted socket to served connection, in the connection's own task.
 async fn handle_socket(
     mut tcp: TcpStream,
@@ -211,7 +225,9 @@ async fn handle_socket(
     _done: mpsc::Sender<()>,
 ) {
     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-    shared.observer.connection_opened(id, Some(peer));
+    shared.telemetry.observer.connection_opened(id, Some(peer));
+    shared.telemetry.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _open = ConnectionCount(shared.clone());
     let handshake_timeout = shared.config.handshake_timeout;
     let opening = match timeout(handshake_timeout, sniff::sniff(&mut tcp)).await {
         Ok(Ok(opening)) => opening,
@@ -221,7 +237,7 @@ async fn handle_socket(
                 "connection closed before a protocol was recognised",
                 conn = id
             );
-            shared.observer.connection_closed(id);
+            shared.telemetry.observer.connection_closed(id);
             return;
         }
     };
@@ -247,8 +263,8 @@ async fn handle_socket(
                         peer = peer.to_string().as_str(),
                         error = error.to_string().as_str()
                     );
-                    shared.observer.connection_rejected("tls_handshake");
-                    shared.observer.connection_closed(id);
+                    shared.telemetry.observer.connection_rejected("tls_handshake");
+                    shared.telemetry.observer.connection_closed(id);
                     return;
                 }
                 Err(_) => {
@@ -258,8 +274,8 @@ async fn handle_socket(
                         conn = id,
                         peer = peer.to_string().as_str()
                     );
-                    shared.observer.connection_rejected("tls_handshake_timeout");
-                    shared.observer.connection_closed(id);
+                    shared.telemetry.observer.connection_rejected("tls_handshake_timeout");
+                    shared.telemetry.observer.connection_closed(id);
                     return;
                 }
             };
@@ -287,7 +303,7 @@ async fn handle_socket(
             }
         }
         (_, (Opening::Http1, _)) => {
-            shared.observer.connection_rejected("http1");
+            shared.telemetry.observer.connection_rejected("http1");
             let response = if shared.tls.is_some() {
                 sniff::HTTP1_ON_TLS_RESPONSE
             } else {
@@ -302,7 +318,7 @@ async fn handle_socket(
         (Some(_), (Opening::Http2, prefix)) => {
             // Plaintext HTTP/2 on the TLS port: say so at the HTTP/2 level
             // (GOAWAY INADEQUATE_SECURITY, which gRPC clients report).
-            shared.observer.connection_rejected("plaintext_on_tls");
+            shared.telemetry.observer.connection_rejected("plaintext_on_tls");
             log!(
                 Info,
                 "plaintext HTTP/2 on the TLS port",
@@ -322,7 +338,7 @@ async fn handle_socket(
             .await;
         }
         (None, (Opening::Tls, _)) => {
-            shared.observer.connection_rejected("tls_on_plaintext");
+            shared.telemetry.observer.connection_rejected("tls_on_plaintext");
             log!(
                 Info,
                 "TLS on the plaintext port",
@@ -331,7 +347,7 @@ async fn handle_socket(
             );
         }
         (_, (Opening::Garbage | Opening::Undecided, _)) => {
-            shared.observer.connection_rejected("garbage");
+            shared.telemetry.observer.connection_rejected("garbage");
             log!(
                 Debug,
                 "unrecognised protocol",
@@ -340,5 +356,5 @@ async fn handle_socket(
             );
         }
     }
-    shared.observer.connection_closed(id);
+    shared.telemetry.observer.connection_closed(id);
 }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::call::{Request, RequestHead, Response, ResponseSink, SinkCore, Streaming};
 use crate::grpc::metadata::Metadata;
-use crate::grpc::observe::Observer;
+use crate::grpc::observe::Telemetry;
 use crate::grpc::status::Status;
 
 /// A boxed, sendable future.
@@ -27,12 +27,12 @@ pub struct Call {
     pub(crate) sink: SinkCore,
     pub(crate) give_back: oneshot::Sender<SinkCore>,
     pub(crate) max_message_len: usize,
-    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 impl Call {
     fn split<Req, Resp>(self) -> (RequestHead, Streaming<Req>, ResponseSink<Resp>) {
-        let inbound = Streaming::new(self.body, self.max_message_len, self.observer);
+        let inbound = Streaming::new(self.body, self.max_message_len, self.telemetry);
         let sink = ResponseSink::new(self.sink, self.give_back);
         (self.head, inbound, sink)
     }
