@@ -10,8 +10,10 @@
 
 pub mod auth;
 pub mod cli;
+pub mod fuzz_targets;
 pub mod grpc;
 pub mod interop;
 pub mod logging;
+pub mod metrics;
 pub mod pb;
 pub mod review;

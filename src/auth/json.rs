@@ -39,7 +39,10 @@ impl std::error::Error for JsonError {}
 /// Parses one JSON value (surrounding whitespace allowed).
 pub fn parse(input: &[u8]) -> Result<Value, JsonError> {
     if input.len() > MAX_INPUT {
-        return Err(JsonError { offset: MAX_INPUT, reason: "input too long" });
+        return Err(JsonError {
+            offset: MAX_INPUT,
+            reason: "input too long",
+        });
     }
     let mut parser = Parser { input, pos: 0 };
     parser.skip_whitespace();
@@ -58,7 +61,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn error(&self, reason: &'static str) -> JsonError {
-        JsonError { offset: self.pos, reason }
+        JsonError {
+            offset: self.pos,
+            reason,
+        }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -191,7 +197,8 @@ impl Parser<'_> {
                 self.pos += 1;
             }
         }
-        let text = std::str::from_utf8(&self.input[start..self.pos]).map_err(|_| self.error("invalid number"))?;
+        let text = std::str::from_utf8(&self.input[start..self.pos])
+            .map_err(|_| self.error("invalid number"))?;
         let number: f64 = text.parse().map_err(|_| self.error("invalid number"))?;
         if !number.is_finite() {
             return Err(self.error("number out of range"));
@@ -200,10 +207,15 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
-        let digits = self.input.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
+        let digits = self
+            .input
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("short \\u escape"))?;
         let mut value = 0u32;
         for &d in digits {
-            let v = (d as char).to_digit(16).ok_or_else(|| self.error("bad \\u escape"))?;
+            let v = (d as char)
+                .to_digit(16)
+                .ok_or_else(|| self.error("bad \\u escape"))?;
             value = value * 16 + v;
         }
         self.pos += 4;
@@ -221,10 +233,11 @@ impl Parser<'_> {
                 }
                 self.pos += 1;
             }
-            let chunk = std::str::from_utf8(&self.input[start..self.pos]).map_err(|_| JsonError {
-                offset: start,
-                reason: "invalid UTF-8",
-            })?;
+            let chunk =
+                std::str::from_utf8(&self.input[start..self.pos]).map_err(|_| JsonError {
+                    offset: start,
+                    reason: "invalid UTF-8",
+                })?;
             out.push_str(chunk);
             match self.peek() {
                 None => return Err(self.error("unterminated string")),
@@ -234,7 +247,9 @@ impl Parser<'_> {
                 }
                 Some(b'\\') => {
                     self.pos += 1;
-                    let escape = self.peek().ok_or_else(|| self.error("unterminated escape"))?;
+                    let escape = self
+                        .peek()
+                        .ok_or_else(|| self.error("unterminated escape"))?;
                     self.pos += 1;
                     match escape {
                         b'"' => out.push('"'),
@@ -262,7 +277,10 @@ impl Parser<'_> {
                             } else {
                                 first
                             };
-                            out.push(char::from_u32(code).ok_or_else(|| self.error("invalid code point"))?);
+                            out.push(
+                                char::from_u32(code)
+                                    .ok_or_else(|| self.error("invalid code point"))?,
+                            );
                         }
                         _ => return Err(self.error("unknown escape")),
                     }
@@ -321,7 +339,10 @@ mod tests {
 
     #[test]
     fn strings_and_escapes() {
-        assert_eq!(parse(br#""a\"\\\/\n\u00e9\ud83d\ude08""#).unwrap(), Value::String("a\"\\/\n\u{e9}\u{1F608}".into()));
+        assert_eq!(
+            parse(br#""a\"\\\/\n\u00e9\ud83d\ude08""#).unwrap(),
+            Value::String("a\"\\/\n\u{e9}\u{1F608}".into())
+        );
         assert!(parse(br#""\ud83d""#).is_err());
         assert!(parse(br#""\ude08""#).is_err());
         assert!(parse(b"\"a\nb\"").is_err());
@@ -349,7 +370,10 @@ mod tests {
             assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let deep = "[".repeat(20) + &"]".repeat(20);
-        assert_eq!(parse(deep.as_bytes()).unwrap_err().reason, "nested too deeply");
+        assert_eq!(
+            parse(deep.as_bytes()).unwrap_err().reason,
+            "nested too deeply"
+        );
         assert!(parse(&vec![b' '; MAX_INPUT + 1]).is_err());
     }
 }

@@ -106,12 +106,18 @@ impl Key {
                 payload.push(']');
             }
         }
-        payload.push_str(&format!(",\"iat\":{},\"exp\":{}}}", claims.issued_at, claims.expires_at));
+        payload.push_str(&format!(
+            ",\"iat\":{},\"exp\":{}}}",
+            claims.issued_at, claims.expires_at
+        ));
         let header = base64::encode(br#"{"alg":"HS256","typ":"JWT"}"#, Alphabet::UrlSafe);
         let body = base64::encode(payload.as_bytes(), Alphabet::UrlSafe);
         let signing_input = format!("{header}.{body}");
         let tag = hmac::sign(&self.key, signing_input.as_bytes());
-        format!("{signing_input}.{}", base64::encode(tag.as_ref(), Alphabet::UrlSafe))
+        format!(
+            "{signing_input}.{}",
+            base64::encode(tag.as_ref(), Alphabet::UrlSafe)
+        )
     }
 
     /// Verifies a token at time `now` (seconds since the epoch).
@@ -120,7 +126,8 @@ impl Key {
             return Err(refuse("malformed", "token too long"));
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(body), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(body), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(refuse("malformed", "a token has three dot-separated parts"));
         };
@@ -130,8 +137,11 @@ impl Key {
                 .map_err(|_| refuse("malformed", format!("the token's {what} is not base64url")))
         };
         let header_json = decode(header, "header")?;
-        let header = json::parse(&header_json).map_err(|e| refuse("malformed", format!("token header: {e}")))?;
-        let header = header.as_object().ok_or_else(|| refuse("malformed", "token header is not an object"))?;
+        let header = json::parse(&header_json)
+            .map_err(|e| refuse("malformed", format!("token header: {e}")))?;
+        let header = header
+            .as_object()
+            .ok_or_else(|| refuse("malformed", "token header is not an object"))?;
         if header.get("alg").and_then(Value::as_str) != Some("HS256") {
             return Err(refuse("bad_algorithm", "only HS256 tokens are accepted"));
         }
@@ -139,8 +149,11 @@ impl Key {
         hmac::verify(&self.key, signing_input.as_bytes(), &signature)
             .map_err(|_| refuse("bad_signature", "the token's signature does not verify"))?;
         let body = decode(body, "claims")?;
-        let claims = json::parse(&body).map_err(|e| refuse("malformed", format!("token claims: {e}")))?;
-        let claims = claims.as_object().ok_or_else(|| refuse("malformed", "token claims are not an object"))?;
+        let claims =
+            json::parse(&body).map_err(|e| refuse("malformed", format!("token claims: {e}")))?;
+        let claims = claims
+            .as_object()
+            .ok_or_else(|| refuse("malformed", "token claims are not an object"))?;
         parse_claims(claims, now)
     }
 }
@@ -156,7 +169,12 @@ fn parse_claims(claims: &BTreeMap<String, Value>, now: i64) -> Result<Claims, To
         .get("role")
         .and_then(Value::as_str)
         .and_then(Role::parse)
-        .ok_or_else(|| refuse("bad_claims", "the token has no valid role (author, reviewer, observer)"))?;
+        .ok_or_else(|| {
+            refuse(
+                "bad_claims",
+                "the token has no valid role (author, reviewer, observer)",
+            )
+        })?;
     let sessions = match claims.get("sessions") {
         Some(Value::String(s)) if s == "*" => Sessions::All,
         Some(Value::Array(items)) => Sessions::Only(
@@ -166,7 +184,12 @@ fn parse_claims(claims: &BTreeMap<String, Value>, now: i64) -> Result<Claims, To
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| refuse("bad_claims", "sessions must be strings"))?,
         ),
-        _ => return Err(refuse("bad_claims", "the token has no sessions claim (an array, or \"*\")")),
+        _ => {
+            return Err(refuse(
+                "bad_claims",
+                "the token has no sessions claim (an array, or \"*\")",
+            ));
+        }
     };
     let expires_at = claims
         .get("exp")
@@ -212,8 +235,14 @@ mod tests {
     fn round_trip() {
         let token = key().sign(&claims());
         assert_eq!(key().verify(&token, 1500).unwrap(), claims());
-        let all = Claims { sessions: Sessions::All, ..claims() };
-        assert_eq!(key().verify(&key().sign(&all), 1500).unwrap().sessions, Sessions::All);
+        let all = Claims {
+            sessions: Sessions::All,
+            ..claims()
+        };
+        assert_eq!(
+            key().verify(&key().sign(&all), 1500).unwrap().sessions,
+            Sessions::All
+        );
     }
 
     #[test]
@@ -221,22 +250,40 @@ mod tests {
         let token = key().sign(&claims());
         assert_eq!(key().verify(&token, 2000).unwrap_err().reason, "expired");
         let other = Key::new(&[8u8; 32]).unwrap();
-        assert_eq!(other.verify(&token, 1500).unwrap_err().reason, "bad_signature");
+        assert_eq!(
+            other.verify(&token, 1500).unwrap_err().reason,
+            "bad_signature"
+        );
         // Tampered claims.
         let mut parts: Vec<&str> = token.split('.').collect();
-        let forged = base64::encode(br#"{"sub":"root","role":"author","sessions":"*","exp":9999}"#, Alphabet::UrlSafe);
+        let forged = base64::encode(
+            br#"{"sub":"root","role":"author","sessions":"*","exp":9999}"#,
+            Alphabet::UrlSafe,
+        );
         parts[1] = &forged;
-        assert_eq!(key().verify(&parts.join("."), 1500).unwrap_err().reason, "bad_signature");
+        assert_eq!(
+            key().verify(&parts.join("."), 1500).unwrap_err().reason,
+            "bad_signature"
+        );
         // alg none.
         let none = format!(
             "{}.{}.",
             base64::encode(br#"{"alg":"none"}"#, Alphabet::UrlSafe),
             token.split('.').nth(1).unwrap()
         );
-        assert_eq!(key().verify(&none, 1500).unwrap_err().reason, "bad_algorithm");
+        assert_eq!(
+            key().verify(&none, 1500).unwrap_err().reason,
+            "bad_algorithm"
+        );
         assert_eq!(key().verify("a.b", 1500).unwrap_err().reason, "malformed");
-        assert_eq!(key().verify("a.b.c.d", 1500).unwrap_err().reason, "malformed");
-        assert_eq!(key().verify(&"x".repeat(5000), 1500).unwrap_err().reason, "malformed");
+        assert_eq!(
+            key().verify("a.b.c.d", 1500).unwrap_err().reason,
+            "malformed"
+        );
+        assert_eq!(
+            key().verify(&"x".repeat(5000), 1500).unwrap_err().reason,
+            "malformed"
+        );
         assert!(Key::new(b"short").is_err());
     }
 
@@ -248,18 +295,40 @@ mod tests {
             let body = base64::encode(payload.as_bytes(), Alphabet::UrlSafe);
             let input = format!("{header}.{body}");
             let tag = hmac::sign(&k.key, input.as_bytes());
-            format!("{input}.{}", base64::encode(tag.as_ref(), Alphabet::UrlSafe))
+            format!(
+                "{input}.{}",
+                base64::encode(tag.as_ref(), Alphabet::UrlSafe)
+            )
         };
         let cases = [
-            (r#"{"role":"author","sessions":"*","exp":3000}"#, "bad_claims"),
-            (r#"{"sub":"a","role":"admin","sessions":"*","exp":3000}"#, "bad_claims"),
+            (
+                r#"{"role":"author","sessions":"*","exp":3000}"#,
+                "bad_claims",
+            ),
+            (
+                r#"{"sub":"a","role":"admin","sessions":"*","exp":3000}"#,
+                "bad_claims",
+            ),
             (r#"{"sub":"a","role":"author","exp":3000}"#, "bad_claims"),
-            (r#"{"sub":"a","role":"author","sessions":[1],"exp":3000}"#, "bad_claims"),
-            (r#"{"sub":"a","role":"author","sessions":"*"}"#, "bad_claims"),
-            (r#"{"sub":"a","role":"author","sessions":"*","exp":3000,"nbf":2000}"#, "not_yet_valid"),
+            (
+                r#"{"sub":"a","role":"author","sessions":[1],"exp":3000}"#,
+                "bad_claims",
+            ),
+            (
+                r#"{"sub":"a","role":"author","sessions":"*"}"#,
+                "bad_claims",
+            ),
+            (
+                r#"{"sub":"a","role":"author","sessions":"*","exp":3000,"nbf":2000}"#,
+                "not_yet_valid",
+            ),
         ];
         for (payload, reason) in cases {
-            assert_eq!(k.verify(&sign_raw(payload), 1500).unwrap_err().reason, reason, "{payload}");
+            assert_eq!(
+                k.verify(&sign_raw(payload), 1500).unwrap_err().reason,
+                reason,
+                "{payload}"
+            );
         }
     }
 }

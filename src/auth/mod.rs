@@ -36,7 +36,9 @@ impl std::fmt::Debug for Authenticator {
 }
 
 fn now_seconds() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// When to warn about a token expiring: a third of its lifetime before, at
@@ -93,11 +95,15 @@ impl Authenticator {
             }
             let Some(value) = head.metadata.get("authorization") else {
                 self.failed("missing");
-                return Err(Status::unauthenticated("missing authorization: Bearer <token>"));
+                return Err(Status::unauthenticated(
+                    "missing authorization: Bearer <token>",
+                ));
             };
             let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else {
                 self.failed("malformed");
-                return Err(Status::unauthenticated("authorization must be: Bearer <token>"));
+                return Err(Status::unauthenticated(
+                    "authorization must be: Bearer <token>",
+                ));
             };
             match self.principal(token) {
                 Ok(principal) => {
@@ -128,7 +134,19 @@ mod tests {
 
     #[test]
     fn warning_lead_is_a_third_of_the_lifetime_capped_at_a_minute() {
-        assert_eq!(token_window(0, 30), TokenWindow { warn_at_ms: 20_000, expires_at_ms: 30_000 });
-        assert_eq!(token_window(0, 3600), TokenWindow { warn_at_ms: 3_540_000, expires_at_ms: 3_600_000 });
+        assert_eq!(
+            token_window(0, 30),
+            TokenWindow {
+                warn_at_ms: 20_000,
+                expires_at_ms: 30_000
+            }
+        );
+        assert_eq!(
+            token_window(0, 3600),
+            TokenWindow {
+                warn_at_ms: 3_540_000,
+                expires_at_ms: 3_600_000
+            }
+        );
     }
 }

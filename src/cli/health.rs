@@ -7,7 +7,9 @@ use argh::FromArgs;
 use super::connect::ClientError;
 use crate::grpc::client::CallOptions;
 use crate::grpc::health::CHECK;
-use crate::pb::health::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus};
+use crate::pb::health::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+};
 
 crate::client_flags! {
     /// check a server's health (exit 0 only when SERVING)
@@ -28,8 +30,12 @@ pub async fn run(args: HealthArgs) -> Result<bool, ClientError> {
     let mut options = args.client_options();
     options.connect_timeout = args.timeout;
     let channel = options.connect().await?;
-    let request = HealthCheckRequest { service: args.service };
-    let response: HealthCheckResponse = channel.unary(CHECK, &request, CallOptions::timeout(args.timeout)).await?;
+    let request = HealthCheckRequest {
+        service: args.service,
+    };
+    let response: HealthCheckResponse = channel
+        .unary(CHECK, &request, CallOptions::timeout(args.timeout))
+        .await?;
     let status = ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown);
     println!("{}", status.as_str_name());
     Ok(status == ServingStatus::Serving)

@@ -280,7 +280,10 @@ impl Participant {
                 if let Some(role) = self.role
                     && role != crate::pb::codereview::Role::Author
                 {
-                    self.say(&format!("not applied: a {} may not edit", role.as_str_name().to_lowercase()));
+                    self.say(&format!(
+                        "not applied: a {} may not edit",
+                        role.as_str_name().to_lowercase()
+                    ));
                     return;
                 }
                 if self.waiting() >= self.args.buffer {

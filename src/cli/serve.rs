@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::metrics::{Metrics, http as metrics_http};
 
 use super::token::read_secret;
 use crate::auth::Authenticator;
@@ -179,6 +182,9 @@ pub struct ServeArgs {
     /// log format: json or text (default json)
     #[argh(option, default = "String::from(\"json\")")]
     pub log_format: String,
+    /// serve Prometheus metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9464 (default: off)
+    #[argh(option)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -289,8 +295,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
+    let metrics = Metrics::new();
     let authenticator = match &args.auth_secret_file {
-        Some(path) => Some(Arc::new(Authenticator::new(&read_secret(path)?)?)),
+        Some(path) => {
+            let failures = metrics.clone();
+            let authenticator = Authenticator::new(&read_secret(path)?)?
+                .on_failure(Arc::new(move |reason| failures.auth_failed(reason)));
+            Some(Arc::new(authenticator))
+        }
         None => None,
     };
     if !addr.ip().is_loopback() {
@@ -323,7 +335,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
 
     let limits = args.limits()?;
-    let registry_config = RegistryConfig::new(limits);
+    let mut registry_config = RegistryConfig::new(limits);
+    registry_config.observer = metrics.clone();
     let mut service_config = ServiceConfig::new(registry_config.limits.clone());
     service_config.max_stream_duration = Some(args.max_stream_duration).filter(|d| !d.is_zero());
     if let Some(authenticator) = &authenticator {
@@ -350,7 +363,24 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
 
-    let mut server = Server::new(config, router);
+    let mut server = Server::new(config, router).observer(metrics.clone());
+    metrics.attach(server.telemetry(), registry.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_task = match args.metrics_addr {
+        Some(metrics_addr) => {
+            let metrics_listener = TcpListener::bind(metrics_addr)
+                .await
+                .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
+            let bound = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+            log!(Info, "metrics listening", addr = bound.to_string().as_str());
+            Some(tokio::spawn(metrics_http::serve(
+                metrics_listener,
+                metrics.clone(),
+                ready.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut reloader = None;
     if let Some((source, tls_reloader)) = tls {
         server = server.tls(source);
@@ -358,6 +388,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let (controller, shutdown) = ShutdownController::new();
     let mut server_task = tokio::spawn(server.serve(listener, shutdown));
+    ready.store(true, Ordering::Relaxed);
     log!(
         Info,
         "listening",
@@ -397,6 +428,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         signal = signal_name,
         drain_timeout_ms = args.drain_timeout.as_millis() as u64
     );
+    ready.store(false, Ordering::Relaxed);
     health.set_all_not_serving();
     let before = registry.stats().await.unwrap_or_default();
     let deadline_ms = crate::review::now_unix_ms() + args.drain_timeout.as_millis() as i64;
@@ -426,5 +458,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         participants = before.participants,
         watchers = before.watchers,
     );
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     Ok(())
 }

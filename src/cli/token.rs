@@ -27,13 +27,18 @@ pub struct TokenArgs {
     #[argh(option)]
     pub session: Vec<String>,
     /// lifetime, e.g. 30m, 1h (default 1h)
-    #[argh(option, default = "Duration::from_secs(3600)", from_str_fn(super::parse_duration))]
+    #[argh(
+        option,
+        default = "Duration::from_secs(3600)",
+        from_str_fn(super::parse_duration)
+    )]
     pub ttl: Duration,
 }
 
 /// Reads a secret file (a trailing newline is not part of the secret).
 pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
@@ -41,20 +46,31 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
 }
 
 pub fn run(args: TokenArgs) -> Result<(), ClientError> {
-    let role = Role::parse(&args.role)
-        .ok_or_else(|| ClientError(format!("--role must be author, reviewer or observer, got {:?}", args.role)))?;
+    let role = Role::parse(&args.role).ok_or_else(|| {
+        ClientError(format!(
+            "--role must be author, reviewer or observer, got {:?}",
+            args.role
+        ))
+    })?;
     if args.user.is_empty() || args.user.len() > 128 {
         return Err(ClientError("--user must be 1 to 128 bytes".into()));
     }
     if args.ttl.is_zero() {
         return Err(ClientError("--ttl must be positive".into()));
     }
-    let key = Key::new(&read_secret(&args.secret_file).map_err(ClientError)?).map_err(ClientError)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let key =
+        Key::new(&read_secret(&args.secret_file).map_err(ClientError)?).map_err(ClientError)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let claims = Claims {
         subject: args.user,
         role,
-        sessions: if args.session.is_empty() { Sessions::All } else { Sessions::Only(args.session) },
+        sessions: if args.session.is_empty() {
+            Sessions::All
+        } else {
+            Sessions::Only(args.session)
+        },
         issued_at: now,
         expires_at: now + args.ttl.as_secs().max(1) as i64,
     };

@@ -77,7 +77,10 @@ impl Inbound {
             // An error means the stream is gone; nothing to give back then.
             let _ = self.body.flow_control().release_capacity(n);
             self.unreleased -= n;
-            self.telemetry.stats.inbound_buffered.fetch_sub(n as i64, Ordering::Relaxed);
+            self.telemetry
+                .stats
+                .inbound_buffered
+                .fetch_sub(n as i64, Ordering::Relaxed);
         }
     }
 
@@ -104,7 +107,10 @@ impl Inbound {
             match self.body.data().await {
                 Some(Ok(chunk)) => {
                     self.telemetry.observer.bytes_received(chunk.len());
-                    self.telemetry.stats.inbound_buffered.fetch_add(chunk.len() as i64, Ordering::Relaxed);
+                    self.telemetry
+                        .stats
+                        .inbound_buffered
+                        .fetch_add(chunk.len() as i64, Ordering::Relaxed);
                     self.unreleased += chunk.len();
                     self.decoder.push(chunk);
                 }

@@ -13,8 +13,8 @@ pub trait Observer: Send + Sync + 'static {
     fn connection_closed(&self, _id: u64) {}
     fn connection_rejected(&self, _reason: &'static str) {}
     /// `method` is a registered method path, or `"unknown"`.
-    fn call_started(&self, _method: &str) {}
-    fn call_finished(&self, _method: &str, _code: Code, _elapsed: Duration) {}
+    fn call_started(&self, _method: &'static str) {}
+    fn call_finished(&self, _method: &'static str, _code: Code, _elapsed: Duration) {}
     fn bytes_received(&self, _n: usize) {}
     fn bytes_sent(&self, _n: usize) {}
 }
@@ -61,6 +61,8 @@ impl Telemetry {
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Telemetry").field("stats", &self.stats).finish()
+        f.debug_struct("Telemetry")
+            .field("stats", &self.stats)
+            .finish()
     }
 }

@@ -10,6 +10,7 @@
 //! - [`service`]: the four RPCs on the wire layer.
 //! - [`replica`]: the client half of the OT (used by `join`).
 
+pub mod counters;
 pub mod document;
 pub mod error;
 pub mod history;

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::counters::{NoSessionObserver, SessionObserver};
 use super::error::{ErrorKind, ReviewError};
 use super::limits::Limits;
 use super::ot::Text;
@@ -301,6 +302,7 @@ struct SessionSlot {
 /// The task's state.
 pub struct Registry {
     limits: Arc<Limits>,
+    observer: Arc<dyn SessionObserver>,
     sessions: HashMap<Text, SessionSlot>,
     members: HashMap<MemberId, MemberSlot>,
     next_member: MemberId,
@@ -309,19 +311,32 @@ pub struct Registry {
 }
 
 /// Settings of the registry task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryConfig {
     pub limits: Arc<Limits>,
+    /// Receives the sessions' counters (metrics).
+    pub observer: Arc<dyn SessionObserver>,
     /// Commands waiting for the registry (default 4096).
     pub inbox_capacity: usize,
     /// Period of idle and token checks (default 1 s).
     pub tick: Duration,
 }
 
+impl std::fmt::Debug for RegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryConfig")
+            .field("limits", &self.limits)
+            .field("inbox_capacity", &self.inbox_capacity)
+            .field("tick", &self.tick)
+            .finish()
+    }
+}
+
 impl RegistryConfig {
     pub fn new(limits: Limits) -> Self {
         RegistryConfig {
             limits: Arc::new(limits),
+            observer: Arc::new(NoSessionObserver),
             inbox_capacity: 4096,
             tick: Duration::from_secs(1),
         }
@@ -333,6 +348,7 @@ pub fn spawn(config: RegistryConfig) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(config.inbox_capacity);
     let registry = Registry {
         limits: config.limits,
+        observer: config.observer,
         sessions: HashMap::new(),
         members: HashMap::new(),
         next_member: 1,
@@ -462,14 +478,14 @@ impl Registry {
                 for slot in self.sessions.values_mut() {
                     let mut fx = Effects::default();
                     slot.session.announce_drain(now, deadline_ms, &mut fx);
-                    Self::apply(&mut self.members, &mut slot.session, fx);
+                    Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
                 }
             }
             Command::CloseAll { error } => {
                 for slot in self.sessions.values_mut() {
                     let mut fx = Effects::default();
                     slot.session.close_all(now, &error, &mut fx);
-                    Self::apply(&mut self.members, &mut slot.session, fx);
+                    Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
                 }
             }
             Command::Stats { reply } => {
@@ -547,7 +563,7 @@ impl Registry {
             },
         );
         let slot = self.sessions.get_mut(session_id).expect("present");
-        Self::apply(&mut self.members, &mut slot.session, fx);
+        Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
         let _ = now;
         Ok(Membership { member, ending })
     }
@@ -568,7 +584,7 @@ impl Registry {
         if slot.session.is_empty() && slot.empty_since.is_none() {
             slot.empty_since = Some(Instant::now());
         }
-        Self::apply(&mut self.members, &mut slot.session, fx);
+        Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
     }
 
     fn pull(
@@ -594,7 +610,16 @@ impl Registry {
     }
 
     /// Carries out what a session reported.
-    fn apply(members: &mut HashMap<MemberId, MemberSlot>, session: &mut Session, fx: Effects) {
+    fn apply(
+        members: &mut HashMap<MemberId, MemberSlot>,
+        session: &mut Session,
+        fx: Effects,
+        observer: &dyn SessionObserver,
+    ) {
+        let counters = session.take_counters();
+        if !counters.is_empty() {
+            observer.record(&counters);
+        }
         for (member, error) in fx.closed {
             if let Some(mut slot) = members.remove(&member)
                 && let Some(ending) = slot.ending.take()
@@ -641,7 +666,7 @@ impl Registry {
             return result;
         }
         let slot = self.sessions.get_mut(&session_id).expect("present");
-        Self::apply(&mut self.members, &mut slot.session, fx);
+        Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
         result
     }
 
@@ -653,7 +678,7 @@ impl Registry {
             if slot.session.is_empty() && slot.empty_since.is_none() {
                 slot.empty_since = Some(Instant::now());
             }
-            Self::apply(&mut self.members, &mut slot.session, fx);
+            Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
         }
         self.collect_empty(Instant::now());
     }

@@ -28,6 +28,7 @@ use super::session::{MemberId, TokenWindow};
 use super::validate::{self, Action, JoinOptions};
 use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
 use crate::grpc::{Metadata, Status};
+use crate::log;
 use crate::pb::codereview::{
     FileChunk, SessionMessage, Snapshot, SnapshotRequest, UploadSummary, WatchRequest,
 };
@@ -103,6 +104,15 @@ pub fn register(router: &mut Router, registry: RegistryHandle, config: ServiceCo
     });
 }
 
+/// What a participant stream's closing log line reports.
+#[derive(Debug, Default)]
+struct StreamTrace {
+    session_id: String,
+    user_id: String,
+    messages_in: u64,
+    messages_out: u64,
+}
+
 /// Sends Leave when a member's stream task ends, however it ends.
 struct LeaveGuard {
     registry: RegistryHandle,
@@ -140,10 +150,42 @@ impl Service {
         Ok(Text::from(session_id))
     }
 
+    /// A participant's stream, logged from open to close with its
+    /// correlation fields.
     async fn session(
         &self,
         request: Request<Streaming<SessionMessage>>,
+        sink: ResponseSink<SessionMessage>,
+    ) -> Result<Metadata, Status> {
+        let started = Instant::now();
+        let (conn, stream) = (request.head().connection_id, request.head().stream_id);
+        let mut trace = StreamTrace::default();
+        let result = self.session_stream(request, sink, &mut trace).await;
+        let status = match &result {
+            Ok(_) => Status::ok(),
+            Err(status) => status.clone(),
+        };
+        log!(
+            Info,
+            "participant stream closed",
+            conn = conn,
+            stream = stream,
+            session_id = trace.session_id.as_str(),
+            user_id = trace.user_id.as_str(),
+            status = status.code().name(),
+            reason = status.message(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            messages_in = trace.messages_in,
+            messages_out = trace.messages_out,
+        );
+        result
+    }
+
+    async fn session_stream(
+        &self,
+        request: Request<Streaming<SessionMessage>>,
         mut sink: ResponseSink<SessionMessage>,
+        trace: &mut StreamTrace,
     ) -> Result<Metadata, Status> {
         let (head, mut inbound) = request.into_parts();
         let principal = self.principal(&head)?;
@@ -160,6 +202,8 @@ impl Service {
             first.user_id = subject.clone();
         }
         let identity = validate::identity_of(&first, &limits)?;
+        trace.session_id = identity.session_id.clone();
+        trace.user_id = identity.user_id.clone();
         principal.check_user(&identity.user_id)?;
         principal.admit(&identity.session_id)?;
         let first = validate::validate(first, &identity, &limits)?;
@@ -186,6 +230,17 @@ impl Service {
             registry: self.registry.clone(),
             member,
         };
+        log!(
+            Info,
+            "participant joined",
+            conn = head.connection_id,
+            stream = head.stream_id,
+            session_id = identity.session_id.as_str(),
+            user_id = identity.user_id.as_str(),
+            role = principal.role.name(),
+            member = member,
+        );
+        trace.messages_in = 1;
         if let Some(message) = pending {
             self.registry.message(member, message).await?;
         }
@@ -199,6 +254,7 @@ impl Service {
                 batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
                     pull = None;
                     if let Ok(batch) = batch {
+                        trace.messages_out += batch.len() as u64;
                         for framed in batch {
                             sink.queue_framed(framed);
                         }
@@ -216,6 +272,7 @@ impl Service {
                         let _ = tokio::time::timeout(HALF_CLOSE_FLUSH, sink.flush()).await;
                         return Ok(Metadata::new());
                     };
+                    trace.messages_in += 1;
                     let client_sequence = message.client_sequence;
                     match validate::validate(message, &identity, &limits) {
                         Ok(validated) => match validated.action {

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::counters::{Counters, MessageKind};
 use super::document::Document;
 use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
@@ -176,6 +177,7 @@ pub struct Session {
     live_watchers: usize,
     /// Members over their outbox bound, to be ended by `settle`.
     overflowed: Vec<MemberId>,
+    counters: Counters,
 }
 
 /// A summary for metrics and tests.
@@ -206,6 +208,7 @@ impl Session {
             live_participants: 0,
             live_watchers: 0,
             overflowed: Vec::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -281,19 +284,26 @@ impl Session {
     }
 
     /// Queues an essential message for one member.
-    fn send_to(&mut self, member: MemberId, framed: Bytes, fx: &mut Effects) {
+    fn send_to(&mut self, member: MemberId, framed: Bytes, kind: MessageKind, fx: &mut Effects) {
         let limit = self.limits.outbox_bytes;
         if let Some(m) = self.members.get_mut(&member) {
             if m.outbox.push(framed, limit).is_err() {
                 self.overflowed.push(member);
             } else {
+                self.counters.sent[kind as usize] += 1;
                 fx.woken.insert(member);
             }
         }
     }
 
     fn send_message(&mut self, member: MemberId, message: &SessionMessage, fx: &mut Effects) {
-        self.send_to(member, encode_message(message), fx);
+        let kind = MessageKind::of(message.payload.as_ref());
+        self.send_to(member, encode_message(message), kind, fx);
+    }
+
+    /// Takes the counts accumulated since the last call.
+    pub fn take_counters(&mut self) -> Counters {
+        std::mem::take(&mut self.counters)
     }
 
     /// Numbers, records and broadcasts an essential event. A participant's
@@ -307,6 +317,7 @@ impl Session {
         fx: &mut Effects,
     ) -> u64 {
         self.sequence += 1;
+        let kind = MessageKind::of(Some(&payload));
         let (user_id, author, own_member, ack) = match origin {
             Origin::Server { user_id } => (user_id.to_owned(), None, None, None),
             Origin::Participant { user, member, ack } => {
@@ -328,7 +339,7 @@ impl Session {
             .filter(|id| Some(*id) != own_member)
             .collect();
         for member in recipients {
-            self.send_to(member, framed.clone(), fx);
+            self.send_to(member, framed.clone(), kind, fx);
         }
         if let (Some(member), Some(ack)) = (own_member, ack) {
             let ack = self.ack_message(now, &user_id, &ack, self.sequence, false, false);
@@ -372,6 +383,7 @@ impl Session {
         except: Option<MemberId>,
         fx: &mut Effects,
     ) {
+        let counted = MessageKind::of(Some(&payload));
         let framed = encode_message(&self.message(now, user, payload));
         let key = EphemeralKey {
             user: user.clone(),
@@ -380,6 +392,7 @@ impl Session {
         for (id, member) in self.members.iter_mut() {
             if Some(*id) != except {
                 member.outbox.push_ephemeral(key.clone(), framed.clone());
+                self.counters.sent[counted as usize] += 1;
                 fx.woken.insert(*id);
             }
         }
@@ -423,6 +436,7 @@ impl Session {
                 self.limits.outbox_bytes
             ));
             self.remove_member(now, member, fx);
+            self.counters.slow_consumers += 1;
             fx.woken.remove(&member);
             fx.closed.push((member, error));
         }
@@ -586,6 +600,12 @@ impl Session {
         } else {
             Catchup::History
         };
+        if options.resume_after.is_some() {
+            match catchup {
+                Catchup::Resume => self.counters.resumes_replay += 1,
+                _ => self.counters.resumes_snapshot += 1,
+            }
+        }
         let joined = self.message(
             now,
             user.map(|u| &**u).unwrap_or(""),
@@ -630,7 +650,7 @@ impl Session {
                     })
                     .collect();
                 for framed in replay {
-                    self.send_to(member, framed, fx);
+                    self.send_to(member, framed, MessageKind::Replay, fx);
                 }
                 // Cursors are ephemeral (not in history): send the current ones.
                 let cursors: Vec<(Text, CursorPosition)> = self
@@ -750,6 +770,14 @@ impl Session {
         };
         let user = user.clone();
         let client_sequence = message.client_sequence;
+        let kind = match &message.action {
+            Action::Edit(_) => MessageKind::Edit,
+            Action::Comment(_) => MessageKind::Comment,
+            Action::Cursor(_) => MessageKind::Cursor,
+            Action::Presence(_) => MessageKind::Presence,
+            _ => MessageKind::Other,
+        };
+        self.counters.received[kind as usize] += 1;
         if let Err(error) = self.handle_inner(now, member, &user, message, fx) {
             let reply = self.error_message(now, client_sequence, &error);
             self.send_message(member, &reply, fx);
@@ -932,6 +960,9 @@ impl Session {
             op: edit.op,
         };
         let mut bridge = Vec::with_capacity(state.bridge.len());
+        if !state.bridge.is_empty() {
+            self.counters.edits_transformed += 1;
+        }
         for (version, applied) in &state.bridge {
             let op_after = ot::transform(&op, applied, false);
             bridge.push((*version, ot::transform(applied, &op, true)));
@@ -1316,7 +1347,7 @@ impl Session {
         ));
         let members: Vec<MemberId> = self.members.keys().copied().collect();
         for member in members {
-            self.send_to(member, notice.clone(), fx);
+            self.send_to(member, notice.clone(), MessageKind::Notice, fx);
         }
         self.settle(now, fx);
     }

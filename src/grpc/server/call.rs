@@ -121,11 +121,7 @@ impl<T> std::fmt::Debug for Streaming<T> {
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new(
-        body: RecvStream,
-        max_message_len: usize,
-        telemetry: Arc<Telemetry>,
-    ) -> Self {
+    pub(crate) fn new(body: RecvStream, max_message_len: usize, telemetry: Arc<Telemetry>) -> Self {
         Streaming {
             inbound: Inbound::new(body, max_message_len, telemetry),
             _message: PhantomData,
@@ -236,7 +232,10 @@ impl SinkCore {
         self.pending
             .flush(stream, |n| {
                 telemetry.observer.bytes_sent(n);
-                telemetry.stats.outbound_buffered.fetch_sub(n as i64, Ordering::Relaxed);
+                telemetry
+                    .stats
+                    .outbound_buffered
+                    .fetch_sub(n as i64, Ordering::Relaxed);
             })
             .await
             .map_err(|error| match error {
@@ -281,7 +280,10 @@ impl SinkCore {
 impl Drop for SinkCore {
     fn drop(&mut self) {
         let unsent = self.pending.len() as i64;
-        self.telemetry.stats.outbound_buffered.fetch_sub(unsent, Ordering::Relaxed);
+        self.telemetry
+            .stats
+            .outbound_buffered
+            .fetch_sub(unsent, Ordering::Relaxed);
     }
 }
 

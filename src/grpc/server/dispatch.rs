@@ -104,7 +104,11 @@ pub(crate) async fn serve_stream(
         _ => "unknown",
     };
     shared.telemetry.observer.call_started(method_name);
-    shared.telemetry.stats.streams.fetch_add(1, Ordering::Relaxed);
+    shared
+        .telemetry
+        .stats
+        .streams
+        .fetch_add(1, Ordering::Relaxed);
     connection.active_streams.fetch_add(1, Ordering::Relaxed);
     let status = run_call(
         &parts,
@@ -124,7 +128,11 @@ pub(crate) async fn serve_stream(
         .telemetry
         .observer
         .call_finished(method_name, status.code(), elapsed);
-    shared.telemetry.stats.streams.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .telemetry
+        .stats
+        .streams
+        .fetch_sub(1, Ordering::Relaxed);
     log!(
         Debug,
         "call finished",

@@ -211,7 +211,11 @@ struct ConnectionCount(Arc<Shared>);
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
-        self.0.telemetry.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .telemetry
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -226,7 +230,11 @@ async fn handle_socket(
 ) {
     let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
     shared.telemetry.observer.connection_opened(id, Some(peer));
-    shared.telemetry.stats.connections.fetch_add(1, Ordering::Relaxed);
+    shared
+        .telemetry
+        .stats
+        .connections
+        .fetch_add(1, Ordering::Relaxed);
     let _open = ConnectionCount(shared.clone());
     let handshake_timeout = shared.config.handshake_timeout;
     let opening = match timeout(handshake_timeout, sniff::sniff(&mut tcp)).await {
@@ -263,7 +271,10 @@ async fn handle_socket(
                         peer = peer.to_string().as_str(),
                         error = error.to_string().as_str()
                     );
-                    shared.telemetry.observer.connection_rejected("tls_handshake");
+                    shared
+                        .telemetry
+                        .observer
+                        .connection_rejected("tls_handshake");
                     shared.telemetry.observer.connection_closed(id);
                     return;
                 }
@@ -274,7 +285,10 @@ async fn handle_socket(
                         conn = id,
                         peer = peer.to_string().as_str()
                     );
-                    shared.telemetry.observer.connection_rejected("tls_handshake_timeout");
+                    shared
+                        .telemetry
+                        .observer
+                        .connection_rejected("tls_handshake_timeout");
                     shared.telemetry.observer.connection_closed(id);
                     return;
                 }
@@ -318,7 +332,10 @@ async fn handle_socket(
         (Some(_), (Opening::Http2, prefix)) => {
             // Plaintext HTTP/2 on the TLS port: say so at the HTTP/2 level
             // (GOAWAY INADEQUATE_SECURITY, which gRPC clients report).
-            shared.telemetry.observer.connection_rejected("plaintext_on_tls");
+            shared
+                .telemetry
+                .observer
+                .connection_rejected("plaintext_on_tls");
             log!(
                 Info,
                 "plaintext HTTP/2 on the TLS port",
@@ -338,7 +355,10 @@ async fn handle_socket(
             .await;
         }
         (None, (Opening::Tls, _)) => {
-            shared.telemetry.observer.connection_rejected("tls_on_plaintext");
+            shared
+                .telemetry
+                .observer
+                .connection_rejected("tls_on_plaintext");
             log!(
                 Info,
                 "TLS on the plaintext port",

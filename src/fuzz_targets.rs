@@ -1,0 +1,213 @@
+//! The bodies of the cargo-fuzz targets (fuzz/fuzz_targets/*.rs call these),
+//! kept in the library so that `cargo test` replays every committed corpus
+//! file through exactly the same code (tests/fuzz_corpus.rs). Each function
+//! takes arbitrary bytes, must never panic except on a violated invariant,
+//! and checks the invariant it names.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::grpc::base64::{self, Alphabet};
+use crate::grpc::codec::{self, HEADER_LEN, MessageDecoder};
+use crate::grpc::{percent, sniff, timeout};
+use crate::review::limits::Limits;
+use crate::review::ot::{self, FileOp, LineOp, Text};
+use crate::review::validate::{self, StreamIdentity};
+
+/// The gRPC message decoder fed arbitrary chunkings: never panics, never
+/// holds a message larger than its limit, and re-encoding what it decodes
+/// gives back exactly the bytes it consumed.
+pub fn codec(data: &[u8]) {
+    let Some((&split_seed, rest)) = data.split_first() else {
+        return;
+    };
+    let max = 64 + usize::from(split_seed) * 4;
+    let mut decoder = MessageDecoder::new(max);
+    let mut reencoded = Vec::new();
+    let mut offset = 0;
+    let mut step = usize::from(split_seed % 17) + 1;
+    let mut failed = false;
+    while offset < rest.len() {
+        let end = (offset + step).min(rest.len());
+        decoder.push(Bytes::copy_from_slice(&rest[offset..end]));
+        offset = end;
+        step = (step * 7 + 3) % 23 + 1;
+        loop {
+            match decoder.decode() {
+                Ok(Some(frame)) => {
+                    assert!(frame.payload.len() <= max, "message over the limit");
+                    assert!(!frame.compressed, "compressed messages are refused");
+                    reencoded.extend_from_slice(&codec::frame_payload(&frame.payload));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            break;
+        }
+        assert!(
+            decoder.partial_message_bytes() <= max + HEADER_LEN,
+            "partial message over the limit"
+        );
+    }
+    if !failed {
+        assert_eq!(
+            &rest[..reencoded.len()],
+            &reencoded[..],
+            "re-encoding differs"
+        );
+        assert_eq!(reencoded.len() + decoder.buffered(), rest.len());
+    }
+}
+
+/// grpc-timeout parsing: total, and formatting a parsed value parses back
+/// to at least the same duration.
+pub fn grpc_timeout(data: &[u8]) {
+    if let Ok(duration) = timeout::parse(data) {
+        let text = timeout::format(duration);
+        let back = timeout::parse(text.as_bytes()).expect("formatted timeouts parse");
+        assert!(back >= duration);
+    }
+}
+
+/// grpc-message percent-encoding: any text round-trips, any bytes decode.
+pub fn grpc_message(data: &[u8]) {
+    let _ = percent::decode(data);
+    let text = String::from_utf8_lossy(data);
+    let encoded = percent::encode(&text);
+    assert!(encoded.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    assert_eq!(percent::decode(encoded.as_bytes()), text);
+}
+
+/// Binary metadata (`-bin`, base64): decoding is total, and what decodes
+/// re-encodes to the same canonical text (padding aside).
+pub fn binary_metadata(data: &[u8]) {
+    for alphabet in [Alphabet::Standard, Alphabet::UrlSafe] {
+        if let Ok(decoded) = base64::decode(data, alphabet) {
+            let encoded = base64::encode(&decoded, alphabet);
+            let unpadded: Vec<u8> = data.iter().copied().filter(|&b| b != b'=').collect();
+            assert_eq!(encoded.as_bytes(), &unpadded[..]);
+        }
+        let encoded = base64::encode(data, alphabet);
+        assert_eq!(
+            base64::decode(encoded.as_bytes(), alphabet).expect("round trip"),
+            data
+        );
+    }
+}
+
+/// A `SessionMessage` from arbitrary bytes, then our validation: never
+/// panics; what validates respects the limits.
+pub fn session_message(data: &[u8]) {
+    use prost::Message;
+    let Ok(message) = crate::pb::codereview::SessionMessage::decode(data) else {
+        return;
+    };
+    let limits = Limits::default();
+    let _ = validate::identity_of(&message, &limits);
+    let identity = StreamIdentity {
+        session_id: "s".into(),
+        user_id: "u".into(),
+    };
+    if let Ok(validated) = validate::validate(message, &identity, &limits)
+        && let validate::Action::Edit(edit) = validated.action
+    {
+        assert!(!edit.path.is_empty() && edit.path.len() <= limits.max_path_bytes);
+        assert!(edit.base_version >= 0);
+        if let LineOp::Replace { line, text } | LineOp::Insert { line, text } = &edit.op {
+            assert!((*line as usize) < limits.max_lines_per_file);
+            assert!(text.len() <= limits.max_line_bytes && !text.contains('\n'));
+        }
+    }
+}
+
+fn op_from(bytes: &[u8], len: usize, path: &Text) -> FileOp {
+    let kind = bytes.first().copied().unwrap_or(0) % 5;
+    let line = u32::from(bytes.get(1).copied().unwrap_or(0));
+    let text: Text = Arc::from(format!("t{}", bytes.get(2).copied().unwrap_or(0) % 4));
+    let op = match kind {
+        0 => LineOp::Replace {
+            line: line % (len as u32 + 3),
+            text,
+        },
+        1 => LineOp::Insert {
+            line: line % (len as u32 + 1),
+            text,
+        },
+        2 if len > 0 => LineOp::Delete {
+            line: line % len as u32,
+        },
+        3 => LineOp::ReplaceFile {
+            lines: vec![text.clone(), text].into(),
+        },
+        _ => LineOp::Noop,
+    };
+    FileOp {
+        path: path.clone(),
+        op,
+    }
+}
+
+/// The OT transform on arbitrary concurrent pairs over arbitrary documents:
+/// both orders converge (TP1), and valid operations stay valid.
+pub fn ot_tp1(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let len = usize::from(data[0] % 8);
+    let doc: Vec<Text> = (0..len).map(|i| Arc::from(format!("l{i}"))).collect();
+    let paths: [Text; 2] = [Arc::from("f"), Arc::from("g")];
+    let a = op_from(&data[1..4], len, &paths[usize::from(data[4] & 1)]);
+    let b = op_from(&data[5..8], len, &paths[usize::from((data[4] >> 1) & 1)]);
+    let a_wins = data[4] & 4 != 0;
+    let run = |first: &FileOp, second: &FileOp| {
+        let mut files = std::collections::BTreeMap::<Text, Vec<Text>>::new();
+        files.insert(paths[0].clone(), doc.clone());
+        files.insert(paths[1].clone(), doc.clone());
+        for op in [first, second] {
+            ot::apply(files.get_mut(&op.path).expect("known path"), &op.op)
+                .expect("transformed ops stay valid");
+        }
+        files
+    };
+    let left = run(&b, &ot::transform(&a, &b, a_wins));
+    let right = run(&a, &ot::transform(&b, &a, !a_wins));
+    assert_eq!(
+        left, right,
+        "TP1 violated for {a:?} / {b:?} (a_wins {a_wins})"
+    );
+}
+
+/// The token parser and verifier (and the JSON parser under it): total on
+/// arbitrary input; a token signed with our key verifies.
+pub fn token(data: &[u8]) {
+    let _ = crate::auth::json::parse(data);
+    let key = crate::auth::jwt::Key::new(&[42u8; 32]).expect("valid secret");
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = key.verify(text, 1_000);
+    }
+}
+
+/// The first-bytes classifier of new connections: total, and its verdict is
+/// stable once decided (more bytes never change it).
+pub fn sniff_opening(data: &[u8]) {
+    let mut decided = None;
+    for end in 0..=data.len().min(64) {
+        let verdict = sniff::classify(&data[..end]);
+        if let Some(previous) = decided {
+            assert_eq!(verdict, previous, "a decided opening changed");
+        } else if verdict != sniff::Opening::Undecided {
+            decided = Some(verdict);
+        }
+    }
+}
+
+/// The metrics listener's HTTP/1.1 request parser: total and bounded.
+pub fn http_request(data: &[u8]) {
+    let _ = crate::metrics::http::parse_request(data);
+}
