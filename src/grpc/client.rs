@@ -100,6 +100,25 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// The addresses of an endpoint. IP literals and `localhost` need no
+/// resolver (the static binary may run where glibc's NSS is unavailable, e.g.
+/// a `FROM scratch` container); other names go to the system resolver.
+async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, Status> {
+    if let Ok(ip) = endpoint.host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, endpoint.port)]);
+    }
+    if endpoint.host.eq_ignore_ascii_case("localhost") {
+        return Ok(vec![
+            SocketAddr::from(([127, 0, 0, 1], endpoint.port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, endpoint.port)),
+        ]);
+    }
+    Ok(tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| connect_error(endpoint, format!("cannot resolve host: {e}")))?
+        .collect())
+}
+
 /// Client connection settings.
 #[derive(Debug, Clone)]
 pub struct ChannelConfig {
@@ -181,11 +200,7 @@ impl Channel {
     /// Connects (TCP, then TLS for https, then the HTTP/2 handshake).
     pub async fn connect(endpoint: &Endpoint, config: &ChannelConfig) -> Result<Channel, Status> {
         let connect = async {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
-                    .await
-                    .map_err(|e| connect_error(endpoint, format!("cannot resolve host: {e}")))?
-                    .collect();
+            let addrs = resolve(endpoint).await?;
             let mut last_error = None;
             for addr in addrs {
                 match TcpStream::connect(addr).await {

@@ -39,6 +39,8 @@ pub struct Overflow {
 pub struct Outbox {
     queue: VecDeque<Entry>,
     essential_bytes: usize,
+    /// Bytes of the joiner's catch-up still queued (exempt from the bound).
+    catch_up_bytes: usize,
     ephemeral: HashMap<EphemeralKey, (u64, Bytes)>,
     ephemeral_bytes: usize,
     next_generation: u64,
@@ -51,15 +53,27 @@ impl Outbox {
     }
 
     /// Queues an essential message; fails (queueing nothing) when the
-    /// essential backlog would exceed `limit` bytes.
+    /// essential backlog would exceed `limit` bytes. Catch-up bytes still
+    /// waiting (see [`Outbox::push_catch_up`]) do not count.
     pub fn push(&mut self, framed: Bytes, limit: usize) -> Result<(), Overflow> {
         let pending = self.essential_bytes + framed.len();
-        if pending > limit {
+        if pending - self.catch_up_bytes > limit {
             return Err(Overflow { pending });
         }
         self.essential_bytes = pending;
         self.queue.push_back(Entry::Essential(framed));
         Ok(())
+    }
+
+    /// Queues a message of the catch-up a joiner gets first (replay or
+    /// snapshot). It is bounded by the history and session limits, not by the
+    /// backlog bound, so a resume after a long absence is not refused for the
+    /// very size of what it missed. Only valid before any other message.
+    pub fn push_catch_up(&mut self, framed: Bytes) {
+        debug_assert_eq!(self.essential_bytes, self.catch_up_bytes, "catch-up comes first");
+        self.essential_bytes += framed.len();
+        self.catch_up_bytes += framed.len();
+        self.queue.push_back(Entry::Essential(framed));
     }
 
     /// Queues an ephemeral message, replacing any still waiting for `key`.
@@ -112,6 +126,8 @@ impl Outbox {
             match self.queue.pop_front().expect("front exists") {
                 Entry::Essential(bytes) => {
                     self.essential_bytes -= bytes.len();
+                    // Catch-up entries are the first ones queued.
+                    self.catch_up_bytes = self.catch_up_bytes.saturating_sub(bytes.len());
                     out.push(bytes);
                 }
                 Entry::Ephemeral(key, _) => {
@@ -187,6 +203,17 @@ mod tests {
         let got = outbox.take(usize::MAX);
         assert_eq!(got.len(), 2);
         assert_eq!(got[1], Bytes::from("9999"));
+    }
+
+    #[test]
+    fn catch_up_does_not_count_against_the_bound() {
+        let mut outbox = Outbox::new();
+        outbox.push_catch_up(Bytes::from(vec![0u8; 500]));
+        outbox.push(Bytes::from(vec![0u8; 90]), 100).unwrap();
+        assert!(outbox.push(Bytes::from(vec![0u8; 20]), 100).is_err());
+        assert_eq!(outbox.take(500).len(), 1);
+        outbox.push(Bytes::from(vec![0u8; 10]), 100).unwrap();
+        assert_eq!(outbox.buffered_bytes(), 100);
     }
 
     #[test]

@@ -122,6 +122,9 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct RegistryHandle {
     tx: mpsc::Sender<Command>,
+    /// Pulls travel apart and are served first, so a participant that keeps
+    /// up is never queued behind another's burst of messages.
+    pulls: mpsc::Sender<Command>,
 }
 
 fn gone() -> ReviewError {
@@ -205,13 +208,15 @@ impl RegistryHandle {
         max_bytes: usize,
     ) -> Result<oneshot::Receiver<Vec<Bytes>>, ReviewError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Pull {
-            member,
-            max_bytes,
-            wait: true,
-            reply,
-        })
-        .await?;
+        self.pulls
+            .send(Command::Pull {
+                member,
+                max_bytes,
+                wait: true,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
         Ok(rx)
     }
 
@@ -346,6 +351,7 @@ impl RegistryConfig {
 /// Starts the registry task.
 pub fn spawn(config: RegistryConfig) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(config.inbox_capacity);
+    let (pulls, pull_rx) = mpsc::channel(config.inbox_capacity);
     let registry = Registry {
         limits: config.limits,
         observer: config.observer,
@@ -357,8 +363,8 @@ pub fn spawn(config: RegistryConfig) -> RegistryHandle {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     };
-    tokio::spawn(registry.run(rx, config.tick));
-    RegistryHandle { tx }
+    tokio::spawn(registry.run(rx, pull_rx, config.tick));
+    RegistryHandle { tx, pulls }
 }
 
 fn random_epoch() -> u64 {
@@ -368,11 +374,13 @@ fn random_epoch() -> u64 {
 }
 
 impl Registry {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, tick: Duration) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut pulls: mpsc::Receiver<Command>, tick: Duration) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
+                Some(pull) = pulls.recv() => self.handle(pull),
                 command = rx.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,

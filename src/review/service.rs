@@ -472,7 +472,8 @@ impl Service {
         Ok(Response::new(UploadSummary {
             files: outcome.files,
             lines: outcome.lines,
-            bytes: outcome.bytes,
+            // The bytes received, as uploaded (not as stored).
+            bytes: total as u64,
             version: outcome.version,
             sequence: outcome.sequence,
         }))

@@ -178,6 +178,8 @@ pub struct Session {
     /// Members over their outbox bound, to be ended by `settle`.
     overflowed: Vec<MemberId>,
     counters: Counters,
+    /// The member whose catch-up is being queued (exempt from the bound).
+    catching_up: Option<MemberId>,
 }
 
 /// A summary for metrics and tests.
@@ -209,6 +211,7 @@ impl Session {
             live_watchers: 0,
             overflowed: Vec::new(),
             counters: Counters::default(),
+            catching_up: None,
         }
     }
 
@@ -287,7 +290,11 @@ impl Session {
     fn send_to(&mut self, member: MemberId, framed: Bytes, kind: MessageKind, fx: &mut Effects) {
         let limit = self.limits.outbox_bytes;
         if let Some(m) = self.members.get_mut(&member) {
-            if m.outbox.push(framed, limit).is_err() {
+            if self.catching_up == Some(member) {
+                m.outbox.push_catch_up(framed);
+                self.counters.sent[kind as usize] += 1;
+                fx.woken.insert(member);
+            } else if m.outbox.push(framed, limit).is_err() {
                 self.overflowed.push(member);
             } else {
                 self.counters.sent[kind as usize] += 1;
@@ -578,6 +585,24 @@ impl Session {
 
     #[allow(clippy::too_many_arguments)]
     fn catch_up(
+        &mut self,
+        now: Now,
+        member: MemberId,
+        user: Option<&Text>,
+        role: Role,
+        options: &JoinOptions,
+        last_client_sequence: u64,
+        token: Option<TokenWindow>,
+        fx: &mut Effects,
+    ) {
+        self.catching_up = Some(member);
+        self.queue_catch_up(now, member, user, role, options, last_client_sequence, token, fx);
+        self.catching_up = None;
+    }
+
+    /// Joined, then history / resume replay / snapshot, then CAUGHT_UP.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_catch_up(
         &mut self,
         now: Now,
         member: MemberId,

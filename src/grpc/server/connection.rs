@@ -91,6 +91,7 @@ pub(crate) async fn serve_connection<T>(
     };
 
     let (dead_tx, mut dead_peer) = oneshot::channel::<()>();
+    let mut keepalive_armed = !config.keepalive_interval.is_zero();
     let keepalive = conn.ping_pong().map(|ping_pong| {
         tokio::spawn(keepalive(
             ping_pong,
@@ -125,7 +126,13 @@ pub(crate) async fn serve_connection<T>(
                 close_now(&mut conn).await;
                 break;
             }
-            _ = &mut dead_peer => {
+            dead = &mut dead_peer, if keepalive_armed => {
+                // Only an explicit report means a dead peer; a dropped sender
+                // means keepalive is off or the connection is ending anyway.
+                if dead.is_err() {
+                    keepalive_armed = false;
+                    continue;
+                }
                 log!(Info, "closing connection: keepalive ping unanswered", conn = info.id);
                 close_now(&mut conn).await;
                 break;
