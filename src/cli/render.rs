@@ -357,10 +357,12 @@ pub fn snapshot_text(snapshot: &Snapshot) -> String {
     }
     for entry in &snapshot.comments {
         if let Some(c) = &entry.comment {
-            out.push_str(&format!(
-                "comment {} by {} on {}:{}: {}\n",
-                c.comment_id, entry.user_id, c.file_path, c.line_number, c.text
-            ));
+            let place = if c.file_path.is_empty() {
+                format!("line {}", c.line_number)
+            } else {
+                format!("{}:{}", c.file_path, c.line_number)
+            };
+            out.push_str(&format!("comment {} by {} on {place}: {}\n", c.comment_id, entry.user_id, c.text));
         }
     }
     for p in &snapshot.participants {
