@@ -84,12 +84,19 @@ struct Report {
     reordered: u64,
     echoed: u64,
     first_error: Option<String>,
+    first_violation: Option<String>,
     latency: Histogram,
     send_finished: Option<Instant>,
     last_receive: Option<Instant>,
 }
 
 impl Report {
+    fn violation(&mut self, what: String) {
+        if self.first_violation.is_none() {
+            self.first_violation = Some(what);
+        }
+    }
+
     fn error(&mut self, what: String) {
         self.errors += 1;
         if self.first_error.is_none() {
@@ -375,11 +382,39 @@ async fn participant_task(
             }
         }
     }
+    // Half-close and wait for the server to end the call: only then is
+    // everything we sent known to have been processed (dropping the call
+    // earlier would reset the stream and could discard our last messages).
+    sender.close_send();
+    let finish = async {
+        loop {
+            match receiver.message::<SessionMessage>().await {
+                Ok(Some(m)) => {
+                    if check(
+                        &plan,
+                        &user,
+                        &m,
+                        &mut last_seen,
+                        &mut report,
+                        &mut version,
+                        Instant::now(),
+                    ) {
+                        complete_senders += 1;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(plan.drain, finish).await;
     // Whatever is missing now is lost.
-    for (_, last) in last_seen.iter() {
+    for (sender_user, last) in last_seen.iter() {
         let got = last + 1;
         if plan.kind != Kind::Cursor && got < expected_per_sender {
             report.lost += expected_per_sender - got;
+            report.violation(format!(
+                "{user} in {session_id} got {sender_user}'s messages only up to {last} of {expected_per_sender}"
+            ));
         }
     }
     let silent = others.saturating_sub(last_seen.len() as u64);
@@ -393,7 +428,7 @@ async fn participant_task(
     } else {
         report.lost += silent * expected_per_sender;
     }
-    sender.close_send();
+    let _ = complete_senders;
     report
 }
 
@@ -453,6 +488,7 @@ fn check(
     };
     if message.user_id == user {
         report.echoed += 1;
+        report.violation(format!("{user} got its own message {index} back"));
         return false;
     }
     report.delivered += 1;
@@ -469,12 +505,20 @@ fn check(
             } else {
                 report.reordered += 1;
             }
+            report.violation(format!(
+                "{user} got {}'s message {index} after {last}",
+                message.user_id
+            ));
             false
         }
         previous => {
             let next_expected = previous.map_or(0, |l| l + 1);
             if index > next_expected && plan.kind != Kind::Cursor {
                 report.lost += index - next_expected;
+                report.violation(format!(
+                    "{user} missed {}'s messages {next_expected}..{index} (sequence {})",
+                    message.user_id, message.sequence
+                ));
             }
             last_seen.insert(message.user_id.clone(), index);
             index == expected_last
@@ -504,6 +548,9 @@ fn summarize(
         totals.echoed += r.echoed;
         if totals.first_error.is_none() {
             totals.first_error = r.first_error.clone();
+        }
+        if totals.first_violation.is_none() {
+            totals.first_violation = r.first_violation.clone();
         }
         if let Some(t) = r.send_finished {
             last_send = last_send.max(t.duration_since(plan.origin).as_nanos() as u64);
@@ -557,6 +604,9 @@ fn summarize(
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()
     );
+    if let Some(violation) = &totals.first_violation {
+        eprintln!("  first violation: {violation}");
+    }
     let line = JsonObject::new()
         .str("type", "load")
         .boolean("ok", ok)

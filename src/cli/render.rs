@@ -362,7 +362,10 @@ pub fn snapshot_text(snapshot: &Snapshot) -> String {
             } else {
                 format!("{}:{}", c.file_path, c.line_number)
             };
-            out.push_str(&format!("comment {} by {} on {place}: {}\n", c.comment_id, entry.user_id, c.text));
+            out.push_str(&format!(
+                "comment {} by {} on {place}: {}\n",
+                c.comment_id, entry.user_id, c.text
+            ));
         }
     }
     for p in &snapshot.participants {

@@ -113,10 +113,12 @@ async fn resolve(endpoint: &Endpoint) -> Result<Vec<SocketAddr>, Status> {
             SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, endpoint.port)),
         ]);
     }
-    Ok(tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(|e| connect_error(endpoint, format!("cannot resolve host: {e}")))?
-        .collect())
+    Ok(
+        tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|e| connect_error(endpoint, format!("cannot resolve host: {e}")))?
+            .collect(),
+    )
 }
 
 /// Client connection settings.

@@ -47,8 +47,9 @@ pub struct Limits {
     /// rate limiting off) and the burst allowed above it (default 200).
     pub rate_per_second: f64,
     pub rate_burst: f64,
-    /// Server operations kept per participant for transforming edits based
-    /// on old versions (default 1 000); older bases get FAILED_PRECONDITION.
+    /// Operations kept for transforming edits based on old versions
+    /// (default 10 000, and at most `history_bytes` of text); an edit based
+    /// on an older version gets FAILED_PRECONDITION.
     pub transform_window: usize,
 }
 
@@ -73,7 +74,7 @@ impl Default for Limits {
             session_linger: Duration::from_secs(60),
             rate_per_second: 100.0,
             rate_burst: 200.0,
-            transform_window: 1_000,
+            transform_window: 10_000,
         }
     }
 }

@@ -70,7 +70,10 @@ impl Outbox {
     /// backlog bound, so a resume after a long absence is not refused for the
     /// very size of what it missed. Only valid before any other message.
     pub fn push_catch_up(&mut self, framed: Bytes) {
-        debug_assert_eq!(self.essential_bytes, self.catch_up_bytes, "catch-up comes first");
+        debug_assert_eq!(
+            self.essential_bytes, self.catch_up_bytes,
+            "catch-up comes first"
+        );
         self.essential_bytes += framed.len();
         self.catch_up_bytes += framed.len();
         self.queue.push_back(Entry::Essential(framed));

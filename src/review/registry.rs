@@ -374,7 +374,12 @@ fn random_epoch() -> u64 {
 }
 
 impl Registry {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut pulls: mpsc::Receiver<Command>, tick: Duration) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut pulls: mpsc::Receiver<Command>,
+        tick: Duration,
+    ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -108,6 +108,16 @@ enum Origin<'a> {
     },
 }
 
+/// What an operation in the log holds on to (its text), for the byte bound.
+fn op_bytes(op: &FileOp) -> usize {
+    let text = match &op.op {
+        LineOp::Replace { text, .. } | LineOp::Insert { text, .. } => text.len(),
+        LineOp::ReplaceFile { lines } => lines.iter().map(|l| l.len() + 1).sum(),
+        LineOp::Delete { .. } | LineOp::Noop => 0,
+    };
+    op.path.len() + text + 32
+}
+
 /// How many outcomes of recent client messages each user remembers for
 /// answering resends.
 const REMEMBERED_OUTCOMES: usize = 256;
@@ -133,14 +143,23 @@ struct UserState {
     departed_at: Option<Instant>,
     last_client_sequence: u64,
     outcomes: VecDeque<(u64, Outcome)>,
-    /// Jupiter bridge: operations applied since this user's latest known
-    /// version, expressed after the user's own operations.
+    /// Jupiter bridge: the others' operations this user had not seen when
+    /// it last edited, transformed to apply after its own operations. Kept
+    /// lazily: operations after `synced_to` are taken from the session's
+    /// operation log (untransformed, as no edit of the user followed them)
+    /// only when the user edits again, so silent users cost nothing.
     bridge: VecDeque<(i32, FileOp)>,
-    /// Oldest base version that can still be transformed.
-    floor: i32,
+    /// Every other user's operation up to this version is in `bridge` (or
+    /// was dropped as seen).
+    synced_to: i32,
+    /// Bases older than this can no longer be transformed (bridge trimmed).
+    bridge_floor: i32,
     /// Bases older than this (clients that do not track versions) apply to
     /// the current document as is.
     known_from: i32,
+    /// The client has sent a non-zero base version: it tracks versions, so
+    /// a base too old to transform is an error, not something to guess at.
+    tracks_versions: bool,
     cursor: Option<CursorPosition>,
     rate: TokenBucket,
 }
@@ -180,6 +199,10 @@ pub struct Session {
     counters: Counters,
     /// The member whose catch-up is being queued (exempt from the bound).
     catching_up: Option<MemberId>,
+    /// Recent operations (version, author, op), the source of every user's
+    /// bridge; bounded by the transform window and the history byte limit.
+    ops: VecDeque<(i32, Option<Text>, FileOp)>,
+    ops_bytes: usize,
 }
 
 /// A summary for metrics and tests.
@@ -212,6 +235,8 @@ impl Session {
             overflowed: Vec::new(),
             counters: Counters::default(),
             catching_up: None,
+            ops: VecDeque::new(),
+            ops_bytes: 0,
         }
     }
 
@@ -488,8 +513,10 @@ impl Session {
                     last_client_sequence: 0,
                     outcomes: VecDeque::new(),
                     bridge: VecDeque::new(),
-                    floor: self.version,
+                    synced_to: self.version,
+                    bridge_floor: self.version,
                     known_from,
+                    tracks_versions: false,
                     cursor: None,
                     rate,
                 },
@@ -596,7 +623,16 @@ impl Session {
         fx: &mut Effects,
     ) {
         self.catching_up = Some(member);
-        self.queue_catch_up(now, member, user, role, options, last_client_sequence, token, fx);
+        self.queue_catch_up(
+            now,
+            member,
+            user,
+            role,
+            options,
+            last_client_sequence,
+            token,
+            fx,
+        );
         self.catching_up = None;
     }
 
@@ -957,6 +993,7 @@ impl Session {
                 "the session reached its last version",
             ));
         }
+        let oldest_logged = self.ops.front().map_or(current + 1, |(v, _, _)| *v);
         let state = self.users.get_mut(user).expect("exists");
         let mut base = edit.base_version;
         if base > current {
@@ -968,17 +1005,44 @@ impl Session {
         if base < state.known_from {
             // A client that does not track versions: apply as is.
             base = current;
-        } else if base < state.floor {
-            return Err(ReviewError::new(
-                ErrorKind::FailedPrecondition,
-                format!(
-                    "edit based on version {base} is too old to transform (oldest: {}); take a snapshot and retry",
-                    state.floor
-                ),
-            ));
         }
+        // Transformable if the bridge still holds what follows `base` up to
+        // `synced_to`, and the log holds what follows that.
+        let bridge_ok = base >= state.bridge_floor || base >= state.synced_to;
+        let log_ok = base.max(state.synced_to) + 1 >= oldest_logged;
+        if !(bridge_ok && log_ok) {
+            if state.tracks_versions {
+                return Err(ReviewError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "edit based on version {base} is too old to transform (the session keeps the last {} operations); \
+                         take a snapshot and retry",
+                        self.limits.transform_window
+                    ),
+                ));
+            }
+            base = current;
+        }
+        if edit.base_version > 0 {
+            state.tracks_versions = true;
+        }
+        // Materialize: drop what the client has seen, add the others'
+        // operations since the last sync.
         while state.bridge.front().is_some_and(|(v, _)| *v <= base) {
             state.bridge.pop_front();
+        }
+        let from = base.max(state.synced_to);
+        for (version, author, logged) in &self.ops {
+            if *version > from && author.as_ref() != Some(user) {
+                state.bridge.push_back((*version, logged.clone()));
+            }
+        }
+        state.synced_to = current;
+        let window = self.limits.transform_window.max(1);
+        while state.bridge.len() > window {
+            if let Some((dropped, _)) = state.bridge.pop_front() {
+                state.bridge_floor = dropped;
+            }
         }
         let mut op = FileOp {
             path: edit.path,
@@ -1006,10 +1070,12 @@ impl Session {
             return Ok(());
         }
         self.doc.apply(&op, &self.limits, self.comment_bytes)?;
-        self.users.get_mut(user).expect("exists").bridge = bridge.into();
         self.version += 1;
         let version = self.version;
-        self.record_for_others(user, version, &op);
+        let state = self.users.get_mut(user).expect("exists");
+        state.bridge = bridge.into();
+        state.synced_to = version;
+        self.log_op(version, Some(user.clone()), &op);
         self.reanchor_comments(&op);
         let (line_number, content, wire_op) = match &op.op {
             LineOp::Replace { line, text } => (*line, text.to_string(), WireOp::Replace),
@@ -1051,18 +1117,16 @@ impl Session {
         }
     }
 
-    /// Gives every other user's bridge the operation just applied.
-    fn record_for_others(&mut self, author: &Text, version: i32, op: &FileOp) {
+    /// Records an applied operation in the log users' bridges are built from.
+    fn log_op(&mut self, version: i32, author: Option<Text>, op: &FileOp) {
+        self.ops_bytes += op_bytes(op);
+        self.ops.push_back((version, author, op.clone()));
         let window = self.limits.transform_window.max(1);
-        for (name, state) in self.users.iter_mut() {
-            if name == author {
-                continue;
-            }
-            state.bridge.push_back((version, op.clone()));
-            if state.bridge.len() > window
-                && let Some((dropped, _)) = state.bridge.pop_front()
-            {
-                state.floor = dropped;
+        while self.ops.len() > window
+            || (self.ops_bytes > self.limits.history_bytes && self.ops.len() > 1)
+        {
+            if let Some((_, _, dropped)) = self.ops.pop_front() {
+                self.ops_bytes -= op_bytes(&dropped);
             }
         }
     }
@@ -1235,7 +1299,7 @@ impl Session {
             self.version += 1;
             let version = self.version;
             // An upload is nobody's pending edit: every user's bridge gets it.
-            self.record_for_others(&Arc::from(""), version, &op);
+            self.log_op(version, None, &op);
             self.reanchor_comments(&op);
             let LineOp::ReplaceFile { lines } = &op.op else {
                 unreachable!()
