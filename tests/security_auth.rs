@@ -792,9 +792,6 @@ async fn a_refresh_with_someone_elses_token_is_refused_and_the_stream_stays() {
 // Gaps found (ignored until the server is fixed; see the ignore reasons).
 
 #[tokio::test]
-#[ignore = "server bug/missing: token expiry is not enforced on WatchSession streams: a watcher \
-            whose token has expired keeps receiving the session's events (its Joined says \
-            token_expires_at 0; registry.watch() gets no token window)"]
 async fn a_watcher_whose_token_expires_is_ended_with_unauthenticated() {
     let server = auth_server().await;
     let mut canary = Canary::start(&server).await;
@@ -847,9 +844,6 @@ async fn a_watcher_whose_token_expires_is_ended_with_unauthenticated() {
 }
 
 #[tokio::test]
-#[ignore = "server bug/missing: a mid-stream token_refresh ignores the fresh token's role: an \
-            author's stream refreshed with an observer token gets TOKEN_REFRESHED and keeps \
-            editing (service::refresh checks subject and sessions, never the role)"]
 async fn a_refresh_with_a_token_of_a_lesser_role_does_not_keep_the_old_rights() {
     let server = auth_server().await;
     let mut canary = Canary::start(&server).await;

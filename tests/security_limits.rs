@@ -558,10 +558,6 @@ async fn excess_messages_get_error_8_and_are_accepted_again_after_a_second() {
 // Gaps found (ignored until the server is fixed; see the ignore reasons).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "server bug/missing: a client that keeps sending outlives max_stream_duration: in \
-            service.rs the session loop's biased select polls the duration deadline last, after \
-            inbound.message(), so it never fires while inbound data is ready (1 s limit, stream \
-            ended only after the flood stopped, ~5-7 s)"]
 async fn a_flooding_client_cannot_outlive_max_stream_duration() {
     let server = ReviewServer::start(Setup {
         max_stream_duration: Some(Duration::from_secs(1)),

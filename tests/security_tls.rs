@@ -658,10 +658,6 @@ async fn h2c_on_the_tls_port_gets_goaway_inadequate_security() {
 // Gaps found (ignored until the server is fixed; see the ignore reasons).
 
 #[tokio::test]
-#[ignore = "server bug/missing: handshake_timeout is applied per phase (sniff, TLS accept, \
-            sniff inside TLS, HTTP/2 handshake: each gets the full timeout) instead of from TCP \
-            accept as ServerConfig documents; a trickled handshake holds a connection slot for \
-            up to ~4x handshake_timeout"]
 async fn handshake_timeout_counts_from_accept_not_per_phase() {
     let handshake_timeout = Duration::from_secs(2);
     let certs = Certs::generate("budget");

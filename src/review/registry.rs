@@ -71,6 +71,7 @@ enum Command {
     Watch {
         session_id: Text,
         options: JoinOptions,
+        token: Option<TokenWindow>,
         reply: oneshot::Sender<Result<Membership, ReviewError>>,
     },
     Message {
@@ -168,9 +169,11 @@ impl RegistryHandle {
         &self,
         session_id: Text,
         options: JoinOptions,
+        token: Option<TokenWindow>,
     ) -> Result<Membership, ReviewError> {
         self.ask(|reply| Command::Watch {
             session_id,
+            token,
             options,
             reply,
         })
@@ -434,10 +437,11 @@ impl Registry {
             Command::Watch {
                 session_id,
                 options,
+                token,
                 reply,
             } => {
                 let result = self.admit(now, &session_id, |session, member, fx| {
-                    session.watch(now, member, &options, fx)
+                    session.watch(now, member, &options, token, fx)
                 });
                 let _ = reply.send(result);
             }

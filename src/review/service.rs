@@ -251,6 +251,11 @@ impl Service {
             tokio::select! {
                 biased;
                 end = &mut ending => return finish(end),
+                // Before input: a client that never stops sending must not
+                // outlive its time.
+                _ = sleep_until_opt(stream_deadline) => {
+                    return Err(Status::unavailable("maximum stream duration reached: reconnect and resume"));
+                }
                 batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
                     pull = None;
                     if let Ok(batch) = batch {
@@ -288,9 +293,6 @@ impl Service {
                         Err(error) => self.registry.reject(member, client_sequence, error).await?,
                     }
                 }
-                _ = sleep_until_opt(stream_deadline) => {
-                    return Err(Status::unavailable("maximum stream duration reached: reconnect and resume"));
-                }
             }
             if pull.is_none() && sink.pending_bytes() == 0 {
                 pull = Some(self.registry.pull(member, batch_bytes).await?);
@@ -312,6 +314,14 @@ impl Service {
             return Err(ReviewError::denied(
                 "a refreshed token must be for the same user",
             ));
+        }
+        if fresh.role != current.role {
+            // A stream keeps the rights it was admitted with; a new role
+            // takes a new stream.
+            return Err(ReviewError::denied(format!(
+                "a refreshed token must keep the role {} (open a new stream for another role)",
+                current.role.name()
+            )));
         }
         fresh.admit(session_id)?;
         fresh
@@ -346,7 +356,10 @@ impl Service {
             resume_after: request.resume_after_sequence,
             epoch: request.session_epoch,
         };
-        let Membership { member, mut ending } = self.registry.watch(session_id, options).await?;
+        let Membership { member, mut ending } = self
+            .registry
+            .watch(session_id, options, principal.token)
+            .await?;
         let _leave = LeaveGuard {
             registry: self.registry.clone(),
             member,

@@ -587,6 +587,7 @@ impl Session {
         now: Now,
         member: MemberId,
         options: &JoinOptions,
+        token: Option<TokenWindow>,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
         if self.live_watchers >= self.limits.max_watchers {
@@ -601,11 +602,11 @@ impl Session {
             Member {
                 kind: MemberKind::Watcher,
                 outbox: Outbox::new(),
-                token: None,
+                token,
                 warned: false,
             },
         );
-        self.catch_up(now, member, None, Role::Observer, options, 0, None, fx);
+        self.catch_up(now, member, None, Role::Observer, options, 0, token, fx);
         self.settle(now, fx);
         Ok(())
     }

@@ -68,12 +68,13 @@ pub(crate) async fn serve_connection<T>(
     shared: Arc<Shared>,
     info: Arc<ConnectionInfo>,
     shutdown: ShutdownSignal,
+    handshake_deadline: Instant,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
     let handshake = config.h2_builder().handshake::<T, Bytes>(io);
-    let mut conn = match timeout(config.handshake_timeout, handshake).await {
+    let mut conn = match tokio::time::timeout_at(handshake_deadline, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
             log!(

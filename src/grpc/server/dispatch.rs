@@ -33,6 +33,9 @@ use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
 use crate::log;
 
+/// How long the messages queued before a call's end may take to flush.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The only message encoding we accept.
 pub const ACCEPT_ENCODING: &str = "identity";
 
@@ -244,14 +247,29 @@ async fn run_call(
     };
     let deliverable = !matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled);
     if deliverable && sink.pending_len() > 0 {
-        let flushed = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, sink.flush()).await.ok(),
-            None => Some(sink.flush().await),
-        };
-        if !matches!(flushed, Some(Ok(()))) {
-            let status = Status::deadline_exceeded("deadline exceeded while flushing the response");
-            sink.finish(&status);
-            return status;
+        // A peer that stopped reading must not hold the call open: the
+        // final flush is bounded even without a deadline.
+        let flush_until = Instant::now() + FINAL_FLUSH_TIMEOUT;
+        let limit = deadline.map_or(flush_until, |d| d.min(flush_until));
+        let flushed = tokio::time::timeout_at(limit, sink.flush()).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Err(_) if deadline.is_some_and(|d| d <= flush_until) => {
+                let status =
+                    Status::deadline_exceeded("deadline exceeded while flushing the response");
+                sink.finish(&status);
+                return status;
+            }
+            // Not flushed in time, or the stream broke: the status still goes,
+            // but never an OK that would hide undelivered messages.
+            _ if status.is_ok() => {
+                let status = Status::unavailable(
+                    "the response could not be delivered: the client is not reading",
+                );
+                sink.finish(&status);
+                return status;
+            }
+            _ => {}
         }
     }
     sink.finish(&status);

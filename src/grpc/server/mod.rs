@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout_at};
 
 pub use call::{Request, RequestHead, Response, ResponseSink, Streaming};
 pub use router::{BoxFuture, Interceptor, Router};
@@ -236,8 +236,10 @@ async fn handle_socket(
         .connections
         .fetch_add(1, Ordering::Relaxed);
     let _open = ConnectionCount(shared.clone());
-    let handshake_timeout = shared.config.handshake_timeout;
-    let opening = match timeout(handshake_timeout, sniff::sniff(&mut tcp)).await {
+    // One deadline from accept for everything before HTTP/2 runs (sniffing,
+    // TLS, the preface), so a trickling client cannot stretch it phase by phase.
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
+    let opening = match timeout_at(handshake_deadline, sniff::sniff(&mut tcp)).await {
         Ok(Ok(opening)) => opening,
         Ok(Err(_)) | Err(_) => {
             log!(
@@ -252,12 +254,19 @@ async fn handle_socket(
     match (&shared.tls, opening) {
         (None, (Opening::Http2, prefix)) => {
             let info = Arc::new(ConnectionInfo::new(id, Some(peer), http::Extensions::new()));
-            serve_connection(Prefixed::new(prefix, tcp), shared.clone(), info, shutdown).await;
+            serve_connection(
+                Prefixed::new(prefix, tcp),
+                shared.clone(),
+                info,
+                shutdown,
+                handshake_deadline,
+            )
+            .await;
         }
         (Some(tls), (Opening::Tls, prefix)) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let accepted = timeout(
-                handshake_timeout,
+            let accepted = timeout_at(
+                handshake_deadline,
                 acceptor.accept(Prefixed::new(prefix, tcp)),
             )
             .await;
@@ -298,7 +307,7 @@ async fn handle_socket(
                 extensions.insert(PeerCertificates(Arc::new(certs.to_vec())));
             }
             // Inside TLS, only HTTP/2 is spoken.
-            match timeout(handshake_timeout, sniff::sniff(&mut stream)).await {
+            match timeout_at(handshake_deadline, sniff::sniff(&mut stream)).await {
                 Ok(Ok((Opening::Http2, prefix))) => {
                     let info = Arc::new(ConnectionInfo::new(id, Some(peer), extensions));
                     serve_connection(
@@ -306,6 +315,7 @@ async fn handle_socket(
                         shared.clone(),
                         info,
                         shutdown,
+                        handshake_deadline,
                     )
                     .await;
                 }
@@ -323,7 +333,7 @@ async fn handle_socket(
             } else {
                 sniff::HTTP1_ON_H2_RESPONSE
             };
-            let _ = timeout(handshake_timeout, async {
+            let _ = timeout_at(handshake_deadline, async {
                 let _ = tcp.write_all(response).await;
                 let _ = tcp.shutdown().await;
             })
@@ -346,7 +356,7 @@ async fn handle_socket(
                 .config
                 .h2_builder()
                 .handshake::<_, bytes::Bytes>(Prefixed::new(prefix, tcp));
-            let _ = timeout(handshake_timeout, async {
+            let _ = timeout_at(handshake_deadline, async {
                 if let Ok(mut conn) = handshake.await {
                     conn.abrupt_shutdown(h2::Reason::INADEQUATE_SECURITY);
                     let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
