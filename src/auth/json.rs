@@ -328,12 +328,12 @@ mod tests {
 
     #[test]
     fn parses_claims() {
-        let value = parse(br#" {"sub":"ann","exp":1700000000,"sessions":["a","b"],"x":null,"ok":true,"f":-1.5e2} "#).unwrap();
+        let value = parse(br#" {"sub":"ann","exp":1700000000,"sessions":["a","b"],"x":null,"ok":true,"f":-1.5e-1} "#).unwrap();
         let object = value.as_object().unwrap();
         assert_eq!(object["sub"].as_str(), Some("ann"));
         assert_eq!(object["exp"].as_i64(), Some(1_700_000_000));
         assert_eq!(object["sessions"].as_array().unwrap().len(), 2);
-        assert_eq!(object["f"], Value::Number(-150.0));
+        assert_eq!(object["f"], Value::Number(-0.15));
         assert_eq!(object["f"].as_i64(), None);
     }
 

@@ -23,8 +23,6 @@ pub mod replica;
 pub mod roles;
 pub mod service;
 pub mod session;
-#[cfg(test)]
-mod session_tests;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch, now.

@@ -11,19 +11,19 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use prost::Message;
 
-use super::error::ErrorKind;
-use super::limits::Limits;
-use super::ot::{FileOp, LineOp, Text};
-use super::replica::{Replica, from_wire};
-use super::roles::Role;
-use super::session::*;
-use super::validate::{
-    Action, ClientMessage, ClientPresence, CommentRequest, CursorRequest, EditRequest, JoinOptions,
-};
+use super::*;
 use crate::grpc::codec::HEADER_LEN;
 use crate::pb::codereview::{
     SessionMessage, joined::Catchup, notice::Kind as NoticeKind,
     presence_update::Status as Presence, session_message::Payload,
+};
+use crate::review::error::ErrorKind;
+use crate::review::limits::Limits;
+use crate::review::ot::{FileOp, LineOp, Text};
+use crate::review::replica::{Replica, from_wire};
+use crate::review::roles::Role;
+use crate::review::validate::{
+    Action, ClientMessage, ClientPresence, CommentRequest, CursorRequest, EditRequest, JoinOptions,
 };
 
 fn decode(framed: &Bytes) -> SessionMessage {

@@ -1,0 +1,350 @@
+//! The actions that change a session: edits (transformed against what the
+//! sender had not seen, through its Jupiter bridge built from the operation
+//! log), comments (kept anchored), cursors and uploads.
+
+use super::*;
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn apply_edit(
+        &mut self,
+        now: Now,
+        member: MemberId,
+        user: &Text,
+        edit: EditRequest,
+        client_sequence: u64,
+        _proof: MayEdit,
+        fx: &mut Effects,
+    ) -> Result<(), ReviewError> {
+        let current = self.version;
+        if current == i32::MAX {
+            return Err(ReviewError::exhausted(
+                "the session reached its last version",
+            ));
+        }
+        let oldest_logged = self.ops.front().map_or(current + 1, |(v, _, _)| *v);
+        let state = self.users.get_mut(user).expect("exists");
+        let mut base = edit.base_version;
+        if base > current {
+            return Err(ReviewError::new(
+                ErrorKind::FailedPrecondition,
+                format!("edit based on version {base}, but the session is at version {current}"),
+            ));
+        }
+        if base < state.known_from {
+            // A client that does not track versions: apply as is.
+            base = current;
+        }
+        // Transformable if the bridge still holds what follows `base` up to
+        // `synced_to`, and the log holds what follows that.
+        let bridge_ok = base >= state.bridge_floor || base >= state.synced_to;
+        let log_ok = base.max(state.synced_to) + 1 >= oldest_logged;
+        if !(bridge_ok && log_ok) {
+            if state.tracks_versions {
+                return Err(ReviewError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "edit based on version {base} is too old to transform (the session keeps the last {} operations); \
+                         take a snapshot and retry",
+                        self.limits.transform_window
+                    ),
+                ));
+            }
+            base = current;
+        }
+        if edit.base_version > 0 {
+            state.tracks_versions = true;
+        }
+        // Materialize: drop what the client has seen, add the others'
+        // operations since the last sync.
+        while state.bridge.front().is_some_and(|(v, _)| *v <= base) {
+            state.bridge.pop_front();
+        }
+        let from = base.max(state.synced_to);
+        for (version, author, logged) in &self.ops {
+            if *version > from && author.as_ref() != Some(user) {
+                state.bridge.push_back((*version, logged.clone()));
+            }
+        }
+        state.synced_to = current;
+        let window = self.limits.transform_window.max(1);
+        while state.bridge.len() > window {
+            if let Some((dropped, _)) = state.bridge.pop_front() {
+                state.bridge_floor = dropped;
+            }
+        }
+        let mut op = FileOp {
+            path: edit.path,
+            op: edit.op,
+        };
+        let mut bridge = Vec::with_capacity(state.bridge.len());
+        if !state.bridge.is_empty() {
+            self.counters.edits_transformed += 1;
+        }
+        for (version, applied) in &state.bridge {
+            let op_after = ot::transform(&op, applied, false);
+            bridge.push((*version, ot::transform(applied, &op, true)));
+            op = op_after;
+        }
+        if op.is_noop() {
+            state.bridge = bridge.into();
+            let info = AckInfo {
+                client_sequence,
+                version: current,
+                comment_id: String::new(),
+            };
+            let ack = self.ack_message(now, user, &info, 0, false, true);
+            self.send_message(member, &ack, fx);
+            self.remember_ack(user, client_sequence, &ack);
+            return Ok(());
+        }
+        self.doc.apply(&op, &self.limits, self.comment_bytes)?;
+        self.version += 1;
+        let version = self.version;
+        let state = self.users.get_mut(user).expect("exists");
+        state.bridge = bridge.into();
+        state.synced_to = version;
+        self.log_op(version, Some(user.clone()), &op);
+        self.reanchor_comments(&op);
+        let (line_number, content, wire_op) = match &op.op {
+            LineOp::Replace { line, text } => (*line, text.to_string(), WireOp::Replace),
+            LineOp::Insert { line, text } => (*line, text.to_string(), WireOp::Insert),
+            LineOp::Delete { line } => (*line, String::new(), WireOp::Delete),
+            LineOp::ReplaceFile { .. } | LineOp::Noop => unreachable!("edits are line operations"),
+        };
+        let payload = Payload::Edit(CodeEdit {
+            file_path: op.path.to_string(),
+            line_number: line_number as i32,
+            content,
+            version,
+            op: wire_op as i32,
+        });
+        let info = AckInfo {
+            client_sequence,
+            version,
+            comment_id: String::new(),
+        };
+        let origin = Origin::Participant {
+            user,
+            member: Some(member),
+            ack: Some(info.clone()),
+        };
+        let sequence = self.broadcast(now, origin, payload, fx);
+        if client_sequence != 0 {
+            let ack = self.ack_message(now, user, &info, sequence, false, false);
+            self.remember_ack(user, client_sequence, &ack);
+        }
+        Ok(())
+    }
+
+    pub(super) fn remember_ack(
+        &mut self,
+        user: &Text,
+        client_sequence: u64,
+        message: &SessionMessage,
+    ) {
+        if client_sequence == 0 {
+            return;
+        }
+        if let Some(Payload::Ack(ack)) = &message.payload {
+            self.remember(user, client_sequence, Outcome::Ack(ack.clone()));
+        }
+    }
+
+    /// Records an applied operation in the log users' bridges are built from.
+    pub(super) fn log_op(&mut self, version: i32, author: Option<Text>, op: &FileOp) {
+        self.ops_bytes += op_bytes(op);
+        self.ops.push_back((version, author, op.clone()));
+        let window = self.limits.transform_window.max(1);
+        while self.ops.len() > window
+            || (self.ops_bytes > self.limits.history_bytes && self.ops.len() > 1)
+        {
+            if let Some((_, _, dropped)) = self.ops.pop_front() {
+                self.ops_bytes -= op_bytes(&dropped);
+            }
+        }
+    }
+
+    /// Keeps comments on their lines as lines are inserted and deleted.
+    pub(super) fn reanchor_comments(&mut self, op: &FileOp) {
+        let len = self.doc.file(&op.path).map_or(0, <[Text]>::len);
+        for entry in &mut self.comments {
+            let Some(comment) = entry.comment.as_mut() else {
+                continue;
+            };
+            if *comment.file_path != *op.path {
+                continue;
+            }
+            let line = comment.line_number.max(0) as u32;
+            let moved = ot::transform_line(&op.path, line, op).unwrap_or(line);
+            let clamped = if len == 0 {
+                0
+            } else {
+                moved.min(len as u32 - 1)
+            };
+            comment.line_number = clamped as i32;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_comment(
+        &mut self,
+        now: Now,
+        member: MemberId,
+        user: &Text,
+        request: CommentRequest,
+        client_sequence: u64,
+        _proof: MayComment,
+        fx: &mut Effects,
+    ) -> Result<(), ReviewError> {
+        if self.comments.len() >= self.limits.max_comments {
+            return Err(ReviewError::exhausted(format!(
+                "the session has {} comments (limit)",
+                self.limits.max_comments
+            )));
+        }
+        let comment_id = if request.comment_id.is_empty() {
+            format!("c{}", self.sequence + 1)
+        } else {
+            request.comment_id
+        };
+        if self.comments.iter().any(|c| {
+            c.comment
+                .as_ref()
+                .is_some_and(|c| c.comment_id == comment_id)
+        }) {
+            return Err(ReviewError::new(
+                ErrorKind::AlreadyExists,
+                format!("comment {comment_id:?} already exists"),
+            ));
+        }
+        let cost = comment_id.len() + request.path.len() + request.text.len() + user.len();
+        if self.doc.bytes() + self.comment_bytes + cost > self.limits.max_session_bytes {
+            return Err(ReviewError::exhausted(
+                "the session's content limit is reached",
+            ));
+        }
+        let comment = Comment {
+            comment_id: comment_id.clone(),
+            line_number: request.line as i32,
+            text: request.text,
+            file_path: request.path,
+        };
+        let info = AckInfo {
+            client_sequence,
+            version: self.version,
+            comment_id,
+        };
+        let origin = Origin::Participant {
+            user,
+            member: Some(member),
+            ack: Some(info.clone()),
+        };
+        let sequence = self.broadcast(now, origin, Payload::Comment(comment.clone()), fx);
+        self.comment_bytes += cost;
+        self.comments.push(CommentEntry {
+            user_id: user.to_string(),
+            comment: Some(comment),
+            sequence,
+            timestamp: now.unix_ms,
+        });
+        if client_sequence != 0 {
+            let ack = self.ack_message(now, user, &info, sequence, false, false);
+            self.remember_ack(user, client_sequence, &ack);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn move_cursor(
+        &mut self,
+        now: Now,
+        member: MemberId,
+        user: &Text,
+        request: CursorRequest,
+        client_sequence: u64,
+        _proof: MayMoveCursor,
+        fx: &mut Effects,
+    ) {
+        let cursor = CursorPosition {
+            file_path: request.path,
+            line: request.line as i32,
+            column: request.column as i32,
+        };
+        self.users.get_mut(user).expect("exists").cursor = Some(cursor.clone());
+        self.broadcast_ephemeral(
+            now,
+            user,
+            EphemeralKind::Cursor,
+            Payload::Cursor(cursor),
+            Some(member),
+            fx,
+        );
+        if client_sequence != 0 {
+            let info = AckInfo {
+                client_sequence,
+                version: self.version,
+                comment_id: String::new(),
+            };
+            let ack = self.ack_message(now, user, &info, 0, false, false);
+            self.send_message(member, &ack, fx);
+            self.remember_ack(user, client_sequence, &ack);
+        }
+    }
+
+    /// Replaces whole files (the author seeds the session). Atomic: either
+    /// every file is applied or none.
+    pub fn upload(
+        &mut self,
+        now: Now,
+        user: &Text,
+        files: Vec<(Text, Vec<Text>)>,
+        _proof: MayUpload,
+        fx: &mut Effects,
+    ) -> Result<UploadOutcome, ReviewError> {
+        let mut staged = self.doc.clone();
+        let ops: Vec<FileOp> = files
+            .into_iter()
+            .map(|(path, lines)| FileOp {
+                path,
+                op: LineOp::ReplaceFile {
+                    lines: lines.into(),
+                },
+            })
+            .collect();
+        let mut outcome = UploadOutcome::default();
+        for op in &ops {
+            staged.apply(op, &self.limits, self.comment_bytes)?;
+            if let LineOp::ReplaceFile { lines } = &op.op {
+                outcome.files += 1;
+                outcome.lines += lines.len() as u32;
+                outcome.bytes += lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
+            }
+        }
+        if self.version.checked_add(ops.len() as i32).is_none() {
+            return Err(ReviewError::exhausted(
+                "the session reached its last version",
+            ));
+        }
+        self.doc = staged;
+        for op in ops {
+            self.version += 1;
+            let version = self.version;
+            // An upload is nobody's pending edit: every user's bridge gets it.
+            self.log_op(version, None, &op);
+            self.reanchor_comments(&op);
+            let LineOp::ReplaceFile { lines } = &op.op else {
+                unreachable!()
+            };
+            let payload = Payload::File(FileContent {
+                file_path: op.path.to_string(),
+                lines: lines.iter().map(|l| l.to_string()).collect(),
+                version,
+            });
+            outcome.sequence = self.broadcast(now, Origin::Server { user_id: user }, payload, fx);
+        }
+        outcome.version = self.version;
+        self.settle(now, fx);
+        Ok(outcome)
+    }
+}
