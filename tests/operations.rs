@@ -683,7 +683,6 @@ fn metrics_listener_answers_by_the_book_and_an_idle_client_blocks_nobody() {
 }
 
 #[test]
-#[ignore = "bug: a HEAD request gets the body too (RFC 9110 9.3.2: no content in a HEAD response); src/metrics/http.rs answer() writes `body` for HEAD"]
 fn head_requests_get_headers_without_a_body() {
     let server = Server::start(&["--metrics-addr", "127.0.0.1:0"]);
     let metrics = server.metrics_addr().to_owned();
@@ -1125,7 +1124,6 @@ fn exit_or(
 }
 
 #[test]
-#[ignore = "bug: a SIGTERM that arrives just after the \"listening\" line (or /readyz 200) kills the process by the default action (no drain, no exit 0): src/cli/serve.rs logs \"listening\" and sets ready before it installs the signal handlers"]
 fn a_sigterm_right_after_listening_is_handled() {
     for attempt in 0..100 {
         let (mut child, lines) = signal_on_listening("TERM");
@@ -1152,7 +1150,6 @@ fn a_sigterm_right_after_listening_is_handled() {
 }
 
 #[test]
-#[ignore = "bug: a SIGHUP that arrives just after the \"listening\" line kills the server (default action) instead of being ignored: src/cli/serve.rs installs the handlers after logging \"listening\""]
 fn a_sighup_right_after_listening_is_ignored() {
     const IGNORED: &str = "SIGHUP ignored: no TLS certificate to reload";
     for attempt in 0..100 {

@@ -273,6 +273,11 @@ pub async fn run(args: ServeArgs) -> i32 {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Handlers first: a signal that arrives as soon as we are listening
+    // must be handled, not take its default action.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let level =
         Level::parse(&args.log_level).ok_or("--log-level must be error, warn, info or debug")?;
     let format = Format::parse(&args.log_format).ok_or("--log-format must be json or text")?;
@@ -398,9 +403,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         interop = args.interop
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",

@@ -124,6 +124,7 @@ async fn answer(
             Err(error) => break Err(error),
         }
     };
+    let is_head = matches!(&head, Ok((method, _)) if method == "HEAD");
     let (status, content_type, body) = match head {
         Err(HttpError::TooLarge) => (
             "431 Request Header Fields Too Large",
@@ -154,9 +155,11 @@ async fn answer(
             _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         },
     };
+    // HEAD: the headers GET would have, without the body.
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        if is_head { "" } else { body.as_str() }
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
