@@ -419,7 +419,7 @@ impl Registry {
                 token,
                 reply,
             } => {
-                let result = self.admit(now, &session_id, |session, member, fx| {
+                let result = self.admit(&session_id, |session, member, fx| {
                     session.join(
                         now,
                         JoinRequest {
@@ -440,7 +440,7 @@ impl Registry {
                 token,
                 reply,
             } => {
-                let result = self.admit(now, &session_id, |session, member, fx| {
+                let result = self.admit(&session_id, |session, member, fx| {
                     session.watch(now, member, &options, token, fx)
                 });
                 let _ = reply.send(result);
@@ -554,7 +554,6 @@ impl Registry {
 
     fn admit(
         &mut self,
-        now: Now,
         session_id: &Text,
         enter: impl FnOnce(&mut Session, MemberId, &mut Effects) -> Result<(), ReviewError>,
     ) -> Result<Membership, ReviewError> {
@@ -581,7 +580,6 @@ impl Registry {
         );
         let slot = self.sessions.get_mut(session_id).expect("present");
         Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
-        let _ = now;
         Ok(Membership { member, ending })
     }
 
