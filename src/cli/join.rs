@@ -33,7 +33,7 @@ use crate::pb::codereview::{
     notice::Kind as NoticeKind, presence_update::Status as Presence, session_message::Payload,
 };
 use crate::review::ot::{self, FileOp, LineOp};
-use crate::review::replica::{Replica, from_wire};
+use crate::review::replica::{OutOfSync, Replica, from_wire};
 use crate::review::service::COLLABORATIVE_SESSION;
 
 crate::client_flags! {
@@ -462,14 +462,7 @@ impl Participant {
                 if let Some(op) = from_wire(&edit)
                     && let Err(gap) = self.replica.remote(op, edit.version)
                 {
-                    self.want_snapshot = true;
-                    return Some(Ended::Reconnect {
-                        reason: format!(
-                            "out of sync (expected version {}, got {}): resyncing",
-                            gap.expected, gap.got
-                        ),
-                        now: true,
-                    });
+                    return Some(self.resync(gap));
                 }
             }
             Payload::File(file) => {
@@ -477,14 +470,7 @@ impl Participant {
                     self.replica
                         .remote_file(&file.file_path, &file.lines, file.version)
                 {
-                    self.want_snapshot = true;
-                    return Some(Ended::Reconnect {
-                        reason: format!(
-                            "out of sync (expected version {}, got {}): resyncing",
-                            gap.expected, gap.got
-                        ),
-                        now: true,
-                    });
+                    return Some(self.resync(gap));
                 }
             }
             Payload::Ack(ack) => {
@@ -506,6 +492,18 @@ impl Participant {
             _ => {}
         }
         None
+    }
+
+    /// The replica missed a version: reconnect for a snapshot.
+    fn resync(&mut self, gap: OutOfSync) -> Ended {
+        self.want_snapshot = true;
+        Ended::Reconnect {
+            reason: format!(
+                "out of sync (expected version {}, got {}): resyncing",
+                gap.expected, gap.got
+            ),
+            now: true,
+        }
     }
 
     fn refresh_token(&mut self, sender: &mut CallSender) {

@@ -3,6 +3,18 @@
 
 use super::*;
 
+/// Who is catching up, and how.
+#[derive(Clone, Copy)]
+pub(super) struct Joiner<'a> {
+    pub member: MemberId,
+    /// The participant's user (None for a watcher).
+    pub user: Option<&'a Text>,
+    pub role: Role,
+    pub options: &'a JoinOptions,
+    pub last_client_sequence: u64,
+    pub token: Option<TokenWindow>,
+}
+
 impl Session {
     /// Adds a participant; on success its outbox holds Joined, the catch-up
     /// and CAUGHT_UP.
@@ -95,16 +107,15 @@ impl Session {
                 warned: false,
             },
         );
-        self.catch_up(
-            now,
-            request.member,
-            Some(&request.user_id),
-            request.role,
-            &request.options,
+        let joiner = Joiner {
+            member: request.member,
+            user: Some(&request.user_id),
+            role: request.role,
+            options: &request.options,
             last_client_sequence,
-            request.token,
-            fx,
-        );
+            token: request.token,
+        };
+        self.catch_up(now, &joiner, fx);
         self.settle(now, fx);
         Ok(())
     }
@@ -134,50 +145,36 @@ impl Session {
                 warned: false,
             },
         );
-        self.catch_up(now, member, None, Role::Observer, options, 0, token, fx);
+        let joiner = Joiner {
+            member,
+            user: None,
+            role: Role::Observer,
+            options,
+            last_client_sequence: 0,
+            token,
+        };
+        self.catch_up(now, &joiner, fx);
         self.settle(now, fx);
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn catch_up(
-        &mut self,
-        now: Now,
-        member: MemberId,
-        user: Option<&Text>,
-        role: Role,
-        options: &JoinOptions,
-        last_client_sequence: u64,
-        token: Option<TokenWindow>,
-        fx: &mut Effects,
-    ) {
-        self.catching_up = Some(member);
-        self.queue_catch_up(
-            now,
+    /// Queues a joiner's catch-up, exempt from the outbox bound.
+    pub(super) fn catch_up(&mut self, now: Now, joiner: &Joiner<'_>, fx: &mut Effects) {
+        self.catching_up = Some(joiner.member);
+        self.queue_catch_up(now, joiner, fx);
+        self.catching_up = None;
+    }
+
+    /// Joined, then history / resume replay / snapshot, then CAUGHT_UP.
+    fn queue_catch_up(&mut self, now: Now, joiner: &Joiner<'_>, fx: &mut Effects) {
+        let Joiner {
             member,
             user,
             role,
             options,
             last_client_sequence,
             token,
-            fx,
-        );
-        self.catching_up = None;
-    }
-
-    /// Joined, then history / resume replay / snapshot, then CAUGHT_UP.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn queue_catch_up(
-        &mut self,
-        now: Now,
-        member: MemberId,
-        user: Option<&Text>,
-        role: Role,
-        options: &JoinOptions,
-        last_client_sequence: u64,
-        token: Option<TokenWindow>,
-        fx: &mut Effects,
-    ) {
+        } = *joiner;
         let catchup = if options.want_snapshot {
             Catchup::Snapshot
         } else if let Some(after) = options.resume_after {
