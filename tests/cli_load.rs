@@ -1,0 +1,210 @@
+//! `codereview load` against the real server: it passes its own delivery
+//! checks in every mode, and its checks do fail when the server ends slow
+//! participants.
+
+mod cli_support;
+
+use std::time::Duration;
+
+use cli_support::{Json, Output, Server, WAIT, dead_addr, run, wait_until};
+
+/// How long one load run may take (the runs take well under a second).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Runs `load --addr URL ARGS`; returns the output and its final JSON line.
+fn load(server: &Server, args: &[&str]) -> (Output, Json) {
+    let url = server.url();
+    let mut all = vec!["load", "--addr", &url];
+    all.extend(args);
+    let out = run(&all, LOAD_TIMEOUT);
+    let last = out
+        .stdout_lines()
+        .last()
+        .copied()
+        .unwrap_or_else(|| panic!("load printed nothing on stdout: {}", out.describe()));
+    let report = Json::parse(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {}", out.describe()));
+    assert_eq!(report["type"], "load", "{}", out.describe());
+    (out, report)
+}
+
+/// 2 sessions of 3 participants sending 200 messages each, plus `extra`;
+/// asserts every check passed.
+fn passes(extra: &[&str]) -> Json {
+    let server = Server::start(&["--rate-limit", "0"]);
+    let mut args = vec![
+        "--sessions",
+        "2",
+        "--participants",
+        "3",
+        "--messages",
+        "200",
+    ];
+    args.extend(extra);
+    let (out, report) = load(&server, &args);
+    let context = out.describe();
+    assert!(out.status.success(), "{context}");
+    assert_eq!(report["ok"], true, "{context}");
+    for violation in ["lost", "duplicated", "reordered", "echoed", "errors"] {
+        assert_eq!(report[violation].u64(), 0, "{violation}: {context}");
+    }
+    assert_eq!(report["sent"].u64(), 2 * 3 * 200, "{context}");
+    // Each message reaches the 2 other participants of its session.
+    let all = 2 * 3 * 2 * 200;
+    if report["kind"] == "cursor" {
+        // Cursors coalesce by design: only the final positions must arrive.
+        assert_eq!(report["expected"].u64(), 0, "{context}");
+        let delivered = report["delivered"].u64();
+        assert!(delivered >= 2 * 3 * 2 && delivered <= all, "{context}");
+    } else {
+        assert_eq!(report["expected"].u64(), all, "{context}");
+        assert_eq!(report["delivered"].u64(), all, "{context}");
+    }
+    // The human summary is on stderr.
+    let stderr = out.stderr_lines();
+    assert_eq!(stderr.len(), 4, "{context}");
+    assert!(stderr[0].starts_with("load: 2 sessions x 3 participants x 200 "));
+    assert!(stderr[3].contains("lost 0 duplicated 0 reordered 0 echoed 0; errors 0"));
+    report
+}
+
+#[test]
+fn edits() {
+    let report = passes(&[]);
+    assert_eq!(report["kind"], "edit");
+    assert_eq!(report["streams_per_conn"].u64(), 8);
+}
+
+#[test]
+fn comments() {
+    assert_eq!(passes(&["--kind", "comment"])["kind"], "comment");
+}
+
+#[test]
+fn cursors() {
+    assert_eq!(passes(&["--kind", "cursor"])["kind"], "cursor");
+}
+
+#[test]
+fn extended_protocol() {
+    passes(&["--extended"]);
+    passes(&["--extended", "--kind", "comment"]);
+}
+
+#[test]
+fn paced() {
+    let report = passes(&["--rate", "500"]);
+    // 200 messages at 500/s take about 0.4 s: pacing is applied (a lower
+    // bound only, never a speed assertion).
+    assert!(
+        report["send_seconds"].f64() >= 0.3,
+        "sending took {}",
+        report["send_seconds"]
+    );
+}
+
+#[test]
+fn one_stream_per_connection() {
+    assert_eq!(
+        passes(&["--streams-per-conn", "1"])["streams_per_conn"].u64(),
+        1
+    );
+}
+
+/// A load run that overflows a 2 KiB outbox: 1.5 KB events, unpaced.
+fn overflowing_load() -> (Server, Output, Json) {
+    // A 2 KiB outbox cannot hold two 1.5 KB events: whoever falls behind by
+    // two messages is ended with RESOURCE_EXHAUSTED.
+    let server = Server::start(&["--rate-limit", "0", "--outbox-bytes", "2KiB"]);
+    let (out, report) = load(
+        &server,
+        &[
+            "--sessions",
+            "2",
+            "--participants",
+            "3",
+            "--messages",
+            "300",
+            "--payload",
+            "1500",
+            "--drain",
+            "3s",
+        ],
+    );
+    (server, out, report)
+}
+
+#[test]
+fn checks_fail_when_the_server_ends_slow_participants() {
+    let (server, out, report) = overflowing_load();
+    let context = out.describe();
+    assert_eq!(out.status.code(), Some(1), "{context}");
+    assert_eq!(report["ok"], false, "{context}");
+    assert!(report["errors"].u64() > 0, "{context}");
+    assert!(
+        report["delivered"].u64() < report["expected"].u64(),
+        "{context}"
+    );
+    assert!(report["lost"].u64() > 0, "{context}");
+    let violations = out.stderr_lines()[3];
+    assert!(violations.contains("(first: p"), "{context}");
+    // The server says why it ended them.
+    wait_until("the server to log the overflow", WAIT, || {
+        server.proc.stderr().iter().any(|l| {
+            l.contains(r#""msg":"participant stream closed""#)
+                && l.contains(r#""status":"RESOURCE_EXHAUSTED""#)
+        })
+    });
+}
+
+/// Bug (src/cli/load.rs): when the server ends a participant's call while
+/// it is sending, the failed flush is reported ("send failed: UNAVAILABLE:
+/// the request stream was closed by the server") instead of the call's
+/// status (RESOURCE_EXHAUSTED: fell behind ...), which is what explains the
+/// failure. Seen in about 1 run in 10 on a loaded machine.
+#[test]
+#[ignore = "bug: load reports the failed flush instead of the server's RESOURCE_EXHAUSTED status (racy)"]
+fn load_names_the_status_that_ended_a_participant() {
+    for _ in 0..20 {
+        let (_server, out, _) = overflowing_load();
+        let violations = out.stderr_lines()[3];
+        assert!(
+            violations.contains("RESOURCE_EXHAUSTED"),
+            "{}",
+            out.describe()
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_and_refused_connections_are_one_line() {
+    let server = Server::start(&[]);
+    let url = server.url();
+    let dead = dead_addr();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--addr", &url, "--participants", "1"],
+            "codereview load: need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1",
+        ),
+        (
+            &["--addr", &url, "--kind", "dance"],
+            "codereview load: --kind must be edit, comment or cursor, got \"dance\"",
+        ),
+        (
+            &["--addr", "ftp://x"],
+            "codereview load: bad address \"ftp://x\": the scheme must be http:// or https://",
+        ),
+        (
+            &["--addr", &dead],
+            "codereview load: UNAVAILABLE: cannot connect to",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["load"];
+        all.extend(args);
+        let out = run(&all, LOAD_TIMEOUT);
+        let line = out.one_line_error();
+        assert!(line.starts_with(expected), "{args:?}: {line}");
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+    }
+}
