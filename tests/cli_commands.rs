@@ -416,7 +416,6 @@ fn watch_ends_with_unavailable_when_the_server_drains() {
 /// period, and panics with "JoinHandle polled after completion" (exit 101,
 /// no "shutdown complete" log line).
 #[test]
-#[ignore = "bug: serve panics (JoinHandle polled after completion) when a stream outlives --drain-timeout"]
 fn serve_exits_0_when_a_stream_outlives_the_drain() {
     let (mut server, mut watch) = drain_setup();
     server.proc.terminate();

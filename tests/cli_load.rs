@@ -163,7 +163,6 @@ fn checks_fail_when_the_server_ends_slow_participants() {
 /// status (RESOURCE_EXHAUSTED: fell behind ...), which is what explains the
 /// failure. Seen in about 1 run in 10 on a loaded machine.
 #[test]
-#[ignore = "bug: load reports the failed flush instead of the server's RESOURCE_EXHAUSTED status (racy)"]
 fn load_names_the_status_that_ended_a_participant() {
     for _ in 0..20 {
         let (_server, out, _) = overflowing_load();

@@ -235,6 +235,10 @@ struct Participant {
     quitting: bool,
     /// The role the server gave us (edits are checked locally too).
     role: Option<crate::pb::codereview::Role>,
+    /// Whether the document has been known since the start.
+    ever_caught_up: bool,
+    /// Commands typed before the first catch-up (the document was unknown).
+    early: VecDeque<Command>,
 }
 
 impl Participant {
@@ -252,7 +256,7 @@ impl Participant {
     }
 
     fn waiting(&self) -> usize {
-        self.replica.pending().count() + self.pending_comments.len()
+        self.replica.pending().count() + self.pending_comments.len() + self.early.len()
     }
 
     fn message(&self, payload: Payload, client_sequence: u64) -> SessionMessage {
@@ -274,24 +278,44 @@ impl Participant {
 
     /// Handles a typed command; what to send (if live) is queued on `sender`.
     fn command(&mut self, command: Command, sender: Option<&mut CallSender>) {
+        let refusal = match command {
+            Command::Edit { .. } => Some("not applied"),
+            Command::Comment { .. } => Some("not sent"),
+            _ => None,
+        };
+        if let Some(refusal) = refusal
+            && self.waiting() >= self.args.buffer
+        {
+            self.say(&format!(
+                "{refusal}: {} messages are already waiting for the server (limit {})",
+                self.waiting(),
+                self.args.buffer
+            ));
+            return;
+        }
+        if !self.ever_caught_up
+            && matches!(
+                command,
+                Command::Edit { .. } | Command::Comment { .. } | Command::Cursor { .. }
+            )
+        {
+            // The document is not known yet: keep the command until it is.
+            self.early.push_back(command);
+            return;
+        }
         let live = self.caught_up && sender.is_some();
         match command {
             Command::Edit { op } => {
                 if let Some(role) = self.role
                     && role != crate::pb::codereview::Role::Author
                 {
-                    self.say(&format!(
-                        "not applied: a {} may not edit",
-                        role.as_str_name().to_lowercase()
-                    ));
-                    return;
-                }
-                if self.waiting() >= self.args.buffer {
-                    self.say(&format!(
-                        "not applied: {} messages are already waiting for the server (limit {})",
-                        self.waiting(),
-                        self.args.buffer
-                    ));
+                    let role = role.as_str_name().to_lowercase();
+                    let article = if role.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    };
+                    self.say(&format!("not applied: {article} {role} may not edit"));
                     return;
                 }
                 let len = self.replica.file(&op.path).map_or(0, <[_]>::len);
@@ -312,14 +336,6 @@ impl Participant {
                 }
             }
             Command::Comment { line, text } => {
-                if self.waiting() >= self.args.buffer {
-                    self.say(&format!(
-                        "not sent: {} messages are already waiting (limit {})",
-                        self.waiting(),
-                        self.args.buffer
-                    ));
-                    return;
-                }
                 let client_sequence = self.take_client_sequence();
                 let comment = Comment {
                     comment_id: String::new(),
@@ -394,13 +410,24 @@ impl Participant {
         }
     }
 
-    /// Sends everything waiting (after catch-up, in order).
+    /// Sends everything waiting (after catch-up) in client-sequence order:
+    /// the server answers a number at or below one it has processed as a
+    /// duplicate, so edits and comments must not overtake each other.
     fn resend(&mut self, sender: &mut CallSender) {
-        for (client_sequence, edit) in self.replica.resend() {
-            sender.queue(&self.message(Payload::Edit(edit), client_sequence));
-        }
-        for (client_sequence, comment) in self.pending_comments.clone() {
-            sender.queue(&self.message(Payload::Comment(comment), client_sequence));
+        let mut waiting: Vec<(u64, Payload)> = self
+            .replica
+            .resend()
+            .into_iter()
+            .map(|(cs, edit)| (cs, Payload::Edit(edit)))
+            .chain(
+                self.pending_comments
+                    .iter()
+                    .map(|(cs, c)| (*cs, Payload::Comment(c.clone()))),
+            )
+            .collect();
+        waiting.sort_by_key(|(cs, _)| *cs);
+        for (client_sequence, payload) in waiting {
+            sender.queue(&self.message(payload, client_sequence));
         }
         if let Some(cursor) = self.pending_cursor.take() {
             sender.queue(&self.message(Payload::Cursor(cursor), 0));
@@ -447,7 +474,11 @@ impl Participant {
             Payload::Notice(notice) => match NoticeKind::try_from(notice.kind) {
                 Ok(NoticeKind::CaughtUp) => {
                     self.caught_up = true;
+                    self.ever_caught_up = true;
                     self.resend(sender);
+                    while let Some(command) = self.early.pop_front() {
+                        self.command(command, Some(sender));
+                    }
                 }
                 Ok(NoticeKind::GoingAway) => {
                     return Some(Ended::Reconnect {
@@ -552,6 +583,8 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
         want_snapshot,
         quitting: false,
         role: None,
+        ever_caught_up: false,
+        early: VecDeque::new(),
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
@@ -560,8 +593,14 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
     loop {
         match connect(&options, &mut me).await {
             Ok(connection) => {
-                attempt = 0;
-                match live(&mut me, connection, &mut stdin, &mut stdin_open).await {
+                let ended = live(&mut me, connection, &mut stdin, &mut stdin_open).await;
+                // Only a connection that got as far as live events counts as
+                // a success: an endpoint that accepts and hangs up must not
+                // reset the count forever.
+                if me.caught_up {
+                    attempt = 0;
+                }
+                match ended {
                     Ended::Quit => {
                         me.show(None);
                         return Ok(());
@@ -703,16 +742,27 @@ async fn live(
                 }),
                 0,
             );
-            if sender.send(&left).await.is_err() {
-                return Ended::Quit;
+            if let Err(status) = sender.send(&left).await {
+                return match call_status(me, &mut sender, &mut receiver, status).await {
+                    Ended::Fatal(error) => Ended::Fatal(error),
+                    _ => Ended::Quit,
+                };
             }
             let drain = async {
-                while let Ok(Some(message)) = receiver.message::<SessionMessage>().await {
-                    me.receive(message, &mut sender);
+                loop {
+                    match receiver.message::<SessionMessage>().await {
+                        Ok(Some(message)) => {
+                            me.receive(message, &mut sender);
+                        }
+                        Ok(None) => return Ended::Quit,
+                        Err(status) if is_fatal(status.code()) => return status_ended(&status),
+                        Err(_) => return Ended::Quit,
+                    }
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-            return Ended::Quit;
+            return tokio::time::timeout(Duration::from_secs(5), drain)
+                .await
+                .unwrap_or(Ended::Quit);
         }
         tokio::select! {
             message = receiver.message::<SessionMessage>() => match message {
@@ -732,7 +782,7 @@ async fn live(
             },
             flushed = sender.flush(), if sender.pending_bytes() > 0 => {
                 if let Err(status) = flushed {
-                    return status_ended(&status);
+                    return call_status(me, &mut sender, &mut receiver, status).await;
                 }
             }
             line = next_line(stdin, stdin_open), if *stdin_open && !me.quitting => {
@@ -747,6 +797,32 @@ async fn live(
                 }
             }
         }
+    }
+}
+
+/// Writing failed: the server may have ended the call, and its status (say
+/// UNAUTHENTICATED) explains more than the broken write. Reads what is left
+/// for a moment before falling back to the write error.
+async fn call_status(
+    me: &mut Participant,
+    sender: &mut CallSender,
+    receiver: &mut CallReceiver,
+    write_error: Status,
+) -> Ended {
+    let read = async {
+        loop {
+            match receiver.message::<SessionMessage>().await {
+                Ok(Some(message)) => {
+                    me.receive(message, sender);
+                }
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(1), read).await {
+        Ok(Some(status)) => status_ended(&status),
+        _ => status_ended(&write_error),
     }
 }
 

@@ -354,8 +354,24 @@ async fn participant_task(
         };
         tokio::select! {
             flushed = sender.flush(), if sender.pending_bytes() > 0 => {
-                if let Err(status) = flushed {
-                    report.error(format!("{user}: send failed: {}", describe(&status)));
+                if let Err(write_error) = flushed {
+                    // The server may have ended the call; its status says why.
+                    let status = tokio::time::timeout(Duration::from_secs(1), async {
+                        loop {
+                            match receiver.message::<SessionMessage>().await {
+                                Ok(Some(_)) => continue,
+                                Ok(None) => return None,
+                                Err(status) => return Some(status),
+                            }
+                        }
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    match status {
+                        Some(status) => report.error(format!("{user}: stream failed: {}", describe(&status))),
+                        None => report.error(format!("{user}: send failed: {}", describe(&write_error))),
+                    }
                     break;
                 }
             }

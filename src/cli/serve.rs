@@ -448,9 +448,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 "server shut down: reconnect and resume",
             ))
             .await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut server_task).await;
+        let finished = tokio::time::timeout(Duration::from_secs(1), &mut server_task)
+            .await
+            .is_ok();
         controller.advance(Phase::Closing);
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut server_task).await;
+        if !finished {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut server_task).await;
+        }
     }
     log!(
         Info,

@@ -310,6 +310,8 @@ struct SessionSlot {
 /// The task's state.
 pub struct Registry {
     limits: Arc<Limits>,
+    /// Shutting down: no new members (they reconnect elsewhere).
+    draining: bool,
     observer: Arc<dyn SessionObserver>,
     sessions: HashMap<Text, SessionSlot>,
     members: HashMap<MemberId, MemberSlot>,
@@ -357,6 +359,7 @@ pub fn spawn(config: RegistryConfig) -> RegistryHandle {
     let (pulls, pull_rx) = mpsc::channel(config.inbox_capacity);
     let registry = Registry {
         limits: config.limits,
+        draining: false,
         observer: config.observer,
         sessions: HashMap::new(),
         members: HashMap::new(),
@@ -492,6 +495,7 @@ impl Registry {
                 let _ = reply.send(result);
             }
             Command::Drain { deadline_ms } => {
+                self.draining = true;
                 for slot in self.sessions.values_mut() {
                     let mut fx = Effects::default();
                     slot.session.announce_drain(now, deadline_ms, &mut fx);
@@ -557,6 +561,12 @@ impl Registry {
         session_id: &Text,
         enter: impl FnOnce(&mut Session, MemberId, &mut Effects) -> Result<(), ReviewError>,
     ) -> Result<Membership, ReviewError> {
+        if self.draining {
+            return Err(ReviewError::new(
+                ErrorKind::Unavailable,
+                "the server is shutting down: reconnect elsewhere",
+            ));
+        }
         let member = self.next_member;
         self.next_member += 1;
         let created = !self.sessions.contains_key(session_id);
