@@ -30,6 +30,15 @@ impl Document {
         self.bytes
     }
 
+    /// The document's own `Arc` for a path it has (so equal paths share one
+    /// allocation and compare by pointer), or the given one.
+    pub fn intern_path(&self, path: Text) -> Text {
+        match self.files.get_key_value(&*path) {
+            Some((key, _)) => key.clone(),
+            None => path,
+        }
+    }
+
     pub fn file(&self, path: &str) -> Option<&[Text]> {
         self.files.get(path).map(Vec::as_slice)
     }

@@ -69,9 +69,15 @@ impl FileOp {
     }
 }
 
+/// Whether two operations concern the same file (a pointer comparison first:
+/// sessions intern their paths).
+pub fn same_file(a: &FileOp, b: &FileOp) -> bool {
+    Arc::ptr_eq(&a.path, &b.path) || a.path == b.path
+}
+
 /// Rewrites `a` to apply after `b`. `a_wins` decides ties in `a`'s favour.
 pub fn transform(a: &FileOp, b: &FileOp, a_wins: bool) -> FileOp {
-    if a.path != b.path {
+    if !same_file(a, b) {
         return a.clone();
     }
     use LineOp::*;

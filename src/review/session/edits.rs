@@ -61,8 +61,10 @@ impl Session {
             state.bridge.pop_front();
         }
         let from = base.max(state.synced_to);
-        for (version, author, logged) in &self.ops {
-            if *version > from && author.as_ref() != Some(user) {
+        // The log is in version order: start right after `from`.
+        let start = self.ops.partition_point(|(version, _, _)| *version <= from);
+        for (version, author, logged) in self.ops.range(start..) {
+            if author.as_ref() != Some(user) {
                 state.bridge.push_back((*version, logged.clone()));
             }
         }
@@ -74,20 +76,34 @@ impl Session {
             }
         }
         let mut op = FileOp {
-            path: edit.path,
+            path: self.doc.intern_path(edit.path),
             op: edit.op,
         };
-        let mut bridge = Vec::with_capacity(state.bridge.len());
         if !state.bridge.is_empty() {
             self.counters.edits_transformed += 1;
         }
-        for (version, applied) in &state.bridge {
-            let op_after = ot::transform(&op, applied, false);
-            bridge.push((*version, ot::transform(applied, &op, true)));
-            op = op_after;
+        // Transform through the bridge. Only entries on the same file
+        // interact; for each, remember the form the edit had when it met the
+        // entry, so the entries can be transformed in place once the edit is
+        // known to apply (nothing changes if it does not).
+        let mut met: Vec<(usize, FileOp)> = Vec::new();
+        for (index, (_, applied)) in state.bridge.iter().enumerate() {
+            if !ot::same_file(&op, applied) {
+                continue;
+            }
+            let next = ot::transform(&op, applied, false);
+            met.push((index, std::mem::replace(&mut op, next)));
         }
-        if op.is_noop() {
-            state.bridge = bridge.into();
+        let noop = op.is_noop();
+        if !noop {
+            self.doc.apply(&op, &self.limits, self.comment_bytes)?;
+        }
+        let state = self.users.get_mut(user).expect("exists");
+        for (index, before) in met {
+            let entry = &mut state.bridge[index].1;
+            *entry = ot::transform(entry, &before, true);
+        }
+        if noop {
             let info = AckInfo {
                 client_sequence,
                 version: current,
@@ -98,11 +114,8 @@ impl Session {
             self.remember_ack(user, client_sequence, &ack);
             return Ok(());
         }
-        self.doc.apply(&op, &self.limits, self.comment_bytes)?;
         self.version += 1;
         let version = self.version;
-        let state = self.users.get_mut(user).expect("exists");
-        state.bridge = bridge.into();
         state.synced_to = version;
         self.log_op(version, Some(user.clone()), &op);
         self.reanchor_comments(&op);
@@ -306,7 +319,7 @@ impl Session {
         let ops: Vec<FileOp> = files
             .into_iter()
             .map(|(path, lines)| FileOp {
-                path,
+                path: self.doc.intern_path(path),
                 op: LineOp::ReplaceFile {
                     lines: lines.into(),
                 },
