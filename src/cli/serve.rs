@@ -469,3 +469,59 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(extra);
+        let cli: crate::cli::Cli =
+            argh::FromArgs::from_args(&["codereview"], &all).expect("valid flags");
+        match cli.command {
+            crate::cli::Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_address_comes_from_the_flag_then_port_then_the_default() {
+        assert_eq!(
+            args(&[]).bind_addr(None).unwrap(),
+            "127.0.0.1:50051".parse().unwrap()
+        );
+        assert_eq!(
+            args(&[]).bind_addr(Some("8080")).unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            args(&[]).bind_addr(Some("")).unwrap(),
+            "127.0.0.1:50051".parse().unwrap()
+        );
+        let explicit = args(&["--addr", "127.0.0.1:9"]);
+        assert_eq!(
+            explicit.bind_addr(Some("8080")).unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert!(args(&[]).bind_addr(Some("not-a-port")).is_err());
+    }
+
+    #[test]
+    fn flags_become_configuration() {
+        let a = args(&[
+            "--max-frame-size",
+            "64KiB",
+            "--keepalive-interval",
+            "0",
+            "--rate-limit",
+            "0",
+        ]);
+        let config = a.server_config().unwrap();
+        assert_eq!(config.max_frame_size, 65536);
+        assert!(config.keepalive_interval.is_zero());
+        assert_eq!(a.limits().unwrap().rate_per_second, 0.0);
+        assert!(args(&["--max-frame-size", "1KiB"]).server_config().is_err());
+        assert!(args(&["--max-document-bytes", "8MiB"]).limits().is_err());
+    }
+}
