@@ -45,7 +45,10 @@ pub async fn start(config: ServerConfig, router: Router) -> TestServer {
 pub async fn serve(server: Server) -> TestServer {
     // In-process servers log through the process-wide logger: keep test
     // output to errors.
-    codereview::logging::init(codereview::logging::Level::Error, codereview::logging::Format::Json);
+    codereview::logging::init(
+        codereview::logging::Level::Error,
+        codereview::logging::Format::Json,
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (controller, signal) = ShutdownController::new();
