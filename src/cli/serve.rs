@@ -168,6 +168,15 @@ pub struct ServeArgs {
     /// burst of messages above the rate (default 200)
     #[argh(option, default = "200.0")]
     pub rate_burst: f64,
+    /// content bytes per second per participant, messages and uploads (default 1MiB; off with --rate-limit 0)
+    #[argh(option, default = "1 << 20", from_str_fn(super::parse_bytes))]
+    pub rate_bytes: usize,
+    /// burst of content bytes above that rate, at least --max-document-bytes (default 4MiB)
+    #[argh(option, default = "4 << 20", from_str_fn(super::parse_bytes))]
+    pub rate_bytes_burst: usize,
+    /// memory all sessions may hold (content with overhead, history, outboxes); beyond it new sessions and growth get RESOURCE_EXHAUSTED (default 1GiB)
+    #[argh(option, default = "1 << 30", from_str_fn(super::parse_bytes))]
+    pub max_memory: usize,
     /// streams are ended with UNAVAILABLE after this long, 0 for never (default 24h)
     #[argh(
         option,
@@ -225,10 +234,13 @@ impl ServeArgs {
         if !(self.rate_limit >= 0.0 && self.rate_burst >= 1.0) {
             return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());
         }
-        if self.max_document_bytes >= self.max_message_bytes {
-            return Err("--max-document-bytes must be below --max-message-bytes (a snapshot must fit in one message)".into());
+        if self.rate_bytes_burst < self.max_document_bytes {
+            return Err(
+                "--rate-bytes-burst must be at least --max-document-bytes (one upload of a full session must fit)"
+                    .into(),
+            );
         }
-        Ok(Limits {
+        let limits = Limits {
             max_id_bytes: self.max_id_bytes,
             max_line_bytes: self.max_line_bytes,
             max_lines_per_file: self.max_lines,
@@ -244,8 +256,22 @@ impl ServeArgs {
             session_linger: self.session_linger,
             rate_per_second: self.rate_limit,
             rate_burst: self.rate_burst,
+            rate_bytes_per_second: self.rate_bytes as f64,
+            rate_bytes_burst: self.rate_bytes_burst as f64,
+            max_memory_bytes: self.max_memory,
             ..Limits::default()
-        })
+        };
+        let snapshot = limits.max_session_bytes + limits.snapshot_overhead_bytes();
+        if snapshot > self.max_message_bytes {
+            return Err(format!(
+                "--max-document-bytes plus what a snapshot adds ({} bytes with --max-participants {}) must fit in \
+                 --max-message-bytes {}: every session must fit in one snapshot message",
+                limits.snapshot_overhead_bytes(),
+                limits.max_participants,
+                self.max_message_bytes
+            ));
+        }
+        Ok(limits)
     }
 
     /// The address to bind: --addr, else 0.0.0.0:$PORT, else the default.
