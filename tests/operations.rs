@@ -1210,3 +1210,68 @@ fn sighup_without_tls_is_logged_and_ignored() {
     quit(join);
     assert!(!server.log().iter().any(|l| l.contains("shutting down")));
 }
+
+/// The resident memory of the real process, in bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// `--max-memory` bounds what sessions really cost: sessions filled with
+/// empty lines (the costliest content per budget byte: about 50 bytes of
+/// memory per 2-byte line) are refused past the budget with
+/// RESOURCE_EXHAUSTED, and the process's resident memory stays near the
+/// budget; the server keeps answering.
+#[test]
+fn the_memory_budget_bounds_the_resident_memory() {
+    let budget: u64 = 64 << 20;
+    let server = Server::start(&["--max-memory", "64MiB"]);
+    let before = rss_bytes(server.pid());
+    let dir = TempDir::new("memory");
+    let blank = "\n".repeat(20_000);
+    let files: Vec<String> = (0..60)
+        .map(|i| {
+            dir.write(&format!("blank{i}.txt"), &blank)
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let url = server.url();
+    let mut refusal = None;
+    'fill: for session in 0..40 {
+        for file in &files {
+            let id = format!("mem{session}");
+            let (status, _, err) = run(&["upload", "--addr", &url, "--session", &id, file], WAIT);
+            if !status.success() {
+                if err.contains("memory") {
+                    refusal = Some(err);
+                    break 'fill;
+                }
+                // This session is full (its own content budget): next one.
+                assert!(err.contains("RESOURCE_EXHAUSTED"), "{err}");
+                continue 'fill;
+            }
+        }
+    }
+    let refusal = refusal.expect("uploads were refused at some point");
+    assert!(
+        refusal.contains("RESOURCE_EXHAUSTED") && refusal.contains("memory"),
+        "{refusal}"
+    );
+    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    assert!(
+        grown <= budget * 3 / 2,
+        "the process grew by {} MiB for a budget of {} MiB",
+        grown >> 20,
+        budget >> 20
+    );
+    let (status, out, err) = run(&["snapshot", "--addr", &url, "--session", "mem0"], WAIT);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("blank0.txt"), "{out}");
+}

@@ -75,6 +75,22 @@ impl Room {
     };
 }
 
+/// What a checked operation will change (see [`Document::check`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Change(Cost);
+
+impl Change {
+    /// Encoded bytes the operation adds, net.
+    pub fn encoded_growth(&self) -> usize {
+        self.0.encoded_added.saturating_sub(self.0.encoded_removed)
+    }
+
+    /// Memory the operation adds, net.
+    pub fn memory_growth(&self) -> usize {
+        self.0.memory_added.saturating_sub(self.0.memory_removed)
+    }
+}
+
 /// What an operation changes in the two measures.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cost {
@@ -169,12 +185,40 @@ impl Document {
 
     /// Applies `op` if the session has `room` for it.
     pub fn apply(&mut self, op: &FileOp, limits: &Limits, room: Room) -> Result<(), ReviewError> {
+        let change = self.check(op, limits, room, 0)?;
+        self.apply_checked(op, change);
+        Ok(())
+    }
+
+    /// Applies an operation [`Document::check`] accepted (nothing changed
+    /// in between).
+    pub fn apply_checked(&mut self, op: &FileOp, change: Change) {
         if op.is_noop() {
-            return Ok(());
+            return;
+        }
+        let lines = self.files.entry(op.path.clone()).or_default();
+        ot::apply(lines, &op.op).expect("checked");
+        let cost = change.0;
+        self.encoded = self.encoded + cost.encoded_added - cost.encoded_removed;
+        self.memory = self.memory + cost.memory_added - cost.memory_removed;
+    }
+
+    /// Whether `op` can apply within the limits and `room`, and what it
+    /// would change. `new_files` is how many files the same batch (an
+    /// upload) adds before this one.
+    pub fn check(
+        &self,
+        op: &FileOp,
+        limits: &Limits,
+        room: Room,
+        new_files: usize,
+    ) -> Result<Change, ReviewError> {
+        if op.is_noop() {
+            return Ok(Change(Cost::default()));
         }
         let existing = self.files.get(&op.path);
         let is_new_file = existing.is_none();
-        if is_new_file && self.files.len() >= limits.max_files {
+        if is_new_file && self.files.len() + new_files >= limits.max_files {
             return Err(ReviewError::exhausted(format!(
                 "the session already has {} files (limit)",
                 limits.max_files
@@ -211,11 +255,7 @@ impl Document {
                 "the server's memory budget is used up: the session cannot grow now",
             ));
         }
-        let lines = self.files.entry(op.path.clone()).or_default();
-        ot::apply(lines, &op.op).expect("checked above");
-        self.encoded = self.encoded + cost.encoded_added - cost.encoded_removed;
-        self.memory = self.memory + cost.memory_added - cost.memory_removed;
-        Ok(())
+        Ok(Change(cost))
     }
 
     /// Builds a document from (path, lines) pairs, unchecked (tests, replicas).

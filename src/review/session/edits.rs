@@ -348,7 +348,6 @@ impl Session {
             bytes,
             &limits,
         )?;
-        let mut staged = self.doc.clone();
         let ops: Vec<FileOp> = files
             .into_iter()
             .map(|(path, lines)| FileOp {
@@ -358,15 +357,20 @@ impl Session {
                 },
             })
             .collect();
+        // Atomic: every file is checked (the files of an upload are
+        // distinct, so their costs add up) before any is applied.
         let mut outcome = UploadOutcome::default();
         let mut room = self.room();
+        let mut changes = Vec::with_capacity(ops.len());
+        let mut new_files = 0;
         for op in &ops {
-            let (encoded, memory) = (staged.encoded_bytes(), staged.memory_bytes());
-            staged.apply(op, &self.limits, room)?;
-            room.encoded -= staged.encoded_bytes().saturating_sub(encoded);
-            room.memory = room
-                .memory
-                .saturating_sub(staged.memory_bytes().saturating_sub(memory));
+            let change = self.doc.check(op, &self.limits, room, new_files)?;
+            room.encoded -= change.encoded_growth();
+            room.memory -= change.memory_growth();
+            if self.doc.file(&op.path).is_none() {
+                new_files += 1;
+            }
+            changes.push(change);
             if let LineOp::ReplaceFile { lines } = &op.op {
                 outcome.files += 1;
                 outcome.lines += lines.len() as u32;
@@ -378,7 +382,9 @@ impl Session {
                 "the session reached its last version",
             ));
         }
-        self.doc = staged;
+        for (op, change) in ops.iter().zip(changes) {
+            self.doc.apply_checked(op, change);
+        }
         for op in ops {
             self.version += 1;
             let version = self.version;
