@@ -528,6 +528,90 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
     assert_still_serving(&server, pump).await;
 }
 
+/// The handshake timeout covers the whole client preface (RFC 9113 §3.4):
+/// the magic, then a SETTINGS frame. Keepalive is off and the idle timeout
+/// is minutes, so only the handshake deadline can close these connections.
+#[tokio::test]
+async fn a_preface_without_its_settings_frame_is_closed_at_the_handshake_timeout() {
+    let server = server_with(
+        ServerConfig {
+            handshake_timeout: Duration::from_millis(500),
+            keepalive_interval: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+        Limits::default(),
+    )
+    .await;
+    let canary = Canary::start(&server).await;
+    let (baseline, ..) = server.wire();
+    let pump = canary.pump();
+
+    let settings = encode_frame(
+        SETTINGS,
+        0,
+        0,
+        &settings_payload(&[(SETTINGS_MAX_CONCURRENT_STREAMS, 100)]),
+    );
+    let openings = [
+        ("the magic alone", PREFACE.to_vec()),
+        (
+            "a SETTINGS header without its payload",
+            [PREFACE, &settings[..9]].concat(),
+        ),
+        (
+            "a SETTINGS frame missing its last byte",
+            [PREFACE, &settings[..settings.len() - 1]].concat(),
+        ),
+    ];
+    for (what, opening) in openings {
+        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        tcp.write_all(&opening).await.expect("write the opening");
+        // A hang guard, not a speed check: without the deadline these stay
+        // open for the idle timeout (5 minutes).
+        let bytes = read_to_close(&mut tcp, STEP).await;
+        assert!(
+            bytes.len() >= 9 && bytes[3] == SETTINGS,
+            "{what}: the server should have sent its SETTINGS before closing, got {bytes:?}"
+        );
+    }
+    // A first frame other than SETTINGS is a connection error at once.
+    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    let ping_first = [PREFACE, &encode_frame(PING, 0, 0, &[7; 8])].concat();
+    tcp.write_all(&ping_first).await.expect("write the opening");
+    let bytes = read_to_close(&mut tcp, STEP).await;
+    let frames = frame_kinds(&bytes);
+    assert!(
+        !frames.contains(&PING),
+        "a PING before SETTINGS was answered: frames {frames:?}"
+    );
+
+    // Clients that send the whole preface are served as before.
+    let mut conn = Conn::connect(server.addr()).await;
+    let events = conn
+        .call(
+            "/grpc.health.v1.Health/Check",
+            &grpc_encode(&HealthCheckRequest::default()),
+        )
+        .await;
+    assert_eq!(grpc_status(&events), 0, "{}", conn.describe_log());
+    drop(conn);
+    server
+        .wait_for_connections("the connections to be released", |n| n == baseline)
+        .await;
+    assert_still_serving(&server, pump).await;
+}
+
+/// The frame types in a byte stream the server sent (after no preface).
+fn frame_kinds(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        kinds.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    kinds
+}
+
 #[tokio::test]
 async fn http1_and_garbage_get_a_505_or_are_closed() {
     let server = server_with(ServerConfig::default(), Limits::default()).await;

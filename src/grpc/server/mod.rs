@@ -2,12 +2,14 @@
 //! loop with its connection cap, and what happens to a socket before HTTP/2
 //! (sniffing, TLS handshake in the connection's own task under a timeout).
 //!
-//! Module map: `connection` runs one HTTP/2 connection, `dispatch` one stream,
-//! `router` maps paths to handlers, `call` is what a handler sees.
+//! Module map: `connection` runs one HTTP/2 connection (`preface` watches its
+//! opening), `dispatch` one stream, `router` maps paths to handlers, `call` is
+//! what a handler sees.
 
 pub mod call;
 pub mod connection;
 pub mod dispatch;
+pub mod preface;
 pub mod router;
 
 use std::io;
@@ -68,7 +70,8 @@ pub struct ServerConfig {
     /// A connection with no stream for this long gets GOAWAY (default 5 min).
     pub idle_timeout: Duration,
     /// Time allowed from TCP accept to a working HTTP/2 connection (sniffing,
-    /// TLS and the HTTP/2 preface; default 10 s).
+    /// TLS, and the client preface: the magic and its SETTINGS frame;
+    /// default 10 s).
     pub handshake_timeout: Duration,
     /// Connections served at once; more are closed on accept (default 1024).
     pub max_connections: usize,
