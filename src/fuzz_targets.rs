@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::grpc::base64::{self, Alphabet};
 use crate::grpc::codec::{self, HEADER_LEN, MessageDecoder};
+use crate::grpc::server::preface::{PrefaceParser, PrefaceProgress};
 use crate::grpc::{percent, sniff, timeout};
 use crate::review::limits::Limits;
 use crate::review::ot::{self, FileOp, LineOp, Text};
@@ -194,7 +195,9 @@ pub fn token(data: &[u8]) {
 }
 
 /// The first-bytes classifier of new connections: total, and its verdict is
-/// stable once decided (more bytes never change it).
+/// stable once decided (more bytes never change it). Also the client-preface
+/// watcher (magic, then SETTINGS): total, and its verdict does not depend on
+/// how the bytes are split into reads.
 pub fn sniff_opening(data: &[u8]) {
     let mut decided = None;
     for end in 0..=data.len().min(64) {
@@ -205,6 +208,21 @@ pub fn sniff_opening(data: &[u8]) {
             decided = Some(verdict);
         }
     }
+
+    let Some((&split_seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let mut whole = PrefaceParser::new();
+    let verdict = whole.feed(bytes);
+    let mut chunked = PrefaceParser::new();
+    let step = usize::from(split_seed % 16) + 1;
+    for chunk in bytes.chunks(step) {
+        let progress = chunked.feed(chunk);
+        if progress != PrefaceProgress::Reading {
+            assert_eq!(progress, verdict, "a preface verdict depends on the reads");
+        }
+    }
+    assert_eq!(chunked.progress(), verdict, "chunked and whole disagree");
 }
 
 /// The metrics listener's HTTP/1.1 request parser: total and bounded.

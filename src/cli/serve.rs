@@ -73,6 +73,12 @@ pub struct ServeArgs {
     /// largest request header block (default 16KiB)
     #[argh(option, default = "16 << 10", from_str_fn(super::parse_bytes))]
     pub max_header_list_size: usize,
+    /// response bytes HTTP/2 may hold per stream for a peer that does not read (default 256KiB)
+    #[argh(option, default = "256 << 10", from_str_fn(super::parse_bytes))]
+    pub max_send_buffer: usize,
+    /// response bytes all connections may hold before those holding the most are closed, 0 = off (default 256MiB)
+    #[argh(option, default = "256 << 20", from_str_fn(super::parse_bytes))]
+    pub max_outbound_buffer: usize,
     /// largest gRPC message received (default 4MiB)
     #[argh(option, default = "4 << 20", from_str_fn(super::parse_bytes))]
     pub max_message_bytes: usize,
@@ -210,6 +216,14 @@ impl ServeArgs {
         {
             return Err("HTTP/2 windows must be below 2GiB".into());
         }
+        if !(16_384..=(1 << 30)).contains(&self.max_send_buffer) {
+            return Err("--max-send-buffer must be between 16KiB and 1GiB".into());
+        }
+        if self.max_outbound_buffer != 0 && self.max_outbound_buffer < self.max_send_buffer {
+            return Err(
+                "--max-outbound-buffer must be 0 (off) or at least --max-send-buffer".into(),
+            );
+        }
         Ok(ServerConfig {
             initial_stream_window: to_u32("initial-stream-window", self.initial_stream_window)?,
             initial_connection_window: to_u32(
@@ -220,6 +234,8 @@ impl ServeArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             max_header_list_size: to_u32("max-header-list-size", self.max_header_list_size)?,
             max_recv_message_bytes: self.max_message_bytes,
+            max_send_buffer_size: self.max_send_buffer,
+            max_outbound_buffer: self.max_outbound_buffer,
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             idle_timeout: self.idle_timeout,
@@ -548,6 +564,35 @@ mod tests {
         assert!(config.keepalive_interval.is_zero());
         assert_eq!(a.limits().unwrap().rate_per_second, 0.0);
         assert!(args(&["--max-frame-size", "1KiB"]).server_config().is_err());
+        let buffers = args(&[
+            "--max-send-buffer",
+            "64KiB",
+            "--max-outbound-buffer",
+            "32MiB",
+        ]);
+        let config = buffers.server_config().unwrap();
+        assert_eq!(config.max_send_buffer_size, 64 << 10);
+        assert_eq!(config.max_outbound_buffer, 32 << 20);
+        assert_eq!(
+            args(&[]).server_config().unwrap().max_outbound_buffer,
+            256 << 20
+        );
+        assert!(args(&["--max-send-buffer", "0"]).server_config().is_err());
+        assert!(
+            args(&[
+                "--max-send-buffer",
+                "1MiB",
+                "--max-outbound-buffer",
+                "512KiB"
+            ])
+            .server_config()
+            .is_err()
+        );
+        assert!(
+            args(&["--max-outbound-buffer", "0"])
+                .server_config()
+                .is_ok()
+        );
         assert!(args(&["--max-document-bytes", "8MiB"]).limits().is_err());
     }
 }

@@ -523,7 +523,7 @@ impl CallSender {
         let outbound = &mut self.outbound;
         let result = with_deadline(deadline, async {
             outbound
-                .flush(send, |_| {})
+                .flush(send, |chunk| chunk)
                 .await
                 .map_err(|error| match error {
                     WriteError::H2(error) => Status::from_h2(&error),

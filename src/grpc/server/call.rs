@@ -14,7 +14,6 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -30,6 +29,8 @@ use crate::grpc::metadata::Metadata;
 use crate::grpc::observe::Telemetry;
 use crate::grpc::outbound::{OutboundQueue, WriteError};
 use crate::grpc::status::Status;
+
+use super::budget::{AccountedChunk, ConnectionAccount};
 
 /// Everything known about a call before its first message.
 #[derive(Debug)]
@@ -161,21 +162,29 @@ impl<T: prost::Message + Default> Streaming<T> {
 /// The h2 side of a response, owned by a [`ResponseSink`] while the handler
 /// runs and by the dispatcher afterwards.
 pub(crate) struct SinkCore {
-    respond: SendResponse<Bytes>,
-    stream: Option<SendStream<Bytes>>,
+    respond: SendResponse<AccountedChunk>,
+    stream: Option<SendStream<AccountedChunk>>,
     initial_metadata: Metadata,
     pending: OutboundQueue,
     telemetry: Arc<Telemetry>,
+    /// The connection's outbound account: what is queued here, and what h2
+    /// holds of it, counts against the process's outbound budget.
+    account: Arc<ConnectionAccount>,
 }
 
 impl SinkCore {
-    pub(crate) fn new(respond: SendResponse<Bytes>, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        respond: SendResponse<AccountedChunk>,
+        telemetry: Arc<Telemetry>,
+        account: Arc<ConnectionAccount>,
+    ) -> Self {
         SinkCore {
             respond,
             stream: None,
             initial_metadata: Metadata::new(),
             pending: OutboundQueue::new(),
             telemetry,
+            account,
         }
     }
 
@@ -200,7 +209,7 @@ impl SinkCore {
         response
     }
 
-    pub(crate) fn send_headers(&mut self) -> Result<&mut SendStream<Bytes>, Status> {
+    pub(crate) fn send_headers(&mut self) -> Result<&mut SendStream<AccountedChunk>, Status> {
         if self.stream.is_none() {
             let head = self.response_head();
             let stream = self
@@ -213,10 +222,7 @@ impl SinkCore {
     }
 
     pub(crate) fn queue(&mut self, framed: Bytes) {
-        self.telemetry
-            .stats
-            .outbound_buffered
-            .fetch_add(framed.len() as i64, Ordering::Relaxed);
+        self.account.queued(framed.len());
         self.pending.push(framed);
     }
 
@@ -229,13 +235,11 @@ impl SinkCore {
         self.send_headers()?;
         let stream = self.stream.as_mut().expect("headers sent");
         let telemetry = &self.telemetry;
+        let account = &self.account;
         self.pending
-            .flush(stream, |n| {
-                telemetry.observer.bytes_sent(n);
-                telemetry
-                    .stats
-                    .outbound_buffered
-                    .fetch_sub(n as i64, Ordering::Relaxed);
+            .flush(stream, |chunk| {
+                telemetry.observer.bytes_sent(chunk.len());
+                account.hand_over(chunk)
             })
             .await
             .map_err(|error| match error {
@@ -279,11 +283,7 @@ impl SinkCore {
 
 impl Drop for SinkCore {
     fn drop(&mut self) {
-        let unsent = self.pending.len() as i64;
-        self.telemetry
-            .stats
-            .outbound_buffered
-            .fetch_sub(unsent, Ordering::Relaxed);
+        self.account.unqueued(self.pending.len());
     }
 }
 

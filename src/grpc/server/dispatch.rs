@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -25,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::budget::AccountedChunk;
 use super::call::{RequestHead, SinkCore};
 use super::connection::ConnectionInfo;
 use super::router::{Call, Route};
@@ -81,7 +81,7 @@ pub(crate) fn is_grpc_content_type(value: &str) -> bool {
 /// Serves one stream to completion.
 pub(crate) async fn serve_stream(
     request: http::Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse<AccountedChunk>,
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
 ) {
@@ -151,14 +151,18 @@ pub(crate) async fn serve_stream(
 async fn run_call(
     parts: &http::request::Parts,
     body: RecvStream,
-    respond: SendResponse<Bytes>,
+    respond: SendResponse<AccountedChunk>,
     route: Route<'_>,
     method_name: &'static str,
     shared: &Arc<Shared>,
     connection: &Arc<ConnectionInfo>,
     stream_id: u32,
 ) -> Status {
-    let sink = SinkCore::new(respond, shared.telemetry.clone());
+    let sink = SinkCore::new(
+        respond,
+        shared.telemetry.clone(),
+        connection.outbound.clone(),
+    );
 
     if let Some(encoding) = parts.headers.get("grpc-encoding")
         && encoding.as_bytes() != ACCEPT_ENCODING.as_bytes()
@@ -276,7 +280,7 @@ async fn run_call(
     status
 }
 
-fn refuse_http(respond: &mut SendResponse<Bytes>, refusal: HttpRefusal) {
+fn refuse_http(respond: &mut SendResponse<AccountedChunk>, refusal: HttpRefusal) {
     let (http_status, grpc_status) = match refusal {
         HttpRefusal::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,
