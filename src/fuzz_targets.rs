@@ -229,3 +229,38 @@ pub fn sniff_opening(data: &[u8]) {
 pub fn http_request(data: &[u8]) {
     let _ = crate::metrics::http::parse_request(data);
 }
+
+/// The bounded gzip inflater on arbitrary bytes (the first two pick the
+/// limit, up to 64 KiB): never panics, never returns more than the limit;
+/// what inflates goes out again through the response compressor and comes
+/// back through the decoder and the inflater unchanged.
+pub fn inflate(data: &[u8]) {
+    use crate::grpc::compression::{self, Encoding, InflateError};
+    let Some((limit, compressed)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let max = usize::from(u16::from_le_bytes(*limit));
+    let inflated = match compression::gunzip(compressed, max) {
+        Ok(inflated) => inflated,
+        Err(InflateError::TooLarge { max: reported }) => {
+            assert_eq!(reported, max, "the refusal names the limit");
+            return;
+        }
+        Err(InflateError::Corrupt(_)) => return,
+    };
+    assert!(inflated.len() <= max, "inflated past the limit");
+    let framed = compression::compress_framed(codec::frame_payload(&inflated), Encoding::Gzip);
+    let mut decoder = MessageDecoder::new(max.max(framed.len()));
+    decoder.accept_compressed();
+    decoder.push(framed);
+    let frame = decoder
+        .decode()
+        .expect("our own framing decodes")
+        .expect("one whole message");
+    let back = if frame.compressed {
+        compression::gunzip(&frame.payload, inflated.len()).expect("our own gzip inflates")
+    } else {
+        frame.payload
+    };
+    assert_eq!(back, inflated, "round trip changed the message");
+}

@@ -387,6 +387,20 @@ fn refused_connections_are_counted_by_reason() {
     assert_eq!(str_field(&line, "level"), Some("warn"));
 }
 
+/// `len` pseudo-random letters and digits: text gzip cannot shrink much.
+fn incompressible_line(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
 #[test]
 fn slow_consumers_are_counted_when_a_participant_that_never_reads_is_ended() {
     let server = Server::start(&[
@@ -420,8 +434,10 @@ fn slow_consumers_are_counted_when_a_participant_that_never_reads_is_ended() {
             })
             .await;
         // 3 KiB lines, one at a time (the writer keeps up): far more than
-        // the windows and the outbox bound together.
-        let line = "x".repeat(3 * 1024);
+        // the windows and the outbox bound together. Incompressible: our
+        // client accepts gzip, and 3 KiB of one letter would cross the wire
+        // in a few dozen bytes.
+        let line = incompressible_line(3 * 1024);
         let mut sleepy_left = false;
         for i in 0..100 {
             let cs = i as u64 + 1;

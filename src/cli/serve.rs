@@ -18,6 +18,7 @@ use crate::metrics::{Metrics, http as metrics_http};
 use super::token::read_secret;
 use crate::auth::Authenticator;
 use crate::grpc::health::HealthReporter;
+use crate::grpc::reflection;
 use crate::grpc::server::{Router, Server, ServerConfig};
 use crate::grpc::shutdown::{Phase, ShutdownController};
 use crate::grpc::tls::{ServerTlsFiles, TlsSource};
@@ -41,6 +42,9 @@ pub struct ServeArgs {
     /// also serve grpc.testing.TestService (the gRPC interop test service)
     #[argh(switch)]
     pub interop: bool,
+    /// do not serve gRPC server reflection (on by default: it describes the API, without a token, as health answers)
+    #[argh(switch)]
+    pub no_reflection: bool,
 
     /// PEM certificate chain: serve TLS (h2 over TLS 1.2/1.3)
     #[argh(option)]
@@ -401,6 +405,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         interop::register(&mut router);
         health.set("grpc.testing.TestService", ServingStatus::Serving);
     }
+    if !args.no_reflection {
+        // Last: it describes the services registered before it.
+        reflection::register(
+            &mut router,
+            bytes::Bytes::from_static(crate::pb::DESCRIPTOR_SET),
+        )?;
+    }
     if let Some(authenticator) = &authenticator {
         router.set_interceptor(authenticator.clone().interceptor());
     }
@@ -442,7 +453,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         addr = local.to_string().as_str(),
         tls = reloader.is_some(),
         auth = authenticator.is_some(),
-        interop = args.interop
+        interop = args.interop,
+        reflection = !args.no_reflection
     );
 
     let signal_name = loop {

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::grpc::codec;
+use crate::grpc::compression::{self, Encoding};
 use crate::grpc::inbound::Inbound;
 use crate::grpc::metadata::Metadata;
 use crate::grpc::observe::Telemetry;
@@ -40,6 +41,9 @@ pub struct RequestHead {
     pub metadata: Metadata,
     /// From `grpc-timeout`; the dispatcher enforces it.
     pub deadline: Option<Instant>,
+    /// From `grpc-encoding`: how the request's messages may be compressed
+    /// (they are inflated before the handler sees them).
+    pub encoding: Encoding,
     pub peer: Option<SocketAddr>,
     pub connection_id: u64,
     pub stream_id: u32,
@@ -122,9 +126,14 @@ impl<T> std::fmt::Debug for Streaming<T> {
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new(body: RecvStream, max_message_len: usize, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        body: RecvStream,
+        max_message_len: usize,
+        encoding: Encoding,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Streaming {
-            inbound: Inbound::new(body, max_message_len, telemetry),
+            inbound: Inbound::new(body, max_message_len, telemetry).with_encoding(encoding),
             _message: PhantomData,
         }
     }
@@ -166,6 +175,10 @@ pub(crate) struct SinkCore {
     stream: Option<SendStream<AccountedChunk>>,
     initial_metadata: Metadata,
     pending: OutboundQueue,
+    /// How responses are encoded: gzip when the client's
+    /// `grpc-accept-encoding` lists it (each large message is then
+    /// compressed, see [`compression::compress_framed`]).
+    response_encoding: Encoding,
     telemetry: Arc<Telemetry>,
     /// The connection's outbound account: what is queued here, and what h2
     /// holds of it, counts against the process's outbound budget.
@@ -183,9 +196,15 @@ impl SinkCore {
             stream: None,
             initial_metadata: Metadata::new(),
             pending: OutboundQueue::new(),
+            response_encoding: Encoding::Identity,
             telemetry,
             account,
         }
+    }
+
+    /// Sets the response encoding (before the headers are sent).
+    pub(crate) fn set_response_encoding(&mut self, encoding: Encoding) {
+        self.response_encoding = encoding;
     }
 
     pub(crate) fn pending_len(&self) -> usize {
@@ -203,8 +222,14 @@ impl SinkCore {
         // refused for an unsupported one learns the alternatives.
         headers.insert(
             "grpc-accept-encoding",
-            HeaderValue::from_static(super::dispatch::ACCEPT_ENCODING),
+            HeaderValue::from_static(compression::ACCEPT_ENCODING),
         );
+        if self.response_encoding != Encoding::Identity {
+            headers.insert(
+                "grpc-encoding",
+                HeaderValue::from_static(self.response_encoding.name()),
+            );
+        }
         self.initial_metadata.write_into(headers);
         response
     }
@@ -222,6 +247,7 @@ impl SinkCore {
     }
 
     pub(crate) fn queue(&mut self, framed: Bytes) {
+        let framed = compression::compress_framed(framed, self.response_encoding);
         self.account.queued(framed.len());
         self.pending.push(framed);
     }
