@@ -12,8 +12,9 @@ use crate::grpc::base64::{self, Alphabet};
 use crate::grpc::codec::{self, HEADER_LEN, MessageDecoder};
 use crate::grpc::server::preface::{PrefaceParser, PrefaceProgress};
 use crate::grpc::{percent, sniff, timeout};
+use crate::review::ids::Text;
 use crate::review::limits::Limits;
-use crate::review::ot::{self, FileOp, LineOp, Text};
+use crate::review::ot::{self, FileOp, LineOp};
 use crate::review::validate::{self, StreamIdentity};
 
 /// The gRPC message decoder fed arbitrary chunkings: never panics, never

@@ -718,8 +718,12 @@ async fn a_kilobyte_bomb_is_refused_by_a_small_limit() {
     let (_server, addr) = peers::spawn_server(&[
         "--max-message-bytes",
         "64KiB",
+        // A session and a snapshot's own fields (8 participants) must fit
+        // one message.
         "--max-document-bytes",
         "32KiB",
+        "--max-participants",
+        "8",
     ]);
     let config = ChannelConfig {
         send_encoding: Encoding::Gzip,

@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::error::{ErrorKind, ReviewError};
+use super::ids::Text;
 use super::limits::Limits;
-use super::ot::{self, ApplyError, FileOp, LineOp, Text};
+use super::ot::{self, ApplyError, FileOp, LineOp};
 
 /// Bytes of a protobuf varint holding `value`.
 pub fn varint_len(value: usize) -> usize {

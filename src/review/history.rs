@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::ot::Text;
+use super::ids::Text;
 
 /// What the author of an event is told instead of the event itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,10 @@
 //! The domain: collaborative review sessions. It knows nothing of HTTP/2.
 //!
+//! - [`ids`]: the shared string type for ids, paths and lines.
 //! - [`ot`]: line operations and their transformation (pure).
-//! - [`document`]: a session's files under limits.
+//! - [`bridge`]: the operation log and each user's Jupiter bridge.
+//! - [`document`], [`comments`]: a session's content under its budgets.
+//! - [`dedupe`], [`rate`]: client sequence numbers, rate limits.
 //! - [`session`]: one session as a sans-IO state machine.
 //! - [`outbox`], [`history`]: per-participant queues and the replay log.
 //! - [`validate`]: what a client may send (pure).
@@ -10,11 +13,14 @@
 //! - [`service`]: the four RPCs on the wire layer.
 //! - [`replica`]: the client half of the OT (used by `join`).
 
+pub mod bridge;
 pub mod comments;
 pub mod counters;
+pub mod dedupe;
 pub mod document;
 pub mod error;
 pub mod history;
+pub mod ids;
 pub mod limits;
 pub mod ot;
 pub mod outbox;

@@ -20,8 +20,7 @@
 
 use std::sync::Arc;
 
-/// A line of text (shared: transforming an op never copies its text).
-pub type Text = Arc<str>;
+use super::ids::Text;
 
 /// One line operation (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]

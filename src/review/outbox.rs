@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::ot::Text;
+use super::ids::Text;
 
 /// What an ephemeral message is about; one per key may wait.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

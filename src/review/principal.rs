@@ -36,7 +36,7 @@ impl Principal {
     }
 
     /// May this principal enter `session_id`?
-    pub fn admit(&self, session_id: &str) -> Result<(), ReviewError> {
+    pub fn check_session(&self, session_id: &str) -> Result<(), ReviewError> {
         match &self.sessions {
             SessionScope::All => Ok(()),
             SessionScope::Only(allowed) if allowed.iter().any(|s| s == session_id) => Ok(()),
@@ -69,8 +69,8 @@ mod tests {
             sessions: SessionScope::Only(vec!["s1".into()]),
             token: None,
         };
-        assert!(p.admit("s1").is_ok());
-        assert!(p.admit("s2").is_err());
+        assert!(p.check_session("s1").is_ok());
+        assert!(p.check_session("s2").is_err());
         assert!(p.check_user("ann").is_ok());
         assert!(p.check_user("bob").is_err());
         assert!(Principal::open().check_user("anyone").is_ok());

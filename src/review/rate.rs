@@ -46,7 +46,7 @@ impl RateLimiter {
 
     /// Takes `messages` and `bytes` from the buckets, or nothing and says
     /// which limit refused. With `rate_per_second` 0 there is no limit.
-    pub fn admit(
+    pub fn take(
         &mut self,
         now: Instant,
         messages: usize,
@@ -95,18 +95,18 @@ mod tests {
         };
         let start = Instant::now();
         let mut rate = RateLimiter::new(&limits, start);
-        rate.admit(start, 1, 200, &limits).unwrap();
+        rate.take(start, 1, 200, &limits).unwrap();
         // Bytes refuse although a message token is left, and take nothing.
-        assert!(rate.admit(start, 1, 100, &limits).is_err());
-        rate.admit(start, 2, 50, &limits).unwrap();
-        assert!(rate.admit(start, 1, 0, &limits).is_err());
+        assert!(rate.take(start, 1, 100, &limits).is_err());
+        rate.take(start, 2, 50, &limits).unwrap();
+        assert!(rate.take(start, 1, 0, &limits).is_err());
         let later = start + Duration::from_secs(1);
-        rate.admit(later, 3, 100, &limits).unwrap();
+        rate.take(later, 3, 100, &limits).unwrap();
         // Off: anything goes.
         let off = Limits {
             rate_per_second: 0.0,
             ..limits
         };
-        rate.admit(later, 1000, 1 << 30, &off).unwrap();
+        rate.take(later, 1000, 1 << 30, &off).unwrap();
     }
 }

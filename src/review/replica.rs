@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use super::ot::{self, ApplyError, FileOp, LineOp, Text};
+use super::ids::Text;
+use super::ot::{self, ApplyError, FileOp, LineOp};
 use crate::pb::codereview::{CodeEdit, Snapshot, code_edit::Op as WireOp};
 
 /// An edit applied locally, waiting for its acknowledgement.

@@ -20,11 +20,11 @@ use tokio::time::Instant;
 
 use super::document::split_lines;
 use super::error::ReviewError;
+use super::ids::{MemberId, Text};
 use super::limits::Limits;
-use super::ot::Text;
 use super::principal::Principal;
 use super::registry::{Ending, Membership, RegistryHandle};
-use super::session::{MemberId, TokenWindow};
+use super::session::TokenWindow;
 use super::validate::{self, Action, JoinOptions};
 use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
 use crate::grpc::{Metadata, Status};
@@ -205,7 +205,7 @@ impl Service {
         trace.session_id = identity.session_id.clone();
         trace.user_id = identity.user_id.clone();
         principal.check_user(&identity.user_id)?;
-        principal.admit(&identity.session_id)?;
+        principal.check_session(&identity.session_id)?;
         let first = validate::validate(first, &identity, &limits)?;
         let (options, pending) = match first.action {
             Action::Join(options) => (options, None),
@@ -329,7 +329,7 @@ impl Service {
                 current.role.name()
             )));
         }
-        fresh.admit(session_id)?;
+        fresh.check_session(session_id)?;
         fresh
             .token
             .ok_or_else(|| ReviewError::invalid("the refreshed token has no expiry"))
@@ -341,7 +341,7 @@ impl Service {
     ) -> Result<Response<Snapshot>, Status> {
         let principal = self.principal(request.head())?;
         let session_id = self.check_session_id(&request.message().session_id)?;
-        principal.admit(&session_id)?;
+        principal.check_session(&session_id)?;
         match self.registry.snapshot(session_id.clone()).await? {
             Some(snapshot) => Ok(Response::new(snapshot)),
             None => Err(Status::not_found(format!("no session {session_id:?}"))),
@@ -356,7 +356,7 @@ impl Service {
         let principal = self.principal(request.head())?;
         let request = request.into_message();
         let session_id = self.check_session_id(&request.session_id)?;
-        principal.admit(&session_id)?;
+        principal.check_session(&session_id)?;
         let options = JoinOptions {
             want_snapshot: request.want_snapshot,
             resume_after: request.resume_after_sequence,
@@ -416,7 +416,7 @@ impl Service {
             let id = self.check_session_id(&chunk.session_id)?;
             match &session_id {
                 None => {
-                    principal.admit(&id)?;
+                    principal.check_session(&id)?;
                     session_id = Some(id);
                 }
                 Some(existing) if *existing != id => {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::comments::is_server_comment_id;
 use super::error::{ErrorKind, ReviewError};
+use super::ids::Text;
 use super::limits::Limits;
-use super::ot::{LineOp, Text};
+use super::ot::LineOp;
 use crate::pb::codereview::{
     CodeEdit, SessionMessage, code_edit::Op as WireOp, presence_update::Status as WirePresence,
     session_message::Payload,

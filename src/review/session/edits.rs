@@ -2,7 +2,16 @@
 //! sender had not seen, through its Jupiter bridge built from the operation
 //! log), comments (kept anchored), cursors and uploads.
 
+use super::super::comments;
+use super::super::dedupe::Outcome;
+use super::super::ot::{FileOp, LineOp};
+use super::super::roles::{MayComment, MayEdit, MayMoveCursor};
+use super::super::validate::{CommentRequest, CursorRequest, EditRequest};
+use super::roster::VersionReading;
 use super::*;
+use crate::pb::codereview::{
+    CodeEdit, Comment, CommentEntry, CursorPosition, FileContent, code_edit::Op as WireOp,
+};
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
@@ -22,8 +31,8 @@ impl Session {
                 "the session reached its last version",
             ));
         }
-        let oldest_logged = self.ops.front().map_or(current + 1, |(v, _, _)| *v);
-        let Some(sender) = self.members.get_mut(&member) else {
+        let window = self.limits.transform_window;
+        let Some((_, state, sender)) = self.roster.participant_mut(member) else {
             return Ok(());
         };
         let tracked = match sender.versions {
@@ -36,7 +45,7 @@ impl Session {
         };
         // A tracked base is what the client saw; an untracked edit is based
         // on what the server delivered to it, and wins ties (last writer).
-        let (mut base, incoming_wins) = if tracked {
+        let (base, incoming_wins) = if tracked {
             (edit.base_version, false)
         } else {
             (sender.outbox.delivered_version().min(current), true)
@@ -47,72 +56,43 @@ impl Session {
                 format!("edit based on version {base}, but the session is at version {current}"),
             ));
         }
-        let state = self.users.get_mut(user).expect("exists");
-        // Transformable if the bridge still holds what follows `base` up to
-        // `synced_to`, and the log holds what follows that.
-        let bridge_ok = base >= state.bridge_floor || base >= state.synced_to;
-        let log_ok = base.max(state.synced_to) + 1 >= oldest_logged;
-        if !(bridge_ok && log_ok) {
+        if state
+            .bridge
+            .sync(user, base, current, &self.ops, window)
+            .is_err()
+        {
             if tracked {
                 return Err(ReviewError::new(
                     ErrorKind::FailedPrecondition,
                     format!(
-                        "edit based on version {base} is too old to transform (the session keeps the last {} operations); \
-                         take a snapshot and retry",
-                        self.limits.transform_window
+                        "edit based on version {base} is too old to transform (the session keeps the last {window} operations); \
+                         take a snapshot and retry"
                     ),
                 ));
             }
-            base = current;
+            // Untracked and too old: apply to the current document as is.
+            state
+                .bridge
+                .sync(user, current, current, &self.ops, window)
+                .expect("the current version is never too old");
         }
-        // Materialize: drop what the client has seen, add the others'
-        // operations since the last sync.
-        while state.bridge.front().is_some_and(|(v, _)| *v <= base) {
-            state.bridge.pop_front();
-        }
-        let from = base.max(state.synced_to);
-        // The log is in version order: start right after `from`.
-        let start = self.ops.partition_point(|(version, _, _)| *version <= from);
-        for (version, author, logged) in self.ops.range(start..) {
-            if author.as_ref() != Some(user) {
-                state.bridge.push_back((*version, logged.clone()));
-            }
-        }
-        state.synced_to = current;
-        let window = self.limits.transform_window.max(1);
-        while state.bridge.len() > window {
-            if let Some((dropped, _)) = state.bridge.pop_front() {
-                state.bridge_floor = dropped;
-            }
-        }
-        let mut op = FileOp {
+        let op = FileOp {
             path: self.doc.intern_path(edit.path),
             op: edit.op,
         };
-        if !state.bridge.is_empty() {
+        let transformed = state.bridge.transform(op, incoming_wins);
+        if transformed.was_concurrent {
             self.counters.edits_transformed += 1;
         }
-        // Transform through the bridge. Only entries on the same file
-        // interact; for each, remember the form the edit had when it met the
-        // entry, so the entries can be transformed in place once the edit is
-        // known to apply (nothing changes if it does not).
-        let mut met: Vec<(usize, FileOp)> = Vec::new();
-        for (index, (_, applied)) in state.bridge.iter().enumerate() {
-            if !ot::same_file(&op, applied) {
-                continue;
-            }
-            let next = ot::transform(&op, applied, incoming_wins);
-            met.push((index, std::mem::replace(&mut op, next)));
-        }
+        let op = transformed.op.clone();
         let noop = op.is_noop();
         if !noop {
             let room = self.room();
             self.doc.apply(&op, &self.limits, room)?;
         }
-        let state = self.users.get_mut(user).expect("exists");
-        for (index, before) in met {
-            let entry = &mut state.bridge[index].1;
-            *entry = ot::transform(entry, &before, !incoming_wins);
+        let version = (!noop).then_some(current + 1);
+        if let Some(state) = self.roster.user_mut(user) {
+            state.bridge.commit(transformed, version);
         }
         if noop {
             let info = AckInfo {
@@ -127,8 +107,13 @@ impl Session {
         }
         self.version += 1;
         let version = self.version;
-        state.synced_to = version;
-        self.log_op(version, Some(user.clone()), &op);
+        self.ops.push(
+            version,
+            Some(user.clone()),
+            op.clone(),
+            window,
+            self.limits.history_bytes,
+        );
         self.reanchor_comments(&op);
         let (line_number, content, wire_op) = match &op.op {
             LineOp::Replace { line, text } => (*line, text.to_string(), WireOp::Replace),
@@ -172,20 +157,6 @@ impl Session {
         }
         if let Some(Payload::Ack(ack)) = &message.payload {
             self.remember(user, client_sequence, Outcome::Ack(ack.clone()));
-        }
-    }
-
-    /// Records an applied operation in the log users' bridges are built from.
-    pub(super) fn log_op(&mut self, version: i32, author: Option<Text>, op: &FileOp) {
-        self.ops_bytes += op_bytes(op);
-        self.ops.push_back((version, author, op.clone()));
-        let window = self.limits.transform_window.max(1);
-        while self.ops.len() > window
-            || (self.ops_bytes > self.limits.history_bytes && self.ops.len() > 1)
-        {
-            if let Some((_, _, dropped)) = self.ops.pop_front() {
-                self.ops_bytes -= op_bytes(&dropped);
-            }
         }
     }
 
@@ -304,7 +275,9 @@ impl Session {
             line: request.line as i32,
             column: request.column as i32,
         };
-        self.users.get_mut(user).expect("exists").cursor = Some(cursor.clone());
+        if let Some(state) = self.roster.user_mut(user) {
+            state.cursor = Some(cursor.clone());
+        }
         self.broadcast_ephemeral(
             now,
             user,
@@ -327,7 +300,7 @@ impl Session {
 
     /// Replaces whole files (the author seeds the session). Atomic: either
     /// every file is applied or none.
-    pub fn upload(
+    pub(super) fn upload(
         &mut self,
         now: Now,
         user: &Text,
@@ -342,12 +315,10 @@ impl Session {
             .map(|(path, lines)| path.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>())
             .sum();
         let limits = self.limits.clone();
-        self.ensure_user(now, user, Role::Author)?.rate.admit(
-            now.at,
-            files.len().max(1),
-            bytes,
-            &limits,
-        )?;
+        self.roster
+            .ensure_user(user, Role::Author, now.at, self.version, &limits)?
+            .rate
+            .take(now.at, files.len().max(1), bytes, &limits)?;
         let ops: Vec<FileOp> = files
             .into_iter()
             .map(|(path, lines)| FileOp {
@@ -397,7 +368,13 @@ impl Session {
                     lines: Arc::from([]),
                 },
             };
-            self.log_op(version, None, &replaced);
+            self.ops.push(
+                version,
+                None,
+                replaced,
+                self.limits.transform_window,
+                self.limits.history_bytes,
+            );
             self.reanchor_comments(&op);
             let LineOp::ReplaceFile { lines } = &op.op else {
                 unreachable!()
@@ -410,7 +387,6 @@ impl Session {
             outcome.sequence = self.broadcast(now, Origin::Server { user_id: user }, payload, fx);
         }
         outcome.version = self.version;
-        self.settle(now, fx);
         Ok(outcome)
     }
 }

@@ -2,14 +2,15 @@
 //! and the drain at shutdown.
 
 use super::*;
+use crate::pb::codereview::{FileContent, Participant, presence_update::Status as Presence};
 
 impl Session {
     /// The whole state, as a late joiner or `GetSnapshot` sees it.
     pub fn snapshot(&self) -> pb::Snapshot {
         let mut participants: Vec<Participant> = self
-            .users
-            .iter()
-            .filter(|(_, u)| u.live.is_some())
+            .roster
+            .users()
+            .filter(|(_, u)| u.live().is_some())
             .map(|(name, u)| Participant {
                 user_id: name.to_string(),
                 status: if u.idle {
@@ -42,13 +43,13 @@ impl Session {
     }
 
     /// Periodic work: IDLE after silence, token warnings and expiry.
-    pub fn tick(&mut self, now: Now, fx: &mut Effects) {
+    pub(super) fn tick(&mut self, now: Now, fx: &mut Effects) {
         let idle_after = self.limits.idle_after;
         let newly_idle: Vec<(Text, Role)> = self
-            .users
-            .iter_mut()
+            .roster
+            .users_mut()
             .filter(|(_, u)| {
-                u.live.is_some()
+                u.live().is_some()
                     && !u.idle
                     && now.at.saturating_duration_since(u.last_activity) >= idle_after
             })
@@ -64,13 +65,13 @@ impl Session {
         }
         let mut expired = Vec::new();
         let mut warn = Vec::new();
-        for (id, member) in self.members.iter_mut() {
+        for (id, member) in self.roster.members_mut() {
             let Some(token) = member.token else { continue };
             if now.unix_ms >= token.expires_at_ms {
-                expired.push(*id);
+                expired.push(id);
             } else if !member.warned && now.unix_ms >= token.warn_at_ms {
                 member.warned = true;
-                warn.push((*id, token.expires_at_ms));
+                warn.push((id, token.expires_at_ms));
             }
         }
         for (member, at) in warn {
@@ -89,18 +90,17 @@ impl Session {
                 ReviewError::new(ErrorKind::Unauthenticated, "token expired"),
             ));
         }
-        self.settle(now, fx);
     }
 
     /// A member presented a fresh token.
-    pub fn refresh_token(
+    pub(super) fn refresh_token(
         &mut self,
         now: Now,
         member: MemberId,
         token: TokenWindow,
         fx: &mut Effects,
     ) {
-        if let Some(m) = self.members.get_mut(&member) {
+        if let Some(m) = self.roster.member_mut(member) {
             m.token = Some(token);
             m.warned = false;
             let notice = self.notice(
@@ -110,28 +110,26 @@ impl Session {
                 token.expires_at_ms,
             );
             self.send_message(member, &notice, fx);
-            self.settle(now, fx);
         }
     }
 
     /// Tells every member the server is going away (by `deadline_ms`).
-    pub fn announce_drain(&mut self, now: Now, deadline_ms: i64, fx: &mut Effects) {
+    pub(super) fn announce_drain(&mut self, now: Now, deadline_ms: i64, fx: &mut Effects) {
         let notice = encode_message(&self.notice(
             now,
             NoticeKind::GoingAway,
             "server shutting down: reconnect and resume",
             deadline_ms,
         ));
-        let members: Vec<MemberId> = self.members.keys().copied().collect();
+        let members = self.roster.member_ids();
         for member in members {
             self.send_to(member, notice.clone(), MessageKind::Notice, None, fx);
         }
-        self.settle(now, fx);
     }
 
     /// Ends every member with `error` (drain deadline reached).
-    pub fn close_all(&mut self, now: Now, error: &ReviewError, fx: &mut Effects) {
-        let members: Vec<MemberId> = self.members.keys().copied().collect();
+    pub(super) fn close_all(&mut self, now: Now, error: &ReviewError, fx: &mut Effects) {
+        let members = self.roster.member_ids();
         for member in members {
             self.remove_member(now, member, fx);
             fx.closed.push((member, error.clone()));

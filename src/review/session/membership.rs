@@ -1,7 +1,11 @@
 //! Joining (as a participant or a watcher), the catch-up a joiner gets
 //! (history, resume replay or snapshot, then CAUGHT_UP), and leaving.
 
+use super::roster::{Detached, MemberKind, VersionReading};
 use super::*;
+use crate::pb::codereview::{
+    CursorPosition, Joined, PresenceUpdate, joined::Catchup, presence_update::Status as Presence,
+};
 
 /// Who is catching up, and how.
 #[derive(Clone, Copy)]
@@ -18,22 +22,33 @@ pub(super) struct Joiner<'a> {
 impl Session {
     /// Adds a participant; on success its outbox holds Joined, the catch-up
     /// and CAUGHT_UP.
-    pub fn join(
+    pub(super) fn join(
         &mut self,
         now: Now,
         request: JoinRequest,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
-        let takeover = self.users.get(&request.user_id).and_then(|u| u.live);
-        if takeover.is_none() && self.live_participants >= self.limits.max_participants {
+        let takeover = self.roster.user(&request.user_id).and_then(|u| u.live());
+        if takeover.is_none() && self.roster.live_participants() >= self.limits.max_participants {
             return Err(ReviewError::exhausted(format!(
                 "session {} is full ({} participants)",
                 self.id, self.limits.max_participants
             )));
         }
-        self.ensure_user(now, &request.user_id, request.role)?;
-        if let Some(old) = takeover {
-            self.members.remove(&old);
+        let user = self.roster.ensure_user(
+            &request.user_id,
+            request.role,
+            now.at,
+            self.version,
+            &self.limits,
+        )?;
+        user.role = request.role;
+        let last_client_sequence = user.dedupe.highest();
+        let member = Member::new(
+            MemberKind::Participant(request.user_id.clone()),
+            request.token,
+        );
+        if let Some(old) = self.roster.attach(request.member, member, now.at) {
             fx.woken.remove(&old);
             fx.closed.push((
                 old,
@@ -42,19 +57,7 @@ impl Session {
                     "replaced by a newer stream of the same user",
                 ),
             ));
-        }
-        let user = self
-            .users
-            .get_mut(&request.user_id)
-            .expect("inserted above");
-        user.role = request.role;
-        user.live = Some(request.member);
-        user.idle = false;
-        user.last_activity = now.at;
-        user.departed_at = None;
-        let last_client_sequence = user.last_client_sequence;
-        if takeover.is_none() {
-            self.live_participants += 1;
+        } else {
             let payload = Payload::Presence(PresenceUpdate {
                 status: Presence::Joined as i32,
                 role: request.role.to_wire() as i32,
@@ -68,16 +71,6 @@ impl Session {
             };
             self.broadcast(now, origin, payload, fx);
         }
-        self.members.insert(
-            request.member,
-            Member {
-                kind: MemberKind::Participant(request.user_id.clone()),
-                outbox: Outbox::new(),
-                token: request.token,
-                warned: false,
-                versions: VersionReading::Untracked,
-            },
-        );
         let joiner = Joiner {
             member: request.member,
             user: Some(&request.user_id),
@@ -88,7 +81,7 @@ impl Session {
         };
         let catchup = self.catch_up(now, &joiner, fx);
         if !request.options.article_client
-            && let Some(member) = self.members.get_mut(&request.member)
+            && let Some(member) = self.roster.member_mut(request.member)
         {
             // What the joiner knows of the document starts where its
             // catch-up starts: from nothing for a replay of the whole
@@ -99,12 +92,11 @@ impl Session {
             };
             member.versions = VersionReading::Tracked { known_from };
         }
-        self.settle(now, fx);
         Ok(())
     }
 
     /// Adds a read-only watcher.
-    pub fn watch(
+    pub(super) fn watch(
         &mut self,
         now: Now,
         member: MemberId,
@@ -112,23 +104,14 @@ impl Session {
         token: Option<TokenWindow>,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
-        if self.live_watchers >= self.limits.max_watchers {
+        if self.roster.live_watchers() >= self.limits.max_watchers {
             return Err(ReviewError::exhausted(format!(
                 "session {} has too many watchers",
                 self.id
             )));
         }
-        self.live_watchers += 1;
-        self.members.insert(
-            member,
-            Member {
-                kind: MemberKind::Watcher,
-                outbox: Outbox::new(),
-                token,
-                warned: false,
-                versions: VersionReading::Untracked,
-            },
-        );
+        self.roster
+            .attach(member, Member::new(MemberKind::Watcher, token), now.at);
         let joiner = Joiner {
             member,
             user: None,
@@ -138,7 +121,6 @@ impl Session {
             token,
         };
         self.catch_up(now, &joiner, fx);
-        self.settle(now, fx);
         Ok(())
     }
 
@@ -250,14 +232,14 @@ impl Session {
                 }
                 // Cursors are ephemeral (not in history): send the current ones.
                 let cursors: Vec<(Text, CursorPosition)> = self
-                    .users
-                    .iter()
-                    .filter(|(name, u)| u.live.is_some() && Some(*name) != user)
+                    .roster
+                    .users()
+                    .filter(|(name, u)| u.live().is_some() && Some(*name) != user)
                     .filter_map(|(name, u)| u.cursor.clone().map(|c| (name.clone(), c)))
                     .collect();
                 for (name, cursor) in cursors {
                     let framed = encode_message(&self.message(now, &name, Payload::Cursor(cursor)));
-                    if let Some(m) = self.members.get_mut(&member) {
+                    if let Some(m) = self.roster.member_mut(member) {
                         m.outbox.push_ephemeral(
                             EphemeralKey {
                                 user: name,
@@ -279,94 +261,28 @@ impl Session {
         catchup
     }
 
-    /// The user's record, created (with a full rate allowance) if it is new.
-    pub(super) fn ensure_user(
-        &mut self,
-        now: Now,
-        user: &Text,
-        role: Role,
-    ) -> Result<&mut UserState, ReviewError> {
-        if !self.users.contains_key(user) {
-            self.make_room_for_user()?;
-            self.users.insert(
-                user.clone(),
-                UserState {
-                    role,
-                    live: None,
-                    idle: false,
-                    last_activity: now.at,
-                    departed_at: None,
-                    last_client_sequence: 0,
-                    outcomes: VecDeque::new(),
-                    forgotten_up_to: 0,
-                    bridge: VecDeque::new(),
-                    synced_to: self.version,
-                    bridge_floor: self.version,
-                    cursor: None,
-                    rate: RateLimiter::new(&self.limits, now.at),
-                },
-            );
-        }
-        Ok(self.users.get_mut(user).expect("inserted above"))
-    }
-
-    /// Evicts the user record that departed longest ago, if the table is full.
-    pub(super) fn make_room_for_user(&mut self) -> Result<(), ReviewError> {
-        let capacity = self.limits.max_participants.saturating_mul(2).max(1);
-        if self.users.len() < capacity {
-            return Ok(());
-        }
-        let oldest = self
-            .users
-            .iter()
-            .filter(|(_, u)| u.live.is_none())
-            .min_by_key(|(_, u)| u.departed_at)
-            .map(|(name, _)| name.clone());
-        match oldest {
-            Some(name) => {
-                self.users.remove(&name);
-                Ok(())
-            }
-            None => Err(ReviewError::exhausted(
-                "too many participants in this session",
-            )),
-        }
-    }
-
-    /// A member's stream ended (or was cancelled, or failed).
-    pub fn leave(&mut self, now: Now, member: MemberId, fx: &mut Effects) {
-        self.remove_member(now, member, fx);
-        self.settle(now, fx);
-    }
-
+    /// Takes a member out; a participant's LEFT is broadcast if it was its
+    /// user's live stream.
     pub(super) fn remove_member(&mut self, now: Now, member: MemberId, fx: &mut Effects) {
-        let Some(removed) = self.members.remove(&member) else {
+        let Some((_, detached)) = self.roster.detach(member, now.at) else {
             return;
         };
         fx.woken.remove(&member);
-        match removed.kind {
-            MemberKind::Watcher => self.live_watchers -= 1,
-            MemberKind::Participant(user) => {
-                let Some(state) = self.users.get_mut(&user) else {
-                    return;
-                };
-                if state.live != Some(member) {
-                    return; // replaced by a newer stream: that one stays.
-                }
-                state.live = None;
-                state.departed_at = Some(now.at);
-                self.live_participants -= 1;
-                let payload = Payload::Presence(PresenceUpdate {
-                    status: Presence::Left as i32,
-                    role: state.role.to_wire() as i32,
-                });
-                let origin = Origin::Participant {
-                    user: &user,
-                    member: Some(member),
-                    ack: None,
-                };
-                self.broadcast(now, origin, payload, fx);
-            }
+        if let Detached::Participant {
+            user,
+            live_role: Some(role),
+        } = detached
+        {
+            let payload = Payload::Presence(PresenceUpdate {
+                status: Presence::Left as i32,
+                role: role.to_wire() as i32,
+            });
+            let origin = Origin::Participant {
+                user: &user,
+                member: Some(member),
+                ack: None,
+            };
+            self.broadcast(now, origin, payload, fx);
         }
     }
 }

@@ -1,34 +1,23 @@
-//! What participants send: the rate limit, answering resends (dedupe by
+//! What participants send: the rate limits, answering resends (dedupe by
 //! client sequence), presence, and dispatch to the capability-checked actions.
 
+use super::super::dedupe::{Outcome, REMEMBERED_OUTCOMES, Verdict};
+use super::super::validate::{Action, ClientPresence};
 use super::*;
+use crate::pb::codereview::{PresenceUpdate, presence_update::Status as Presence};
 
 impl Session {
-    /// Answers a message the stream's task could not validate, in order with
-    /// the member's other replies.
-    pub fn reject(
+    /// Handles a validated message from a participant.
+    pub(super) fn handle(
         &mut self,
         now: Now,
         member: MemberId,
-        client_sequence: u64,
-        error: &ReviewError,
+        message: ClientMessage,
         fx: &mut Effects,
     ) {
-        let message = self.error_message(now, client_sequence, error);
-        self.send_message(member, &message, fx);
-        self.settle(now, fx);
-    }
-
-    /// Handles a validated message from a participant.
-    pub fn handle(&mut self, now: Now, member: MemberId, message: ClientMessage, fx: &mut Effects) {
-        let Some(Member {
-            kind: MemberKind::Participant(user),
-            ..
-        }) = self.members.get(&member)
-        else {
+        let Some((user, ..)) = self.roster.participant_mut(member) else {
             return;
         };
-        let user = user.clone();
         let client_sequence = message.client_sequence;
         let kind = match &message.action {
             Action::Edit(_) => MessageKind::Edit,
@@ -41,30 +30,19 @@ impl Session {
         if let Err(error) = self.handle_inner(now, member, &user, message, fx) {
             let reply = self.error_message(now, client_sequence, &error);
             self.send_message(member, &reply, fx);
-            let is_new_number = self
-                .users
-                .get(&user)
-                .is_some_and(|u| client_sequence > u.last_client_sequence);
-            if is_new_number {
-                self.remember(&user, client_sequence, Outcome::Error(error));
-            }
+            // Only a new number's outcome is remembered (remember ignores
+            // the others: a refused resend or skipped number stays as is).
+            self.remember(&user, client_sequence, Outcome::Error(error));
         }
-        self.settle(now, fx);
     }
 
     pub(super) fn remember(&mut self, user: &Text, client_sequence: u64, outcome: Outcome) {
-        if let Some(state) = self.users.get_mut(user) {
-            state.last_client_sequence = state.last_client_sequence.max(client_sequence);
-            state.outcomes.push_back((client_sequence, outcome));
-            if state.outcomes.len() > REMEMBERED_OUTCOMES
-                && let Some((forgotten, _)) = state.outcomes.pop_front()
-            {
-                state.forgotten_up_to = forgotten;
-            }
+        if let Some(state) = self.roster.user_mut(user) {
+            state.dedupe.remember(client_sequence, outcome);
         }
     }
 
-    pub(super) fn handle_inner(
+    fn handle_inner(
         &mut self,
         now: Now,
         member: MemberId,
@@ -73,56 +51,50 @@ impl Session {
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
         let limits = self.limits.clone();
-        let state = self
-            .users
-            .get_mut(user)
-            .expect("a live member's user has a record");
+        let Some((_, state, _)) = self.roster.participant_mut(member) else {
+            return Ok(());
+        };
         // Rate limits: messages and bytes per user.
         state
             .rate
-            .admit(now.at, 1, message.action.content_bytes(), &limits)?;
+            .take(now.at, 1, message.action.content_bytes(), &limits)?;
         // A number at or below the highest processed one: a resend (answer
         // it again), or a number that was skipped (refuse it: numbers must
         // increase), or one too old to tell (say so).
         let client_sequence = message.client_sequence;
-        if client_sequence != 0 && client_sequence <= state.last_client_sequence {
-            let remembered = state
-                .outcomes
-                .binary_search_by_key(&client_sequence, |(s, _)| *s)
-                .ok()
-                .map(|index| state.outcomes[index].1.clone());
-            let reply = match remembered {
-                Some(Outcome::Ack(ack)) => Payload::Ack(Ack {
-                    duplicate: true,
-                    ..ack
-                }),
-                Some(Outcome::Error(error)) => Payload::Error(pb::Error {
+        let reply = match state.dedupe.check(client_sequence) {
+            Verdict::New => None,
+            Verdict::Resend(Outcome::Ack(ack)) => Some(Payload::Ack(Ack {
+                duplicate: true,
+                ..ack
+            })),
+            Verdict::Resend(Outcome::Error(error)) => Some(Payload::Error(pb::Error {
+                code: error.code().as_i32(),
+                message: error.message,
+                client_sequence,
+            })),
+            Verdict::Forgotten => {
+                let error = ReviewError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "client_sequence {client_sequence} is older than the last {REMEMBERED_OUTCOMES} \
+                         outcomes remembered: whether it was applied is unknown; take a snapshot"
+                    ),
+                );
+                Some(Payload::Error(pb::Error {
                     code: error.code().as_i32(),
                     message: error.message,
                     client_sequence,
-                }),
-                None if client_sequence <= state.forgotten_up_to => {
-                    let error = ReviewError::new(
-                        ErrorKind::FailedPrecondition,
-                        format!(
-                            "client_sequence {client_sequence} is older than the last {REMEMBERED_OUTCOMES} \
-                             outcomes remembered: whether it was applied is unknown; take a snapshot"
-                        ),
-                    );
-                    Payload::Error(pb::Error {
-                        code: error.code().as_i32(),
-                        message: error.message,
-                        client_sequence,
-                    })
-                }
-                None => {
-                    return Err(ReviewError::invalid(format!(
-                        "client_sequence {client_sequence} was never processed and is not above your highest ({}): \
-                         client sequence numbers must increase; nothing was applied",
-                        state.last_client_sequence
-                    )));
-                }
-            };
+                }))
+            }
+            Verdict::Skipped { highest } => {
+                return Err(ReviewError::invalid(format!(
+                    "client_sequence {client_sequence} was never processed and is not above your highest ({highest}): \
+                     client sequence numbers must increase; nothing was applied"
+                )));
+            }
+        };
+        if let Some(reply) = reply {
             let mut reply = self.message(now, user, reply);
             reply.client_sequence = client_sequence;
             self.send_message(member, &reply, fx);
@@ -145,7 +117,9 @@ impl Session {
             Action::Presence(ClientPresence::Joined | ClientPresence::Active) => Ok(()),
             Action::Presence(ClientPresence::Idle) => {
                 if !was_idle {
-                    self.users.get_mut(user).expect("exists").idle = true;
+                    if let Some(state) = self.roster.user_mut(user) {
+                        state.idle = true;
+                    }
                     self.announce_presence(now, user, Presence::Idle, role, fx);
                 }
                 Ok(())

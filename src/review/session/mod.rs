@@ -1,7 +1,14 @@
 //! One review session as a plain state machine: no sockets, tasks or clocks.
-//! The registry feeds it inputs with the time ([`Now`]); it updates state,
-//! fills members' outboxes and reports [`Effects`] (whose outbox has news,
-//! which members to end and why). Tests drive it directly.
+//! It has one entry point, [`Session::step`]: the registry feeds it an
+//! [`Input`] with the time ([`Now`]); it updates state, fills members'
+//! outboxes and reports [`Effects`] (whose outbox has news, which members to
+//! end and why, the answer to the input). Every step ends settled (members
+//! over their outbox bound ended). Tests drive it directly.
+//!
+//! Where things live: [`roster`] (users and live streams, and the invariant
+//! between them), `membership` (joining, catch-up, leaving), `messages`
+//! (rate limits, resends, dispatch), `edits` (edits, comments, cursors,
+//! uploads), `lifecycle` (snapshots, time, tokens, drain).
 //!
 //! A participant's life (one per user; a user has at most one live stream):
 //!
@@ -23,44 +30,94 @@
 //! applied twice; a participant whose essential backlog exceeds the outbox
 //! bound is ended with RESOURCE_EXHAUSTED instead of slowing anyone.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::comments::{self, Comments};
+use super::bridge::OpLog;
+use super::comments::Comments;
 use super::counters::{Counters, MessageKind};
-use super::document::{Document, Room, line_memory};
+use super::document::{Document, Room};
 use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
+use super::ids::{MemberId, Text};
 use super::limits::Limits;
-use super::ot::{self, FileOp, LineOp, Text};
-use super::outbox::{EphemeralKey, EphemeralKind, Outbox};
-use super::rate::RateLimiter;
-use super::roles::{MayComment, MayEdit, MayMoveCursor, MayUpload, Role};
-use super::validate::{
-    Action, ClientMessage, ClientPresence, CommentRequest, CursorRequest, EditRequest, JoinOptions,
-};
+use super::outbox::{EphemeralKey, EphemeralKind};
+use super::roles::{MayUpload, Role};
+use super::validate::{ClientMessage, JoinOptions};
 use crate::grpc::codec::encode_message;
 use crate::pb::codereview::{
-    self as pb, Ack, CodeEdit, Comment, CommentEntry, CursorPosition, FileContent, Joined, Notice,
-    Participant, PresenceUpdate, SessionMessage, code_edit::Op as WireOp, joined::Catchup,
-    notice::Kind as NoticeKind, presence_update::Status as Presence, session_message::Payload,
+    self as pb, Ack, Notice, SessionMessage, notice::Kind as NoticeKind, session_message::Payload,
 };
+use roster::{Member, Roster};
 
-/// Identifies one stream (participant or watcher) across the registry.
-pub type MemberId = u64;
+mod edits;
+mod lifecycle;
+mod membership;
+mod messages;
+mod roster;
+#[cfg(test)]
+mod tests;
 
 /// The time, as the registry passes it in.
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
-    pub at: Instant,
+    pub at: std::time::Instant,
     pub unix_ms: i64,
 }
 
-/// What an input changed that the registry must act on.
-#[derive(Debug, Default)]
+/// What a session is asked to do.
+#[derive(Debug)]
+pub enum Input {
+    /// A participant's stream joins.
+    Join(JoinRequest),
+    /// A read-only watcher's stream joins.
+    Watch {
+        member: MemberId,
+        options: JoinOptions,
+        token: Option<TokenWindow>,
+    },
+    /// A validated message from a participant.
+    Message {
+        member: MemberId,
+        message: ClientMessage,
+    },
+    /// A message the stream could not validate: answered in order with the
+    /// member's other replies.
+    Reject {
+        member: MemberId,
+        client_sequence: u64,
+        error: ReviewError,
+    },
+    /// A member's stream ended (or was cancelled, or failed).
+    Leave { member: MemberId },
+    /// A member presented a fresh token.
+    RefreshToken {
+        member: MemberId,
+        token: TokenWindow,
+    },
+    /// The author seeds the session with whole files (atomic).
+    Upload {
+        user: Text,
+        files: Vec<(Text, Vec<Text>)>,
+        proof: MayUpload,
+    },
+    /// Periodic work: IDLE after silence, token warnings and expiry.
+    Tick,
+    /// The server is going away by `deadline_ms`: tell every member.
+    Drain { deadline_ms: i64 },
+    /// End one member's stream with `error` (it may resume).
+    End {
+        member: MemberId,
+        error: ReviewError,
+    },
+    /// End every member with `error` (the drain deadline passed).
+    CloseAll { error: ReviewError },
+}
+
+/// What a step did that the registry must act on.
+#[derive(Debug)]
 pub struct Effects {
     /// Members with new messages in their outbox.
     pub woken: BTreeSet<MemberId>,
@@ -68,6 +125,27 @@ pub struct Effects {
     pub closed: Vec<(MemberId, ReviewError)>,
     /// Members whose stream ends normally (the client said LEFT).
     pub finished: Vec<MemberId>,
+    /// The answer to the input: whether a join, watch or upload was
+    /// accepted (other inputs answer their members through outboxes).
+    pub result: Result<Done, ReviewError>,
+}
+
+impl Default for Effects {
+    fn default() -> Self {
+        Effects {
+            woken: BTreeSet::new(),
+            closed: Vec::new(),
+            finished: Vec::new(),
+            result: Ok(Done::Nothing),
+        }
+    }
+}
+
+/// What an accepted input produced, for its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    Nothing,
+    Uploaded(UploadOutcome),
 }
 
 /// A request to join as a participant.
@@ -110,87 +188,6 @@ enum Origin<'a> {
     },
 }
 
-/// What an operation in the log holds on to (its text), for the byte bound.
-fn op_bytes(op: &FileOp) -> usize {
-    let text = match &op.op {
-        LineOp::Replace { text, .. } | LineOp::Insert { text, .. } => text.len(),
-        LineOp::ReplaceFile { lines } => lines.iter().map(|l| line_memory(l)).sum(),
-        LineOp::Delete { .. } | LineOp::Noop => 0,
-    };
-    op.path.len() + text + 32
-}
-
-/// How many outcomes of recent client messages each user remembers for
-/// answering resends.
-const REMEMBERED_OUTCOMES: usize = 256;
-
-#[derive(Debug, Clone)]
-enum Outcome {
-    Ack(Ack),
-    Error(ReviewError),
-}
-
-#[derive(Debug)]
-struct UserState {
-    role: Role,
-    live: Option<MemberId>,
-    idle: bool,
-    last_activity: Instant,
-    departed_at: Option<Instant>,
-    last_client_sequence: u64,
-    /// Outcomes of the latest client messages, in client-sequence order.
-    outcomes: VecDeque<(u64, Outcome)>,
-    /// The highest client sequence whose outcome was dropped from `outcomes`.
-    forgotten_up_to: u64,
-    /// Jupiter bridge: the others' operations this user had not seen when
-    /// it last edited, transformed to apply after its own operations. Kept
-    /// lazily: operations after `synced_to` are taken from the session's
-    /// operation log (untransformed, as no edit of the user followed them)
-    /// only when the user edits again, so silent users cost nothing.
-    bridge: VecDeque<(i32, FileOp)>,
-    /// Every other user's operation up to this version is in `bridge` (or
-    /// was dropped as seen).
-    synced_to: i32,
-    /// Bases older than this can no longer be transformed (bridge trimmed).
-    bridge_floor: i32,
-    cursor: Option<CursorPosition>,
-    rate: RateLimiter,
-}
-
-#[derive(Debug)]
-enum MemberKind {
-    Participant(Text),
-    Watcher,
-}
-
-#[derive(Debug)]
-struct Member {
-    kind: MemberKind,
-    outbox: Outbox,
-    token: Option<TokenWindow>,
-    warned: bool,
-    /// How this stream's edit versions are read (see [`VersionReading`]).
-    versions: VersionReading,
-}
-
-/// How the `version` of a participant's edits is to be read.
-///
-/// Our protocol says an edit's `version` is the document version it was
-/// based on, and clients that start with a `Join` keep to it. The article's
-/// clients know nothing of versions and always send 0: their edits are
-/// based on what the server has delivered to them so far (the outbox knows),
-/// and among concurrent replaces of one line theirs wins (last writer wins),
-/// so every edit they make is applied and broadcast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum VersionReading {
-    /// Versions are bases; one below `known_from` (the version the stream's
-    /// catch-up started from) cannot come from a client that tracks them,
-    /// so it is read as "not tracked" instead.
-    Tracked { known_from: i32 },
-    /// Not tracked (yet): a non-zero version switches to `Tracked`.
-    Untracked,
-}
-
 /// One session's whole state.
 #[derive(Debug)]
 pub struct Session {
@@ -200,24 +197,19 @@ pub struct Session {
     version: i32,
     doc: Document,
     comments: Comments,
+    roster: Roster,
+    history: History,
+    /// Recent operations, the source of every user's bridge.
+    ops: OpLog,
+    limits: Arc<Limits>,
     /// Memory the process-wide budget lets this session grow by (set by the
     /// registry before each input; unlimited until then).
     memory_room: usize,
-    users: HashMap<Text, UserState>,
-    members: BTreeMap<MemberId, Member>,
-    history: History,
-    limits: Arc<Limits>,
-    live_participants: usize,
-    live_watchers: usize,
     /// Members over their outbox bound, to be ended by `settle`.
     overflowed: Vec<MemberId>,
     counters: Counters,
     /// The member whose catch-up is being queued (exempt from the bound).
     catching_up: Option<MemberId>,
-    /// Recent operations (version, author, op), the source of every user's
-    /// bridge; bounded by the transform window and the history byte limit.
-    ops: VecDeque<(i32, Option<Text>, FileOp)>,
-    ops_bytes: usize,
 }
 
 /// A summary for metrics and tests.
@@ -250,19 +242,64 @@ impl Session {
             version: 0,
             doc: Document::new(),
             comments: Comments::default(),
-            memory_room: usize::MAX,
-            users: HashMap::new(),
-            members: BTreeMap::new(),
+            roster: Roster::default(),
             history: History::new(limits.history_events, limits.history_bytes),
+            ops: OpLog::default(),
             limits,
-            live_participants: 0,
-            live_watchers: 0,
+            memory_room: usize::MAX,
             overflowed: Vec::new(),
             counters: Counters::default(),
             catching_up: None,
-            ops: VecDeque::new(),
-            ops_bytes: 0,
         }
+    }
+
+    /// Handles one input; the session is settled afterwards.
+    pub fn step(&mut self, now: Now, input: Input) -> Effects {
+        let mut fx = Effects::default();
+        match input {
+            Input::Join(request) => {
+                fx.result = self.join(now, request, &mut fx).map(|()| Done::Nothing)
+            }
+            Input::Watch {
+                member,
+                options,
+                token,
+            } => {
+                fx.result = self
+                    .watch(now, member, &options, token, &mut fx)
+                    .map(|()| Done::Nothing)
+            }
+            Input::Message { member, message } => self.handle(now, member, message, &mut fx),
+            Input::Reject {
+                member,
+                client_sequence,
+                error,
+            } => {
+                let message = self.error_message(now, client_sequence, &error);
+                self.send_message(member, &message, &mut fx);
+            }
+            Input::Leave { member } => self.remove_member(now, member, &mut fx),
+            Input::RefreshToken { member, token } => {
+                self.refresh_token(now, member, token, &mut fx)
+            }
+            Input::Upload { user, files, proof } => {
+                fx.result = self
+                    .upload(now, &user, files, proof, &mut fx)
+                    .map(Done::Uploaded)
+            }
+            Input::Tick => self.tick(now, &mut fx),
+            Input::Drain { deadline_ms } => self.announce_drain(now, deadline_ms, &mut fx),
+            Input::End { member, error } => {
+                if self.roster.member(member).is_some() {
+                    self.remove_member(now, member, &mut fx);
+                    self.counters.slow_consumers += 1;
+                    fx.closed.push((member, error));
+                }
+            }
+            Input::CloseAll { error } => self.close_all(now, &error, &mut fx),
+        }
+        self.settle(now, &mut fx);
+        fx
     }
 
     pub fn id(&self) -> &Text {
@@ -287,18 +324,18 @@ impl Session {
 
     /// No live participant or watcher.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.roster.is_empty()
     }
 
     pub fn stats(&self) -> SessionStats {
         SessionStats {
-            participants: self.live_participants,
-            watchers: self.live_watchers,
-            users_remembered: self.users.len(),
+            participants: self.roster.live_participants(),
+            watchers: self.roster.live_watchers(),
+            users_remembered: self.roster.user_count(),
             outbox_bytes: self
-                .members
-                .values()
-                .map(|m| m.outbox.buffered_bytes())
+                .roster
+                .members()
+                .map(|(_, m)| m.outbox.buffered_bytes())
                 .sum(),
             history_bytes: self.history.bytes(),
             content_bytes: self.doc.encoded_bytes() + self.comments.encoded_bytes(),
@@ -311,14 +348,16 @@ impl Session {
     /// + members), both bounded by the participant limits.
     pub fn memory_bytes(&self) -> usize {
         let users: usize = self
-            .users
-            .values()
-            .map(|u| USER_MEMORY + u.bridge.len() * OP_MEMORY + u.outcomes.len() * OUTCOME_MEMORY)
+            .roster
+            .users()
+            .map(|(_, u)| {
+                USER_MEMORY + u.bridge.len() * OP_MEMORY + u.dedupe.len() * OUTCOME_MEMORY
+            })
             .sum();
         let outboxes: usize = self
-            .members
-            .values()
-            .map(|m| MEMBER_MEMORY + m.outbox.buffered_bytes())
+            .roster
+            .members()
+            .map(|(_, m)| MEMBER_MEMORY + m.outbox.buffered_bytes())
             .sum();
         SESSION_MEMORY
             + self.id.len()
@@ -326,7 +365,7 @@ impl Session {
             + self.comments.memory_bytes()
             + self.history.bytes()
             + self.history.len() * EVENT_MEMORY
-            + self.ops_bytes
+            + self.ops.bytes()
             + self.ops.len() * OP_MEMORY
             + users
             + outboxes
@@ -350,22 +389,35 @@ impl Session {
         }
     }
 
-    /// Takes up to `max_bytes` of a member's outbox.
+    /// Takes up to `max_bytes` of a member's outbox (its stream writes them).
     pub fn take(&mut self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
-        self.members
-            .get_mut(&member)
+        self.roster
+            .member_mut(member)
             .map(|m| m.outbox.take(max_bytes))
             .unwrap_or_default()
     }
 
     pub fn has_pending(&self, member: MemberId) -> bool {
-        self.members
-            .get(&member)
+        self.roster
+            .member(member)
             .is_some_and(|m| m.outbox.has_pending())
     }
 
     pub fn has_member(&self, member: MemberId) -> bool {
-        self.members.contains_key(&member)
+        self.roster.member(member).is_some()
+    }
+
+    /// The member with the most bytes waiting in its outbox, and how many.
+    pub fn largest_outbox(&self) -> Option<(MemberId, usize)> {
+        self.roster
+            .members()
+            .map(|(id, m)| (id, m.outbox.buffered_bytes()))
+            .max_by_key(|(_, bytes)| *bytes)
+    }
+
+    /// Takes the counts accumulated since the last call.
+    pub fn take_counters(&mut self) -> Counters {
+        std::mem::take(&mut self.counters)
     }
 
     fn message(&self, now: Now, user_id: &str, payload: Payload) -> SessionMessage {
@@ -391,7 +443,7 @@ impl Session {
         fx: &mut Effects,
     ) {
         let limit = self.limits.outbox_bytes;
-        if let Some(m) = self.members.get_mut(&member) {
+        if let Some(m) = self.roster.member_mut(member) {
             if self.catching_up == Some(member) {
                 m.outbox.push_catch_up(framed, version);
                 self.counters.sent[kind as usize] += 1;
@@ -409,11 +461,6 @@ impl Session {
     fn send_message(&mut self, member: MemberId, message: &SessionMessage, fx: &mut Effects) {
         let kind = MessageKind::of(message.payload.as_ref());
         self.send_to(member, encode_message(message), kind, None, fx);
-    }
-
-    /// Takes the counts accumulated since the last call.
-    pub fn take_counters(&mut self) -> Counters {
-        std::mem::take(&mut self.counters)
     }
 
     /// Numbers, records and broadcasts an essential event. A participant's
@@ -444,9 +491,9 @@ impl Session {
             framed: framed.clone(),
         });
         let recipients: Vec<MemberId> = self
-            .members
-            .keys()
-            .copied()
+            .roster
+            .members()
+            .map(|(id, _)| id)
             .filter(|id| Some(*id) != own_member)
             .collect();
         let version = Some(self.version);
@@ -501,11 +548,11 @@ impl Session {
             user: user.clone(),
             kind,
         };
-        for (id, member) in self.members.iter_mut() {
-            if Some(*id) != except {
+        for (id, member) in self.roster.members_mut() {
+            if Some(id) != except {
                 member.outbox.push_ephemeral(key.clone(), framed.clone());
                 self.counters.sent[counted as usize] += 1;
-                fx.woken.insert(*id);
+                fx.woken.insert(id);
             }
         }
     }
@@ -536,29 +583,11 @@ impl Session {
         message
     }
 
-    /// The member with the most bytes waiting in its outbox, and how many.
-    pub fn largest_outbox(&self) -> Option<(MemberId, usize)> {
-        self.members
-            .iter()
-            .map(|(id, m)| (*id, m.outbox.buffered_bytes()))
-            .max_by_key(|(_, bytes)| *bytes)
-    }
-
-    /// Ends a member's stream with `error` (it may resume).
-    pub fn end_member(&mut self, now: Now, member: MemberId, error: ReviewError, fx: &mut Effects) {
-        if self.members.contains_key(&member) {
-            self.remove_member(now, member, fx);
-            self.counters.slow_consumers += 1;
-            fx.closed.push((member, error));
-            self.settle(now, fx);
-        }
-    }
-
     /// Ends the members that went over their outbox bound (which may make
     /// others go over with the LEFT it broadcasts, hence the loop).
     fn settle(&mut self, now: Now, fx: &mut Effects) {
         while let Some(member) = self.overflowed.pop() {
-            if !self.members.contains_key(&member) {
+            if self.roster.member(member).is_none() {
                 continue;
             }
             let error = ReviewError::exhausted(format!(
@@ -572,10 +601,3 @@ impl Session {
         }
     }
 }
-
-mod edits;
-mod lifecycle;
-mod membership;
-mod messages;
-#[cfg(test)]
-mod tests;

@@ -18,8 +18,9 @@ use crate::pb::codereview::{
     presence_update::Status as Presence, session_message::Payload,
 };
 use crate::review::error::ErrorKind;
+use crate::review::ids::Text;
 use crate::review::limits::Limits;
-use crate::review::ot::{FileOp, LineOp, Text};
+use crate::review::ot::{FileOp, LineOp};
 use crate::review::replica::{Replica, from_wire};
 use crate::review::roles::Role;
 use crate::review::validate::{
@@ -64,7 +65,6 @@ impl Harness {
     fn join_with(&mut self, user: &str, role: Role, options: JoinOptions) -> (MemberId, Effects) {
         let member = self.next_member;
         self.next_member += 1;
-        let mut fx = Effects::default();
         let request = JoinRequest {
             member,
             user_id: Arc::from(user),
@@ -72,9 +72,8 @@ impl Harness {
             options,
             token: None,
         };
-        self.session
-            .join(self.now(), request, &mut fx)
-            .expect("join");
+        let fx = self.step(Input::Join(request));
+        fx.result.clone().expect("join");
         (member, fx)
     }
 
@@ -84,18 +83,21 @@ impl Harness {
         member
     }
 
+    fn step(&mut self, input: Input) -> Effects {
+        let now = self.now();
+        self.session.step(now, input)
+    }
+
     fn send(&mut self, member: MemberId, client_sequence: u64, action: Action) -> Effects {
-        let mut fx = Effects::default();
-        self.session.handle(
-            self.now(),
-            member,
-            ClientMessage {
-                client_sequence,
-                action,
-            },
-            &mut fx,
-        );
-        fx
+        let message = ClientMessage {
+            client_sequence,
+            action,
+        };
+        self.step(Input::Message { member, message })
+    }
+
+    fn leave(&mut self, member: MemberId) -> Effects {
+        self.step(Input::Leave { member })
     }
 
     fn drain(&mut self, member: MemberId) -> Vec<SessionMessage> {
@@ -184,8 +186,7 @@ fn presence_join_leave_and_idle() {
     );
     h.drain(bob);
     h.elapsed = Duration::from_secs(6);
-    let mut fx = Effects::default();
-    h.session.tick(h.now(), &mut fx);
+    h.step(Input::Tick);
     let idle: Vec<_> = h
         .drain(ann)
         .into_iter()
@@ -201,8 +202,7 @@ fn presence_join_leave_and_idle() {
     assert!(
         matches!(&active[0].payload, Some(Payload::Presence(p)) if p.status == Presence::Active as i32)
     );
-    let mut fx = Effects::default();
-    h.session.leave(h.now(), bob, &mut fx);
+    h.leave(bob);
     let left = h.drain(ann);
     assert!(
         matches!(&left[0].payload, Some(Payload::Presence(p)) if p.status == Presence::Left as i32)
@@ -397,8 +397,7 @@ fn resume_delivers_exactly_what_was_missed() {
     );
     let seen = h.drain(bob);
     let last = seen.last().unwrap().sequence;
-    let mut fx = Effects::default();
-    h.session.leave(h.now(), bob, &mut fx);
+    h.leave(bob);
     h.send(
         ann,
         2,
@@ -450,8 +449,7 @@ fn resume_delivers_exactly_what_was_missed() {
         "exactly the missed sequence numbers, once each"
     );
     // A different epoch (session recreated) gets a snapshot instead.
-    let mut fx = Effects::default();
-    h.session.leave(h.now(), bob2, &mut fx);
+    h.leave(bob2);
     let options = JoinOptions {
         resume_after: Some(last),
         epoch: 99,
@@ -604,17 +602,8 @@ fn uploads_replace_files_and_concurrent_edits_to_them_lapse() {
         ),
     );
     h.drain(ann);
-    let mut fx = Effects::default();
-    let proof = Role::Author.may_upload().unwrap();
     let outcome = h
-        .session
-        .upload(
-            h.now(),
-            &text("ann"),
-            vec![(text("a.rs"), vec![text("new1"), text("new2")])],
-            proof,
-            &mut fx,
-        )
+        .upload("ann", vec![("a.rs", vec![text("new1"), text("new2")])])
         .unwrap();
     assert_eq!((outcome.files, outcome.lines, outcome.version), (1, 2, 2));
     // An edit based on version 1 (before the upload) lapses.
@@ -715,11 +704,17 @@ impl Harness {
         user: &str,
         files: Vec<(&str, Vec<Text>)>,
     ) -> Result<UploadOutcome, ReviewError> {
-        let mut fx = Effects::default();
         let proof = Role::Author.may_upload().unwrap();
         let files = files.into_iter().map(|(p, l)| (text(p), l)).collect();
-        self.session
-            .upload(self.now(), &text(user), files, proof, &mut fx)
+        let input = Input::Upload {
+            user: text(user),
+            files,
+            proof,
+        };
+        match self.step(input).result? {
+            Done::Uploaded(outcome) => Ok(outcome),
+            Done::Nothing => panic!("an upload reports its outcome"),
+        }
     }
 
     fn article_join(&mut self, user: &str) -> MemberId {
@@ -866,8 +861,7 @@ fn a_joiner_gets_a_snapshot_when_the_history_is_truncated() {
         .unwrap();
     for user in ["a", "b"] {
         let m = h.join(user);
-        let mut fx = Effects::default();
-        h.session.leave(h.now(), m, &mut fx);
+        h.leave(m);
     }
     let (carol, _) = h.join_with("carol", Role::Author, JoinOptions::default());
     let to_carol = h.drain(carol);
@@ -879,8 +873,6 @@ fn a_joiner_gets_a_snapshot_when_the_history_is_truncated() {
         panic!("{to_carol:?}")
     };
     assert_eq!(snapshot.files[0].lines, vec!["one", "two"]);
-    let dave = h.article_join("dave");
-    let _ = dave;
     let (eve, _) = h.join_with(
         "eve",
         Role::Author,
@@ -1385,8 +1377,7 @@ impl Sim {
                 Step::Deliver { client, count } => self.deliver(client, count),
                 Step::Disconnect { client } => {
                     if let Some(member) = self.clients[client].member.take() {
-                        let mut fx = Effects::default();
-                        self.h.session.leave(self.h.now(), member, &mut fx);
+                        self.h.leave(member);
                         self.clients[client].inbox.clear();
                     }
                 }

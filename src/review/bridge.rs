@@ -1,0 +1,267 @@
+//! The server half of Jupiter OT: the session's operation log, and each
+//! user's bridge built from it.
+//!
+//! A user's edit is based on a version; every operation applied since that
+//! the user had not seen (everyone else's, not its own) must be transformed
+//! into it before it applies. The bridge holds those operations, already
+//! transformed past the user's own later edits, so each new edit of the user
+//! is transformed once through the bridge, and the bridge entries it met are
+//! transformed past it in turn (they now apply after it).
+//!
+//! Bridges are kept lazily: entries after `synced_to` are taken from the
+//! operation log (untransformed: no edit of the user followed them) only when
+//! the user edits again, so silent users cost nothing.
+//!
+//! ```text
+//!   base ── bridge entries (seen? dropped) ── synced_to ── log entries ── current
+//! ```
+//!
+//! Cost: an edit walks the bridge entries after its base (those it is
+//! concurrent with; at most the transform window), and the log entries after
+//! the user's last edit, found by binary search.
+
+use std::collections::VecDeque;
+
+use super::document::line_memory;
+use super::ids::Text;
+use super::ot::{self, FileOp, LineOp};
+
+/// What an operation in the log holds on to (its text), for the byte bound.
+fn op_bytes(op: &FileOp) -> usize {
+    let text = match &op.op {
+        LineOp::Replace { text, .. } | LineOp::Insert { text, .. } => text.len(),
+        LineOp::ReplaceFile { lines } => lines.iter().map(|l| line_memory(l)).sum(),
+        LineOp::Delete { .. } | LineOp::Noop => 0,
+    };
+    op.path.len() + text + 32
+}
+
+#[derive(Debug, Clone)]
+struct LoggedOp {
+    version: i32,
+    /// Whose edit it was (None: an upload, nobody's pending edit).
+    author: Option<Text>,
+    op: FileOp,
+}
+
+/// The recent operations of a session, in version order: the source of
+/// every user's bridge. Bounded by the transform window and a byte bound.
+#[derive(Debug, Default)]
+pub struct OpLog {
+    ops: VecDeque<LoggedOp>,
+    bytes: usize,
+}
+
+impl OpLog {
+    /// Records the operation that produced `version`, dropping the oldest
+    /// beyond `window` operations or `max_bytes`.
+    pub fn push(
+        &mut self,
+        version: i32,
+        author: Option<Text>,
+        op: FileOp,
+        window: usize,
+        max_bytes: usize,
+    ) {
+        self.bytes += op_bytes(&op);
+        self.ops.push_back(LoggedOp {
+            version,
+            author,
+            op,
+        });
+        while self.ops.len() > window.max(1) || (self.bytes > max_bytes && self.ops.len() > 1) {
+            if let Some(dropped) = self.ops.pop_front() {
+                self.bytes -= op_bytes(&dropped.op);
+            }
+        }
+    }
+
+    /// The oldest version still logged (`current + 1` when empty).
+    pub fn oldest(&self, current: i32) -> i32 {
+        self.ops.front().map_or(current + 1, |o| o.version)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The operations after `version`, oldest first (binary search).
+    fn after(&self, version: i32) -> impl Iterator<Item = &LoggedOp> {
+        let start = self.ops.partition_point(|o| o.version <= version);
+        self.ops.range(start..)
+    }
+}
+
+/// An edit's base is older than what the bridge and log still hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld;
+
+/// One user's bridge (see the module doc).
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    /// (version, operation transformed past the user's later edits).
+    entries: VecDeque<(i32, FileOp)>,
+    /// Every other user's operation up to this version is in `entries` (or
+    /// was dropped as seen).
+    synced_to: i32,
+    /// Bases older than this can no longer be transformed (entries trimmed).
+    floor: i32,
+}
+
+/// An edit transformed through a bridge, not yet known to apply: commit it
+/// with [`Bridge::commit`] once it did (nothing changes if it does not).
+#[derive(Debug)]
+pub struct Transformed {
+    pub op: FileOp,
+    /// The bridge entries the edit met, with the form the edit had then.
+    met: Vec<(usize, FileOp)>,
+    incoming_wins: bool,
+    /// Whether any operation was transformed into the edit.
+    pub was_concurrent: bool,
+}
+
+impl Bridge {
+    /// A bridge for a user who joins at `version`.
+    pub fn new(version: i32) -> Bridge {
+        Bridge {
+            entries: VecDeque::new(),
+            synced_to: version,
+            floor: version,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Makes the bridge hold exactly the operations `user` had not seen at
+    /// `base` up to `current`, or says the base is too old for that.
+    pub fn sync(
+        &mut self,
+        user: &Text,
+        base: i32,
+        current: i32,
+        log: &OpLog,
+        window: usize,
+    ) -> Result<(), TooOld> {
+        // Transformable if the bridge still holds what follows `base` up to
+        // `synced_to`, and the log holds what follows that.
+        let bridge_ok = base >= self.floor || base >= self.synced_to;
+        let log_ok = base.max(self.synced_to) + 1 >= log.oldest(current);
+        if !(bridge_ok && log_ok) {
+            return Err(TooOld);
+        }
+        while self.entries.front().is_some_and(|(v, _)| *v <= base) {
+            self.entries.pop_front();
+        }
+        for logged in log.after(base.max(self.synced_to)) {
+            if logged.author.as_ref() != Some(user) {
+                self.entries.push_back((logged.version, logged.op.clone()));
+            }
+        }
+        self.synced_to = current;
+        while self.entries.len() > window.max(1) {
+            if let Some((dropped, _)) = self.entries.pop_front() {
+                self.floor = dropped;
+            }
+        }
+        Ok(())
+    }
+
+    /// Transforms `op` (based where the last [`Bridge::sync`] said) through
+    /// the entries on its file. `incoming_wins` breaks ties in the edit's
+    /// favour (last writer wins) instead of the applied operations'.
+    pub fn transform(&self, mut op: FileOp, incoming_wins: bool) -> Transformed {
+        let mut met = Vec::new();
+        for (index, (_, applied)) in self.entries.iter().enumerate() {
+            if !ot::same_file(&op, applied) {
+                continue;
+            }
+            let next = ot::transform(&op, applied, incoming_wins);
+            met.push((index, std::mem::replace(&mut op, next)));
+        }
+        Transformed {
+            op,
+            was_concurrent: !self.entries.is_empty(),
+            met,
+            incoming_wins,
+        }
+    }
+
+    /// The edit applied (as `version`, or as a no-op when `None`): the
+    /// entries it met now apply after it.
+    pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
+        for (index, before) in transformed.met {
+            let entry = &mut self.entries[index].1;
+            *entry = ot::transform(entry, &before, !transformed.incoming_wins);
+        }
+        if let Some(version) = version {
+            self.synced_to = version;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn insert(line: u32, text: &str) -> FileOp {
+        FileOp {
+            path: Arc::from("f"),
+            op: LineOp::Insert {
+                line,
+                text: Arc::from(text),
+            },
+        }
+    }
+
+    #[test]
+    fn an_edit_is_transformed_over_what_its_author_had_not_seen() {
+        let (ann, bob): (Text, Text) = (Arc::from("ann"), Arc::from("bob"));
+        let mut log = OpLog::default();
+        let mut bridge = Bridge::new(0);
+        // Bob inserts at 0 (version 1); ann, based on 0, inserts at 0 too.
+        log.push(1, Some(bob.clone()), insert(0, "b"), 100, 1 << 20);
+        bridge.sync(&ann, 0, 1, &log, 100).unwrap();
+        let t = bridge.transform(insert(0, "a"), false);
+        assert!(t.was_concurrent);
+        assert_eq!(t.op, insert(1, "a"), "applied first wins the tie");
+        bridge.commit(t, Some(2));
+        log.push(2, Some(ann.clone()), insert(1, "a"), 100, 1 << 20);
+        // Ann, still based on 0, inserts at 2: past both lines now.
+        bridge.sync(&ann, 0, 2, &log, 100).unwrap();
+        assert_eq!(bridge.len(), 1, "her own edit is not in her bridge");
+        let t = bridge.transform(insert(1, "c"), true);
+        assert_eq!(t.op, insert(2, "c"));
+        // Based on 1 (she saw bob's insert), nothing is left to transform over.
+        bridge.sync(&ann, 1, 2, &log, 100).unwrap();
+        assert!(bridge.is_empty());
+    }
+
+    #[test]
+    fn a_base_older_than_the_log_is_too_old() {
+        let ann: Text = Arc::from("ann");
+        let mut log = OpLog::default();
+        for v in 1..=5 {
+            log.push(v, None, insert(0, "x"), 3, 1 << 20);
+        }
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.oldest(5), 3);
+        let mut bridge = Bridge::new(0);
+        assert_eq!(bridge.sync(&ann, 0, 5, &log, 3), Err(TooOld));
+        assert_eq!(bridge.sync(&ann, 2, 5, &log, 3), Ok(()));
+    }
+}

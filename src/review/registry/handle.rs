@@ -1,0 +1,281 @@
+//! The registry's face: the handle streams use to talk to the registry
+//! task, the commands it carries, and what comes back.
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::error::{ErrorKind, ReviewError};
+use super::super::ids::{MemberId, Text};
+use super::super::roles::Role;
+use super::super::session::{TokenWindow, UploadOutcome};
+use super::super::validate::{ClientMessage, JoinOptions};
+use crate::pb::codereview::Snapshot;
+
+/// How a member's stream must end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The session ended it (slow, replaced, token expired, drained).
+    Closed(ReviewError),
+    /// The participant said LEFT: end with OK.
+    Finished,
+}
+
+/// A joined member: its id and the signal that ends its stream.
+#[derive(Debug)]
+pub struct Membership {
+    pub member: MemberId,
+    pub ending: oneshot::Receiver<Ending>,
+}
+
+/// Registry-wide figures (for metrics and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub sessions: usize,
+    pub participants: usize,
+    pub watchers: usize,
+    pub members: usize,
+    pub users_remembered: usize,
+    pub outbox_bytes: usize,
+    pub history_bytes: usize,
+    pub content_bytes: usize,
+    /// The memory budget's count (every session's estimate).
+    pub memory_bytes: usize,
+    pub parked_pulls: usize,
+}
+
+pub(super) enum Command {
+    Join {
+        session_id: Text,
+        user_id: Text,
+        role: Role,
+        options: JoinOptions,
+        token: Option<TokenWindow>,
+        reply: oneshot::Sender<Result<Membership, ReviewError>>,
+    },
+    Watch {
+        session_id: Text,
+        options: JoinOptions,
+        token: Option<TokenWindow>,
+        reply: oneshot::Sender<Result<Membership, ReviewError>>,
+    },
+    Message {
+        member: MemberId,
+        message: ClientMessage,
+    },
+    Reject {
+        member: MemberId,
+        client_sequence: u64,
+        error: ReviewError,
+    },
+    Pull {
+        member: MemberId,
+        max_bytes: usize,
+        /// Park until something is pending (else answer at once, maybe empty).
+        wait: bool,
+        reply: oneshot::Sender<Vec<Bytes>>,
+    },
+    Leave {
+        member: MemberId,
+    },
+    RefreshToken {
+        member: MemberId,
+        token: TokenWindow,
+    },
+    Snapshot {
+        session_id: Text,
+        reply: oneshot::Sender<Option<Snapshot>>,
+    },
+    Upload {
+        session_id: Text,
+        user_id: Text,
+        role: Role,
+        files: Vec<(Text, Vec<Text>)>,
+        reply: oneshot::Sender<Result<UploadOutcome, ReviewError>>,
+    },
+    Drain {
+        deadline_ms: i64,
+    },
+    CloseAll {
+        error: ReviewError,
+    },
+    Stats {
+        reply: oneshot::Sender<RegistryStats>,
+    },
+}
+
+/// The registry's address; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RegistryHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+    /// Pulls travel apart and are served first, so a participant that keeps
+    /// up is never queued behind another's burst of messages.
+    pub(super) pulls: mpsc::Sender<Command>,
+}
+
+fn gone() -> ReviewError {
+    ReviewError::new(ErrorKind::Unavailable, "the server is shutting down")
+}
+
+impl RegistryHandle {
+    async fn send(&self, command: Command) -> Result<(), ReviewError> {
+        self.tx.send(command).await.map_err(|_| gone())
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ReviewError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| gone())
+    }
+
+    pub async fn join(
+        &self,
+        session_id: Text,
+        user_id: Text,
+        role: Role,
+        options: JoinOptions,
+        token: Option<TokenWindow>,
+    ) -> Result<Membership, ReviewError> {
+        self.ask(|reply| Command::Join {
+            session_id,
+            user_id,
+            role,
+            options,
+            token,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn watch(
+        &self,
+        session_id: Text,
+        options: JoinOptions,
+        token: Option<TokenWindow>,
+    ) -> Result<Membership, ReviewError> {
+        self.ask(|reply| Command::Watch {
+            session_id,
+            token,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// Submits a validated message; returns once the registry accepted it
+    /// (its inbox is bounded, so a busy registry pushes back here).
+    pub async fn message(
+        &self,
+        member: MemberId,
+        message: ClientMessage,
+    ) -> Result<(), ReviewError> {
+        self.send(Command::Message { member, message }).await
+    }
+
+    pub async fn reject(
+        &self,
+        member: MemberId,
+        client_sequence: u64,
+        error: ReviewError,
+    ) -> Result<(), ReviewError> {
+        self.send(Command::Reject {
+            member,
+            client_sequence,
+            error,
+        })
+        .await
+    }
+
+    /// Asks for the member's next batch (answered when there is one).
+    pub async fn pull(
+        &self,
+        member: MemberId,
+        max_bytes: usize,
+    ) -> Result<oneshot::Receiver<Vec<Bytes>>, ReviewError> {
+        let (reply, rx) = oneshot::channel();
+        self.pulls
+            .send(Command::Pull {
+                member,
+                max_bytes,
+                wait: true,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        Ok(rx)
+    }
+
+    /// Takes what is pending for the member now (empty if nothing is).
+    pub async fn take_now(&self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
+        self.ask(|reply| Command::Pull {
+            member,
+            max_bytes,
+            wait: false,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    pub async fn leave(&self, member: MemberId) {
+        let _ = self.send(Command::Leave { member }).await;
+    }
+
+    /// Leaves without waiting (from a destructor).
+    pub fn leave_soon(&self, member: MemberId) {
+        if let Err(mpsc::error::TrySendError::Full(command)) =
+            self.tx.try_send(Command::Leave { member })
+        {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(command).await;
+            });
+        }
+    }
+
+    pub async fn refresh_token(
+        &self,
+        member: MemberId,
+        token: TokenWindow,
+    ) -> Result<(), ReviewError> {
+        self.send(Command::RefreshToken { member, token }).await
+    }
+
+    pub async fn snapshot(&self, session_id: Text) -> Result<Option<Snapshot>, ReviewError> {
+        self.ask(|reply| Command::Snapshot { session_id, reply })
+            .await
+    }
+
+    pub async fn upload(
+        &self,
+        session_id: Text,
+        user_id: Text,
+        role: Role,
+        files: Vec<(Text, Vec<Text>)>,
+    ) -> Result<UploadOutcome, ReviewError> {
+        self.ask(|reply| Command::Upload {
+            session_id,
+            user_id,
+            role,
+            files,
+            reply,
+        })
+        .await?
+    }
+
+    /// Tells every member the server is going away by `deadline_ms`.
+    pub async fn drain(&self, deadline_ms: i64) {
+        let _ = self.send(Command::Drain { deadline_ms }).await;
+    }
+
+    /// Ends every member with `error`.
+    pub async fn close_all(&self, error: ReviewError) {
+        let _ = self.send(Command::CloseAll { error }).await;
+    }
+
+    pub async fn stats(&self) -> Result<RegistryStats, ReviewError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+}
