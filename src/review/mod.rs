@@ -31,6 +31,7 @@ pub mod replica;
 pub mod roles;
 pub mod service;
 pub mod session;
+pub mod upload;
 pub mod validate;
 
 /// Milliseconds since the Unix epoch, now.

@@ -12,19 +12,18 @@
 //!           max stream duration ─► UNAVAILABLE (reconnect and resume)
 //! ```
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::document::split_lines;
-use super::error::ReviewError;
+use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
 use super::principal::Principal;
 use super::registry::{Ending, Membership, RegistryHandle};
 use super::session::TokenWindow;
+use super::upload::UploadAssembly;
 use super::validate::{self, Action, JoinOptions};
 use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
 use crate::grpc::{Metadata, Status};
@@ -126,28 +125,19 @@ impl Drop for LeaveGuard {
 }
 
 impl Service {
-    fn principal(&self, head: &RequestHead) -> Result<Principal, Status> {
+    fn principal(&self, head: &RequestHead) -> Result<Principal, ReviewError> {
         match head.extensions.get::<Principal>() {
             Some(principal) => Ok(principal.clone()),
-            None if self.config.auth_required => {
-                Err(Status::unauthenticated("missing credentials"))
-            }
+            None if self.config.auth_required => Err(ReviewError::new(
+                ErrorKind::Unauthenticated,
+                "missing credentials",
+            )),
             None => Ok(Principal::open()),
         }
     }
 
-    fn check_session_id(&self, session_id: &str) -> Result<Text, Status> {
-        let limits = &self.config.limits;
-        if session_id.is_empty()
-            || session_id.len() > limits.max_id_bytes
-            || session_id.chars().any(char::is_control)
-        {
-            return Err(Status::invalid_argument(format!(
-                "session_id must be 1 to {} printable bytes",
-                limits.max_id_bytes
-            )));
-        }
-        Ok(Text::from(session_id))
+    fn check_session_id(&self, session_id: &str) -> Result<Text, ReviewError> {
+        validate::session_id(session_id, &self.config.limits)
     }
 
     /// A participant's stream, logged from open to close with its
@@ -210,9 +200,9 @@ impl Service {
         let (options, pending) = match first.action {
             Action::Join(options) => (options, None),
             Action::TokenRefresh(_) => {
-                return Err(Status::invalid_argument(
-                    "a stream cannot start with token_refresh",
-                ));
+                return Err(
+                    ReviewError::invalid("a stream cannot start with token_refresh").into(),
+                );
             }
             _ => (
                 JoinOptions {
@@ -260,7 +250,7 @@ impl Service {
                 // Before input: a client that never stops sending must not
                 // outlive its time.
                 _ = sleep_until_opt(stream_deadline) => {
-                    return Err(Status::unavailable("maximum stream duration reached: reconnect and resume"));
+                    return Err(stream_too_long().into());
                 }
                 batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
                     pull = None;
@@ -344,7 +334,11 @@ impl Service {
         principal.check_session(&session_id)?;
         match self.registry.snapshot(session_id.clone()).await? {
             Some(snapshot) => Ok(Response::new(snapshot)),
-            None => Err(Status::not_found(format!("no session {session_id:?}"))),
+            None => Err(ReviewError::new(
+                ErrorKind::NotFound,
+                format!("no session {session_id:?}"),
+            )
+            .into()),
         }
     }
 
@@ -394,7 +388,7 @@ impl Service {
                 }
                 status = sink.cancelled() => return Err(status),
                 _ = sleep_until_opt(stream_deadline) => {
-                    return Err(Status::unavailable("maximum stream duration reached: reconnect and resume"));
+                    return Err(stream_too_long().into());
                 }
             }
         }
@@ -408,87 +402,23 @@ impl Service {
         principal.role.may_upload()?;
         let limits = self.config.limits.clone();
         let (_, mut inbound) = request.into_parts();
-        let mut session_id: Option<Text> = None;
-        let mut files: Vec<(Text, Vec<u8>)> = Vec::new();
-        let mut seen: HashSet<Text> = HashSet::new();
-        let mut total = 0usize;
+        let mut assembly = UploadAssembly::new(&limits);
         while let Some(chunk) = inbound.message().await? {
-            let id = self.check_session_id(&chunk.session_id)?;
-            match &session_id {
-                None => {
-                    principal.check_session(&id)?;
-                    session_id = Some(id);
-                }
-                Some(existing) if *existing != id => {
-                    return Err(Status::invalid_argument(
-                        "all chunks of an upload must name the same session",
-                    ));
-                }
-                Some(_) => {}
-            }
-            validate::upload_path(&chunk.file_path, &limits)?;
-            total += chunk.content.len();
-            if total > limits.max_session_bytes {
-                return Err(Status::resource_exhausted(format!(
-                    "upload exceeds the session limit of {} bytes",
-                    limits.max_session_bytes
-                )));
-            }
-            let continues = files
-                .last()
-                .is_some_and(|(path, _)| **path == *chunk.file_path);
-            if continues {
-                files
-                    .last_mut()
-                    .expect("checked")
-                    .1
-                    .extend_from_slice(&chunk.content);
-            } else {
-                let path = Text::from(chunk.file_path.as_str());
-                if !seen.insert(path.clone()) {
-                    return Err(Status::invalid_argument(format!(
-                        "chunks of {:?} must be consecutive",
-                        chunk.file_path
-                    )));
-                }
-                if files.len() >= limits.max_files {
-                    return Err(Status::resource_exhausted(format!(
-                        "more than {} files",
-                        limits.max_files
-                    )));
-                }
-                files.push((path, chunk.content.to_vec()));
+            if let Some(session_id) = assembly.add(chunk)? {
+                principal.check_session(&session_id)?;
             }
         }
-        let Some(session_id) = session_id else {
-            return Err(Status::invalid_argument(
-                "an upload needs at least one chunk",
-            ));
-        };
-        let mut parsed = Vec::with_capacity(files.len());
-        for (path, bytes) in files {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| Status::invalid_argument(format!("{path} is not valid UTF-8 text")))?;
-            let lines = split_lines(&text);
-            if let Some(long) = lines.iter().find(|l| l.len() > limits.max_line_bytes) {
-                return Err(Status::invalid_argument(format!(
-                    "{path} has a line of {} bytes; the limit is {}",
-                    long.len(),
-                    limits.max_line_bytes
-                )));
-            }
-            parsed.push((path, lines));
-        }
+        let upload = assembly.finish()?;
         let user = Text::from(principal.subject.as_deref().unwrap_or("author"));
         let outcome = self
             .registry
-            .upload(session_id, user, principal.role, parsed)
+            .upload(upload.session_id, user, principal.role, upload.files)
             .await?;
         Ok(Response::new(UploadSummary {
             files: outcome.files,
             lines: outcome.lines,
             // The bytes received, as uploaded (not as stored).
-            bytes: total as u64,
+            bytes: upload.bytes as u64,
             version: outcome.version,
             sequence: outcome.sequence,
         }))
@@ -499,8 +429,17 @@ fn finish(end: Result<Ending, tokio::sync::oneshot::error::RecvError>) -> Result
     match end {
         Ok(Ending::Finished) => Ok(Metadata::new()),
         Ok(Ending::Closed(error)) => Err(error.into()),
-        Err(_) => Err(Status::unavailable("the server is shutting down")),
+        Err(_) => {
+            Err(ReviewError::new(ErrorKind::Unavailable, "the server is shutting down").into())
+        }
     }
+}
+
+fn stream_too_long() -> ReviewError {
+    ReviewError::new(
+        ErrorKind::Unavailable,
+        "maximum stream duration reached: reconnect and resume",
+    )
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -130,6 +130,20 @@ fn check_id(what: &str, value: &str, limits: &Limits) -> Result<(), ReviewError>
     Ok(())
 }
 
+/// Checks a session id named by a request (snapshot, watch, upload).
+pub fn session_id(session_id: &str, limits: &Limits) -> Result<Text, ReviewError> {
+    if session_id.is_empty()
+        || session_id.len() > limits.max_id_bytes
+        || session_id.chars().any(char::is_control)
+    {
+        return Err(ReviewError::invalid(format!(
+            "session_id must be 1 to {} printable bytes",
+            limits.max_id_bytes
+        )));
+    }
+    Ok(Text::from(session_id))
+}
+
 /// Checks a file path an upload names (required, bounded, printable).
 pub fn upload_path(path: &str, limits: &Limits) -> Result<(), ReviewError> {
     check_path(path, limits, true)
