@@ -17,6 +17,11 @@ pub(super) struct Joiner<'a> {
     pub options: &'a JoinOptions,
     pub last_client_sequence: u64,
     pub token: Option<TokenWindow>,
+    /// The sequence of this join's own JOINED event, if it had one: in a
+    /// replay of the history, the user's events from there on are this
+    /// stream's own (acknowledged), while earlier ones are shown as events
+    /// (a new process of the user has never seen them).
+    pub joined_at: Option<u64>,
 }
 
 impl Session {
@@ -48,6 +53,7 @@ impl Session {
             MemberKind::Participant(request.user_id.clone()),
             request.token,
         );
+        let mut joined_at = None;
         if let Some(old) = self.roster.attach(request.member, member, now.at) {
             fx.woken.remove(&old);
             fx.closed.push((
@@ -69,7 +75,7 @@ impl Session {
                 member: Some(request.member),
                 ack: None,
             };
-            self.broadcast(now, origin, payload, fx);
+            joined_at = Some(self.broadcast(now, origin, payload, fx));
         }
         let joiner = Joiner {
             member: request.member,
@@ -78,6 +84,7 @@ impl Session {
             options: &request.options,
             last_client_sequence,
             token: request.token,
+            joined_at,
         };
         let catchup = self.catch_up(now, &joiner, fx);
         if !request.options.article_client
@@ -119,6 +126,7 @@ impl Session {
             options,
             last_client_sequence: 0,
             token,
+            joined_at: None,
         };
         self.catch_up(now, &joiner, fx);
         Ok(())
@@ -169,6 +177,7 @@ impl Session {
             options,
             last_client_sequence,
             token,
+            joined_at,
         } = *joiner;
         let catchup = self.catchup_for(options);
         if options.resume_after.is_some() {
@@ -209,11 +218,20 @@ impl Session {
                 } else {
                     0
                 };
+                // A resume replays what this client sent as acknowledgements;
+                // a replay for a new stream shows the user's earlier events
+                // as events, and only this join's own JOINED as its ack.
+                let own_from = match catchup {
+                    Catchup::Resume => 0,
+                    _ => joined_at.unwrap_or(u64::MAX),
+                };
                 let replay: Vec<(Bytes, i32)> = self
                     .history
                     .after(after)
                     .map(|event| match (&event.author, user) {
-                        (Some(author), Some(user)) if author == user => {
+                        (Some(author), Some(user))
+                            if author == user && event.sequence >= own_from =>
+                        {
                             let info = event.ack.clone().unwrap_or(AckInfo {
                                 client_sequence: 0,
                                 version: 0,

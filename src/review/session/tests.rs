@@ -825,6 +825,32 @@ fn article_clients_edits_are_based_on_what_was_delivered() {
     assert_eq!(&*lines[3], "", "{lines:?}");
 }
 
+/// A new stream of a user who was here before (a new process: not a
+/// resume) is shown the user's earlier events as events, since it never saw
+/// them; only this stream's own JOINED comes as an acknowledgement.
+#[test]
+fn a_new_stream_of_a_returning_user_sees_its_earlier_events() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(ann, 1, replace(0, "earlier"));
+    h.leave(ann);
+    let (again, _) = h.join_with("ann", Role::Author, JoinOptions::default());
+    let replay = h.drain(again);
+    assert_eq!(remote_edits(&replay), vec!["earlier"]);
+    let own_acks: Vec<u64> = replay
+        .iter()
+        .filter_map(|m| match &m.payload {
+            Some(Payload::Ack(a)) => Some(a.sequence),
+            _ => None,
+        })
+        .collect();
+    let Some(Payload::Joined(joined)) = &replay[0].payload else {
+        panic!("{replay:?}")
+    };
+    assert_eq!(own_acks, vec![joined.sequence], "only this join's JOINED");
+    assert_eq!(joined.last_client_sequence, 1, "numbering goes on after 1");
+}
+
 /// A client of our protocol that joined with a snapshot cannot have based
 /// an edit on a version before it: version 0 from it is not a base.
 #[test]
@@ -1230,8 +1256,12 @@ impl Sim {
     fn connect(&mut self, i: usize, fresh: bool, eager_resend: bool) {
         let c = &self.clients[i];
         // A client that never learned the epoch joins afresh (a resume
-        // without an epoch would get a snapshot).
-        let options = if fresh || c.epoch == 0 {
+        // without an epoch would get a snapshot); it has sent nothing yet
+        // (edits are sent once caught up), and sends nothing before its
+        // catch-up now either: a new stream's replay shows the user's
+        // earlier events as events, not as acknowledgements.
+        let knows_epoch = c.epoch != 0;
+        let options = if fresh || !knows_epoch {
             JoinOptions::default()
         } else {
             JoinOptions {
@@ -1247,7 +1277,7 @@ impl Sim {
         c.caught_up = false;
         c.sent.clear();
         c.inbox.clear();
-        if eager_resend {
+        if eager_resend && knows_epoch {
             // Resend before reading the catch-up: duplicates must be caught.
             self.resend(i);
         }
