@@ -132,7 +132,7 @@ fn upload_with_names() {
     let snapshot = server.snapshot("named");
     assert_eq!(snapshot["files"]["src/lib.rs"].strings(), ["1"]);
 
-    // A missing file: one line, nothing sent.
+    // A missing file: one line, nothing sent; a usage error (status 2).
     let out = run(
         &[
             "upload",
@@ -144,7 +144,7 @@ fn upload_with_names() {
         ],
         WAIT,
     );
-    let line = out.one_line_error();
+    let line = out.one_line_usage_error();
     assert!(
         line.starts_with("codereview upload: cannot read ") && line.contains("missing.txt"),
         "{line}"
@@ -205,24 +205,33 @@ fn bad_addresses_and_refused_connections_are_one_line() {
     ];
     for command in commands {
         let name = command[0];
-        for (addr, why) in [
+        // Exit status 2 for a bad address (nothing was attempted), 1 for a
+        // connection that failed.
+        for (addr, why, code) in [
             (
                 "ftp://x",
                 "bad address \"ftp://x\": the scheme must be http:// or https://".to_owned(),
+                2,
             ),
             (
                 "http://host:notaport",
                 "bad address \"http://host:notaport\": port must be a number 1-65535".to_owned(),
+                2,
             ),
             (
                 dead.as_str(),
                 format!("UNAVAILABLE: cannot connect to {dead}: Connection refused (os error 111)"),
+                1,
             ),
         ] {
             let mut args = command.to_vec();
             args.extend(["--addr", addr]);
             let out = run(&args, WAIT);
-            let line = out.one_line_error();
+            let line = if code == 2 {
+                out.one_line_usage_error()
+            } else {
+                out.one_line_error()
+            };
             assert_eq!(line, format!("codereview {name}: {why}"), "{args:?}");
             assert!(out.stdout.is_empty(), "{}", out.describe());
         }
@@ -278,9 +287,9 @@ fn tls_with_the_wrong_ca_is_one_line() {
             "{line}"
         );
     }
-    // No CA at all: says what is missing.
+    // No CA at all: says what is missing (a setup error, status 2).
     let out = run(&["snapshot", "--session", "s", "--addr", &url], WAIT);
-    let line = out.one_line_error();
+    let line = out.one_line_usage_error();
     assert!(line.contains("--ca"), "{line}");
     // A CA with plaintext: says https is needed.
     let out = run(
@@ -295,10 +304,10 @@ fn tls_with_the_wrong_ca_is_one_line() {
         ],
         WAIT,
     );
-    let line = out.one_line_error();
+    let line = out.one_line_usage_error();
     assert!(line.contains("https://"), "{line}");
-    // join with the wrong CA: retried (a certificate may be rotated), then
-    // given up; the last line names the certificate problem.
+    // join with the wrong CA: its first connection fails, so it ends at
+    // once with one line naming the certificate problem.
     let mut join = Proc::spawn(
         "join",
         &[
@@ -311,17 +320,15 @@ fn tls_with_the_wrong_ca_is_one_line() {
             "s",
             "--user",
             "u",
-            "--max-attempts",
-            "1",
-            "--backoff",
-            "10ms",
         ],
     );
     assert_eq!(join.wait_exit(WAIT).code(), Some(1));
-    let last = join.stderr().last().cloned().unwrap_or_default();
+    let stderr = join.stderr();
     assert!(
-        last.starts_with("codereview join: giving up after 1 reconnection attempts")
-            && last.contains("certificate"),
+        stderr.len() == 1
+            && stderr[0].starts_with("codereview join: ")
+            && stderr[0].contains("TLS handshake")
+            && stderr[0].contains("certificate"),
         "{}",
         join.transcript()
     );
@@ -435,5 +442,89 @@ fn serve_exits_0_when_a_stream_outlives_the_drain() {
                 && l.contains(r#""drained_in_time":false"#)),
         "{}",
         server.proc.transcript()
+    );
+}
+
+/// Bugs (issue 11, item 17): no `-h`, no `--version`; a subcommand's usage
+/// error pointed at `codereview --help`; usage errors exited 1 while setup
+/// errors exited 2; every `serve` setup error was printed twice (a JSON log
+/// line and a plain line). Now: help and the version on stdout with status
+/// 0; usage and setup errors on stderr, once, with status 2, pointing at the
+/// help of the command concerned.
+#[test]
+fn help_version_and_usage_errors() {
+    for args in [&["-h"][..], &["--help"], &["help"]] {
+        let out = run(args, WAIT);
+        assert!(
+            out.ok()
+                .starts_with("Usage: codereview [--version] [<command>]"),
+            "{args:?}: {}",
+            out.describe()
+        );
+    }
+    for command in [
+        "serve", "join", "watch", "upload", "snapshot", "load", "token", "health",
+    ] {
+        let out = run(&[command, "-h"], WAIT);
+        assert!(
+            out.ok()
+                .starts_with(&format!("Usage: codereview {command} ")),
+            "{}",
+            out.describe()
+        );
+    }
+    let out = run(&["--version"], WAIT);
+    assert_eq!(
+        out.ok(),
+        format!("codereview {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let usage = |args: &[&str]| {
+        let out = run(args, WAIT);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.describe());
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+        out.stderr
+    };
+    assert_eq!(
+        usage(&["serve", "--sesions", "3"]),
+        "codereview serve: Unrecognized argument: --sesions\n\
+         Run `codereview serve --help` for more information.\n"
+    );
+    assert_eq!(
+        usage(&["join", "--session", "s"]),
+        "codereview join: Required options not provided:\n    --user\n\
+         Run `codereview join --help` for more information.\n"
+    );
+    assert_eq!(
+        usage(&["dance"]),
+        "codereview: Unrecognized argument: dance\n\
+         Run `codereview --help` for more information.\n"
+    );
+    assert_eq!(
+        usage(&[]),
+        "codereview: no command given\nRun `codereview --help` for the commands.\n"
+    );
+    // Setup errors: once, plainly, whatever the log format.
+    for format in ["json", "text"] {
+        assert_eq!(
+            usage(&["serve", "--log-format", format, "--addr", "1.2.3"]),
+            "codereview serve: bad listen address \"1.2.3\": expected HOST:PORT, e.g. 127.0.0.1:50051\n"
+        );
+        assert_eq!(
+            usage(&["serve", "--log-format", format, "--tls-cert", "x.pem"]),
+            "codereview serve: --tls-cert and --tls-key go together\n"
+        );
+    }
+    assert_eq!(
+        usage(&[
+            "token",
+            "--secret-file",
+            "/nonexistent",
+            "--user",
+            "u",
+            "--role",
+            "king"
+        ]),
+        "codereview token: --role must be author, reviewer or observer, got \"king\"\n"
     );
 }

@@ -180,29 +180,38 @@ fn bad_arguments_and_refused_connections_are_one_line() {
     let server = Server::start(&[]);
     let url = server.url();
     let dead = dead_addr();
-    let cases: [(&[&str], &str); 4] = [
+    // Status 2 for usage and setup errors, 1 for a failed connection.
+    let cases: [(&[&str], &str, i32); 4] = [
         (
             &["--addr", &url, "--participants", "1"],
             "codereview load: need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1",
+            2,
         ),
         (
             &["--addr", &url, "--kind", "dance"],
             "codereview load: --kind must be edit, comment or cursor, got \"dance\"",
+            2,
         ),
         (
             &["--addr", "ftp://x"],
             "codereview load: bad address \"ftp://x\": the scheme must be http:// or https://",
+            2,
         ),
         (
             &["--addr", &dead],
             "codereview load: UNAVAILABLE: cannot connect to",
+            1,
         ),
     ];
-    for (args, expected) in cases {
+    for (args, expected, code) in cases {
         let mut all = vec!["load"];
         all.extend(args);
         let out = run(&all, LOAD_TIMEOUT);
-        let line = out.one_line_error();
+        let line = if code == 2 {
+            out.one_line_usage_error()
+        } else {
+            out.one_line_error()
+        };
         assert!(line.starts_with(expected), "{args:?}: {line}");
         assert!(out.stdout.is_empty(), "{}", out.describe());
     }

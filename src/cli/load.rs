@@ -35,6 +35,7 @@ crate::client_flags! {
     /// drive a server with sessions of participants and check delivery
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "load")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct LoadArgs {
         /// sessions (default 1)
         #[argh(option, default = "1")]
@@ -136,7 +137,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         "comment" => Kind::Comment,
         "cursor" => Kind::Cursor,
         other => {
-            return Err(ClientError(format!(
+            return Err(ClientError::setup(format!(
                 "--kind must be edit, comment or cursor, got {other:?}"
             )));
         }
@@ -146,9 +147,8 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         || args.messages == 0
         || args.streams_per_conn == 0
     {
-        return Err(ClientError(
-            "need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1"
-                .into(),
+        return Err(ClientError::setup(
+            "need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1",
         ));
     }
     let options = args.client_options();

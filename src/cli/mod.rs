@@ -1,5 +1,12 @@
 //! The commands of the one binary, parsed with argh. Each command lives in its
-//! own file; this module holds the top-level dispatch and shared flag parsers.
+//! own file; this module holds the command line's parsing (help, version,
+//! usage errors), the top-level dispatch, the exit statuses and the shared
+//! flag parsers.
+//!
+//! Exit statuses, for every command: 0 success; [`EXIT_FAILURE`] (1) the
+//! command ran and failed (a connection, a server's refusal, a failed check);
+//! [`EXIT_USAGE`] (2) a usage or setup error (flags, files, addresses): nothing
+//! was attempted, and running it again unchanged cannot help.
 
 pub mod connect;
 pub mod health;
@@ -17,11 +24,60 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+/// The command ran and failed: the server refused, a connection failed, a
+/// check did not pass.
+pub const EXIT_FAILURE: i32 = 1;
+/// A usage or setup error: bad flags, unreadable files, a malformed address.
+pub const EXIT_USAGE: i32 = 2;
+
 /// codereview: real-time collaborative code review over gRPC.
 #[derive(FromArgs, Debug)]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
     #[argh(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// Parses the command line (without the program name). `Err` carries the
+/// exit status once help, the version or a usage error has been printed:
+/// help and the version on stdout (status 0), a usage error on stderr with a
+/// pointer to the help of the command it concerns (status 2).
+pub fn parse(args: &[&str]) -> Result<Cli, i32> {
+    // The subcommand named on the line, for the error's pointer.
+    let command = args.iter().find(|a| !a.starts_with('-')).filter(|a| {
+        <Command as argh::SubCommands>::COMMANDS
+            .iter()
+            .any(|c| c.name == **a)
+    });
+    let prefix = match command {
+        Some(name) => format!("codereview {name}"),
+        None => "codereview".to_owned(),
+    };
+    match Cli::from_args(&["codereview"], args) {
+        Ok(Cli { version: true, .. }) => {
+            println!("codereview {}", env!("CARGO_PKG_VERSION"));
+            Err(0)
+        }
+        Ok(Cli { command: None, .. }) => {
+            eprintln!("codereview: no command given\nRun `codereview --help` for the commands.");
+            Err(EXIT_USAGE)
+        }
+        Ok(cli) => Ok(cli),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output.trim_end());
+            Err(0)
+        }
+        Err(early) => {
+            eprintln!(
+                "{prefix}: {}\nRun `{prefix} --help` for more information.",
+                early.output.trim_end()
+            );
+            Err(EXIT_USAGE)
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -47,15 +103,18 @@ pub fn run(cli: Cli) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("codereview: cannot start the async runtime: {error}");
-            return 1;
+            return EXIT_FAILURE;
         }
     };
     let code = runtime.block_on(async move {
-        match cli.command {
+        let Some(command) = cli.command else {
+            return EXIT_USAGE;
+        };
+        match command {
             Command::Serve(args) => serve::run(args).await,
             Command::Health(args) => match health::run(args).await {
                 Ok(true) => 0,
-                Ok(false) => 1,
+                Ok(false) => EXIT_FAILURE,
                 Err(error) => report("health", Err(error)),
             },
             Command::Join(args) => report("join", join::run(args).await),
@@ -65,7 +124,7 @@ pub fn run(cli: Cli) -> i32 {
             Command::Token(args) => report("token", token::run(args)),
             Command::Load(args) => match load::run(args).await {
                 Ok(true) => 0,
-                Ok(false) => 1,
+                Ok(false) => EXIT_FAILURE,
                 Err(error) => report("load", Err(error)),
             },
         }
@@ -81,7 +140,7 @@ fn report(command: &str, result: Result<(), connect::ClientError>) -> i32 {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("codereview {command}: {error}");
-            1
+            error.exit_code()
         }
     }
 }

@@ -13,6 +13,7 @@ crate::client_flags! {
     /// follow a session read-only, one line per event
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "watch")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct WatchArgs {
         /// the session id
         #[argh(option)]

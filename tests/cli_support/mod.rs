@@ -320,14 +320,25 @@ impl Output {
         &self.stdout
     }
 
-    /// Asserts failure with exactly one stderr line, which it returns.
+    /// Asserts a runtime failure (exit status 1: the command ran and
+    /// failed) with exactly one stderr line, which it returns.
     pub fn one_line_error(&self) -> &str {
+        self.one_line_failure(1)
+    }
+
+    /// Asserts a usage or setup error (exit status 2: nothing was attempted)
+    /// with exactly one stderr line, which it returns.
+    pub fn one_line_usage_error(&self) -> &str {
+        self.one_line_failure(2)
+    }
+
+    fn one_line_failure(&self, code: i32) -> &str {
         assert!(
             !self.status.success(),
             "expected a failure: {}",
             self.describe()
         );
-        assert_eq!(self.status.code(), Some(1), "{}", self.describe());
+        assert_eq!(self.status.code(), Some(code), "{}", self.describe());
         let lines = self.stderr_lines();
         assert_eq!(
             lines.len(),
@@ -644,11 +655,16 @@ impl Rng {
 struct ProxyState {
     target: SocketAddr,
     refusing: AtomicBool,
+    /// When set, new connections are read until the client has sent this
+    /// marker (it connected, opened its stream and sent its first message),
+    /// then hung up on: a front end without a healthy backend.
+    hang_up_after: Mutex<Option<&'static [u8]>>,
     flaky: AtomicBool,
     /// Bumped to cut every open connection.
     cut: tokio::sync::watch::Sender<u64>,
     cuts: AtomicU64,
     accepted: AtomicU64,
+    hung_up: AtomicU64,
 }
 
 /// A proxy on 127.0.0.1 in front of `target`, on its own runtime thread.
@@ -670,10 +686,12 @@ impl Proxy {
         let state = Arc::new(ProxyState {
             target,
             refusing: AtomicBool::new(false),
+            hang_up_after: Mutex::new(None),
             flaky: AtomicBool::new(false),
             cut,
             cuts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            hung_up: AtomicU64::new(0),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -690,6 +708,12 @@ impl Proxy {
                 let mut cut = shared.cut.subscribe();
                 if shared.refusing.load(Ordering::SeqCst) {
                     drop(client);
+                    continue;
+                }
+                let hang_up_after = *shared.hang_up_after.lock().unwrap();
+                if let Some(marker) = hang_up_after {
+                    shared.hung_up.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(read_until_then_hang_up(client, marker));
                     continue;
                 }
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -729,6 +753,17 @@ impl Proxy {
     pub fn cut(&self) {
         self.state.cuts.fetch_add(1, Ordering::SeqCst);
         self.state.cut.send_modify(|n| *n += 1);
+    }
+
+    /// While set, new connections are read until the client sent `marker`,
+    /// then hung up on (see [`HangUp`]).
+    pub fn set_hang_up_after(&self, marker: Option<&'static [u8]>) {
+        *self.state.hang_up_after.lock().unwrap() = marker;
+    }
+
+    /// Connections hung up on so far.
+    pub fn hung_up(&self) -> u64 {
+        self.state.hung_up.load(Ordering::SeqCst)
     }
 
     /// Connections accepted and forwarded so far.
@@ -796,22 +831,11 @@ impl HangUp {
         let count = connections.clone();
         runtime.spawn(async move {
             loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
+                let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut seen = Vec::new();
-                    let mut buffer = [0u8; 4096];
-                    while !seen.windows(marker.len()).any(|w| w == marker) {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
-                        }
-                    }
-                    // Dropping the socket hangs up.
-                });
+                tokio::spawn(read_until_then_hang_up(socket, marker));
             }
         });
         HangUp {
@@ -828,6 +852,20 @@ impl HangUp {
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Reads until `marker` has been received, then drops the socket.
+async fn read_until_then_hang_up(mut socket: tokio::net::TcpStream, marker: &'static [u8]) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !seen.windows(marker.len()).any(|w| w == marker) {
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+    // Dropping the socket hangs up.
 }
 
 impl Drop for HangUp {

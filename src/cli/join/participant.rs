@@ -4,8 +4,11 @@
 
 use std::collections::VecDeque;
 
+use tokio::time::Instant;
+
 use super::commands::Command;
 use super::{Ended, JoinArgs};
+use crate::cli::connect::ClientError;
 use crate::cli::render::{JsonObject, Style, event_line, json_strings};
 use crate::grpc::client::CallSender;
 use crate::pb::codereview::{
@@ -27,7 +30,9 @@ pub(super) struct Participant {
     pub(super) pending_cursor: Option<CursorPosition>,
     pub(super) caught_up: bool,
     pub(super) want_snapshot: bool,
-    pub(super) quitting: bool,
+    /// Set by `quit` (or the end of input): until when to wait for the
+    /// server to answer what is waiting.
+    pub(super) quitting: Option<Instant>,
     /// The role the server gave us (edits are checked locally too).
     pub(super) role: Option<crate::pb::codereview::Role>,
     /// Whether the document has been known since the start.
@@ -50,8 +55,32 @@ impl Participant {
         }
     }
 
+    /// Edits and comments typed and not yet answered by the server.
     pub(super) fn waiting(&self) -> usize {
         self.replica.pending().count() + self.pending_comments.len() + self.early.len()
+    }
+
+    /// Whether `quit` was typed and its time to wait is over.
+    pub(super) fn quit_expired(&self) -> bool {
+        self.quitting
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// The end: prints the document one last time. Anything the server
+    /// never answered makes the command fail (a script must know).
+    pub(super) fn finish(&self) -> Result<(), ClientError> {
+        self.show(None);
+        match self.waiting() {
+            0 => Ok(()),
+            1 => Err(ClientError::runtime(format!(
+                "1 command was not acknowledged by the server within --quit-timeout {}: it may not have been applied",
+                seconds(self.args.quit_timeout)
+            ))),
+            n => Err(ClientError::runtime(format!(
+                "{n} commands were not acknowledged by the server within --quit-timeout {}: they may not have been applied",
+                seconds(self.args.quit_timeout)
+            ))),
+        }
     }
 
     pub(super) fn message(&self, payload: Payload, client_sequence: u64) -> SessionMessage {
@@ -156,7 +185,11 @@ impl Participant {
                 }
             }
             Command::Show { path } => self.show(path.as_deref()),
-            Command::Quit => self.quitting = true,
+            Command::Quit => {
+                if self.quitting.is_none() {
+                    self.quitting = Some(Instant::now() + self.args.quit_timeout);
+                }
+            }
         }
     }
 
@@ -346,7 +379,16 @@ impl Participant {
                 sender.queue(&self.message(Payload::TokenRefresh(TokenRefresh { token }), 0));
                 self.say("token refreshed from the token file");
             }
-            Err(error) => self.say(&error.0),
+            Err(error) => self.say(&error.message),
         }
+    }
+}
+
+/// A duration as a person writes it: `5s`, `1.5s`, `250ms`.
+fn seconds(duration: std::time::Duration) -> String {
+    if duration.subsec_millis() != 0 && duration.as_secs() == 0 {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{}s", duration.as_secs_f64())
     }
 }
