@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::grpc::client::{Channel, ChannelConfig, Endpoint};
 use crate::grpc::tls::ClientTlsFiles;
-use crate::grpc::{Metadata, Status};
+use crate::grpc::{Code, Metadata, Status};
 
 /// The connection flags of a client command.
 #[derive(Debug, Clone)]
@@ -81,11 +81,29 @@ impl From<Status> for ClientError {
 
 /// A status as one readable line.
 pub fn describe(status: &Status) -> String {
+    if refused_plaintext(status) {
+        return format!(
+            "{}: the server speaks TLS on this port and refused plaintext HTTP/2: {}",
+            status.code().name(),
+            super::tls_probe::USE_HTTPS
+        );
+    }
     if status.message().is_empty() {
         status.code().name().to_owned()
     } else {
         format!("{}: {}", status.code().name(), status.message())
     }
+}
+
+/// Whether the server ended the connection with INADEQUATE_SECURITY, which a
+/// TLS server answers to plaintext HTTP/2 (gRPC maps it to PERMISSION_DENIED;
+/// alone, "security properties do not meet minimum requirements" tells a
+/// person nothing about what to change).
+fn refused_plaintext(status: &Status) -> bool {
+    status.code() == Code::PermissionDenied
+        && status
+            .message()
+            .ends_with(&h2::Reason::INADEQUATE_SECURITY.to_string())
 }
 
 /// Reads a token file (trimmed).

@@ -16,6 +16,7 @@ pub mod load;
 pub mod render;
 pub mod serve;
 pub mod snapshot;
+pub mod tls_probe;
 pub mod token;
 pub mod upload;
 pub mod watch;
@@ -112,15 +113,34 @@ pub fn run(cli: Cli) -> i32 {
         };
         match command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Health(args) => match health::run(args).await {
-                Ok(true) => 0,
-                Ok(false) => EXIT_FAILURE,
-                Err(error) => report("health", Err(error)),
-            },
-            Command::Join(args) => report("join", join::run(args).await),
-            Command::Watch(args) => report("watch", watch::run(args).await),
-            Command::Upload(args) => report("upload", upload::run(args).await),
-            Command::Snapshot(args) => report("snapshot", snapshot::run(args).await),
+            Command::Health(args) => {
+                let options = args.client_options();
+                match health::run(args).await {
+                    Ok(true) => 0,
+                    Ok(false) => EXIT_FAILURE,
+                    Err(error) => report("health", Err(tls_probe::explain(&options, error).await)),
+                }
+            }
+            Command::Join(args) => {
+                let options = args.client_options();
+                let result = join::run(args).await;
+                report("join", explained(&options, result).await)
+            }
+            Command::Watch(args) => {
+                let options = args.client_options();
+                let result = watch::run(args).await;
+                report("watch", explained(&options, result).await)
+            }
+            Command::Upload(args) => {
+                let options = args.client_options();
+                let result = upload::run(args).await;
+                report("upload", explained(&options, result).await)
+            }
+            Command::Snapshot(args) => {
+                let options = args.client_options();
+                let result = snapshot::run(args).await;
+                report("snapshot", explained(&options, result).await)
+            }
             Command::Token(args) => report("token", token::run(args)),
             Command::Load(args) => match load::run(args).await {
                 Ok(true) => 0,
@@ -132,6 +152,18 @@ pub fn run(cli: Cli) -> i32 {
     // Do not wait for lingering tasks (e.g. stuck connections) at exit.
     runtime.shutdown_background();
     code
+}
+
+/// A client command's result, its failure explained when a plaintext
+/// connection met a TLS port.
+async fn explained(
+    options: &connect::ClientOptions,
+    result: Result<(), connect::ClientError>,
+) -> Result<(), connect::ClientError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) => Err(tls_probe::explain(options, error).await),
+    }
 }
 
 /// Prints a client command's failure as one line; returns the exit status.

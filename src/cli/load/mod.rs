@@ -191,7 +191,16 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         }
     }
     let measured_from = started.load(Ordering::Relaxed);
-    let notes = Vec::new();
+    // A plaintext run against a TLS port fails in every participant: say why
+    // once, as every command does.
+    let mut notes = Vec::new();
+    if let Some(first) = reports.iter().find_map(|r| r.first_error.clone()) {
+        let explained =
+            super::tls_probe::explain(&options, ClientError::runtime(first.clone())).await;
+        if explained.message != first {
+            notes.push(explained.message);
+        }
+    }
     Ok(tally::summarize(
         &args,
         &options,
