@@ -587,3 +587,52 @@ fn help_version_and_usage_errors() {
         "codereview token: --role must be author, reviewer or observer, got \"king\"\n"
     );
 }
+
+/// Bug (issue 11, item 13): `--max-connections` was not checked against
+/// RLIMIT_NOFILE: with the common soft limit of 1024, the default 1024
+/// connections fail at accept well before the cap, silently. The server now
+/// says so at start, with what to do.
+#[test]
+fn serve_warns_when_max_connections_exceed_the_file_limit() {
+    let serve = ["serve", "--addr", "127.0.0.1:0", "--log-format", "json"];
+    let mut server = Proc::spawn_with_file_limit("server", 512, &serve);
+    server.wait_stderr("\"listening\"", WAIT, |l| {
+        l.contains(r#""msg":"listening""#)
+    });
+    let warnings: Vec<Json> = server
+        .stderr()
+        .iter()
+        .map(|l| Json::parse(l).unwrap())
+        .filter(|j| j["level"] == "warn")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", server.transcript());
+    let warning = &warnings[0];
+    assert_eq!(
+        warning["msg"],
+        "too few file descriptors for --max-connections: connections beyond the limit fail at accept"
+    );
+    assert_eq!(warning["max_connections"].u64(), 1024);
+    assert_eq!(warning["needed"].u64(), 1024 + 64);
+    assert_eq!(warning["soft_limit"].u64(), 512);
+    assert_eq!(warning["hard_limit"].u64(), 512);
+    assert_eq!(
+        warning["fix"],
+        "the hard limit is 512: serve with --max-connections 448 or less, or raise the hard limit"
+    );
+
+    // What fits is not warned about.
+    let mut fitting = serve.to_vec();
+    fitting.extend(["--max-connections", "448"]);
+    let mut server = Proc::spawn_with_file_limit("server", 512, &fitting);
+    server.wait_stderr("\"listening\"", WAIT, |l| {
+        l.contains(r#""msg":"listening""#)
+    });
+    assert!(
+        !server
+            .stderr()
+            .iter()
+            .any(|l| l.contains(r#""level":"warn""#)),
+        "{}",
+        server.transcript()
+    );
+}

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::metrics::{Metrics, http as metrics_http};
 
+use super::fd_limit;
 use super::token::read_secret;
 use crate::auth::Authenticator;
 use crate::grpc::health::HealthReporter;
@@ -308,6 +309,31 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
 
     let config = args.server_config()?;
     let addr = args.bind_addr(std::env::var("PORT").ok().as_deref())?;
+    if let Some(short) = fd_limit::read().and_then(|l| fd_limit::shortfall(args.max_connections, l))
+    {
+        // Before listening, so it is the first thing an operator reads.
+        let msg = "too few file descriptors for --max-connections: connections beyond the limit fail at accept";
+        let max_connections = args.max_connections as u64;
+        match short.hard {
+            Some(hard_limit) => log!(
+                Warn,
+                msg,
+                max_connections = max_connections,
+                needed = short.needed,
+                soft_limit = short.soft,
+                hard_limit = hard_limit,
+                fix = short.fix.as_str(),
+            ),
+            None => log!(
+                Warn,
+                msg,
+                max_connections = max_connections,
+                needed = short.needed,
+                soft_limit = short.soft,
+                fix = short.fix.as_str(),
+            ),
+        }
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             TlsSource::new(ServerTlsFiles {

@@ -90,13 +90,33 @@ impl Proc {
         let mut command = Command::new(BIN);
         command
             .args(args)
-            .current_dir(dir.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))))
+            .current_dir(dir.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))));
+        Proc::spawn_command(name, command)
+    }
+
+    /// Starts `codereview ARGS` with RLIMIT_NOFILE (soft and hard) set to
+    /// `limit` (by `ulimit -n` in sh, which then execs the binary).
+    pub fn spawn_with_file_limit(name: &str, limit: u64, args: &[&str]) -> Proc {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        Proc::spawn_command(name, command)
+    }
+
+    /// Starts `command` with piped stdin, stdout and stderr.
+    fn spawn_command(name: &str, mut command: Command) -> Proc {
+        let description = format!("{command:?}");
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `codereview {}`: {e}", args.join(" ")));
+            .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
         let stdin = child.stdin.take();
         let stdout = Pipe::new(child.stdout.take().expect("piped stdout"));
         let stderr = Pipe::new(child.stderr.take().expect("piped stderr"));
