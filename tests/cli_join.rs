@@ -943,7 +943,18 @@ fn a_refused_edit_resyncs_from_a_snapshot() {
     });
     let snapshot = server.snapshot(session);
     assert_eq!(snapshot["files"]["f.rs"].strings(), ["kept", "later"]);
-    assert_eq!(erin.quit()["files"], snapshot["files"]);
+    // What was refused makes the exit status 1, said once on stderr (a
+    // script must not take it for a success).
+    erin.send("quit");
+    let status = erin.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", erin.transcript());
+    assert_eq!(
+        erin.stderr(),
+        [
+            "codereview join: 1 of the commands typed was not applied: refused by the server or dropped when resyncing (see above)"
+        ]
+    );
+    assert_eq!(erin.documents().pop().unwrap()["files"], snapshot["files"]);
 }
 
 #[test]
@@ -1152,4 +1163,44 @@ fn quit_fails_when_commands_stay_unacknowledged() {
     );
     let document = carol.documents().pop().unwrap();
     assert_eq!(document["pending"].u64(), 2);
+}
+
+/// Bug: a second `join` of the same user (a script run twice) numbered its
+/// messages from 1 again; the server, having processed those numbers for
+/// that user, acknowledged its edits as duplicates and never applied them,
+/// while the join showed them applied and exited 0. Its catch-up also
+/// replayed the user's own earlier edits as acknowledgements, so its copy
+/// of the document lacked them. Each run must apply its edits on the real
+/// document.
+#[test]
+fn the_same_user_joining_again_applies_its_edits() {
+    let server = Server::start(&[]);
+    let session = "again";
+    let mut expected: Vec<String> = Vec::new();
+    for run in 1..=3 {
+        let mut x = join(&server.url(), session, "x", &[]);
+        x.send(&format!("insert a.rs 0 run {run}"));
+        x.send(&format!("comment 0 from run {run}"));
+        x.close_stdin();
+        let status = x.wait_exit(WAIT);
+        assert!(status.success(), "run {run}: {status}\n{}", x.transcript());
+        expected.insert(0, format!("run {run}"));
+        let snapshot = server.snapshot(session);
+        assert_eq!(
+            snapshot["files"]["a.rs"].strings(),
+            expected,
+            "run {run}\n{}",
+            x.transcript()
+        );
+        assert_eq!(snapshot["comments"].array().len(), run, "run {run}");
+        let document = x.documents().pop().unwrap();
+        assert_eq!(document["files"], snapshot["files"], "run {run}");
+        assert!(
+            x.json_lines()
+                .iter()
+                .all(|j| !(j["type"] == "ack" && j["duplicate"] == true)),
+            "run {run}\n{}",
+            x.transcript()
+        );
+    }
 }

@@ -732,8 +732,12 @@ impl Proxy {
                 }
                 let hang_up_after = *shared.hang_up_after.lock().unwrap();
                 if let Some(marker) = hang_up_after {
-                    shared.hung_up.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(read_until_then_hang_up(client, marker));
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        if read_until_then_hang_up(client, marker).await {
+                            shared.hung_up.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
                     continue;
                 }
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -781,7 +785,7 @@ impl Proxy {
         *self.state.hang_up_after.lock().unwrap() = marker;
     }
 
-    /// Connections hung up on so far.
+    /// Connections hung up on, having sent the marker, so far.
     pub fn hung_up(&self) -> u64 {
         self.state.hung_up.load(Ordering::SeqCst)
     }
@@ -830,6 +834,7 @@ impl Drop for Proxy {
 /// A TCP endpoint that accepts connections, reads until the client has sent
 /// `marker` (so the client has connected, opened its stream and sent its
 /// first message), then hangs up: a front end without a healthy backend.
+/// [`HangUp::connections`] counts the connections that sent the marker.
 pub struct HangUp {
     pub addr: SocketAddr,
     connections: Arc<AtomicU64>,
@@ -854,8 +859,12 @@ impl HangUp {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(read_until_then_hang_up(socket, marker));
+                let count = count.clone();
+                tokio::spawn(async move {
+                    if read_until_then_hang_up(socket, marker).await {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         HangUp {
@@ -874,18 +883,19 @@ impl HangUp {
     }
 }
 
-/// Reads until `marker` has been received, then drops the socket.
-async fn read_until_then_hang_up(mut socket: tokio::net::TcpStream, marker: &'static [u8]) {
+/// Reads until `marker` has been received, then drops the socket (hangs
+/// up); whether the marker came.
+async fn read_until_then_hang_up(mut socket: tokio::net::TcpStream, marker: &'static [u8]) -> bool {
     use tokio::io::AsyncReadExt;
     let mut seen = Vec::new();
     let mut buffer = [0u8; 4096];
     while !seen.windows(marker.len()).any(|w| w == marker) {
         match socket.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return false,
             Ok(n) => seen.extend_from_slice(&buffer[..n]),
         }
     }
-    // Dropping the socket hangs up.
+    true
 }
 
 impl Drop for HangUp {

@@ -160,6 +160,7 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
         role: None,
         ever_caught_up: false,
         early: VecDeque::new(),
+        not_applied: 0,
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;

@@ -39,6 +39,9 @@ pub(super) struct Participant {
     pub(super) ever_caught_up: bool,
     /// Commands typed before the first catch-up (the document was unknown).
     pub(super) early: VecDeque<Command>,
+    /// Edits and comments applied here that the server did not apply: it
+    /// refused them, or they were dropped when resyncing from a snapshot.
+    pub(super) not_applied: usize,
 }
 
 impl Participant {
@@ -71,7 +74,12 @@ impl Participant {
     pub(super) fn finish(&self) -> Result<(), ClientError> {
         self.show(None);
         match self.waiting() {
-            0 => Ok(()),
+            0 if self.not_applied == 0 => Ok(()),
+            0 => Err(ClientError::runtime(format!(
+                "{} of the commands typed {} not applied: refused by the server or dropped when resyncing (see above)",
+                self.not_applied,
+                if self.not_applied == 1 { "was" } else { "were" }
+            ))),
             1 => Err(ClientError::runtime(format!(
                 "1 command was not acknowledged by the server within --quit-timeout {}: it may not have been applied",
                 seconds(self.args.quit_timeout)
@@ -284,6 +292,12 @@ impl Participant {
         }
         match message.payload? {
             Payload::Joined(joined) => {
+                // A new `join` of a user who was here before must not reuse
+                // the numbers the server has processed: it would answer them
+                // as duplicates, never applying them.
+                self.next_client_sequence = self
+                    .next_client_sequence
+                    .max(joined.last_client_sequence.saturating_add(1));
                 self.epoch = joined.session_epoch;
                 self.role = crate::pb::codereview::Role::try_from(joined.role).ok();
                 if joined.catchup != crate::pb::codereview::joined::Catchup::Snapshot as i32
@@ -295,6 +309,7 @@ impl Participant {
             }
             Payload::Snapshot(snapshot) => {
                 let dropped = self.replica.reset(&snapshot);
+                self.not_applied += dropped.len();
                 if !dropped.is_empty() {
                     self.say(&format!(
                         "{} local edits could not be rebased on the snapshot and were dropped",
@@ -337,13 +352,37 @@ impl Participant {
                 }
             }
             Payload::Ack(ack) => {
+                let ours = ack.client_sequence != 0
+                    && (self
+                        .replica
+                        .pending()
+                        .any(|p| p.client_sequence == ack.client_sequence)
+                        || self
+                            .pending_comments
+                            .iter()
+                            .any(|(cs, _)| *cs == ack.client_sequence));
+                if !ours && ack.version > self.replica.version() {
+                    // An edit this replica never had: one made by an earlier
+                    // `join` of this user, replayed as its acknowledgement.
+                    // Only a snapshot brings it.
+                    self.want_snapshot = true;
+                    return Some(Ended::Reconnect {
+                        reason:
+                            "the history holds edits of an earlier join of this user: resyncing"
+                                .into(),
+                        now: true,
+                    });
+                }
                 self.replica.ack(ack.client_sequence, ack.version);
                 self.pending_comments
                     .retain(|(cs, _)| *cs > ack.client_sequence || ack.client_sequence == 0);
             }
             Payload::Error(error) => {
+                let comments = self.pending_comments.len();
                 self.pending_comments
                     .retain(|(cs, _)| *cs != error.client_sequence);
+                // A refused edit is counted when the resync drops it.
+                self.not_applied += comments - self.pending_comments.len();
                 if error.client_sequence != 0 && self.replica.refused(error.client_sequence) {
                     self.want_snapshot = true;
                     return Some(Ended::Reconnect {
