@@ -1,4 +1,7 @@
-//! Generates the protobuf message types from `proto/` with prost-build and a vendored protoc.
+//! Generates the protobuf message types from `proto/` with prost-build and a
+//! vendored protoc, and the FileDescriptorSet of the same files
+//! (`$OUT_DIR/descriptors.bin`, embedded for server reflection: never
+//! maintained by hand).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -8,12 +11,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/grpc/testing/empty.proto",
         "proto/grpc/testing/messages.proto",
         "proto/grpc/testing/test.proto",
+        "proto/grpc/reflection/v1/reflection.proto",
+        "proto/grpc/reflection/v1alpha/reflection.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     prost_build::Config::new()
         .protoc_executable(protoc)
+        .file_descriptor_set_path(descriptors)
         .bytes(["."])
         .compile_protos(&protos, &["proto"])?;
     Ok(())

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use crate::grpc::base64::{self, Alphabet};
 use crate::grpc::codec::{self, HEADER_LEN, MessageDecoder};
+use crate::grpc::server::preface::{PrefaceParser, PrefaceProgress};
 use crate::grpc::{percent, sniff, timeout};
 use crate::review::limits::Limits;
 use crate::review::ot::{self, FileOp, LineOp, Text};
@@ -194,7 +195,9 @@ pub fn token(data: &[u8]) {
 }
 
 /// The first-bytes classifier of new connections: total, and its verdict is
-/// stable once decided (more bytes never change it).
+/// stable once decided (more bytes never change it). Also the client-preface
+/// watcher (magic, then SETTINGS): total, and its verdict does not depend on
+/// how the bytes are split into reads.
 pub fn sniff_opening(data: &[u8]) {
     let mut decided = None;
     for end in 0..=data.len().min(64) {
@@ -205,9 +208,59 @@ pub fn sniff_opening(data: &[u8]) {
             decided = Some(verdict);
         }
     }
+
+    let Some((&split_seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let mut whole = PrefaceParser::new();
+    let verdict = whole.feed(bytes);
+    let mut chunked = PrefaceParser::new();
+    let step = usize::from(split_seed % 16) + 1;
+    for chunk in bytes.chunks(step) {
+        let progress = chunked.feed(chunk);
+        if progress != PrefaceProgress::Reading {
+            assert_eq!(progress, verdict, "a preface verdict depends on the reads");
+        }
+    }
+    assert_eq!(chunked.progress(), verdict, "chunked and whole disagree");
 }
 
 /// The metrics listener's HTTP/1.1 request parser: total and bounded.
 pub fn http_request(data: &[u8]) {
     let _ = crate::metrics::http::parse_request(data);
+}
+
+/// The bounded gzip inflater on arbitrary bytes (the first two pick the
+/// limit, up to 64 KiB): never panics, never returns more than the limit;
+/// what inflates goes out again through the response compressor and comes
+/// back through the decoder and the inflater unchanged.
+pub fn inflate(data: &[u8]) {
+    use crate::grpc::compression::{self, Encoding, InflateError};
+    let Some((limit, compressed)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let max = usize::from(u16::from_le_bytes(*limit));
+    let inflated = match compression::gunzip(compressed, max) {
+        Ok(inflated) => inflated,
+        Err(InflateError::TooLarge { max: reported }) => {
+            assert_eq!(reported, max, "the refusal names the limit");
+            return;
+        }
+        Err(InflateError::Corrupt(_)) => return,
+    };
+    assert!(inflated.len() <= max, "inflated past the limit");
+    let framed = compression::compress_framed(codec::frame_payload(&inflated), Encoding::Gzip);
+    let mut decoder = MessageDecoder::new(max.max(framed.len()));
+    decoder.accept_compressed();
+    decoder.push(framed);
+    let frame = decoder
+        .decode()
+        .expect("our own framing decodes")
+        .expect("one whole message");
+    let back = if frame.compressed {
+        compression::gunzip(&frame.payload, inflated.len()).expect("our own gzip inflates")
+    } else {
+        frame.payload
+    };
+    assert_eq!(back, inflated, "round trip changed the message");
 }

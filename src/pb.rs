@@ -17,3 +17,14 @@ pub mod health {
 pub mod testing {
     include!(concat!(env!("OUT_DIR"), "/grpc.testing.rs"));
 }
+
+/// `grpc.reflection.v1` (v1alpha has the same messages and field numbers, so
+/// these types serve both).
+#[allow(clippy::all, missing_docs)]
+pub mod reflection {
+    include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
+}
+
+/// The FileDescriptorSet of every file in `proto/` (with comments), written
+/// by build.rs: what server reflection describes.
+pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

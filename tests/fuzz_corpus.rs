@@ -103,6 +103,11 @@ fn corpus_http_request() {
     replay("http_request", fuzz_targets::http_request);
 }
 
+#[test]
+fn corpus_inflate() {
+    replay("inflate", fuzz_targets::inflate);
+}
+
 /// The seed generator: meaningful, small inputs for each target.
 mod seeds {
     use codereview::auth::jwt::{Claims, Key, Sessions};
@@ -718,6 +723,56 @@ mod seeds {
         ]
     }
 
+    fn gzip(data: &[u8], level: u32) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// The inflate target's input: a 2-byte little-endian limit, then the
+    /// compressed message.
+    fn limited(limit: u16, compressed: &[u8]) -> Vec<u8> {
+        cat(&[&limit.to_le_bytes(), compressed])
+    }
+
+    fn inflate_seeds() -> Seeds {
+        let text: Vec<u8> = (0..200)
+            .flat_map(|i| format!("    let v{i} = review(&v{}, {});\n", i / 2, i % 7).into_bytes())
+            .collect();
+        let compressed = gzip(&text, 3);
+        let mut lying = compressed.clone();
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&10u32.to_le_bytes());
+        let mut corrupt = compressed.clone();
+        corrupt[30] ^= 0x5a;
+        let limit = text.len() as u16;
+        vec![
+            ("text", limited(u16::MAX, &compressed)),
+            ("text-at-the-limit", limited(limit, &compressed)),
+            ("text-over-the-limit", limited(limit - 1, &compressed)),
+            (
+                "two-members",
+                limited(u16::MAX, &cat(&[&gzip(b"first ", 6), &gzip(b"second", 1)])),
+            ),
+            ("empty-message", limited(16, &gzip(b"", 6))),
+            // 1 MiB of zeros in ~1 KiB: refused at any limit.
+            ("bomb", limited(u16::MAX, &gzip(&vec![0u8; 1 << 20], 9))),
+            ("lying-trailer", limited(u16::MAX, &lying)),
+            ("corrupt", limited(u16::MAX, &corrupt)),
+            (
+                "truncated",
+                limited(u16::MAX, &compressed[..compressed.len() / 2]),
+            ),
+            (
+                "trailing-bytes",
+                limited(u16::MAX, &cat(&[&gzip(b"x", 6), b"junk"])),
+            ),
+            ("not-gzip", limited(u16::MAX, b"plain text, no gzip header")),
+        ]
+    }
+
     pub fn all() -> Vec<(&'static str, Seeds)> {
         vec![
             ("codec", codec_seeds()),
@@ -729,6 +784,7 @@ mod seeds {
             ("token", token_seeds()),
             ("sniff_opening", sniff_opening_seeds()),
             ("http_request", http_request_seeds()),
+            ("inflate", inflate_seeds()),
         ]
     }
 }

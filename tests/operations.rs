@@ -387,6 +387,20 @@ fn refused_connections_are_counted_by_reason() {
     assert_eq!(str_field(&line, "level"), Some("warn"));
 }
 
+/// `len` pseudo-random letters and digits: text gzip cannot shrink much.
+fn incompressible_line(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
 #[test]
 fn slow_consumers_are_counted_when_a_participant_that_never_reads_is_ended() {
     let server = Server::start(&[
@@ -420,8 +434,10 @@ fn slow_consumers_are_counted_when_a_participant_that_never_reads_is_ended() {
             })
             .await;
         // 3 KiB lines, one at a time (the writer keeps up): far more than
-        // the windows and the outbox bound together.
-        let line = "x".repeat(3 * 1024);
+        // the windows and the outbox bound together. Incompressible: our
+        // client accepts gzip, and 3 KiB of one letter would cross the wire
+        // in a few dozen bytes.
+        let line = incompressible_line(3 * 1024);
         let mut sleepy_left = false;
         for i in 0..100 {
             let cs = i as u64 + 1;
@@ -1209,4 +1225,69 @@ fn sighup_without_tls_is_logged_and_ignored() {
     let join = join_process(&server, "ops-hup", "after-hup", None);
     quit(join);
     assert!(!server.log().iter().any(|l| l.contains("shutting down")));
+}
+
+/// The resident memory of the real process, in bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// `--max-memory` bounds what sessions really cost: sessions filled with
+/// empty lines (the costliest content per budget byte: about 50 bytes of
+/// memory per 2-byte line) are refused past the budget with
+/// RESOURCE_EXHAUSTED, and the process's resident memory stays near the
+/// budget; the server keeps answering.
+#[test]
+fn the_memory_budget_bounds_the_resident_memory() {
+    let budget: u64 = 64 << 20;
+    let server = Server::start(&["--max-memory", "64MiB"]);
+    let before = rss_bytes(server.pid());
+    let dir = TempDir::new("memory");
+    let blank = "\n".repeat(20_000);
+    let files: Vec<String> = (0..60)
+        .map(|i| {
+            dir.write(&format!("blank{i}.txt"), &blank)
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let url = server.url();
+    let mut refusal = None;
+    'fill: for session in 0..40 {
+        for file in &files {
+            let id = format!("mem{session}");
+            let (status, _, err) = run(&["upload", "--addr", &url, "--session", &id, file], WAIT);
+            if !status.success() {
+                if err.contains("memory") {
+                    refusal = Some(err);
+                    break 'fill;
+                }
+                // This session is full (its own content budget): next one.
+                assert!(err.contains("RESOURCE_EXHAUSTED"), "{err}");
+                continue 'fill;
+            }
+        }
+    }
+    let refusal = refusal.expect("uploads were refused at some point");
+    assert!(
+        refusal.contains("RESOURCE_EXHAUSTED") && refusal.contains("memory"),
+        "{refusal}"
+    );
+    let grown = rss_bytes(server.pid()).saturating_sub(before);
+    assert!(
+        grown <= budget * 3 / 2,
+        "the process grew by {} MiB for a budget of {} MiB",
+        grown >> 20,
+        budget >> 20
+    );
+    let (status, out, err) = run(&["snapshot", "--addr", &url, "--session", "mem0"], WAIT);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("blank0.txt"), "{out}");
 }

@@ -14,10 +14,12 @@ mod peers;
 
 const PYTHON_CLIENT: &str = "tests/python/seed_client.py";
 const NODE_CLIENT: &str = "tests/node/seed_client.js";
-const SCENARIOS: [&str; 3] = [
+const SCENARIOS: [&str; 4] = [
     "two_participants",
     "late_join_history",
     "edit_into_empty_session",
+    // Version-0 edits from both sides, interleaved: none vanishes.
+    "concurrent_replaces",
 ];
 
 #[test]

@@ -886,6 +886,20 @@ struct SlowRun {
 
 const BIG_EDITS: usize = 200;
 
+/// `len` pseudo-random letters and digits: text gzip cannot shrink much.
+fn incompressible_line(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
 /// A sends 200 inserts of 3 KiB lines; F reads everything; S never reads
 /// (our own client, 64 KiB windows, never calls `message()`).
 async fn slow_consumer_run() -> SlowRun {
@@ -915,7 +929,9 @@ async fn slow_consumer_run() -> SlowRun {
     // F reads concurrently and must get every edit promptly, in order,
     // whatever S does.
     const WINDOW: u64 = 4;
-    let line = "x".repeat(3 * 1024);
+    // Incompressible: our client accepts gzip, and 3 KiB of one letter would
+    // cross the wire in a few dozen bytes, never filling S's windows.
+    let line = incompressible_line(3 * 1024);
     let started = Instant::now();
     let fast_reader = tokio::spawn(async move {
         let mut dense = Dense::after(sleepy_joined.sequence, "fast");

@@ -132,6 +132,12 @@ async fn sample_now(server: &ReviewServer) -> Sample {
         streams,
         inbound_buffered,
         outbound_buffered,
+        outbound_unwritten: server
+            .server
+            .telemetry
+            .stats
+            .outbound_unwritten
+            .load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -490,6 +496,170 @@ async fn a_client_that_never_reads_is_ended_and_the_server_stays_bounded() {
     assert_still_serving(&server, pump).await;
 }
 
+/// Many participants that never read, each advertising the largest HTTP/2
+/// windows (so h2 would buffer up to its per-stream cap for each): the
+/// process-wide outbound budget closes the connections holding the most
+/// until the rest fit, while the well-behaved participants (a writer and a
+/// reader in the same session, and the canary) keep working.
+#[tokio::test]
+async fn the_outbound_budget_closes_the_readers_holding_the_most() {
+    let budget = 512 * 1024;
+    let send_buffer = 64 * 1024;
+    // Small batches: what a stream can queue before the shedding takes
+    // effect stays small next to the budget.
+    let batch = 2 * 1024;
+    let stallers = 16;
+    let config = ServerConfig {
+        max_send_buffer_size: send_buffer,
+        max_outbound_buffer: budget,
+        // Only the budget may close the stallers' connections here.
+        keepalive_interval: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let limits = Limits {
+        rate_per_second: 0.0,
+        ..Limits::default()
+    };
+    let server = ReviewServer::start(Setup {
+        config,
+        limits,
+        batch_bytes: Some(batch),
+        ..Setup::default()
+    })
+    .await;
+    let canary = Canary::start(&server).await;
+    let pump = canary.pump();
+    let baseline = server.stats().await;
+    let mut writer = Participant::join_server(&server, "budget", "writer", Role::Author).await;
+    let mut reader = Participant::join_server(&server, "budget", "reader", Role::Reviewer).await;
+    let mut stalled = Vec::new();
+    for i in 0..stallers {
+        let user = format!("stalled-{i}");
+        stalled
+            .push(StalledParticipant::join_wide_open(server.addr(), None, "budget", &user).await);
+    }
+    server
+        .wait_for_stats("every participant to join", |s| {
+            s.participants == baseline.participants + 2 + stallers
+        })
+        .await;
+    let (open_before, ..) = server.wire();
+    let sampler = Sampler::start(&server);
+
+    // Edits of ~2 KiB, each broadcast to every staller, until at least half
+    // of them are closed (no more than 8 can each hold a full 64 KiB stream
+    // buffer within 512 KiB), then as many again as fill the survivors'
+    // buffers. Before the server holds anything, the kernel takes up to its
+    // largest socket send buffer per connection: send enough to fill that
+    // twice over before giving up.
+    let kernel_send_buffer = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    let line = "b".repeat(1900);
+    let max_event = line.len() + 512;
+    let round_bytes = 10 * line.len();
+    let max_rounds = 2 * (kernel_send_buffer + send_buffer + batch) / round_bytes + 1;
+    let fill_rounds = 2 * (send_buffer + batch) / round_bytes + 1;
+    // The budget may be passed while the connections chosen are being
+    // closed, by what the streams queue meanwhile: each queues at most one
+    // batch (plus the event that overflows it) per turn of the runtime, and
+    // the closing takes effect within two turns: allow four. Without the
+    // budget the stallers alone would hold 16 x (64 + 4) KiB = 1.1 MiB.
+    let slack = 4 * (stallers + 2) * (batch + max_event);
+    let bound = (budget + slack) as i64;
+    let mut acked = Vec::new();
+    let mut closed = 0;
+    let mut rounds_left = None;
+    for round in 0..max_rounds {
+        let sent: Vec<(u64, String)> = (0..10)
+            .map(|i| {
+                let n = round * 10 + i;
+                let content = format!("{n:05} {line}");
+                let payload = edit(Op::Replace, "f.txt", (n % 20) as i32, &content, 0);
+                (writer.queue(payload), content)
+            })
+            .collect();
+        writer.flush().await;
+        for (sequence, content) in sent {
+            writer.outcome(sequence).await.ack();
+            acked.push(content);
+        }
+        let held = server.outbound_held();
+        assert!(
+            held <= bound,
+            "after {} edits the server holds {held} outbound bytes, over the budget {budget} (+ {slack} in flight)",
+            acked.len()
+        );
+        let (open, ..) = server.wire();
+        closed = open_before - open;
+        if closed >= stallers as i64 / 2 && rounds_left.is_none() {
+            rounds_left = Some(fill_rounds);
+        }
+        if let Some(left) = rounds_left.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                break;
+            }
+        }
+    }
+    assert!(
+        closed >= stallers as i64 / 2,
+        "only {closed} of {stallers} connections that never read were closed after {} edits; the server holds {} outbound bytes (budget {budget})",
+        acked.len(),
+        server.outbound_held()
+    );
+    // What stays open fits in the budget once the closed ones are released.
+    eventually(
+        STEP,
+        "the outbound bytes held to fit in the budget",
+        || async {
+            let held = server.outbound_held();
+            if held <= budget as i64 {
+                Ok(())
+            } else {
+                Err(format!("{held} bytes held, budget {budget}"))
+            }
+        },
+    )
+    .await;
+    let samples = sampler.stop().await;
+    for s in &samples {
+        assert!(
+            s.outbound_held() <= bound,
+            "outbound bytes held {} over the budget {budget} (+ {slack} in flight): {s:?}",
+            s.outbound_held()
+        );
+    }
+    let peak = samples.iter().map(Sample::outbound_held).max().unwrap_or(0);
+    eprintln!(
+        "outbound budget: {} samples, peak held {peak} / budget {budget}; {closed} of {stallers} stallers closed after {} edits",
+        samples.len(),
+        acked.len()
+    );
+
+    // The well-behaved participants were spared and missed nothing.
+    for content in &acked {
+        reader.recv_edit(content).await;
+    }
+    reader.assert_open().await;
+    writer.assert_open().await;
+    assert_still_serving(&server, pump).await;
+
+    // The stallers still open count until they go; then every account is
+    // back to zero.
+    drop(stalled);
+    eventually(STEP, "every outbound byte to be released", || async {
+        let held = server.outbound_held();
+        if held == 0 {
+            Ok(())
+        } else {
+            Err(format!("{held} bytes held"))
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_handshake_timeout() {
     let handshake_timeout = Duration::from_secs(1);
@@ -526,6 +696,90 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
         .wait_for_connections("the silent connections to be released", |n| n == baseline)
         .await;
     assert_still_serving(&server, pump).await;
+}
+
+/// The handshake timeout covers the whole client preface (RFC 9113 §3.4):
+/// the magic, then a SETTINGS frame. Keepalive is off and the idle timeout
+/// is minutes, so only the handshake deadline can close these connections.
+#[tokio::test]
+async fn a_preface_without_its_settings_frame_is_closed_at_the_handshake_timeout() {
+    let server = server_with(
+        ServerConfig {
+            handshake_timeout: Duration::from_millis(500),
+            keepalive_interval: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+        Limits::default(),
+    )
+    .await;
+    let canary = Canary::start(&server).await;
+    let (baseline, ..) = server.wire();
+    let pump = canary.pump();
+
+    let settings = encode_frame(
+        SETTINGS,
+        0,
+        0,
+        &settings_payload(&[(SETTINGS_MAX_CONCURRENT_STREAMS, 100)]),
+    );
+    let openings = [
+        ("the magic alone", PREFACE.to_vec()),
+        (
+            "a SETTINGS header without its payload",
+            [PREFACE, &settings[..9]].concat(),
+        ),
+        (
+            "a SETTINGS frame missing its last byte",
+            [PREFACE, &settings[..settings.len() - 1]].concat(),
+        ),
+    ];
+    for (what, opening) in openings {
+        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        tcp.write_all(&opening).await.expect("write the opening");
+        // A hang guard, not a speed check: without the deadline these stay
+        // open for the idle timeout (5 minutes).
+        let bytes = read_to_close(&mut tcp, STEP).await;
+        assert!(
+            bytes.len() >= 9 && bytes[3] == SETTINGS,
+            "{what}: the server should have sent its SETTINGS before closing, got {bytes:?}"
+        );
+    }
+    // A first frame other than SETTINGS is a connection error at once.
+    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    let ping_first = [PREFACE, &encode_frame(PING, 0, 0, &[7; 8])].concat();
+    tcp.write_all(&ping_first).await.expect("write the opening");
+    let bytes = read_to_close(&mut tcp, STEP).await;
+    let frames = frame_kinds(&bytes);
+    assert!(
+        !frames.contains(&PING),
+        "a PING before SETTINGS was answered: frames {frames:?}"
+    );
+
+    // Clients that send the whole preface are served as before.
+    let mut conn = Conn::connect(server.addr()).await;
+    let events = conn
+        .call(
+            "/grpc.health.v1.Health/Check",
+            &grpc_encode(&HealthCheckRequest::default()),
+        )
+        .await;
+    assert_eq!(grpc_status(&events), 0, "{}", conn.describe_log());
+    drop(conn);
+    server
+        .wait_for_connections("the connections to be released", |n| n == baseline)
+        .await;
+    assert_still_serving(&server, pump).await;
+}
+
+/// The frame types in a byte stream the server sent (after no preface).
+fn frame_kinds(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        kinds.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    kinds
 }
 
 #[tokio::test]

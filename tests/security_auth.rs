@@ -941,3 +941,60 @@ async fn a_fractional_expiry_is_valid_and_a_string_expiry_is_named() {
         "the token's exp must be a number (seconds since the Unix epoch)"
     );
 }
+
+/// Only roles that may write create sessions: an observer token (even one
+/// for every session) watching or joining ids that do not exist gets
+/// NOT_FOUND and leaves nothing behind, so it cannot fill `--max-sessions`
+/// and lock the authors out.
+#[tokio::test]
+async fn observers_cannot_create_sessions() {
+    let server = auth_server().await;
+    let channel = server.channel().await;
+    let obs_token = token("obs", Role::Observer, None, 3600);
+    for i in 0..20 {
+        let id = format!("made-up-{i}");
+        let mut watcher = watch(
+            &channel,
+            Some(&obs_token),
+            WatchRequest {
+                session_id: id.clone(),
+                ..WatchRequest::default()
+            },
+        )
+        .await;
+        let status = watcher.end().await;
+        assert_code(&status, Code::NotFound, "watching an unknown session");
+        let status = Participant::try_join(&channel, Some(&obs_token), &id, "obs")
+            .await
+            .err()
+            .expect("an observer joining an unknown session");
+        assert_code(
+            &status,
+            Code::NotFound,
+            "an observer joining an unknown session",
+        );
+    }
+    assert_eq!(server.stats().await.sessions, 0, "no session was created");
+    // A reviewer (who may comment) creates one; then the observer may join and watch it.
+    let rev_token = token("rev", Role::Reviewer, None, 3600);
+    let (_reviewer, _) = Participant::join(&channel, Some(&rev_token), "real", "rev").await;
+    let (_observer, joined) = Participant::join(&channel, Some(&obs_token), "real", "obs").await;
+    assert_eq!(
+        joined.role,
+        codereview::pb::codereview::Role::Observer as i32
+    );
+    let mut watcher = watch(
+        &channel,
+        Some(&obs_token),
+        WatchRequest {
+            session_id: "real".into(),
+            ..WatchRequest::default()
+        },
+    )
+    .await;
+    watcher
+        .recv_until("caught up", |m| {
+            matches!(&m.payload, Some(Payload::Notice(n)) if n.kind == NoticeKind::CaughtUp as i32)
+        })
+        .await;
+}

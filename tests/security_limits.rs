@@ -243,9 +243,10 @@ async fn a_third_session_is_refused_when_two_are_allowed() {
         },
     )
     .await;
+    // Watching never creates a session.
     assert_code(
         &watcher.end().await,
-        Code::ResourceExhausted,
+        Code::NotFound,
         "third session's watch",
     );
     let status = get_snapshot(&channel, None, "third")
@@ -608,4 +609,234 @@ async fn a_flooding_client_cannot_outlive_max_stream_duration() {
     get_snapshot(&channel, None, "flood")
         .await
         .expect("GetSnapshot");
+}
+
+// ---------------------------------------------------------------------------
+// Content budgets (issue: what independent clients found).
+
+/// `lines` empty lines, as an uploaded file's text.
+fn empty_lines(lines: usize) -> String {
+    "\n".repeat(lines)
+}
+
+/// A session filled to its content budget with empty lines (the worst case:
+/// 2 snapshot bytes per line against 1 byte of text) is still sent whole as
+/// one snapshot to GetSnapshot, a watcher and a late joiner, under the 4 MiB
+/// message limit every gRPC client has by default.
+#[tokio::test]
+async fn a_session_filled_to_its_budget_still_fits_in_one_snapshot() {
+    let server = ReviewServer::start(Setup::default()).await;
+    let channel = server.channel().await;
+    // Files of 20 000 empty lines while they fit, then ever smaller ones,
+    // to use the budget up to the last few bytes.
+    let mut accepted = 0;
+    let mut size = 20_000;
+    while size > 0 && accepted < 200 {
+        // Short paths: what a path costs besides its bytes is what the old
+        // budget forgot.
+        let path = format!("{accepted}");
+        let content = empty_lines(size);
+        match upload(
+            &channel,
+            Default::default(),
+            &[chunk("full", &path, &content)],
+        )
+        .await
+        {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_code(
+                    &status,
+                    Code::ResourceExhausted,
+                    "an upload past the budget",
+                );
+                size /= 2;
+            }
+        }
+    }
+    assert!(
+        accepted >= 40,
+        "only {accepted} files of 20 000 empty lines fit in 2 MiB"
+    );
+    let snapshot = get_snapshot(&channel, None, "full")
+        .await
+        .expect("GetSnapshot of a full session");
+    assert_eq!(snapshot.files.len(), accepted);
+    let watcher = watch(
+        &channel,
+        None,
+        WatchRequest {
+            session_id: "full".into(),
+            want_snapshot: true,
+            ..WatchRequest::default()
+        },
+    )
+    .await;
+    let mut watcher = watcher;
+    watcher
+        .recv_until("the watcher's snapshot", |m| {
+            matches!(m.payload, Some(Payload::Snapshot(_)))
+        })
+        .await;
+    let (_late, joined) = Participant::try_join_with(
+        &channel,
+        None,
+        "full",
+        "late",
+        Join {
+            want_snapshot: true,
+            ..Join::default()
+        },
+    )
+    .await
+    .expect("a late joiner of a full session");
+    assert_eq!(joined.catchup, Catchup::Snapshot as i32);
+}
+
+/// Uploads count against the uploader's rate limits like messages: a burst of
+/// UploadFiles calls is cut at the message burst, and large uploads at the
+/// byte burst, so that no author can push the others' readers out.
+#[tokio::test]
+async fn uploads_count_against_the_rate_limits() {
+    let server = ReviewServer::start(Setup {
+        limits: Limits {
+            rate_per_second: 10.0,
+            rate_burst: 20.0,
+            ..Limits::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let mut canary = Canary::start(&server).await;
+    let channel = server.channel().await;
+    let mut refused = 0;
+    for i in 0..60 {
+        let path = format!("f{i}.txt");
+        if let Err(status) = upload(
+            &channel,
+            Default::default(),
+            &[chunk("flood", &path, "x\n")],
+        )
+        .await
+        {
+            assert_code(&status, Code::ResourceExhausted, "an upload over the rate");
+            assert!(status.message().contains("rate limit"), "{status:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 35,
+        "only {refused} of 60 uploads in a burst of 20 were refused"
+    );
+    // Bytes: 1.9 MB uploads of one file, back to back, into one session.
+    let line = "z".repeat(999);
+    let big = format!("{line}\n").repeat(1900);
+    let mut accepted = 0;
+    for _ in 0..10 {
+        if upload(
+            &channel,
+            Default::default(),
+            &[chunk("bytes", "big.txt", &big)],
+        )
+        .await
+        .is_ok()
+        {
+            accepted += 1;
+        }
+    }
+    assert!(
+        accepted <= 3,
+        "{accepted} uploads of 1.9 MB were accepted in a burst of 4 MiB"
+    );
+    canary.check().await;
+}
+
+/// File paths that uploads name are checked like every other path: no NUL
+/// or other control characters.
+#[tokio::test]
+async fn upload_paths_with_control_characters_are_refused() {
+    let server = ReviewServer::start(Setup::default()).await;
+    let channel = server.channel().await;
+    for path in ["a\0b.txt", "tab\there", "line\nbreak"] {
+        let status = upload(&channel, Default::default(), &[chunk("paths", path, "x\n")])
+            .await
+            .expect_err("a control character in a path");
+        assert_code(&status, Code::InvalidArgument, path);
+    }
+    assert!(
+        get_snapshot(&channel, None, "paths").await.is_err(),
+        "nothing was created"
+    );
+}
+
+/// Past `--max-memory` new sessions and growth are refused, while
+/// participants of existing sessions keep working.
+#[tokio::test]
+async fn past_the_memory_budget_new_sessions_and_growth_are_refused() {
+    let budget = 24 << 20;
+    let server = ReviewServer::start(Setup {
+        limits: Limits {
+            max_memory_bytes: budget,
+            ..Limits::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let mut canary = Canary::start(&server).await;
+    let channel = server.channel().await;
+    let mut refusal = None;
+    'fill: for session in 0..100 {
+        for file in 0..50 {
+            let id = format!("mem{session}");
+            let path = format!("f{file}.txt");
+            if let Err(status) = upload(
+                &channel,
+                Default::default(),
+                &[chunk(&id, &path, &empty_lines(20_000))],
+            )
+            .await
+            {
+                refusal = Some(status);
+                break 'fill;
+            }
+        }
+    }
+    let status = refusal.expect("the budget was reached");
+    assert_code(
+        &status,
+        Code::ResourceExhausted,
+        "growth past the memory budget",
+    );
+    assert!(status.message().contains("memory"), "{status:?}");
+    // What room is left goes to smaller pieces, then nothing more is taken:
+    // new sessions are refused too.
+    let mut refused = None;
+    for i in 0..1000 {
+        let id = format!("small{i}");
+        if let Err(status) = upload(
+            &channel,
+            Default::default(),
+            &[chunk(&id, "a.txt", &empty_lines(500))],
+        )
+        .await
+        {
+            refused = Some((i, status));
+            break;
+        }
+    }
+    let (after, status) = refused.expect("small sessions were refused in the end");
+    assert_code(
+        &status,
+        Code::ResourceExhausted,
+        "a new session past the budget",
+    );
+    assert!(status.message().contains("memory"), "{status:?}");
+    assert!(after < 500, "{after} more sessions were created");
+    let stats = server.stats().await;
+    assert!(
+        stats.memory_bytes <= budget,
+        "{} bytes held for a budget of {budget}",
+        stats.memory_bytes
+    );
+    canary.check().await;
 }

@@ -1,6 +1,6 @@
 //! Authentication: bearer tokens (HS256 JWTs, see [`jwt`]) checked at stream
-//! establishment by an interceptor on every RPC except grpc.health.v1.Health,
-//! and again mid-stream when a participant presents a fresh token. A valid
+//! establishment by an interceptor on every RPC except grpc.health.v1.Health
+//! and server reflection (which describes the API and nothing else), and again mid-stream when a participant presents a fresh token. A valid
 //! token becomes a [`Principal`]: the subject is the participant's identity,
 //! the role its capabilities, the sessions claim where it may go.
 
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::grpc::Status;
+use crate::grpc::reflection;
 use crate::grpc::server::{Interceptor, RequestHead};
 use crate::review::error::{ErrorKind, ReviewError};
 use crate::review::principal::{Principal, SessionScope};
@@ -86,11 +87,13 @@ impl Authenticator {
         })
     }
 
-    /// The interceptor that admits calls: health checks pass freely; every
-    /// other call needs `authorization: Bearer <token>`.
+    /// The interceptor that admits calls: health checks and reflection pass
+    /// freely; every other call needs `authorization: Bearer <token>`.
     pub fn interceptor(self: Arc<Self>) -> Interceptor {
         Arc::new(move |head: &mut RequestHead| {
-            if head.method.starts_with("/grpc.health.v1.Health/") {
+            if head.method.starts_with("/grpc.health.v1.Health/")
+                || reflection::is_reflection_method(head.method)
+            {
                 return Ok(());
             }
             let Some(value) = head.metadata.get("authorization") else {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::grpc::client::{Channel, ChannelConfig, Endpoint};
+use crate::grpc::compression::Encoding;
 use crate::grpc::tls::ClientTlsFiles;
 use crate::grpc::{Code, Metadata, Status};
 
@@ -23,6 +24,9 @@ pub struct ClientOptions {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// Send large messages gzip-compressed (`--compress`). Responses are
+    /// accepted compressed either way.
+    pub compress: bool,
 }
 
 /// Whether a failure is the user's setup (flags, files, addresses: nothing
@@ -170,6 +174,11 @@ impl ClientOptions {
         Ok(ChannelConfig {
             tls,
             connect_timeout: self.connect_timeout,
+            send_encoding: if self.compress {
+                Encoding::Gzip
+            } else {
+                Encoding::Identity
+            },
             ..ChannelConfig::default()
         })
     }
@@ -240,6 +249,9 @@ macro_rules! client_flags {
             /// file holding the bearer token (re-read when the token is refreshed)
             #[argh(option)]
             pub token_file: Option<std::path::PathBuf>,
+            /// send large messages gzip-compressed (responses are accepted compressed either way)
+            #[argh(switch)]
+            pub compress: bool,
             $($body)*
         }
 
@@ -253,6 +265,7 @@ macro_rules! client_flags {
                     token: self.token.clone(),
                     token_file: self.token_file.clone(),
                     connect_timeout: std::time::Duration::from_secs(10),
+                    compress: self.compress,
                 }
             }
         }

@@ -19,6 +19,7 @@ use super::fd_limit;
 use super::token::read_secret;
 use crate::auth::Authenticator;
 use crate::grpc::health::HealthReporter;
+use crate::grpc::reflection;
 use crate::grpc::server::{Router, Server, ServerConfig};
 use crate::grpc::shutdown::{Phase, ShutdownController};
 use crate::grpc::tls::{ServerTlsFiles, TlsSource};
@@ -43,6 +44,9 @@ pub struct ServeArgs {
     /// also serve grpc.testing.TestService (the gRPC interop test service)
     #[argh(switch)]
     pub interop: bool,
+    /// do not serve gRPC server reflection (on by default: it describes the API, without a token, as health answers)
+    #[argh(switch)]
+    pub no_reflection: bool,
 
     /// PEM certificate chain: serve TLS (h2 over TLS 1.2/1.3)
     #[argh(option)]
@@ -75,6 +79,12 @@ pub struct ServeArgs {
     /// largest request header block (default 16KiB)
     #[argh(option, default = "16 << 10", from_str_fn(super::parse_bytes))]
     pub max_header_list_size: usize,
+    /// response bytes HTTP/2 may hold per stream for a peer that does not read (default 256KiB)
+    #[argh(option, default = "256 << 10", from_str_fn(super::parse_bytes))]
+    pub max_send_buffer: usize,
+    /// response bytes all connections may hold before those holding the most are closed, 0 = off (default 256MiB)
+    #[argh(option, default = "256 << 20", from_str_fn(super::parse_bytes))]
+    pub max_outbound_buffer: usize,
     /// largest gRPC message received (default 4MiB)
     #[argh(option, default = "4 << 20", from_str_fn(super::parse_bytes))]
     pub max_message_bytes: usize,
@@ -170,6 +180,15 @@ pub struct ServeArgs {
     /// burst of messages above the rate (default 200)
     #[argh(option, default = "200.0")]
     pub rate_burst: f64,
+    /// content bytes per second per participant, messages and uploads (default 1MiB; off with --rate-limit 0)
+    #[argh(option, default = "1 << 20", from_str_fn(super::parse_bytes))]
+    pub rate_bytes: usize,
+    /// burst of content bytes above that rate, at least --max-document-bytes (default 4MiB)
+    #[argh(option, default = "4 << 20", from_str_fn(super::parse_bytes))]
+    pub rate_bytes_burst: usize,
+    /// memory all sessions may hold (content with overhead, history, outboxes); beyond it new sessions and growth get RESOURCE_EXHAUSTED (default 1GiB)
+    #[argh(option, default = "1 << 30", from_str_fn(super::parse_bytes))]
+    pub max_memory: usize,
     /// streams are ended with UNAVAILABLE after this long, 0 for never (default 24h)
     #[argh(
         option,
@@ -203,6 +222,14 @@ impl ServeArgs {
         {
             return Err("HTTP/2 windows must be below 2GiB".into());
         }
+        if !(16_384..=(1 << 30)).contains(&self.max_send_buffer) {
+            return Err("--max-send-buffer must be between 16KiB and 1GiB".into());
+        }
+        if self.max_outbound_buffer != 0 && self.max_outbound_buffer < self.max_send_buffer {
+            return Err(
+                "--max-outbound-buffer must be 0 (off) or at least --max-send-buffer".into(),
+            );
+        }
         Ok(ServerConfig {
             initial_stream_window: to_u32("initial-stream-window", self.initial_stream_window)?,
             initial_connection_window: to_u32(
@@ -213,6 +240,8 @@ impl ServeArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             max_header_list_size: to_u32("max-header-list-size", self.max_header_list_size)?,
             max_recv_message_bytes: self.max_message_bytes,
+            max_send_buffer_size: self.max_send_buffer,
+            max_outbound_buffer: self.max_outbound_buffer,
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             idle_timeout: self.idle_timeout,
@@ -227,10 +256,13 @@ impl ServeArgs {
         if !(self.rate_limit >= 0.0 && self.rate_burst >= 1.0) {
             return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());
         }
-        if self.max_document_bytes >= self.max_message_bytes {
-            return Err("--max-document-bytes must be below --max-message-bytes (a snapshot must fit in one message)".into());
+        if self.rate_bytes_burst < self.max_document_bytes {
+            return Err(
+                "--rate-bytes-burst must be at least --max-document-bytes (one upload of a full session must fit)"
+                    .into(),
+            );
         }
-        Ok(Limits {
+        let limits = Limits {
             max_id_bytes: self.max_id_bytes,
             max_line_bytes: self.max_line_bytes,
             max_lines_per_file: self.max_lines,
@@ -246,8 +278,22 @@ impl ServeArgs {
             session_linger: self.session_linger,
             rate_per_second: self.rate_limit,
             rate_burst: self.rate_burst,
+            rate_bytes_per_second: self.rate_bytes as f64,
+            rate_bytes_burst: self.rate_bytes_burst as f64,
+            max_memory_bytes: self.max_memory,
             ..Limits::default()
-        })
+        };
+        let snapshot = limits.max_session_bytes + limits.snapshot_overhead_bytes();
+        if snapshot > self.max_message_bytes {
+            return Err(format!(
+                "--max-document-bytes plus what a snapshot adds ({} bytes with --max-participants {}) must fit in \
+                 --max-message-bytes {}: every session must fit in one snapshot message",
+                limits.snapshot_overhead_bytes(),
+                limits.max_participants,
+                self.max_message_bytes
+            ));
+        }
+        Ok(limits)
     }
 
     /// The address to bind: --addr, else 0.0.0.0:$PORT, else the default.
@@ -408,6 +454,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         interop::register(&mut router);
         health.set("grpc.testing.TestService", ServingStatus::Serving);
     }
+    if !args.no_reflection {
+        // Last: it describes the services registered before it.
+        reflection::register(
+            &mut router,
+            bytes::Bytes::from_static(crate::pb::DESCRIPTOR_SET),
+        )?;
+    }
     if let Some(authenticator) = &authenticator {
         router.set_interceptor(authenticator.clone().interceptor());
     }
@@ -449,7 +502,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         addr = local.to_string().as_str(),
         tls = reloader.is_some(),
         auth = authenticator.is_some(),
-        interop = args.interop
+        interop = args.interop,
+        reflection = !args.no_reflection
     );
 
     let signal_name = loop {
@@ -571,6 +625,35 @@ mod tests {
         assert!(config.keepalive_interval.is_zero());
         assert_eq!(a.limits().unwrap().rate_per_second, 0.0);
         assert!(args(&["--max-frame-size", "1KiB"]).server_config().is_err());
+        let buffers = args(&[
+            "--max-send-buffer",
+            "64KiB",
+            "--max-outbound-buffer",
+            "32MiB",
+        ]);
+        let config = buffers.server_config().unwrap();
+        assert_eq!(config.max_send_buffer_size, 64 << 10);
+        assert_eq!(config.max_outbound_buffer, 32 << 20);
+        assert_eq!(
+            args(&[]).server_config().unwrap().max_outbound_buffer,
+            256 << 20
+        );
+        assert!(args(&["--max-send-buffer", "0"]).server_config().is_err());
+        assert!(
+            args(&[
+                "--max-send-buffer",
+                "1MiB",
+                "--max-outbound-buffer",
+                "512KiB"
+            ])
+            .server_config()
+            .is_err()
+        );
+        assert!(
+            args(&["--max-outbound-buffer", "0"])
+                .server_config()
+                .is_ok()
+        );
         assert!(args(&["--max-document-bytes", "8MiB"]).limits().is_err());
     }
 }

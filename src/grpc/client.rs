@@ -2,7 +2,9 @@
 //! (plaintext h2c with prior knowledge, or TLS with ALPN h2), and a
 //! [`ClientCall`] is one call on it, of any of the four kinds. Deadlines are
 //! sent as `grpc-timeout` and enforced locally too; send capacity is awaited
-//! before writing, as on the server.
+//! before writing, as on the server. Every call accepts gzip responses
+//! (`grpc-accept-encoding: gzip, identity`); a channel configured with
+//! [`ChannelConfig::send_encoding`] gzip compresses its large requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::codec::{self, DEFAULT_MAX_RECV_MESSAGE};
+use super::compression::{self, Encoding};
 use super::inbound::Inbound;
 use super::metadata::Metadata;
 use super::outbound::{OutboundQueue, WriteError};
@@ -134,6 +137,9 @@ pub struct ChannelConfig {
     pub initial_stream_window: u32,
     pub initial_connection_window: u32,
     pub max_recv_message_bytes: usize,
+    /// How requests are encoded: gzip compresses each message of at least
+    /// [`compression::COMPRESS_THRESHOLD`] bytes (default identity).
+    pub send_encoding: Encoding,
 }
 
 impl Default for ChannelConfig {
@@ -146,6 +152,7 @@ impl Default for ChannelConfig {
             initial_stream_window: 1024 * 1024,
             initial_connection_window: 4 * 1024 * 1024,
             max_recv_message_bytes: DEFAULT_MAX_RECV_MESSAGE,
+            send_encoding: Encoding::Identity,
         }
     }
 }
@@ -157,6 +164,7 @@ pub struct Channel {
     scheme: &'static str,
     authority: String,
     max_recv_message_bytes: usize,
+    send_encoding: Encoding,
     default_metadata: Metadata,
     driver: Arc<DriverGuard>,
 }
@@ -245,6 +253,7 @@ impl Channel {
             scheme: if endpoint.tls { "https" } else { "http" },
             authority: endpoint.authority(),
             max_recv_message_bytes: config.max_recv_message_bytes,
+            send_encoding: config.send_encoding,
             default_metadata: Metadata::new(),
             driver: Arc::new(DriverGuard(driver)),
         })
@@ -283,6 +292,16 @@ impl Channel {
             http::header::USER_AGENT,
             HeaderValue::from_static(concat!("codereview/", env!("CARGO_PKG_VERSION"))),
         );
+        headers.insert(
+            "grpc-accept-encoding",
+            HeaderValue::from_static(compression::ACCEPT_ENCODING),
+        );
+        if self.send_encoding != Encoding::Identity {
+            headers.insert(
+                "grpc-encoding",
+                HeaderValue::from_static(self.send_encoding.name()),
+            );
+        }
         let deadline = options.timeout.map(|t| Instant::now() + t);
         if let Some(t) = options.timeout
             && let Ok(value) = HeaderValue::from_str(&grpc_timeout::format(t))
@@ -314,6 +333,7 @@ impl Channel {
             sender: CallSender {
                 send: Some(send),
                 outbound: OutboundQueue::new(),
+                encoding: self.send_encoding,
                 deadline,
             },
             receiver: CallReceiver {
@@ -412,6 +432,7 @@ pub struct ClientCall {
 pub struct CallSender {
     send: Option<SendStream<Bytes>>,
     outbound: OutboundQueue,
+    encoding: Encoding,
     deadline: Option<Instant>,
 }
 
@@ -500,12 +521,14 @@ impl ClientCall {
 impl CallSender {
     /// Queues a message without waiting; [`CallSender::flush`] writes it.
     pub fn queue<M: prost::Message>(&mut self, message: &M) {
-        self.outbound.push(codec::encode_message(message));
+        self.queue_framed(codec::encode_message(message));
     }
 
-    /// Queues an already framed message.
+    /// Queues an already framed (uncompressed) message; it is compressed
+    /// here if the channel sends gzip and the message is large enough.
     pub fn queue_framed(&mut self, framed: Bytes) {
-        self.outbound.push(framed);
+        self.outbound
+            .push(compression::compress_framed(framed, self.encoding));
     }
 
     /// Bytes queued and not yet written.
@@ -523,7 +546,7 @@ impl CallSender {
         let outbound = &mut self.outbound;
         let result = with_deadline(deadline, async {
             outbound
-                .flush(send, |_| {})
+                .flush(send, |chunk| chunk)
                 .await
                 .map_err(|error| match error {
                     WriteError::H2(error) => Status::from_h2(&error),
@@ -621,7 +644,24 @@ impl CallReceiver {
             self.status = Some(status.clone());
             return if status.is_ok() { Ok(()) } else { Err(status) };
         }
-        self.body = Some(Inbound::without_observer(body, self.max_recv_message_bytes));
+        let encoding = match parts.headers.get("grpc-encoding") {
+            None => Encoding::Identity,
+            Some(value) => match Encoding::from_header(value.as_bytes()) {
+                Some(encoding) => encoding,
+                None => {
+                    // We never offered it: the server broke the contract.
+                    let status = Status::internal(format!(
+                        "the response uses the message encoding {:?}, which we do not accept",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ));
+                    self.status = Some(status.clone());
+                    return Err(status);
+                }
+            },
+        };
+        self.body = Some(
+            Inbound::without_observer(body, self.max_recv_message_bytes).with_encoding(encoding),
+        );
         Ok(())
     }
 

@@ -79,9 +79,9 @@ struct Header {
 #[derive(Debug)]
 pub struct MessageDecoder {
     max_message_len: usize,
-    /// Whether a message encoding was negotiated for this stream. We never
-    /// negotiate one today (only `identity` is accepted), so a set flag is an
-    /// error; the switch keeps the rule in one place.
+    /// Whether the stream declared a message encoding other than identity
+    /// (`grpc-encoding`); without one, a set compressed flag is an error.
+    /// Inflating is the caller's job ([`crate::grpc::compression`]).
     encoding_negotiated: bool,
     input: VecDeque<Bytes>,
     input_len: usize,
@@ -97,6 +97,12 @@ impl MessageDecoder {
             input_len: 0,
             header: None,
         }
+    }
+
+    /// Accepts messages with the compressed flag set: the stream declared a
+    /// message encoding.
+    pub fn accept_compressed(&mut self) {
+        self.encoding_negotiated = true;
     }
 
     /// The configured maximum message length.

@@ -1,5 +1,6 @@
 //! The receiving half of a call, on either side: DATA chunks from h2 go into
-//! the [`MessageDecoder`], whole messages come out.
+//! the [`MessageDecoder`], whole messages come out (compressed ones inflated
+//! within the message limit, see [`crate::grpc::compression`]).
 //!
 //! Flow control: HTTP/2 receive capacity for a message is released only when
 //! the reader comes back for the next one (or calls
@@ -16,6 +17,7 @@ use h2::RecvStream;
 use http::HeaderMap;
 
 use super::codec::MessageDecoder;
+use super::compression::{self, Encoding};
 use std::sync::atomic::Ordering;
 
 use super::observe::Telemetry;
@@ -31,6 +33,9 @@ pub struct Inbound {
     /// Bytes of the message being assembled that were already released.
     released_of_partial: usize,
     finished: bool,
+    /// The stream's `grpc-encoding`: how messages flagged compressed are
+    /// inflated.
+    encoding: Encoding,
     telemetry: Arc<Telemetry>,
 }
 
@@ -52,8 +57,19 @@ impl Inbound {
             consumed: 0,
             released_of_partial: 0,
             finished: false,
+            encoding: Encoding::Identity,
             telemetry,
         }
+    }
+
+    /// Declares the stream's message encoding (from `grpc-encoding`):
+    /// messages flagged compressed are then accepted and inflated.
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        if encoding != Encoding::Identity {
+            self.decoder.accept_compressed();
+        }
+        self
     }
 
     pub fn without_observer(body: RecvStream, max_message_len: usize) -> Self {
@@ -93,7 +109,14 @@ impl Inbound {
             if let Some(frame) = self.decoder.decode()? {
                 self.consumed += frame.wire_len().saturating_sub(self.released_of_partial);
                 self.released_of_partial = 0;
-                return Ok(Some(frame.payload));
+                if !frame.compressed {
+                    return Ok(Some(frame.payload));
+                }
+                // Only a negotiated encoding lets the decoder pass a
+                // compressed message, and gzip is the only one we speak.
+                debug_assert_eq!(self.encoding, Encoding::Gzip);
+                let max = self.decoder.max_message_len();
+                return Ok(Some(compression::gunzip(&frame.payload, max)?));
             }
             let partial = self.decoder.partial_message_bytes();
             if partial > self.released_of_partial {

@@ -12,6 +12,9 @@ pub trait Observer: Send + Sync + 'static {
     fn connection_opened(&self, _id: u64, _peer: Option<SocketAddr>) {}
     fn connection_closed(&self, _id: u64) {}
     fn connection_rejected(&self, _reason: &'static str) {}
+    /// An established connection closed by the server to protect the
+    /// others (e.g. `"outbound_budget"`).
+    fn connection_shed(&self, _reason: &'static str) {}
     /// `method` is a registered method path, or `"unknown"`.
     fn call_started(&self, _method: &'static str) {}
     fn call_finished(&self, _method: &'static str, _code: Code, _elapsed: Duration) {}
@@ -37,6 +40,10 @@ pub struct WireStats {
     pub inbound_buffered: std::sync::atomic::AtomicI64,
     /// Response bytes queued and not yet handed to h2 (all streams).
     pub outbound_buffered: std::sync::atomic::AtomicI64,
+    /// Response bytes handed to h2 and not yet written to a socket (all
+    /// connections). With `outbound_buffered`, what the outbound budget
+    /// bounds.
+    pub outbound_unwritten: std::sync::atomic::AtomicI64,
 }
 
 /// An observer plus the live figures; shared by every connection of a server.

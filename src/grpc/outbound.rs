@@ -5,11 +5,14 @@
 //! not allow, without limit. We never hand it more than the capacity it has
 //! granted: capacity is reserved, awaited, and then exactly that much is sent,
 //! with every message queued meanwhile coalesced into the same DATA payload.
+//! What h2 then holds is bounded per stream by its `max_send_buffer_size`;
+//! the server also accounts it per connection (see
+//! [`crate::grpc::server::budget`]), through the buffer type it hands over.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::SendStream;
 
 /// The most we ask h2 to reserve for one write.
@@ -80,12 +83,13 @@ impl OutboundQueue {
         out.freeze()
     }
 
-    /// Writes everything as capacity is granted; `on_sent` sees each write's
-    /// size. Cancel-safe: what is not yet written stays queued.
-    pub async fn flush(
+    /// Writes everything as capacity is granted; `hand_over` turns each
+    /// write into the stream's buffer type (and may account for it).
+    /// Cancel-safe: what is not yet written stays queued.
+    pub async fn flush<B: Buf>(
         &mut self,
-        stream: &mut SendStream<Bytes>,
-        mut on_sent: impl FnMut(usize),
+        stream: &mut SendStream<B>,
+        mut hand_over: impl FnMut(Bytes) -> B,
     ) -> Result<(), WriteError> {
         while self.len > 0 {
             stream.reserve_capacity(self.len.min(MAX_RESERVATION));
@@ -97,10 +101,8 @@ impl OutboundQueue {
                     None => return Err(WriteError::Closed),
                 }
             }
-            let chunk = self.take(granted);
-            let len = chunk.len();
+            let chunk = hand_over(self.take(granted));
             stream.send_data(chunk, false).map_err(WriteError::H2)?;
-            on_sent(len);
         }
         Ok(())
     }

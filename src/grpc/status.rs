@@ -6,6 +6,7 @@
 use http::{HeaderMap, HeaderValue};
 
 use super::codec::DecodeError;
+use super::compression::InflateError;
 use super::metadata::Metadata;
 use super::percent;
 
@@ -260,6 +261,15 @@ impl From<DecodeError> for Status {
             DecodeError::CompressedWithoutEncoding
             | DecodeError::InvalidFlag(_)
             | DecodeError::Truncated { .. } => Status::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<InflateError> for Status {
+    fn from(error: InflateError) -> Status {
+        match error {
+            InflateError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+            InflateError::Corrupt(_) => Status::internal(error.to_string()),
         }
     }
 }

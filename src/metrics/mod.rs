@@ -62,6 +62,7 @@ pub struct Metrics {
 #[derive(Default)]
 struct Labelled {
     connections_rejected: BTreeMap<&'static str, u64>,
+    connections_shed: BTreeMap<&'static str, u64>,
     streams_active: BTreeMap<&'static str, i64>,
     rpcs: BTreeMap<(&'static str, Code), u64>,
     durations: BTreeMap<&'static str, DurationHistogram>,
@@ -135,13 +136,14 @@ impl Metrics {
             let guard = self.labelled();
             (
                 guard.connections_rejected.clone(),
+                guard.connections_shed.clone(),
                 guard.streams_active.clone(),
                 guard.rpcs.clone(),
                 guard.durations.clone(),
                 guard.auth_failures.clone(),
             )
         };
-        let (rejected, streams, rpcs, durations, auth) = labelled;
+        let (rejected, shed, streams, rpcs, durations, auth) = labelled;
         let _ = writeln!(
             text,
             "# HELP codereview_connections_rejected_total Connections refused before HTTP/2, by reason.\n# TYPE codereview_connections_rejected_total counter"
@@ -150,6 +152,16 @@ impl Metrics {
             let _ = writeln!(
                 text,
                 "codereview_connections_rejected_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            text,
+            "# HELP codereview_connections_shed_total Established connections closed by the server to protect the others, by reason.\n# TYPE codereview_connections_shed_total counter"
+        );
+        for (reason, n) in &shed {
+            let _ = writeln!(
+                text,
+                "codereview_connections_shed_total{{reason=\"{reason}\"}} {n}"
             );
         }
         let _ = writeln!(
@@ -302,6 +314,12 @@ impl Metrics {
             "Response bytes waiting for flow control.",
             wire.map_or(0, |w| w.outbound_buffered.load(relaxed)),
         );
+        gauge(
+            &mut text,
+            "codereview_outbound_unwritten_bytes",
+            "Response bytes handed to HTTP/2 and not yet written to a socket.",
+            wire.map_or(0, |w| w.outbound_unwritten.load(relaxed)),
+        );
         text
     }
 }
@@ -317,6 +335,10 @@ impl Observer for Metrics {
             .connections_rejected
             .entry(reason)
             .or_default() += 1;
+    }
+
+    fn connection_shed(&self, reason: &'static str) {
+        *self.labelled().connections_shed.entry(reason).or_default() += 1;
     }
 
     fn call_started(&self, method: &'static str) {

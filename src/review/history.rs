@@ -19,6 +19,8 @@ pub struct AckInfo {
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub sequence: u64,
+    /// The document version once this event is applied.
+    pub version: i32,
     /// The participant whose action this was (None for server events).
     pub author: Option<Text>,
     /// For events caused by a client message: what its author is told.
@@ -98,6 +100,7 @@ mod tests {
     fn event(sequence: u64, size: usize) -> LoggedEvent {
         LoggedEvent {
             sequence,
+            version: 0,
             author: None,
             ack: None,
             framed: Bytes::from(vec![0u8; size]),

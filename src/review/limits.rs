@@ -47,10 +47,34 @@ pub struct Limits {
     /// rate limiting off) and the burst allowed above it (default 200).
     pub rate_per_second: f64,
     pub rate_burst: f64,
+    /// Sustained bytes of content per second per participant (messages and
+    /// uploads; default 1 MiB) and the burst above it (default 4 MiB: one
+    /// upload of a full session fits). Off when `rate_per_second` is 0.
+    pub rate_bytes_per_second: f64,
+    pub rate_bytes_burst: f64,
+    /// Memory all sessions together may hold, as they estimate it (content
+    /// with its per-line overhead, history, operation logs, outboxes;
+    /// default 1 GiB). Beyond it new sessions and growth are refused with
+    /// RESOURCE_EXHAUSTED and the largest outboxes are ended; everything
+    /// else keeps working.
+    pub max_memory_bytes: usize,
     /// Operations kept for transforming edits based on old versions
     /// (default 10 000, and at most `history_bytes` of text); an edit based
     /// on an older version gets FAILED_PRECONDITION.
     pub transform_window: usize,
+}
+
+impl Limits {
+    /// The most a snapshot message (with its gRPC frame) holds besides the
+    /// session's content: ids, numbers, and every participant with a cursor.
+    /// A session's content budget plus this must fit in one message.
+    pub fn snapshot_overhead_bytes(&self) -> usize {
+        let id = self.max_id_bytes + 3;
+        let participant = id + 2 + 2 + (self.max_path_bytes + 3 + 6 + 6 + 3) + 3;
+        let snapshot = id + 3 * 11 + self.max_participants * participant;
+        let message = id + 11 + 6 + 11 + 11;
+        5 + snapshot + message
+    }
 }
 
 impl Default for Limits {
@@ -74,7 +98,10 @@ impl Default for Limits {
             session_linger: Duration::from_secs(60),
             rate_per_second: 100.0,
             rate_burst: 200.0,
+            rate_bytes_per_second: 1024.0 * 1024.0,
+            rate_bytes_burst: 4.0 * 1024.0 * 1024.0,
             transform_window: 10_000,
+            max_memory_bytes: 1 << 30,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`service`]: the four RPCs on the wire layer.
 //! - [`replica`]: the client half of the OT (used by `join`).
 
+pub mod comments;
 pub mod counters;
 pub mod document;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod limits;
 pub mod ot;
 pub mod outbox;
 pub mod principal;
+pub mod rate;
 pub mod registry;
 pub mod replica;
 pub mod roles;

@@ -25,7 +25,9 @@ pub enum EphemeralKind {
 
 #[derive(Debug)]
 enum Entry {
-    Essential(Bytes),
+    /// An essential message, with the document version its recipient has
+    /// seen once it reads it (None: the message says nothing about that).
+    Essential(Bytes, Option<i32>),
     Ephemeral(EphemeralKey, u64),
 }
 
@@ -45,6 +47,9 @@ pub struct Outbox {
     ephemeral_bytes: usize,
     next_generation: u64,
     stale_entries: usize,
+    /// The document version of the latest essential message taken: what
+    /// the participant has been sent of the document so far.
+    delivered_version: i32,
 }
 
 impl Outbox {
@@ -55,13 +60,18 @@ impl Outbox {
     /// Queues an essential message; fails (queueing nothing) when the
     /// essential backlog would exceed `limit` bytes. Catch-up bytes still
     /// waiting (see [`Outbox::push_catch_up`]) do not count.
-    pub fn push(&mut self, framed: Bytes, limit: usize) -> Result<(), Overflow> {
+    pub fn push(
+        &mut self,
+        framed: Bytes,
+        version: Option<i32>,
+        limit: usize,
+    ) -> Result<(), Overflow> {
         let pending = self.essential_bytes + framed.len();
         if pending - self.catch_up_bytes > limit {
             return Err(Overflow { pending });
         }
         self.essential_bytes = pending;
-        self.queue.push_back(Entry::Essential(framed));
+        self.queue.push_back(Entry::Essential(framed, version));
         Ok(())
     }
 
@@ -69,14 +79,14 @@ impl Outbox {
     /// snapshot). It is bounded by the history and session limits, not by the
     /// backlog bound, so a resume after a long absence is not refused for the
     /// very size of what it missed. Only valid before any other message.
-    pub fn push_catch_up(&mut self, framed: Bytes) {
+    pub fn push_catch_up(&mut self, framed: Bytes, version: Option<i32>) {
         debug_assert_eq!(
             self.essential_bytes, self.catch_up_bytes,
             "catch-up comes first"
         );
         self.essential_bytes += framed.len();
         self.catch_up_bytes += framed.len();
-        self.queue.push_back(Entry::Essential(framed));
+        self.queue.push_back(Entry::Essential(framed, version));
     }
 
     /// Queues an ephemeral message, replacing any still waiting for `key`.
@@ -98,7 +108,7 @@ impl Outbox {
     fn compact(&mut self) {
         let ephemeral = &self.ephemeral;
         self.queue.retain(|entry| match entry {
-            Entry::Essential(_) => true,
+            Entry::Essential(..) => true,
             Entry::Ephemeral(key, generation) => {
                 ephemeral.get(key).is_some_and(|(g, _)| g == generation)
             }
@@ -113,7 +123,7 @@ impl Outbox {
         let mut taken = 0;
         while let Some(entry) = self.queue.front() {
             let next_len = match entry {
-                Entry::Essential(bytes) => bytes.len(),
+                Entry::Essential(bytes, _) => bytes.len(),
                 Entry::Ephemeral(key, generation) => match self.ephemeral.get(key) {
                     Some((g, bytes)) if g == generation => bytes.len(),
                     _ => {
@@ -127,7 +137,10 @@ impl Outbox {
                 break;
             }
             match self.queue.pop_front().expect("front exists") {
-                Entry::Essential(bytes) => {
+                Entry::Essential(bytes, version) => {
+                    if let Some(version) = version {
+                        self.delivered_version = version;
+                    }
                     self.essential_bytes -= bytes.len();
                     // Catch-up entries are the first ones queued.
                     self.catch_up_bytes = self.catch_up_bytes.saturating_sub(bytes.len());
@@ -142,6 +155,12 @@ impl Outbox {
             taken += next_len;
         }
         out
+    }
+
+    /// The document version of the latest essential message taken (0 before
+    /// any).
+    pub fn delivered_version(&self) -> i32 {
+        self.delivered_version
     }
 
     /// Whether a message is waiting.
@@ -170,9 +189,9 @@ mod tests {
     #[test]
     fn ephemeral_latest_wins_and_keeps_order() {
         let mut outbox = Outbox::new();
-        outbox.push(Bytes::from_static(b"e1"), 100).unwrap();
+        outbox.push(Bytes::from_static(b"e1"), None, 100).unwrap();
         outbox.push_ephemeral(key("a"), Bytes::from_static(b"a1"));
-        outbox.push(Bytes::from_static(b"e2"), 100).unwrap();
+        outbox.push(Bytes::from_static(b"e2"), None, 100).unwrap();
         outbox.push_ephemeral(key("a"), Bytes::from_static(b"a2"));
         outbox.push_ephemeral(key("b"), Bytes::from_static(b"b1"));
         let got = outbox.take(usize::MAX);
@@ -192,9 +211,9 @@ mod tests {
     #[test]
     fn essential_bound_refuses_and_keeps_state() {
         let mut outbox = Outbox::new();
-        outbox.push(Bytes::from(vec![0u8; 60]), 100).unwrap();
+        outbox.push(Bytes::from(vec![0u8; 60]), None, 100).unwrap();
         assert_eq!(
-            outbox.push(Bytes::from(vec![0u8; 50]), 100),
+            outbox.push(Bytes::from(vec![0u8; 50]), None, 100),
             Err(Overflow { pending: 110 })
         );
         assert_eq!(outbox.buffered_bytes(), 60);
@@ -211,19 +230,37 @@ mod tests {
     #[test]
     fn catch_up_does_not_count_against_the_bound() {
         let mut outbox = Outbox::new();
-        outbox.push_catch_up(Bytes::from(vec![0u8; 500]));
-        outbox.push(Bytes::from(vec![0u8; 90]), 100).unwrap();
-        assert!(outbox.push(Bytes::from(vec![0u8; 20]), 100).is_err());
+        outbox.push_catch_up(Bytes::from(vec![0u8; 500]), None);
+        outbox.push(Bytes::from(vec![0u8; 90]), None, 100).unwrap();
+        assert!(outbox.push(Bytes::from(vec![0u8; 20]), None, 100).is_err());
         assert_eq!(outbox.take(500).len(), 1);
-        outbox.push(Bytes::from(vec![0u8; 10]), 100).unwrap();
+        outbox.push(Bytes::from(vec![0u8; 10]), None, 100).unwrap();
         assert_eq!(outbox.buffered_bytes(), 100);
+    }
+
+    #[test]
+    fn delivered_version_follows_what_was_taken() {
+        let mut outbox = Outbox::new();
+        outbox.push_catch_up(Bytes::from_static(b"joined"), None);
+        outbox
+            .push(Bytes::from_static(b"v3"), Some(3), 100)
+            .unwrap();
+        outbox.push_ephemeral(key("a"), Bytes::from_static(b"cursor"));
+        outbox
+            .push(Bytes::from_static(b"v4"), Some(4), 100)
+            .unwrap();
+        assert_eq!(outbox.delivered_version(), 0);
+        assert_eq!(outbox.take(8).len(), 2);
+        assert_eq!(outbox.delivered_version(), 3);
+        outbox.take(100);
+        assert_eq!(outbox.delivered_version(), 4);
     }
 
     #[test]
     fn take_respects_max_but_returns_at_least_one() {
         let mut outbox = Outbox::new();
-        outbox.push(Bytes::from(vec![0u8; 10]), 100).unwrap();
-        outbox.push(Bytes::from(vec![0u8; 10]), 100).unwrap();
+        outbox.push(Bytes::from(vec![0u8; 10]), None, 100).unwrap();
+        outbox.push(Bytes::from(vec![0u8; 10]), None, 100).unwrap();
         assert_eq!(outbox.take(5).len(), 1);
         assert_eq!(outbox.take(100).len(), 1);
         assert!(outbox.take(100).is_empty());

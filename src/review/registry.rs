@@ -56,6 +56,8 @@ pub struct RegistryStats {
     pub outbox_bytes: usize,
     pub history_bytes: usize,
     pub content_bytes: usize,
+    /// The memory budget's count (every session's estimate).
+    pub memory_bytes: usize,
     pub parked_pulls: usize,
 }
 
@@ -117,6 +119,14 @@ enum Command {
     Stats {
         reply: oneshot::Sender<RegistryStats>,
     },
+}
+
+/// Whether joining may create the session.
+#[derive(Debug, Clone, Copy)]
+enum Creation {
+    Allowed,
+    /// Only an existing session may be joined; why not.
+    Refused(&'static str),
 }
 
 /// The registry's address; cheap to clone.
@@ -305,6 +315,42 @@ struct MemberSlot {
 struct SessionSlot {
     session: Session,
     empty_since: Option<Instant>,
+    /// The session's memory as last counted in the budget.
+    memory: usize,
+}
+
+/// The process-wide memory budget (`--max-memory`): what every session
+/// holds, as each estimates it. Over it, new sessions and growth are
+/// refused, and the largest outboxes are ended first.
+#[derive(Debug)]
+struct MemoryBudget {
+    limit: usize,
+    used: usize,
+}
+
+/// A new session is only created with at least this much memory left in
+/// the budget (a session that cannot hold anything is of no use).
+const NEW_SESSION_ROOM: usize = 64 * 1024;
+
+/// Outboxes smaller than this are never ended to make memory: ending
+/// them would not help, the content is what holds the memory.
+const SHED_MIN_OUTBOX: usize = 64 * 1024;
+
+impl MemoryBudget {
+    /// How much any session may still grow by.
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.used)
+    }
+
+    fn is_over(&self) -> bool {
+        self.used > self.limit
+    }
+
+    /// Replaces a session's `counted` figure with `now`.
+    fn recount(&mut self, counted: &mut usize, now: usize) {
+        self.used = self.used - *counted + now;
+        *counted = now;
+    }
 }
 
 /// The task's state.
@@ -315,6 +361,7 @@ pub struct Registry {
     observer: Arc<dyn SessionObserver>,
     sessions: HashMap<Text, SessionSlot>,
     members: HashMap<MemberId, MemberSlot>,
+    memory: MemoryBudget,
     next_member: MemberId,
     started: Instant,
     started_unix_ms: i64,
@@ -357,12 +404,17 @@ impl RegistryConfig {
 pub fn spawn(config: RegistryConfig) -> RegistryHandle {
     let (tx, rx) = mpsc::channel(config.inbox_capacity);
     let (pulls, pull_rx) = mpsc::channel(config.inbox_capacity);
+    let memory_limit = config.limits.max_memory_bytes;
     let registry = Registry {
         limits: config.limits,
         draining: false,
         observer: config.observer,
         sessions: HashMap::new(),
         members: HashMap::new(),
+        memory: MemoryBudget {
+            limit: memory_limit,
+            used: 0,
+        },
         next_member: 1,
         started: Instant::now(),
         started_unix_ms: SystemTime::now()
@@ -422,7 +474,12 @@ impl Registry {
                 token,
                 reply,
             } => {
-                let result = self.admit(&session_id, |session, member, fx| {
+                let create = if role.may_create_session() {
+                    Creation::Allowed
+                } else {
+                    Creation::Refused("an observer cannot create a session")
+                };
+                let result = self.admit(&session_id, create, |session, member, fx| {
                     session.join(
                         now,
                         JoinRequest {
@@ -443,7 +500,8 @@ impl Registry {
                 token,
                 reply,
             } => {
-                let result = self.admit(&session_id, |session, member, fx| {
+                let create = Creation::Refused("watching does not create a session");
+                let result = self.admit(&session_id, create, |session, member, fx| {
                     session.watch(now, member, &options, token, fx)
                 });
                 let _ = reply.send(result);
@@ -499,19 +557,34 @@ impl Registry {
                 for slot in self.sessions.values_mut() {
                     let mut fx = Effects::default();
                     slot.session.announce_drain(now, deadline_ms, &mut fx);
-                    Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
+                    Self::apply(
+                        &mut self.members,
+                        slot,
+                        fx,
+                        &*self.observer,
+                        &mut self.memory,
+                    );
                 }
             }
             Command::CloseAll { error } => {
                 for slot in self.sessions.values_mut() {
                     let mut fx = Effects::default();
                     slot.session.close_all(now, &error, &mut fx);
-                    Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
+                    Self::apply(
+                        &mut self.members,
+                        slot,
+                        fx,
+                        &*self.observer,
+                        &mut self.memory,
+                    );
                 }
             }
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
+        }
+        if self.memory.is_over() {
+            self.shed(now);
         }
         self.collect_empty(Instant::now());
     }
@@ -521,6 +594,7 @@ impl Registry {
             sessions: self.sessions.len(),
             members: self.members.len(),
             parked_pulls: self.members.values().filter(|m| m.parked.is_some()).count(),
+            memory_bytes: self.memory.used,
             ..RegistryStats::default()
         };
         for slot in self.sessions.values() {
@@ -544,27 +618,48 @@ impl Registry {
                     self.limits.max_sessions
                 )));
             }
+            if self.memory.room() < NEW_SESSION_ROOM {
+                return Err(ReviewError::exhausted(
+                    "the server's memory budget is used up: no new sessions now",
+                ));
+            }
             let session = Session::new(session_id.clone(), random_epoch(), self.limits.clone());
+            let memory = session.memory_bytes();
+            self.memory.used += memory;
             self.sessions.insert(
                 session_id.clone(),
                 SessionSlot {
                     session,
                     empty_since: None,
+                    memory,
                 },
             );
         }
-        Ok(self.sessions.get_mut(session_id).expect("present"))
+        let slot = self.sessions.get_mut(session_id).expect("present");
+        slot.session.set_memory_room(self.memory.room());
+        Ok(slot)
     }
 
+    /// Adds a member (participant or watcher) to a session, creating the
+    /// session if `create` allows.
     fn admit(
         &mut self,
         session_id: &Text,
+        create: Creation,
         enter: impl FnOnce(&mut Session, MemberId, &mut Effects) -> Result<(), ReviewError>,
     ) -> Result<Membership, ReviewError> {
         if self.draining {
             return Err(ReviewError::new(
                 ErrorKind::Unavailable,
                 "the server is shutting down: reconnect elsewhere",
+            ));
+        }
+        if let Creation::Refused(why) = create
+            && !self.sessions.contains_key(session_id)
+        {
+            return Err(ReviewError::new(
+                ErrorKind::NotFound,
+                format!("no session {session_id:?} ({why})"),
             ));
         }
         let member = self.next_member;
@@ -574,7 +669,7 @@ impl Registry {
         let mut fx = Effects::default();
         if let Err(error) = enter(&mut slot.session, member, &mut fx) {
             if created && slot.session.is_empty() {
-                self.sessions.remove(session_id);
+                self.remove_session(session_id);
             }
             return Err(error);
         }
@@ -589,7 +684,13 @@ impl Registry {
             },
         );
         let slot = self.sessions.get_mut(session_id).expect("present");
-        Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
+        Self::apply(
+            &mut self.members,
+            slot,
+            fx,
+            &*self.observer,
+            &mut self.memory,
+        );
         Ok(Membership { member, ending })
     }
 
@@ -605,11 +706,18 @@ impl Registry {
             return;
         };
         let mut fx = Effects::default();
+        slot.session.set_memory_room(self.memory.room());
         f(&mut slot.session, &mut fx);
         if slot.session.is_empty() && slot.empty_since.is_none() {
             slot.empty_since = Some(Instant::now());
         }
-        Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
+        Self::apply(
+            &mut self.members,
+            slot,
+            fx,
+            &*self.observer,
+            &mut self.memory,
+        );
     }
 
     fn pull(
@@ -626,7 +734,12 @@ impl Registry {
             return;
         };
         if session.session.has_pending(member) {
-            let _ = reply.send(session.session.take(member, max_bytes));
+            let batch = session.session.take(member, max_bytes);
+            // Taking shrinks only the outbox: count it without a recount.
+            let taken: usize = batch.iter().map(Bytes::len).sum();
+            let counted = session.memory.saturating_sub(taken);
+            self.memory.recount(&mut session.memory, counted);
+            let _ = reply.send(batch);
         } else if wait {
             slot.parked = Some((reply, max_bytes));
         } else {
@@ -634,13 +747,17 @@ impl Registry {
         }
     }
 
-    /// Carries out what a session reported.
+    /// Carries out what a session reported, and brings the memory budget's
+    /// count of the session up to date.
     fn apply(
         members: &mut HashMap<MemberId, MemberSlot>,
-        session: &mut Session,
+        slot: &mut SessionSlot,
         fx: Effects,
         observer: &dyn SessionObserver,
+        memory: &mut MemoryBudget,
     ) {
+        memory.recount(&mut slot.memory, slot.session.memory_bytes());
+        let session = &mut slot.session;
         let counters = session.take_counters();
         if !counters.is_empty() {
             observer.record(&counters);
@@ -687,11 +804,17 @@ impl Registry {
             slot.empty_since = Some(Instant::now());
         }
         if result.is_err() && created {
-            self.sessions.remove(&session_id);
+            self.remove_session(&session_id);
             return result;
         }
         let slot = self.sessions.get_mut(&session_id).expect("present");
-        Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
+        Self::apply(
+            &mut self.members,
+            slot,
+            fx,
+            &*self.observer,
+            &mut self.memory,
+        );
         result
     }
 
@@ -703,26 +826,77 @@ impl Registry {
             if slot.session.is_empty() && slot.empty_since.is_none() {
                 slot.empty_since = Some(Instant::now());
             }
-            Self::apply(&mut self.members, &mut slot.session, fx, &*self.observer);
+            Self::apply(
+                &mut self.members,
+                slot,
+                fx,
+                &*self.observer,
+                &mut self.memory,
+            );
         }
         self.collect_empty(Instant::now());
+    }
+
+    fn remove_session(&mut self, session_id: &Text) {
+        if let Some(slot) = self.sessions.remove(session_id) {
+            self.memory.used -= slot.memory;
+        }
+    }
+
+    /// Over the memory budget: ends the members with the largest outboxes
+    /// (the worst offenders first) until the budget holds or no outbox is
+    /// worth ending. Content is never dropped: growth is refused instead.
+    fn shed(&mut self, now: Now) {
+        while self.memory.is_over() {
+            let largest = self
+                .sessions
+                .iter()
+                .filter_map(|(id, slot)| slot.session.largest_outbox().map(|m| (m, id)))
+                .max_by_key(|((_, bytes), _)| *bytes);
+            let Some(((member, bytes), session_id)) = largest else {
+                return;
+            };
+            if bytes < SHED_MIN_OUTBOX {
+                return;
+            }
+            let session_id = session_id.clone();
+            let slot = self.sessions.get_mut(&session_id).expect("found above");
+            let mut fx = Effects::default();
+            let error = ReviewError::exhausted(format!(
+                "the server is short of memory and your backlog ({bytes} bytes) was the largest; \
+                 reconnect and resume"
+            ));
+            slot.session.end_member(now, member, error, &mut fx);
+            Self::apply(
+                &mut self.members,
+                slot,
+                fx,
+                &*self.observer,
+                &mut self.memory,
+            );
+        }
     }
 
     /// Removes sessions that have been empty for their linger time.
     fn collect_empty(&mut self, now: Instant) {
         let linger = self.limits.session_linger;
+        let memory = &mut self.memory;
         self.sessions.retain(|_, slot| {
             if !slot.session.is_empty() {
                 slot.empty_since = None;
                 return true;
             }
-            match slot.empty_since {
+            let keep = match slot.empty_since {
                 Some(since) => now.duration_since(since) < linger,
                 None => {
                     slot.empty_since = Some(now);
                     !linger.is_zero()
                 }
+            };
+            if !keep {
+                memory.used -= slot.memory;
             }
+            keep
         });
     }
 }

@@ -65,6 +65,12 @@ impl Role {
         ))
     }
 
+    /// Whether the role may write to a session (edit or comment), and so
+    /// may bring a new session into being by joining it.
+    pub fn may_create_session(self) -> bool {
+        !matches!(self, Role::Observer)
+    }
+
     pub fn may_edit(self) -> Result<MayEdit, ReviewError> {
         match self {
             Role::Author => Ok(MayEdit(())),

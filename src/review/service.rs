@@ -214,7 +214,13 @@ impl Service {
                     "a stream cannot start with token_refresh",
                 ));
             }
-            _ => (JoinOptions::default(), Some(first)),
+            _ => (
+                JoinOptions {
+                    article_client: true,
+                    ..JoinOptions::default()
+                },
+                Some(first),
+            ),
         };
         let Membership { member, mut ending } = self
             .registry
@@ -355,6 +361,7 @@ impl Service {
             want_snapshot: request.want_snapshot,
             resume_after: request.resume_after_sequence,
             epoch: request.session_epoch,
+            article_client: false,
         };
         let Membership { member, mut ending } = self
             .registry
@@ -419,12 +426,7 @@ impl Service {
                 }
                 Some(_) => {}
             }
-            if chunk.file_path.is_empty() || chunk.file_path.len() > limits.max_path_bytes {
-                return Err(Status::invalid_argument(format!(
-                    "file_path must be 1 to {} bytes",
-                    limits.max_path_bytes
-                )));
-            }
+            validate::upload_path(&chunk.file_path, &limits)?;
             total += chunk.content.len();
             if total > limits.max_session_bytes {
                 return Err(Status::resource_exhausted(format!(

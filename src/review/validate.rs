@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::comments::is_server_comment_id;
 use super::error::{ErrorKind, ReviewError};
 use super::limits::Limits;
 use super::ot::{LineOp, Text};
@@ -26,6 +27,9 @@ pub struct JoinOptions {
     pub want_snapshot: bool,
     pub resume_after: Option<u64>,
     pub epoch: u64,
+    /// The stream did not start with a `Join`: a client of the article's
+    /// proto (history replay, edit versions not tracked).
+    pub article_client: bool,
 }
 
 /// Presence a client can announce.
@@ -75,11 +79,36 @@ pub enum Action {
     Touch,
 }
 
+impl Action {
+    /// The bytes of content the action carries (what the byte rate limit
+    /// counts).
+    pub fn content_bytes(&self) -> usize {
+        match self {
+            Action::Edit(edit) => {
+                let text = match &edit.op {
+                    LineOp::Replace { text, .. } | LineOp::Insert { text, .. } => text.len(),
+                    _ => 0,
+                };
+                edit.path.len() + text
+            }
+            Action::Comment(c) => c.comment_id.len() + c.path.len() + c.text.len(),
+            Action::Cursor(c) => c.path.len(),
+            Action::TokenRefresh(token) => token.len(),
+            Action::Join(_) | Action::Presence(_) | Action::Touch => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientMessage {
     pub client_sequence: u64,
     pub action: Action,
 }
+
+/// The largest client_sequence accepted: 2^53 - 1, the largest integer
+/// every client language holds exactly (JavaScript numbers included). A
+/// bound also keeps one message from using up a user's numbers for good.
+pub const MAX_CLIENT_SEQUENCE: u64 = (1 << 53) - 1;
 
 fn check_id(what: &str, value: &str, limits: &Limits) -> Result<(), ReviewError> {
     if value.is_empty() {
@@ -98,6 +127,11 @@ fn check_id(what: &str, value: &str, limits: &Limits) -> Result<(), ReviewError>
         )));
     }
     Ok(())
+}
+
+/// Checks a file path an upload names (required, bounded, printable).
+pub fn upload_path(path: &str, limits: &Limits) -> Result<(), ReviewError> {
+    check_path(path, limits, true)
 }
 
 fn check_path(path: &str, limits: &Limits, required: bool) -> Result<(), ReviewError> {
@@ -166,18 +200,37 @@ pub fn validate(
             identity.user_id, message.user_id
         )));
     }
+    if message.client_sequence > MAX_CLIENT_SEQUENCE {
+        return Err(ReviewError::invalid(format!(
+            "client_sequence {} is above the largest accepted ({MAX_CLIENT_SEQUENCE})",
+            message.client_sequence
+        )));
+    }
     let action = match message.payload {
         None => Action::Touch,
         Some(Payload::Join(join)) => Action::Join(JoinOptions {
             want_snapshot: join.want_snapshot,
             resume_after: join.resume_after_sequence,
             epoch: join.session_epoch,
+            article_client: false,
         }),
         Some(Payload::Edit(edit)) => Action::Edit(validate_edit(edit, limits)?),
         Some(Payload::Comment(comment)) => {
             check_path(&comment.file_path, limits, false)?;
             if comment.comment_id.len() > limits.max_id_bytes {
                 return Err(ReviewError::invalid("comment_id is too long"));
+            }
+            if comment.comment_id.chars().any(char::is_control) {
+                return Err(ReviewError::invalid(
+                    "comment_id must not contain control characters",
+                ));
+            }
+            if is_server_comment_id(&comment.comment_id) {
+                return Err(ReviewError::invalid(format!(
+                    "comment_id {:?} has the form c<number>, which the server keeps for its own ids; \
+                     choose another id or leave it empty",
+                    comment.comment_id
+                )));
             }
             if comment.text.is_empty() {
                 return Err(ReviewError::invalid("comment text must not be empty"));

@@ -229,6 +229,30 @@ impl Conn {
             .await
             .expect("connect timed out")
             .expect("connect failed");
+        Conn::handshake(io, settings).await
+    }
+
+    /// As [`Conn::connect_with`], on a socket whose kernel receive buffer is
+    /// set to `receive_buffer` bytes before connecting, so that a client
+    /// that stops reading leaves little in the kernel and the rest in the
+    /// server.
+    pub async fn connect_with_receive_buffer(
+        addr: SocketAddr,
+        settings: &[(u16, u32)],
+        receive_buffer: u32,
+    ) -> Conn {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(receive_buffer)
+            .expect("set SO_RCVBUF");
+        let io = timeout(DEFAULT_TIMEOUT, socket.connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        Conn::handshake(io, settings).await
+    }
+
+    async fn handshake(io: TcpStream, settings: &[(u16, u32)]) -> Conn {
         io.set_nodelay(true).unwrap();
         let mut conn = Conn {
             io,

@@ -461,10 +461,48 @@ async function editIntoEmptySession(client, checks) {
   }
 }
 
+// alice and bob each replace line 1 of f.txt six times, interleaved as fast
+// as they can, always with version 0 (the article's client tracks no
+// versions): every edit of each reaches the other.
+async function concurrentReplaces(client, checks) {
+  const session = newSessionId('concurrent');
+  const alice = new Participant(client, checks, session, 'alice');
+  let bob = null;
+  try {
+    alice.join();
+    bob = new Participant(client, checks, session, 'bob');
+    bob.join();
+    await alice.expect('alice sees bob JOINED', 'PresenceUpdate JOINED from bob', isPresence('bob', 'JOINED'));
+    for (let i = 0; i < 6; i++) {
+      alice.send(alice.message({ edit: { file_path: 'f.txt', line_number: 1, content: `alice ${i}`, version: 0 } }));
+      bob.send(bob.message({ edit: { file_path: 'f.txt', line_number: 1, content: `bob ${i}`, version: 0 } }));
+    }
+    const fromBob = await alice.collect((m) => isEdit(m) && m.user_id === 'bob', 6);
+    const fromAlice = await bob.collect((m) => isEdit(m) && m.user_id === 'alice', 6);
+    const want = (who) => JSON.stringify([0, 1, 2, 3, 4, 5].map((i) => `${who} ${i}`));
+    let got = JSON.stringify(fromBob.map((m) => m.edit.content));
+    checks.ok("alice receives all 6 of bob's edits, in order", got === want('bob'), `got ${got}`);
+    got = JSON.stringify(fromAlice.map((m) => m.edit.content));
+    checks.ok("bob receives all 6 of alice's edits, in order", got === want('alice'), `got ${got}`);
+    const lines = new Set(fromAlice.concat(fromBob).map((m) => m.edit.line_number));
+    checks.ok('every broadcast edit replaces line 1', lines.size === 1 && lines.has(1), `lines ${[...lines]}`);
+    alice.doneWriting();
+    bob.doneWriting();
+  } finally {
+    for (const participant of [alice, bob]) {
+      if (participant) {
+        participant.cancel();
+        participant.report();
+      }
+    }
+  }
+}
+
 const SCENARIOS = {
   two_participants: twoParticipants,
   late_join_history: lateJoinHistory,
   edit_into_empty_session: editIntoEmptySession,
+  concurrent_replaces: concurrentReplaces,
 };
 
 function parseArgs(argv) {

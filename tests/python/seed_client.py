@@ -9,8 +9,8 @@ skipped and counted, as an old client would.
 
     seed_client.py --server 127.0.0.1:50051 --scenario two_participants
 
-Scenarios: two_participants, late_join_history, edit_into_empty_session (or
-all). Prints `PASS check` / `FAIL check: reason` per check and an `INFO` line
+Scenarios: two_participants, late_join_history, edit_into_empty_session,
+concurrent_replaces (or all). Prints `PASS check` / `FAIL check: reason` per check and an `INFO` line
 per participant with the messages it skipped; exits 1 if any check failed.
 """
 
@@ -459,10 +459,45 @@ def edit_into_empty_session(stub, checks):
                 participant.report()
 
 
+def concurrent_replaces(stub, checks):
+    """alice and bob each replace line 1 of f.txt six times, interleaved as fast
+    as they can, always with version 0 (the article's client tracks no
+    versions): every edit of each reaches the other."""
+    session = new_session_id("concurrent")
+    alice = Participant(stub, checks, session, "alice")
+    bob = None
+    try:
+        alice.join()
+        bob = Participant(stub, checks, session, "bob")
+        bob.join()
+        alice.expect("alice sees bob JOINED", "PresenceUpdate JOINED from bob", is_presence("bob", JOINED))
+        for i in range(6):
+            alice.send(alice.message(edit=pb.CodeEdit(file_path="f.txt", line_number=1, content=f"alice {i}", version=0)))
+            bob.send(bob.message(edit=pb.CodeEdit(file_path="f.txt", line_number=1, content=f"bob {i}", version=0)))
+        from_bob = alice.collect(lambda m: is_edit(m) and m.user_id == "bob", 6)
+        from_alice = bob.collect(lambda m: is_edit(m) and m.user_id == "alice", 6)
+        got = [m.edit.content for m in from_bob]
+        checks.ok("alice receives all 6 of bob's edits, in order", got == [f"bob {i}" for i in range(6)], f"got {got}")
+        got = [m.edit.content for m in from_alice]
+        checks.ok("bob receives all 6 of alice's edits, in order", got == [f"alice {i}" for i in range(6)], f"got {got}")
+        lines = {m.edit.line_number for m in from_alice + from_bob}
+        checks.ok("every broadcast edit replaces line 1", lines == {1}, f"lines {sorted(lines)}")
+        versions = [m.edit.version for m in from_bob]
+        checks.ok("versions increase", versions == sorted(versions) and len(set(versions)) == len(versions), f"versions {versions}")
+        alice.done_writing()
+        bob.done_writing()
+    finally:
+        for participant in (alice, bob):
+            if participant is not None:
+                participant.cancel()
+                participant.report()
+
+
 SCENARIOS = {
     "two_participants": two_participants,
     "late_join_history": late_join_history,
     "edit_into_empty_session": edit_into_empty_session,
+    "concurrent_replaces": concurrent_replaces,
 }
 
 

@@ -402,6 +402,13 @@ impl ReviewServer {
         )
     }
 
+    /// Response bytes the server holds for its connections: queued by calls
+    /// plus handed to h2 and not yet written (what the outbound budget bounds).
+    pub fn outbound_held(&self) -> i64 {
+        let s = &self.server.telemetry.stats;
+        s.outbound_buffered.load(Ordering::Relaxed) + s.outbound_unwritten.load(Ordering::Relaxed)
+    }
+
     /// Waits until the registry's figures satisfy `pred`.
     pub async fn wait_for_stats(
         &self,
@@ -1277,6 +1284,38 @@ impl StalledParticipant {
         StalledParticipant { conn, stream }
     }
 
+    /// A participant that never reads and advertises the largest windows
+    /// HTTP/2 allows (stream and connection), on a socket with a small
+    /// kernel receive buffer: whatever the server sends it piles up in the
+    /// server, as far as the server lets it.
+    pub async fn join_wide_open(
+        addr: SocketAddr,
+        token: Option<&str>,
+        session: &str,
+        user: &str,
+    ) -> StalledParticipant {
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        let mut conn = Conn::connect_with_receive_buffer(
+            addr,
+            &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)],
+            4096,
+        )
+        .await;
+        conn.auto_window_update = false;
+        conn.send_window_update(0, MAX_WINDOW - 65_535).await;
+        let mut headers = h2raw::grpc_request_headers(COLLABORATIVE_SESSION);
+        if let Some(token) = token {
+            headers.push(("authorization".into(), format!("Bearer {token}")));
+        }
+        let stream = conn.open(&headers, false).await;
+        let first = h2raw::grpc_encode(&join_message(session, user));
+        assert!(
+            conn.send_data(stream, &first, false).await,
+            "stalled participant: the join was refused"
+        );
+        StalledParticipant { conn, stream }
+    }
+
     /// Starts reading again: opens the windows wide and reads the stream to
     /// its end. Returns the messages and the grpc-status.
     pub async fn read_to_end(&mut self) -> (Vec<SessionMessage>, u32) {
@@ -1304,9 +1343,16 @@ pub struct Sample {
     pub streams: i64,
     pub inbound_buffered: i64,
     pub outbound_buffered: i64,
+    /// Response bytes handed to h2 and not yet written to a socket.
+    pub outbound_unwritten: i64,
 }
 
 impl Sample {
+    /// What the outbound budget bounds: queued plus unwritten.
+    pub fn outbound_held(&self) -> i64 {
+        self.outbound_buffered + self.outbound_unwritten
+    }
+
     /// Session content, history and outboxes: what the registry holds.
     pub fn registry_bytes(&self) -> usize {
         self.registry.outbox_bytes + self.registry.history_bytes + self.registry.content_bytes
@@ -1339,6 +1385,7 @@ impl Sampler {
                     streams: s.streams.load(Ordering::Relaxed),
                     inbound_buffered: s.inbound_buffered.load(Ordering::Relaxed),
                     outbound_buffered: s.outbound_buffered.load(Ordering::Relaxed),
+                    outbound_unwritten: s.outbound_unwritten.load(Ordering::Relaxed),
                 });
                 tokio::select! {
                     _ = &mut stop_rx => return samples,

@@ -14,7 +14,6 @@ use std::future::poll_fn;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -25,11 +24,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::grpc::codec;
+use crate::grpc::compression::{self, Encoding};
 use crate::grpc::inbound::Inbound;
 use crate::grpc::metadata::Metadata;
 use crate::grpc::observe::Telemetry;
 use crate::grpc::outbound::{OutboundQueue, WriteError};
 use crate::grpc::status::Status;
+
+use super::budget::{AccountedChunk, ConnectionAccount};
 
 /// Everything known about a call before its first message.
 #[derive(Debug)]
@@ -39,6 +41,9 @@ pub struct RequestHead {
     pub metadata: Metadata,
     /// From `grpc-timeout`; the dispatcher enforces it.
     pub deadline: Option<Instant>,
+    /// From `grpc-encoding`: how the request's messages may be compressed
+    /// (they are inflated before the handler sees them).
+    pub encoding: Encoding,
     pub peer: Option<SocketAddr>,
     pub connection_id: u64,
     pub stream_id: u32,
@@ -121,9 +126,14 @@ impl<T> std::fmt::Debug for Streaming<T> {
 }
 
 impl<T> Streaming<T> {
-    pub(crate) fn new(body: RecvStream, max_message_len: usize, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        body: RecvStream,
+        max_message_len: usize,
+        encoding: Encoding,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Streaming {
-            inbound: Inbound::new(body, max_message_len, telemetry),
+            inbound: Inbound::new(body, max_message_len, telemetry).with_encoding(encoding),
             _message: PhantomData,
         }
     }
@@ -161,22 +171,40 @@ impl<T: prost::Message + Default> Streaming<T> {
 /// The h2 side of a response, owned by a [`ResponseSink`] while the handler
 /// runs and by the dispatcher afterwards.
 pub(crate) struct SinkCore {
-    respond: SendResponse<Bytes>,
-    stream: Option<SendStream<Bytes>>,
+    respond: SendResponse<AccountedChunk>,
+    stream: Option<SendStream<AccountedChunk>>,
     initial_metadata: Metadata,
     pending: OutboundQueue,
+    /// How responses are encoded: gzip when the client's
+    /// `grpc-accept-encoding` lists it (each large message is then
+    /// compressed, see [`compression::compress_framed`]).
+    response_encoding: Encoding,
     telemetry: Arc<Telemetry>,
+    /// The connection's outbound account: what is queued here, and what h2
+    /// holds of it, counts against the process's outbound budget.
+    account: Arc<ConnectionAccount>,
 }
 
 impl SinkCore {
-    pub(crate) fn new(respond: SendResponse<Bytes>, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        respond: SendResponse<AccountedChunk>,
+        telemetry: Arc<Telemetry>,
+        account: Arc<ConnectionAccount>,
+    ) -> Self {
         SinkCore {
             respond,
             stream: None,
             initial_metadata: Metadata::new(),
             pending: OutboundQueue::new(),
+            response_encoding: Encoding::Identity,
             telemetry,
+            account,
         }
+    }
+
+    /// Sets the response encoding (before the headers are sent).
+    pub(crate) fn set_response_encoding(&mut self, encoding: Encoding) {
+        self.response_encoding = encoding;
     }
 
     pub(crate) fn pending_len(&self) -> usize {
@@ -194,13 +222,19 @@ impl SinkCore {
         // refused for an unsupported one learns the alternatives.
         headers.insert(
             "grpc-accept-encoding",
-            HeaderValue::from_static(super::dispatch::ACCEPT_ENCODING),
+            HeaderValue::from_static(compression::ACCEPT_ENCODING),
         );
+        if self.response_encoding != Encoding::Identity {
+            headers.insert(
+                "grpc-encoding",
+                HeaderValue::from_static(self.response_encoding.name()),
+            );
+        }
         self.initial_metadata.write_into(headers);
         response
     }
 
-    pub(crate) fn send_headers(&mut self) -> Result<&mut SendStream<Bytes>, Status> {
+    pub(crate) fn send_headers(&mut self) -> Result<&mut SendStream<AccountedChunk>, Status> {
         if self.stream.is_none() {
             let head = self.response_head();
             let stream = self
@@ -213,10 +247,8 @@ impl SinkCore {
     }
 
     pub(crate) fn queue(&mut self, framed: Bytes) {
-        self.telemetry
-            .stats
-            .outbound_buffered
-            .fetch_add(framed.len() as i64, Ordering::Relaxed);
+        let framed = compression::compress_framed(framed, self.response_encoding);
+        self.account.queued(framed.len());
         self.pending.push(framed);
     }
 
@@ -229,13 +261,11 @@ impl SinkCore {
         self.send_headers()?;
         let stream = self.stream.as_mut().expect("headers sent");
         let telemetry = &self.telemetry;
+        let account = &self.account;
         self.pending
-            .flush(stream, |n| {
-                telemetry.observer.bytes_sent(n);
-                telemetry
-                    .stats
-                    .outbound_buffered
-                    .fetch_sub(n as i64, Ordering::Relaxed);
+            .flush(stream, |chunk| {
+                telemetry.observer.bytes_sent(chunk.len());
+                account.hand_over(chunk)
             })
             .await
             .map_err(|error| match error {
@@ -279,11 +309,7 @@ impl SinkCore {
 
 impl Drop for SinkCore {
     fn drop(&mut self) {
-        let unsent = self.pending.len() as i64;
-        self.telemetry
-            .stats
-            .outbound_buffered
-            .fetch_sub(unsent, Ordering::Relaxed);
+        self.account.unqueued(self.pending.len());
     }
 }
 

@@ -1,10 +1,14 @@
-//! One HTTP/2 connection: the h2 handshake, the loop that accepts streams and
-//! hands each to its own task, keepalive PINGs, the idle timeout, and the
-//! connection's part of shutdown (GOAWAY, then drain).
+//! One HTTP/2 connection: the h2 handshake (the client preface through its
+//! SETTINGS frame, under the handshake deadline), the loop that accepts
+//! streams and hands each to its own task, keepalive PINGs, the idle timeout,
+//! closing when the outbound budget sheds it, and the connection's part of
+//! shutdown (GOAWAY, then drain).
 //!
 //! ```text
-//!  handshake ──► serving ──┬─ no streams for idle_timeout ─► GOAWAY ─► draining
+//!  handshake ──► serving ──┬─ no SETTINGS by the handshake deadline ─► closed
+//!                          ├─ no streams for idle_timeout ─► GOAWAY ─► draining
 //!                          ├─ PING unanswered ─────────────► closed
+//!                          ├─ shed (outbound budget) ──────► GOAWAY ENHANCE_YOUR_CALM, closed
 //!                          ├─ shutdown: Draining ──────────► GOAWAY ─► draining
 //!                          └─ peer closes / error ─────────► closed
 //!  draining ──► last stream ends ──► closed      (shutdown: Closing ─► closed)
@@ -12,17 +16,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use h2::{Ping, Reason};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::Shared;
+use super::budget::{AccountedChunk, ConnectionAccount};
 use super::dispatch::serve_stream;
+use super::preface::PrefaceWatch;
 use crate::grpc::shutdown::{Phase, ShutdownSignal};
 use crate::log;
 
@@ -37,10 +42,18 @@ pub struct ConnectionInfo {
     last_activity_ms: AtomicU64,
     /// Facts established before HTTP/2 (e.g. the TLS client certificate).
     pub extensions: http::Extensions,
+    /// The response bytes this connection holds, against the process's
+    /// outbound budget.
+    pub(crate) outbound: Arc<ConnectionAccount>,
 }
 
 impl ConnectionInfo {
-    pub fn new(id: u64, peer: Option<SocketAddr>, extensions: http::Extensions) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        peer: Option<SocketAddr>,
+        extensions: http::Extensions,
+        outbound: Arc<ConnectionAccount>,
+    ) -> Self {
         ConnectionInfo {
             id,
             peer,
@@ -48,6 +61,7 @@ impl ConnectionInfo {
             started: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             extensions,
+            outbound,
         }
     }
 
@@ -73,7 +87,11 @@ pub(crate) async fn serve_connection<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let handshake = config.h2_builder().handshake::<T, Bytes>(io);
+    // h2's handshake ends with the client's magic; the watch tells when its
+    // SETTINGS frame has followed, which the handshake deadline also covers.
+    let settings_seen = Arc::new(AtomicBool::new(false));
+    let io = PrefaceWatch::new(io, settings_seen.clone());
+    let handshake = config.h2_builder().handshake::<_, AccountedChunk>(io);
     let mut conn = match tokio::time::timeout_at(handshake_deadline, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
@@ -87,9 +105,14 @@ pub(crate) async fn serve_connection<T>(
         }
         Err(_) => {
             log!(Debug, "http2 handshake timed out", conn = info.id);
+            shared
+                .telemetry
+                .observer
+                .connection_rejected("preface_timeout");
             return;
         }
     };
+    let mut awaiting_settings = true;
 
     let (dead_tx, mut dead_peer) = oneshot::channel::<()>();
     let mut keepalive_armed = !config.keepalive_interval.is_zero();
@@ -109,6 +132,23 @@ pub(crate) async fn serve_connection<T>(
     loop {
         let idle_at = info.last_activity() + idle_timeout;
         tokio::select! {
+            _ = sleep_until(handshake_deadline), if awaiting_settings => {
+                if settings_seen.load(Ordering::Relaxed) {
+                    awaiting_settings = false;
+                    continue;
+                }
+                log!(Info, "closing connection: no HTTP/2 SETTINGS frame from the client within the handshake timeout", conn = info.id);
+                shared.telemetry.observer.connection_rejected("preface_timeout");
+                close_at_once(&mut conn, Reason::SETTINGS_TIMEOUT);
+                break;
+            }
+            _ = info.outbound.shed_requested() => {
+                // The shedder logged and counted it. Waiting for the GOAWAY
+                // to be written would keep what the connection holds: its
+                // peer is the one not reading.
+                close_at_once(&mut conn, Reason::ENHANCE_YOUR_CALM);
+                break;
+            }
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
                     tokio::spawn(serve_stream(request, respond, shared.clone(), info.clone()));
@@ -151,14 +191,26 @@ pub(crate) async fn serve_connection<T>(
             }
         }
     }
+    info.outbound.mark_closing();
     if let Some(task) = keepalive {
         task.abort();
     }
 }
 
+/// Queues GOAWAY with `reason` and writes what the socket takes right now,
+/// without waiting; the caller then drops the connection.
+fn close_at_once<T>(conn: &mut h2::server::Connection<T, AccountedChunk>, reason: Reason)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.abrupt_shutdown(reason);
+    let waker = std::task::Waker::noop();
+    let _ = conn.poll_closed(&mut std::task::Context::from_waker(waker));
+}
+
 /// Sends GOAWAY and gives h2 a moment to write it (the peer may not be
 /// reading: never wait long).
-async fn close_now<T>(conn: &mut h2::server::Connection<T, Bytes>)
+async fn close_now<T>(conn: &mut h2::server::Connection<T, AccountedChunk>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {

@@ -1,6 +1,8 @@
 //! One HTTP/2 stream from request headers to final status: the HTTP-level
-//! checks the gRPC spec asks for, `grpc-timeout`, routing, the interceptor,
-//! running the handler under its deadline, and the trailers.
+//! checks the gRPC spec asks for, message encodings (the request's
+//! `grpc-encoding`; gzip responses when `grpc-accept-encoding` lists it),
+//! `grpc-timeout`, routing, the interceptor, running the handler under its
+//! deadline, and the trailers.
 //!
 //! ```text
 //!  headers ─► checks ─┬─ bad method ───────────► 405
@@ -17,7 +19,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -25,9 +26,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
+use super::budget::AccountedChunk;
 use super::call::{RequestHead, SinkCore};
 use super::connection::ConnectionInfo;
 use super::router::{Call, Route};
+use crate::grpc::compression::{ACCEPT_ENCODING, Encoding};
 use crate::grpc::metadata::Metadata;
 use crate::grpc::status::{Code, Status};
 use crate::grpc::timeout;
@@ -35,9 +38,6 @@ use crate::log;
 
 /// How long the messages queued before a call's end may take to flush.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The only message encoding we accept.
-pub const ACCEPT_ENCODING: &str = "identity";
 
 /// Why a request is refused at the HTTP level, before gRPC begins.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub(crate) fn is_grpc_content_type(value: &str) -> bool {
 /// Serves one stream to completion.
 pub(crate) async fn serve_stream(
     request: http::Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    mut respond: SendResponse<AccountedChunk>,
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
 ) {
@@ -151,25 +151,42 @@ pub(crate) async fn serve_stream(
 async fn run_call(
     parts: &http::request::Parts,
     body: RecvStream,
-    respond: SendResponse<Bytes>,
+    respond: SendResponse<AccountedChunk>,
     route: Route<'_>,
     method_name: &'static str,
     shared: &Arc<Shared>,
     connection: &Arc<ConnectionInfo>,
     stream_id: u32,
 ) -> Status {
-    let sink = SinkCore::new(respond, shared.telemetry.clone());
+    let mut sink = SinkCore::new(
+        respond,
+        shared.telemetry.clone(),
+        connection.outbound.clone(),
+    );
+    sink.set_response_encoding(Encoding::preferred_by(
+        parts
+            .headers
+            .get_all("grpc-accept-encoding")
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ));
 
-    if let Some(encoding) = parts.headers.get("grpc-encoding")
-        && encoding.as_bytes() != ACCEPT_ENCODING.as_bytes()
-    {
-        let status = Status::unimplemented(format!(
-            "message encoding {:?} is not supported; supported: {ACCEPT_ENCODING}",
-            String::from_utf8_lossy(encoding.as_bytes())
-        ));
-        sink.finish(&status);
-        return status;
-    }
+    let request_encoding = match parts.headers.get("grpc-encoding") {
+        None => Encoding::Identity,
+        Some(value) => match Encoding::from_header(value.as_bytes()) {
+            Some(encoding) => encoding,
+            None => {
+                // The response head carries grpc-accept-encoding: the
+                // client learns what to use instead.
+                let status = Status::unimplemented(format!(
+                    "message encoding {:?} is not supported; supported: {ACCEPT_ENCODING}",
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
+                sink.finish(&status);
+                return status;
+            }
+        },
+    };
 
     let deadline = match parts.headers.get("grpc-timeout") {
         None => None,
@@ -208,6 +225,7 @@ async fn run_call(
         method: method_name,
         metadata: Metadata::from_headers(&parts.headers),
         deadline,
+        encoding: request_encoding,
         peer: connection.peer,
         connection_id: connection.id,
         stream_id,
@@ -227,6 +245,7 @@ async fn run_call(
         sink,
         give_back,
         max_message_len: shared.config.max_recv_message_bytes,
+        request_encoding,
         telemetry: shared.telemetry.clone(),
     };
     let handler_future = handler(call);
@@ -276,7 +295,7 @@ async fn run_call(
     status
 }
 
-fn refuse_http(respond: &mut SendResponse<Bytes>, refusal: HttpRefusal) {
+fn refuse_http(respond: &mut SendResponse<AccountedChunk>, refusal: HttpRefusal) {
     let (http_status, grpc_status) = match refusal {
         HttpRefusal::MethodNotAllowed => (
             StatusCode::METHOD_NOT_ALLOWED,

@@ -2,12 +2,15 @@
 //! loop with its connection cap, and what happens to a socket before HTTP/2
 //! (sniffing, TLS handshake in the connection's own task under a timeout).
 //!
-//! Module map: `connection` runs one HTTP/2 connection, `dispatch` one stream,
-//! `router` maps paths to handlers, `call` is what a handler sees.
+//! Module map: `connection` runs one HTTP/2 connection (`preface` watches its
+//! opening), `dispatch` one stream, `router` maps paths to handlers, `call` is
+//! what a handler sees, `budget` bounds the outbound bytes of all connections.
 
+pub mod budget;
 pub mod call;
 pub mod connection;
 pub mod dispatch;
+pub mod preface;
 pub mod router;
 
 use std::io;
@@ -24,6 +27,7 @@ use tokio::time::{Instant, timeout_at};
 pub use call::{Request, RequestHead, Response, ResponseSink, Streaming};
 pub use router::{BoxFuture, Interceptor, Router};
 
+use self::budget::OutboundBudget;
 use self::connection::{ConnectionInfo, serve_connection};
 use super::observe::{NoopObserver, Observer, Telemetry};
 use super::shutdown::{Phase, ShutdownSignal};
@@ -47,8 +51,17 @@ pub struct ServerConfig {
     /// Largest request header block, HPACK-decoded (default 16 KiB). h2's own
     /// default is 16 MiB, which also scales its CONTINUATION-flood cap.
     pub max_header_list_size: u32,
-    /// Bytes h2 may buffer per stream on the send side (default 256 KiB).
+    /// Response bytes h2 may hold per stream (handed to it and not yet
+    /// written to the socket), beyond which a call waits for the peer to read
+    /// (default 256 KiB). A peer advertising huge windows and never reading costs this
+    /// much per stream until the outbound budget or keepalive ends it.
     pub max_send_buffer_size: usize,
+    /// Response bytes the whole process may hold for its connections (queued
+    /// by calls, or held by h2 and not yet written to a socket) before the
+    /// connections holding the most are closed, largest first, until the rest
+    /// fit (default 256 MiB: 1024 connections with one full 256 KiB stream
+    /// each; 0 disables).
+    pub max_outbound_buffer: usize,
     /// Streams the client may reset before we accept them, per connection,
     /// before the connection is closed with ENHANCE_YOUR_CALM (rapid-reset
     /// defence; default 20).
@@ -68,7 +81,8 @@ pub struct ServerConfig {
     /// A connection with no stream for this long gets GOAWAY (default 5 min).
     pub idle_timeout: Duration,
     /// Time allowed from TCP accept to a working HTTP/2 connection (sniffing,
-    /// TLS and the HTTP/2 preface; default 10 s).
+    /// TLS, and the client preface: the magic and its SETTINGS frame;
+    /// default 10 s).
     pub handshake_timeout: Duration,
     /// Connections served at once; more are closed on accept (default 1024).
     pub max_connections: usize,
@@ -83,6 +97,7 @@ impl Default for ServerConfig {
             max_concurrent_streams: 100,
             max_header_list_size: 16 * 1024,
             max_send_buffer_size: 256 * 1024,
+            max_outbound_buffer: 256 * 1024 * 1024,
             max_pending_accept_reset_streams: 20,
             max_concurrent_reset_streams: 64,
             max_local_error_reset_streams: 256,
@@ -120,6 +135,7 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
     pub(crate) telemetry: Arc<Telemetry>,
+    outbound_budget: Arc<OutboundBudget>,
     tls: Option<TlsSource>,
     connection_slots: Arc<Semaphore>,
     next_connection_id: AtomicU64,
@@ -163,11 +179,15 @@ impl Server {
     /// waits for the open connections to finish (they are dropped when it
     /// reaches `Closing`). Returns once every connection task has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: ShutdownSignal) -> io::Result<()> {
+        let outbound_budget =
+            OutboundBudget::new(self.config.max_outbound_buffer, self.telemetry.clone());
+        let shedder = tokio::spawn(budget::shedder(outbound_budget.clone()));
         let shared = Arc::new(Shared {
             connection_slots: Arc::new(Semaphore::new(self.config.max_connections)),
             config: self.config,
             router: self.router,
             telemetry: self.telemetry,
+            outbound_budget,
             tls: self.tls,
             next_connection_id: AtomicU64::new(1),
         });
@@ -202,6 +222,7 @@ impl Server {
         drop(listener);
         drop(done_tx);
         let _ = done_rx.recv().await;
+        shedder.abort();
         Ok(())
     }
 }
@@ -253,7 +274,12 @@ async fn handle_socket(
     };
     match (&shared.tls, opening) {
         (None, (Opening::Http2, prefix)) => {
-            let info = Arc::new(ConnectionInfo::new(id, Some(peer), http::Extensions::new()));
+            let info = Arc::new(ConnectionInfo::new(
+                id,
+                Some(peer),
+                http::Extensions::new(),
+                shared.outbound_budget.open(id),
+            ));
             serve_connection(
                 Prefixed::new(prefix, tcp),
                 shared.clone(),
@@ -309,7 +335,12 @@ async fn handle_socket(
             // Inside TLS, only HTTP/2 is spoken.
             match timeout_at(handshake_deadline, sniff::sniff(&mut stream)).await {
                 Ok(Ok((Opening::Http2, prefix))) => {
-                    let info = Arc::new(ConnectionInfo::new(id, Some(peer), extensions));
+                    let info = Arc::new(ConnectionInfo::new(
+                        id,
+                        Some(peer),
+                        extensions,
+                        shared.outbound_budget.open(id),
+                    ));
                     serve_connection(
                         Prefixed::new(prefix, stream),
                         shared.clone(),

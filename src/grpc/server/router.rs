@@ -13,6 +13,7 @@ use h2::RecvStream;
 use tokio::sync::oneshot;
 
 use super::call::{Request, RequestHead, Response, ResponseSink, SinkCore, Streaming};
+use crate::grpc::compression::Encoding;
 use crate::grpc::metadata::Metadata;
 use crate::grpc::observe::Telemetry;
 use crate::grpc::status::Status;
@@ -27,12 +28,19 @@ pub struct Call {
     pub(crate) sink: SinkCore,
     pub(crate) give_back: oneshot::Sender<SinkCore>,
     pub(crate) max_message_len: usize,
+    /// The request's `grpc-encoding`.
+    pub(crate) request_encoding: Encoding,
     pub(crate) telemetry: Arc<Telemetry>,
 }
 
 impl Call {
     fn split<Req, Resp>(self) -> (RequestHead, Streaming<Req>, ResponseSink<Resp>) {
-        let inbound = Streaming::new(self.body, self.max_message_len, self.telemetry);
+        let inbound = Streaming::new(
+            self.body,
+            self.max_message_len,
+            self.request_encoding,
+            self.telemetry,
+        );
         let sink = ResponseSink::new(self.sink, self.give_back);
         (self.head, inbound, sink)
     }

@@ -23,24 +23,37 @@ impl Session {
             ));
         }
         let oldest_logged = self.ops.front().map_or(current + 1, |(v, _, _)| *v);
-        let state = self.users.get_mut(user).expect("exists");
-        let mut base = edit.base_version;
+        let Some(sender) = self.members.get_mut(&member) else {
+            return Ok(());
+        };
+        let tracked = match sender.versions {
+            VersionReading::Tracked { known_from } => edit.base_version >= known_from,
+            VersionReading::Untracked if edit.base_version > 0 => {
+                sender.versions = VersionReading::Tracked { known_from: 0 };
+                true
+            }
+            VersionReading::Untracked => false,
+        };
+        // A tracked base is what the client saw; an untracked edit is based
+        // on what the server delivered to it, and wins ties (last writer).
+        let (mut base, incoming_wins) = if tracked {
+            (edit.base_version, false)
+        } else {
+            (sender.outbox.delivered_version().min(current), true)
+        };
         if base > current {
             return Err(ReviewError::new(
                 ErrorKind::FailedPrecondition,
                 format!("edit based on version {base}, but the session is at version {current}"),
             ));
         }
-        if base < state.known_from {
-            // A client that does not track versions: apply as is.
-            base = current;
-        }
+        let state = self.users.get_mut(user).expect("exists");
         // Transformable if the bridge still holds what follows `base` up to
         // `synced_to`, and the log holds what follows that.
         let bridge_ok = base >= state.bridge_floor || base >= state.synced_to;
         let log_ok = base.max(state.synced_to) + 1 >= oldest_logged;
         if !(bridge_ok && log_ok) {
-            if state.tracks_versions {
+            if tracked {
                 return Err(ReviewError::new(
                     ErrorKind::FailedPrecondition,
                     format!(
@@ -51,9 +64,6 @@ impl Session {
                 ));
             }
             base = current;
-        }
-        if edit.base_version > 0 {
-            state.tracks_versions = true;
         }
         // Materialize: drop what the client has seen, add the others'
         // operations since the last sync.
@@ -91,17 +101,18 @@ impl Session {
             if !ot::same_file(&op, applied) {
                 continue;
             }
-            let next = ot::transform(&op, applied, false);
+            let next = ot::transform(&op, applied, incoming_wins);
             met.push((index, std::mem::replace(&mut op, next)));
         }
         let noop = op.is_noop();
         if !noop {
-            self.doc.apply(&op, &self.limits, self.comment_bytes)?;
+            let room = self.room();
+            self.doc.apply(&op, &self.limits, room)?;
         }
         let state = self.users.get_mut(user).expect("exists");
         for (index, before) in met {
             let entry = &mut state.bridge[index].1;
-            *entry = ot::transform(entry, &before, true);
+            *entry = ot::transform(entry, &before, !incoming_wins);
         }
         if noop {
             let info = AckInfo {
@@ -181,22 +192,7 @@ impl Session {
     /// Keeps comments on their lines as lines are inserted and deleted.
     pub(super) fn reanchor_comments(&mut self, op: &FileOp) {
         let len = self.doc.file(&op.path).map_or(0, <[Text]>::len);
-        for entry in &mut self.comments {
-            let Some(comment) = entry.comment.as_mut() else {
-                continue;
-            };
-            if *comment.file_path != *op.path {
-                continue;
-            }
-            let line = comment.line_number.max(0) as u32;
-            let moved = ot::transform_line(&op.path, line, op).unwrap_or(line);
-            let clamped = if len == 0 {
-                0
-            } else {
-                moved.min(len as u32 - 1)
-            };
-            comment.line_number = clamped as i32;
-        }
+        self.comments.reanchor(op, len);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -216,25 +212,36 @@ impl Session {
                 self.limits.max_comments
             )));
         }
+        // A comment on a file must point at one of its lines, so that live
+        // replicas and snapshots agree on where it is.
+        if !request.path.is_empty() {
+            let Some(lines) = self.doc.file(&request.path) else {
+                return Err(ReviewError::new(
+                    ErrorKind::NotFound,
+                    format!("no file {:?} in this session", request.path),
+                ));
+            };
+            if request.line as usize >= lines.len() {
+                return Err(ReviewError::new(
+                    ErrorKind::OutOfRange,
+                    format!(
+                        "line {} is past the end of {} ({} lines, 0-based)",
+                        request.line,
+                        request.path,
+                        lines.len()
+                    ),
+                ));
+            }
+        }
         let comment_id = if request.comment_id.is_empty() {
-            format!("c{}", self.sequence + 1)
+            comments::server_comment_id(self.sequence + 1)
         } else {
             request.comment_id
         };
-        if self.comments.iter().any(|c| {
-            c.comment
-                .as_ref()
-                .is_some_and(|c| c.comment_id == comment_id)
-        }) {
+        if self.comments.contains_id(&comment_id) {
             return Err(ReviewError::new(
                 ErrorKind::AlreadyExists,
                 format!("comment {comment_id:?} already exists"),
-            ));
-        }
-        let cost = comment_id.len() + request.path.len() + request.text.len() + user.len();
-        if self.doc.bytes() + self.comment_bytes + cost > self.limits.max_session_bytes {
-            return Err(ReviewError::exhausted(
-                "the session's content limit is reached",
             ));
         }
         let comment = Comment {
@@ -243,6 +250,24 @@ impl Session {
             text: request.text,
             file_path: request.path,
         };
+        let entry = CommentEntry {
+            user_id: user.to_string(),
+            comment: Some(comment.clone()),
+            sequence: self.sequence + 1,
+            timestamp: now.unix_ms,
+        };
+        let room = self.room();
+        if Comments::encoded_cost(&entry) > room.encoded {
+            return Err(ReviewError::exhausted(format!(
+                "the session would hold more than {} bytes of content (limit)",
+                self.limits.max_session_bytes
+            )));
+        }
+        if Comments::memory_cost(&entry) > room.memory {
+            return Err(ReviewError::exhausted(
+                "the server's memory budget is used up: the session cannot grow now",
+            ));
+        }
         let info = AckInfo {
             client_sequence,
             version: self.version,
@@ -253,14 +278,9 @@ impl Session {
             member: Some(member),
             ack: Some(info.clone()),
         };
-        let sequence = self.broadcast(now, origin, Payload::Comment(comment.clone()), fx);
-        self.comment_bytes += cost;
-        self.comments.push(CommentEntry {
-            user_id: user.to_string(),
-            comment: Some(comment),
-            sequence,
-            timestamp: now.unix_ms,
-        });
+        let sequence = self.broadcast(now, origin, Payload::Comment(comment), fx);
+        debug_assert_eq!(sequence, entry.sequence);
+        self.comments.push(entry);
         if client_sequence != 0 {
             let ack = self.ack_message(now, user, &info, sequence, false, false);
             self.remember_ack(user, client_sequence, &ack);
@@ -315,7 +335,19 @@ impl Session {
         _proof: MayUpload,
         fx: &mut Effects,
     ) -> Result<UploadOutcome, ReviewError> {
-        let mut staged = self.doc.clone();
+        // An upload counts against its author's rate limits like messages:
+        // one per file, and its bytes.
+        let bytes: usize = files
+            .iter()
+            .map(|(path, lines)| path.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>())
+            .sum();
+        let limits = self.limits.clone();
+        self.ensure_user(now, user, Role::Author)?.rate.admit(
+            now.at,
+            files.len().max(1),
+            bytes,
+            &limits,
+        )?;
         let ops: Vec<FileOp> = files
             .into_iter()
             .map(|(path, lines)| FileOp {
@@ -325,9 +357,20 @@ impl Session {
                 },
             })
             .collect();
+        // Atomic: every file is checked (the files of an upload are
+        // distinct, so their costs add up) before any is applied.
         let mut outcome = UploadOutcome::default();
+        let mut room = self.room();
+        let mut changes = Vec::with_capacity(ops.len());
+        let mut new_files = 0;
         for op in &ops {
-            staged.apply(op, &self.limits, self.comment_bytes)?;
+            let change = self.doc.check(op, &self.limits, room, new_files)?;
+            room.encoded -= change.encoded_growth();
+            room.memory -= change.memory_growth();
+            if self.doc.file(&op.path).is_none() {
+                new_files += 1;
+            }
+            changes.push(change);
             if let LineOp::ReplaceFile { lines } = &op.op {
                 outcome.files += 1;
                 outcome.lines += lines.len() as u32;
@@ -339,12 +382,22 @@ impl Session {
                 "the session reached its last version",
             ));
         }
-        self.doc = staged;
+        for (op, change) in ops.iter().zip(changes) {
+            self.doc.apply_checked(op, change);
+        }
         for op in ops {
             self.version += 1;
             let version = self.version;
             // An upload is nobody's pending edit: every user's bridge gets it.
-            self.log_op(version, None, &op);
+            // Transforms only need to know the file was replaced, not with
+            // what, so the log keeps no copy of the lines.
+            let replaced = FileOp {
+                path: op.path.clone(),
+                op: LineOp::ReplaceFile {
+                    lines: Arc::from([]),
+                },
+            };
+            self.log_op(version, None, &replaced);
             self.reanchor_comments(&op);
             let LineOp::ReplaceFile { lines } = &op.op else {
                 unreachable!()

@@ -36,7 +36,7 @@ impl Session {
                     version: 0,
                 })
                 .collect(),
-            comments: self.comments.clone(),
+            comments: self.comments.entries().to_vec(),
             participants,
         }
     }
@@ -124,7 +124,7 @@ impl Session {
         ));
         let members: Vec<MemberId> = self.members.keys().copied().collect();
         for member in members {
-            self.send_to(member, notice.clone(), MessageKind::Notice, fx);
+            self.send_to(member, notice.clone(), MessageKind::Notice, None, fx);
         }
         self.settle(now, fx);
     }

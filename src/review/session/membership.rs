@@ -31,37 +31,7 @@ impl Session {
                 self.id, self.limits.max_participants
             )));
         }
-        if !self.users.contains_key(&request.user_id) {
-            self.make_room_for_user()?;
-            let rate = TokenBucket {
-                tokens: self.limits.rate_burst,
-                updated: now.at,
-            };
-            let known_from = if request.options.resume_after.is_some() {
-                0
-            } else {
-                self.version
-            };
-            self.users.insert(
-                request.user_id.clone(),
-                UserState {
-                    role: request.role,
-                    live: None,
-                    idle: false,
-                    last_activity: now.at,
-                    departed_at: None,
-                    last_client_sequence: 0,
-                    outcomes: VecDeque::new(),
-                    bridge: VecDeque::new(),
-                    synced_to: self.version,
-                    bridge_floor: self.version,
-                    known_from,
-                    tracks_versions: false,
-                    cursor: None,
-                    rate,
-                },
-            );
-        }
+        self.ensure_user(now, &request.user_id, request.role)?;
         if let Some(old) = takeover {
             self.members.remove(&old);
             fx.woken.remove(&old);
@@ -105,6 +75,7 @@ impl Session {
                 outbox: Outbox::new(),
                 token: request.token,
                 warned: false,
+                versions: VersionReading::Untracked,
             },
         );
         let joiner = Joiner {
@@ -115,7 +86,19 @@ impl Session {
             last_client_sequence,
             token: request.token,
         };
-        self.catch_up(now, &joiner, fx);
+        let catchup = self.catch_up(now, &joiner, fx);
+        if !request.options.article_client
+            && let Some(member) = self.members.get_mut(&request.member)
+        {
+            // What the joiner knows of the document starts where its
+            // catch-up starts: from nothing for a replay of the whole
+            // history or a resume, from now for a snapshot.
+            let known_from = match catchup {
+                Catchup::Snapshot => self.version,
+                Catchup::History | Catchup::Resume => 0,
+            };
+            member.versions = VersionReading::Tracked { known_from };
+        }
         self.settle(now, fx);
         Ok(())
     }
@@ -143,6 +126,7 @@ impl Session {
                 outbox: Outbox::new(),
                 token,
                 warned: false,
+                versions: VersionReading::Untracked,
             },
         );
         let joiner = Joiner {
@@ -158,15 +142,44 @@ impl Session {
         Ok(())
     }
 
-    /// Queues a joiner's catch-up, exempt from the outbox bound.
-    pub(super) fn catch_up(&mut self, now: Now, joiner: &Joiner<'_>, fx: &mut Effects) {
+    /// Queues a joiner's catch-up, exempt from the outbox bound; says which
+    /// kind it was.
+    pub(super) fn catch_up(&mut self, now: Now, joiner: &Joiner<'_>, fx: &mut Effects) -> Catchup {
         self.catching_up = Some(joiner.member);
-        self.queue_catch_up(now, joiner, fx);
+        let catchup = self.queue_catch_up(now, joiner, fx);
         self.catching_up = None;
+        catchup
+    }
+
+    /// How a joiner catches up:
+    /// - `want_snapshot`: a snapshot;
+    /// - a resume in this epoch whose events are all still kept: exactly
+    ///   those events; a resume from another epoch, or without one (epoch 0
+    ///   says nothing), or too far back: a snapshot;
+    /// - otherwise the history replay (the article's behaviour), as long as
+    ///   the kept history starts at the first event; when it does not, a
+    ///   client of our protocol gets a snapshot, since a partial replay
+    ///   cannot rebuild the state. An article client keeps the replay (its
+    ///   proto has no snapshot).
+    fn catchup_for(&self, options: &JoinOptions) -> Catchup {
+        if options.want_snapshot {
+            Catchup::Snapshot
+        } else if let Some(after) = options.resume_after {
+            let same_epoch = options.epoch == self.epoch;
+            if same_epoch && self.history.covers_after(after, self.sequence) {
+                Catchup::Resume
+            } else {
+                Catchup::Snapshot
+            }
+        } else if options.article_client || self.history.covers_after(0, self.sequence) {
+            Catchup::History
+        } else {
+            Catchup::Snapshot
+        }
     }
 
     /// Joined, then history / resume replay / snapshot, then CAUGHT_UP.
-    fn queue_catch_up(&mut self, now: Now, joiner: &Joiner<'_>, fx: &mut Effects) {
+    fn queue_catch_up(&mut self, now: Now, joiner: &Joiner<'_>, fx: &mut Effects) -> Catchup {
         let Joiner {
             member,
             user,
@@ -175,18 +188,7 @@ impl Session {
             last_client_sequence,
             token,
         } = *joiner;
-        let catchup = if options.want_snapshot {
-            Catchup::Snapshot
-        } else if let Some(after) = options.resume_after {
-            let same_epoch = options.epoch == 0 || options.epoch == self.epoch;
-            if same_epoch && self.history.covers_after(after, self.sequence) {
-                Catchup::Resume
-            } else {
-                Catchup::Snapshot
-            }
-        } else {
-            Catchup::History
-        };
+        let catchup = self.catchup_for(options);
         if options.resume_after.is_some() {
             match catchup {
                 Catchup::Resume => self.counters.resumes_replay += 1,
@@ -210,7 +212,14 @@ impl Session {
         match catchup {
             Catchup::Snapshot => {
                 let snapshot = self.message(now, "", Payload::Snapshot(self.snapshot()));
-                self.send_message(member, &snapshot, fx);
+                let version = Some(self.version);
+                self.send_to(
+                    member,
+                    encode_message(&snapshot),
+                    MessageKind::Snapshot,
+                    version,
+                    fx,
+                );
             }
             Catchup::History | Catchup::Resume => {
                 let after = if catchup == Catchup::Resume {
@@ -218,7 +227,7 @@ impl Session {
                 } else {
                     0
                 };
-                let replay: Vec<Bytes> = self
+                let replay: Vec<(Bytes, i32)> = self
                     .history
                     .after(after)
                     .map(|event| match (&event.author, user) {
@@ -231,13 +240,13 @@ impl Session {
                             let mut ack =
                                 self.ack_message(now, user, &info, event.sequence, false, false);
                             ack.sequence = event.sequence;
-                            encode_message(&ack)
+                            (encode_message(&ack), event.version)
                         }
-                        _ => event.framed.clone(),
+                        _ => (event.framed.clone(), event.version),
                     })
                     .collect();
-                for framed in replay {
-                    self.send_to(member, framed, MessageKind::Replay, fx);
+                for (framed, version) in replay {
+                    self.send_to(member, framed, MessageKind::Replay, Some(version), fx);
                 }
                 // Cursors are ephemeral (not in history): send the current ones.
                 let cursors: Vec<(Text, CursorPosition)> = self
@@ -267,6 +276,38 @@ impl Session {
             0,
         );
         self.send_message(member, &caught_up, fx);
+        catchup
+    }
+
+    /// The user's record, created (with a full rate allowance) if it is new.
+    pub(super) fn ensure_user(
+        &mut self,
+        now: Now,
+        user: &Text,
+        role: Role,
+    ) -> Result<&mut UserState, ReviewError> {
+        if !self.users.contains_key(user) {
+            self.make_room_for_user()?;
+            self.users.insert(
+                user.clone(),
+                UserState {
+                    role,
+                    live: None,
+                    idle: false,
+                    last_activity: now.at,
+                    departed_at: None,
+                    last_client_sequence: 0,
+                    outcomes: VecDeque::new(),
+                    forgotten_up_to: 0,
+                    bridge: VecDeque::new(),
+                    synced_to: self.version,
+                    bridge_floor: self.version,
+                    cursor: None,
+                    rate: RateLimiter::new(&self.limits, now.at),
+                },
+            );
+        }
+        Ok(self.users.get_mut(user).expect("inserted above"))
     }
 
     /// Evicts the user record that departed longest ago, if the table is full.

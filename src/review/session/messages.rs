@@ -41,7 +41,11 @@ impl Session {
         if let Err(error) = self.handle_inner(now, member, &user, message, fx) {
             let reply = self.error_message(now, client_sequence, &error);
             self.send_message(member, &reply, fx);
-            if client_sequence != 0 {
+            let is_new_number = self
+                .users
+                .get(&user)
+                .is_some_and(|u| client_sequence > u.last_client_sequence);
+            if is_new_number {
                 self.remember(&user, client_sequence, Outcome::Error(error));
             }
         }
@@ -52,8 +56,10 @@ impl Session {
         if let Some(state) = self.users.get_mut(user) {
             state.last_client_sequence = state.last_client_sequence.max(client_sequence);
             state.outcomes.push_back((client_sequence, outcome));
-            if state.outcomes.len() > REMEMBERED_OUTCOMES {
-                state.outcomes.pop_front();
+            if state.outcomes.len() > REMEMBERED_OUTCOMES
+                && let Some((forgotten, _)) = state.outcomes.pop_front()
+            {
+                state.forgotten_up_to = forgotten;
             }
         }
     }
@@ -71,32 +77,21 @@ impl Session {
             .users
             .get_mut(user)
             .expect("a live member's user has a record");
-        // Rate limit: a token bucket per user.
-        if limits.rate_per_second > 0.0 {
-            let elapsed = now
-                .at
-                .saturating_duration_since(state.rate.updated)
-                .as_secs_f64();
-            state.rate.tokens =
-                (state.rate.tokens + elapsed * limits.rate_per_second).min(limits.rate_burst);
-            state.rate.updated = now.at;
-            if state.rate.tokens < 1.0 {
-                return Err(ReviewError::exhausted(format!(
-                    "rate limit: at most {} messages per second (burst {})",
-                    limits.rate_per_second, limits.rate_burst
-                )));
-            }
-            state.rate.tokens -= 1.0;
-        }
-        // A resend of something already processed: answer it again.
+        // Rate limits: messages and bytes per user.
+        state
+            .rate
+            .admit(now.at, 1, message.action.content_bytes(), &limits)?;
+        // A number at or below the highest processed one: a resend (answer
+        // it again), or a number that was skipped (refuse it: numbers must
+        // increase), or one too old to tell (say so).
         let client_sequence = message.client_sequence;
         if client_sequence != 0 && client_sequence <= state.last_client_sequence {
-            let outcome = state
+            let remembered = state
                 .outcomes
-                .iter()
-                .find(|(s, _)| *s == client_sequence)
-                .map(|(_, o)| o.clone());
-            let reply = match outcome {
+                .binary_search_by_key(&client_sequence, |(s, _)| *s)
+                .ok()
+                .map(|index| state.outcomes[index].1.clone());
+            let reply = match remembered {
                 Some(Outcome::Ack(ack)) => Payload::Ack(Ack {
                     duplicate: true,
                     ..ack
@@ -106,11 +101,27 @@ impl Session {
                     message: error.message,
                     client_sequence,
                 }),
-                None => Payload::Ack(Ack {
-                    client_sequence,
-                    duplicate: true,
-                    ..Ack::default()
-                }),
+                None if client_sequence <= state.forgotten_up_to => {
+                    let error = ReviewError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "client_sequence {client_sequence} is older than the last {REMEMBERED_OUTCOMES} \
+                             outcomes remembered: whether it was applied is unknown; take a snapshot"
+                        ),
+                    );
+                    Payload::Error(pb::Error {
+                        code: error.code().as_i32(),
+                        message: error.message,
+                        client_sequence,
+                    })
+                }
+                None => {
+                    return Err(ReviewError::invalid(format!(
+                        "client_sequence {client_sequence} was never processed and is not above your highest ({}): \
+                         client sequence numbers must increase; nothing was applied",
+                        state.last_client_sequence
+                    )));
+                }
             };
             let mut reply = self.message(now, user, reply);
             reply.client_sequence = client_sequence;

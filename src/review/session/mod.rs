@@ -29,13 +29,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::comments::{self, Comments};
 use super::counters::{Counters, MessageKind};
-use super::document::Document;
+use super::document::{Document, Room, line_memory};
 use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
 use super::limits::Limits;
 use super::ot::{self, FileOp, LineOp, Text};
 use super::outbox::{EphemeralKey, EphemeralKind, Outbox};
+use super::rate::RateLimiter;
 use super::roles::{MayComment, MayEdit, MayMoveCursor, MayUpload, Role};
 use super::validate::{
     Action, ClientMessage, ClientPresence, CommentRequest, CursorRequest, EditRequest, JoinOptions,
@@ -112,7 +114,7 @@ enum Origin<'a> {
 fn op_bytes(op: &FileOp) -> usize {
     let text = match &op.op {
         LineOp::Replace { text, .. } | LineOp::Insert { text, .. } => text.len(),
-        LineOp::ReplaceFile { lines } => lines.iter().map(|l| l.len() + 1).sum(),
+        LineOp::ReplaceFile { lines } => lines.iter().map(|l| line_memory(l)).sum(),
         LineOp::Delete { .. } | LineOp::Noop => 0,
     };
     op.path.len() + text + 32
@@ -129,12 +131,6 @@ enum Outcome {
 }
 
 #[derive(Debug)]
-struct TokenBucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-#[derive(Debug)]
 struct UserState {
     role: Role,
     live: Option<MemberId>,
@@ -142,7 +138,10 @@ struct UserState {
     last_activity: Instant,
     departed_at: Option<Instant>,
     last_client_sequence: u64,
+    /// Outcomes of the latest client messages, in client-sequence order.
     outcomes: VecDeque<(u64, Outcome)>,
+    /// The highest client sequence whose outcome was dropped from `outcomes`.
+    forgotten_up_to: u64,
     /// Jupiter bridge: the others' operations this user had not seen when
     /// it last edited, transformed to apply after its own operations. Kept
     /// lazily: operations after `synced_to` are taken from the session's
@@ -154,14 +153,8 @@ struct UserState {
     synced_to: i32,
     /// Bases older than this can no longer be transformed (bridge trimmed).
     bridge_floor: i32,
-    /// Bases older than this (clients that do not track versions) apply to
-    /// the current document as is.
-    known_from: i32,
-    /// The client has sent a non-zero base version: it tracks versions, so
-    /// a base too old to transform is an error, not something to guess at.
-    tracks_versions: bool,
     cursor: Option<CursorPosition>,
-    rate: TokenBucket,
+    rate: RateLimiter,
 }
 
 #[derive(Debug)]
@@ -176,6 +169,26 @@ struct Member {
     outbox: Outbox,
     token: Option<TokenWindow>,
     warned: bool,
+    /// How this stream's edit versions are read (see [`VersionReading`]).
+    versions: VersionReading,
+}
+
+/// How the `version` of a participant's edits is to be read.
+///
+/// Our protocol says an edit's `version` is the document version it was
+/// based on, and clients that start with a `Join` keep to it. The article's
+/// clients know nothing of versions and always send 0: their edits are
+/// based on what the server has delivered to them so far (the outbox knows),
+/// and among concurrent replaces of one line theirs wins (last writer wins),
+/// so every edit they make is applied and broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VersionReading {
+    /// Versions are bases; one below `known_from` (the version the stream's
+    /// catch-up started from) cannot come from a client that tracks them,
+    /// so it is read as "not tracked" instead.
+    Tracked { known_from: i32 },
+    /// Not tracked (yet): a non-zero version switches to `Tracked`.
+    Untracked,
 }
 
 /// One session's whole state.
@@ -186,8 +199,10 @@ pub struct Session {
     sequence: u64,
     version: i32,
     doc: Document,
-    comments: Vec<CommentEntry>,
-    comment_bytes: usize,
+    comments: Comments,
+    /// Memory the process-wide budget lets this session grow by (set by the
+    /// registry before each input; unlimited until then).
+    memory_room: usize,
     users: HashMap<Text, UserState>,
     members: BTreeMap<MemberId, Member>,
     history: History,
@@ -214,7 +229,17 @@ pub struct SessionStats {
     pub outbox_bytes: usize,
     pub history_bytes: usize,
     pub content_bytes: usize,
+    pub memory_bytes: usize,
 }
+
+/// Memory estimates of the parts of a session whose size is not their text
+/// (measured roughly; see `document` for lines).
+const SESSION_MEMORY: usize = 2048;
+const USER_MEMORY: usize = 512;
+const MEMBER_MEMORY: usize = 512;
+const EVENT_MEMORY: usize = 64;
+const OP_MEMORY: usize = 64;
+const OUTCOME_MEMORY: usize = 96;
 
 impl Session {
     pub fn new(id: Text, epoch: u64, limits: Arc<Limits>) -> Session {
@@ -224,8 +249,8 @@ impl Session {
             sequence: 0,
             version: 0,
             doc: Document::new(),
-            comments: Vec::new(),
-            comment_bytes: 0,
+            comments: Comments::default(),
+            memory_room: usize::MAX,
             users: HashMap::new(),
             members: BTreeMap::new(),
             history: History::new(limits.history_events, limits.history_bytes),
@@ -276,7 +301,52 @@ impl Session {
                 .map(|m| m.outbox.buffered_bytes())
                 .sum(),
             history_bytes: self.history.bytes(),
-            content_bytes: self.doc.bytes() + self.comment_bytes,
+            content_bytes: self.doc.encoded_bytes() + self.comments.encoded_bytes(),
+            memory_bytes: self.memory_bytes(),
+        }
+    }
+
+    /// An estimate of the memory this session holds: content, history, the
+    /// operation log, user records with their bridges, and outboxes. O(users
+    /// + members), both bounded by the participant limits.
+    pub fn memory_bytes(&self) -> usize {
+        let users: usize = self
+            .users
+            .values()
+            .map(|u| USER_MEMORY + u.bridge.len() * OP_MEMORY + u.outcomes.len() * OUTCOME_MEMORY)
+            .sum();
+        let outboxes: usize = self
+            .members
+            .values()
+            .map(|m| MEMBER_MEMORY + m.outbox.buffered_bytes())
+            .sum();
+        SESSION_MEMORY
+            + self.id.len()
+            + self.doc.memory_bytes()
+            + self.comments.memory_bytes()
+            + self.history.bytes()
+            + self.history.len() * EVENT_MEMORY
+            + self.ops_bytes
+            + self.ops.len() * OP_MEMORY
+            + users
+            + outboxes
+    }
+
+    /// How much the process-wide memory budget lets this session grow by
+    /// while it handles the next input.
+    pub fn set_memory_room(&mut self, bytes: usize) {
+        self.memory_room = bytes;
+    }
+
+    /// Room left for content: the session's content budget and the memory
+    /// budget.
+    fn room(&self) -> Room {
+        Room {
+            encoded: self
+                .limits
+                .max_session_bytes
+                .saturating_sub(self.doc.encoded_bytes() + self.comments.encoded_bytes()),
+            memory: self.memory_room,
         }
     }
 
@@ -309,15 +379,24 @@ impl Session {
         }
     }
 
-    /// Queues an essential message for one member.
-    fn send_to(&mut self, member: MemberId, framed: Bytes, kind: MessageKind, fx: &mut Effects) {
+    /// Queues an essential message for one member. `version` is the
+    /// document version the member has seen once it reads the message (None
+    /// when the message says nothing about the document).
+    fn send_to(
+        &mut self,
+        member: MemberId,
+        framed: Bytes,
+        kind: MessageKind,
+        version: Option<i32>,
+        fx: &mut Effects,
+    ) {
         let limit = self.limits.outbox_bytes;
         if let Some(m) = self.members.get_mut(&member) {
             if self.catching_up == Some(member) {
-                m.outbox.push_catch_up(framed);
+                m.outbox.push_catch_up(framed, version);
                 self.counters.sent[kind as usize] += 1;
                 fx.woken.insert(member);
-            } else if m.outbox.push(framed, limit).is_err() {
+            } else if m.outbox.push(framed, version, limit).is_err() {
                 self.overflowed.push(member);
             } else {
                 self.counters.sent[kind as usize] += 1;
@@ -326,9 +405,10 @@ impl Session {
         }
     }
 
+    /// Queues a message that carries no document state (replies, notices).
     fn send_message(&mut self, member: MemberId, message: &SessionMessage, fx: &mut Effects) {
         let kind = MessageKind::of(message.payload.as_ref());
-        self.send_to(member, encode_message(message), kind, fx);
+        self.send_to(member, encode_message(message), kind, None, fx);
     }
 
     /// Takes the counts accumulated since the last call.
@@ -358,6 +438,7 @@ impl Session {
         let framed = encode_message(&message);
         self.history.push(LoggedEvent {
             sequence: self.sequence,
+            version: self.version,
             author,
             ack: ack.clone(),
             framed: framed.clone(),
@@ -368,12 +449,13 @@ impl Session {
             .copied()
             .filter(|id| Some(*id) != own_member)
             .collect();
+        let version = Some(self.version);
         for member in recipients {
-            self.send_to(member, framed.clone(), kind, fx);
+            self.send_to(member, framed.clone(), kind, version, fx);
         }
         if let (Some(member), Some(ack)) = (own_member, ack) {
             let ack = self.ack_message(now, &user_id, &ack, self.sequence, false, false);
-            self.send_message(member, &ack, fx);
+            self.send_to(member, encode_message(&ack), MessageKind::Ack, version, fx);
         }
         self.sequence
     }
@@ -452,6 +534,24 @@ impl Session {
         );
         message.client_sequence = client_sequence;
         message
+    }
+
+    /// The member with the most bytes waiting in its outbox, and how many.
+    pub fn largest_outbox(&self) -> Option<(MemberId, usize)> {
+        self.members
+            .iter()
+            .map(|(id, m)| (*id, m.outbox.buffered_bytes()))
+            .max_by_key(|(_, bytes)| *bytes)
+    }
+
+    /// Ends a member's stream with `error` (it may resume).
+    pub fn end_member(&mut self, now: Now, member: MemberId, error: ReviewError, fx: &mut Effects) {
+        if self.members.contains_key(&member) {
+            self.remove_member(now, member, fx);
+            self.counters.slow_consumers += 1;
+            fx.closed.push((member, error));
+            self.settle(now, fx);
+        }
     }
 
     /// Ends the members that went over their outbox bound (which may make

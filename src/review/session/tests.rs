@@ -277,7 +277,7 @@ fn roles_are_enforced_per_message() {
         2,
         Action::Comment(CommentRequest {
             comment_id: String::new(),
-            path: "a.rs".into(),
+            path: String::new(),
             line: 0,
             text: "nice".into(),
         }),
@@ -426,7 +426,7 @@ fn resume_delivers_exactly_what_was_missed() {
     let options = JoinOptions {
         resume_after: Some(last),
         epoch: 7,
-        want_snapshot: false,
+        ..JoinOptions::default()
     };
     let (bob2, _) = h.join_with("bob", Role::Author, options);
     let messages = h.drain(bob2);
@@ -455,7 +455,7 @@ fn resume_delivers_exactly_what_was_missed() {
     let options = JoinOptions {
         resume_after: Some(last),
         epoch: 99,
-        want_snapshot: false,
+        ..JoinOptions::default()
     };
     let (bob3, _) = h.join_with("bob", Role::Author, options);
     assert!(matches!(
@@ -709,6 +709,461 @@ fn comments_follow_their_lines() {
 
 // ----- the simulator -----
 
+impl Harness {
+    fn upload(
+        &mut self,
+        user: &str,
+        files: Vec<(&str, Vec<Text>)>,
+    ) -> Result<UploadOutcome, ReviewError> {
+        let mut fx = Effects::default();
+        let proof = Role::Author.may_upload().unwrap();
+        let files = files.into_iter().map(|(p, l)| (text(p), l)).collect();
+        self.session
+            .upload(self.now(), &text(user), files, proof, &mut fx)
+    }
+
+    fn article_join(&mut self, user: &str) -> MemberId {
+        let options = JoinOptions {
+            article_client: true,
+            ..JoinOptions::default()
+        };
+        let member = self.join_with(user, Role::Author, options).0;
+        self.drain(member);
+        member
+    }
+}
+
+fn replace(line: u32, content: &str) -> Action {
+    edit(
+        "f.txt",
+        LineOp::Replace {
+            line,
+            text: text(content),
+        },
+        0,
+    )
+}
+
+fn remote_edits(messages: &[SessionMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match &m.payload {
+            Some(Payload::Edit(e)) => Some(e.content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Article clients always send version 0. Two of them replacing one line as
+/// fast as they can: every edit is applied and broadcast (last writer wins),
+/// none vanishes as a no-op.
+#[test]
+fn article_clients_concurrent_replaces_are_all_applied_and_broadcast() {
+    let mut h = Harness::new(limits());
+    let alice = h.article_join("alice");
+    let bob = h.article_join("bob");
+    h.drain(alice);
+    for i in 0..6 {
+        h.send(alice, 0, replace(1, &format!("alice {i}")));
+        h.send(bob, 0, replace(1, &format!("bob {i}")));
+    }
+    let to_alice = h.drain(alice);
+    let to_bob = h.drain(bob);
+    let expect = |who: &str| (0..6).map(|i| format!("{who} {i}")).collect::<Vec<_>>();
+    assert_eq!(remote_edits(&to_alice), expect("bob"));
+    assert_eq!(remote_edits(&to_bob), expect("alice"));
+    assert!(
+        !payloads(&to_alice)
+            .iter()
+            .any(|p| matches!(p, Payload::Ack(a) if a.noop)),
+        "no edit of alice's lapsed"
+    );
+    assert_eq!(
+        &*h.session.document().file("f.txt").unwrap()[1],
+        "bob 5",
+        "the last writer wins"
+    );
+}
+
+/// An article client's edit is based on what it was sent: an insert it has
+/// received is taken as seen, one still queued for it is transformed over.
+#[test]
+fn article_clients_edits_are_based_on_what_was_delivered() {
+    let mut h = Harness::new(limits());
+    let alice = h.article_join("alice");
+    let bob = h.article_join("bob");
+    h.send(bob, 0, replace(2, "c"));
+    h.send(
+        bob,
+        0,
+        edit(
+            "f.txt",
+            LineOp::Insert {
+                line: 0,
+                text: text("top"),
+            },
+            0,
+        ),
+    );
+    h.drain(alice); // alice has the file as ["top", "", "", "c"]
+    h.send(alice, 0, replace(3, "C"));
+    assert_eq!(&*h.session.document().file("f.txt").unwrap()[3], "C");
+    // Bob inserts again; alice has not been sent it when she edits.
+    h.send(
+        bob,
+        0,
+        edit(
+            "f.txt",
+            LineOp::Insert {
+                line: 0,
+                text: text("top2"),
+            },
+            0,
+        ),
+    );
+    h.send(alice, 0, replace(3, "C2"));
+    let lines = h.session.document().file("f.txt").unwrap().to_vec();
+    assert_eq!(
+        &*lines[4], "C2",
+        "shifted past the insert alice had not seen: {lines:?}"
+    );
+    assert_eq!(&*lines[3], "", "{lines:?}");
+}
+
+/// A client of our protocol that joined with a snapshot cannot have based
+/// an edit on a version before it: version 0 from it is not a base.
+#[test]
+fn a_version_below_what_the_joiner_knew_is_not_a_base() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(ann, 1, replace(0, "a"));
+    h.send(ann, 2, replace(0, "b"));
+    let options = JoinOptions {
+        want_snapshot: true,
+        ..JoinOptions::default()
+    };
+    let (bob, _) = h.join_with("bob", Role::Author, options);
+    h.drain(bob);
+    h.send(bob, 1, replace(0, "from bob"));
+    let replies = h.drain(bob);
+    assert!(
+        matches!(payloads(&replies)[0], Payload::Ack(a) if !a.noop && a.version == 3),
+        "{replies:?}"
+    );
+    assert_eq!(&*h.session.document().file("f.txt").unwrap()[0], "from bob");
+}
+
+/// With the history truncated, a joiner of our protocol gets a snapshot
+/// (a partial replay cannot rebuild the files); an article client keeps the
+/// replay.
+#[test]
+fn a_joiner_gets_a_snapshot_when_the_history_is_truncated() {
+    let mut h = Harness::new(Limits {
+        history_events: 3,
+        ..limits()
+    });
+    h.upload("ann", vec![("f.txt", vec![text("one"), text("two")])])
+        .unwrap();
+    for user in ["a", "b"] {
+        let m = h.join(user);
+        let mut fx = Effects::default();
+        h.session.leave(h.now(), m, &mut fx);
+    }
+    let (carol, _) = h.join_with("carol", Role::Author, JoinOptions::default());
+    let to_carol = h.drain(carol);
+    let Some(Payload::Joined(j)) = &to_carol[0].payload else {
+        panic!("{to_carol:?}")
+    };
+    assert_eq!(j.catchup, Catchup::Snapshot as i32);
+    let Some(Payload::Snapshot(snapshot)) = &to_carol[1].payload else {
+        panic!("{to_carol:?}")
+    };
+    assert_eq!(snapshot.files[0].lines, vec!["one", "two"]);
+    let dave = h.article_join("dave");
+    let _ = dave;
+    let (eve, _) = h.join_with(
+        "eve",
+        Role::Author,
+        JoinOptions {
+            article_client: true,
+            ..JoinOptions::default()
+        },
+    );
+    let to_eve = h.drain(eve);
+    let Some(Payload::Joined(j)) = &to_eve[0].payload else {
+        panic!()
+    };
+    assert_eq!(j.catchup, Catchup::History as i32);
+    // With the whole history kept, the replay it is.
+    let mut h = Harness::new(limits());
+    h.upload("ann", vec![("f.txt", vec![text("one")])]).unwrap();
+    let (fred, _) = h.join_with("fred", Role::Author, JoinOptions::default());
+    let Some(Payload::Joined(j)) = &h.drain(fred)[0].payload else {
+        panic!()
+    };
+    assert_eq!(j.catchup, Catchup::History as i32);
+}
+
+fn comment_on(path: &str, line: u32, id: &str) -> Action {
+    Action::Comment(CommentRequest {
+        comment_id: id.into(),
+        path: path.into(),
+        line,
+        text: "why?".into(),
+    })
+}
+
+/// A comment must point at a line that exists: live replicas and snapshots
+/// then agree on where it is.
+#[test]
+fn comments_past_the_end_or_on_missing_files_are_refused() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    let bob = h.join("bob");
+    h.upload("ann", vec![("f.txt", vec![text("0"), text("1")])])
+        .unwrap();
+    h.drain(ann);
+    h.drain(bob);
+    h.send(ann, 1, comment_on("f.txt", 2, ""));
+    h.send(ann, 2, comment_on("nope.txt", 0, ""));
+    h.send(ann, 3, comment_on("f.txt", 1, ""));
+    h.send(ann, 4, comment_on("", 99, ""));
+    let replies = h.drain(ann);
+    let codes: Vec<i32> = payloads(&replies)
+        .iter()
+        .map(|p| match p {
+            Payload::Error(e) => e.code,
+            Payload::Ack(_) => 0,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![11, 5, 0, 0],
+        "OUT_OF_RANGE, NOT_FOUND, ok, ok (review-level)"
+    );
+    let lines: Vec<i32> = h
+        .drain(bob)
+        .iter()
+        .filter_map(|m| match &m.payload {
+            Some(Payload::Comment(c)) => Some(c.line_number),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, vec![1, 99]);
+    let snapshot: Vec<i32> = h
+        .session
+        .snapshot()
+        .comments
+        .iter()
+        .map(|c| c.comment.as_ref().unwrap().line_number)
+        .collect();
+    assert_eq!(snapshot, lines, "live and snapshot agree");
+}
+
+/// Client-chosen ids live apart from the server's `c<sequence>` ids: a
+/// client cannot take an id the server will hand out.
+#[test]
+fn client_comment_ids_cannot_squat_the_servers() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(ann, 1, comment_on("", 0, "mine"));
+    h.send(ann, 2, comment_on("", 0, "mine"));
+    h.send(ann, 3, comment_on("", 0, ""));
+    let replies = h.drain(ann);
+    let got: Vec<String> = payloads(&replies)
+        .iter()
+        .map(|p| match p {
+            Payload::Error(e) => format!("error {}", e.code),
+            Payload::Ack(a) => a.comment_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, vec!["mine", "error 6", "c3"]);
+}
+
+/// client_sequence numbers: a lower number never processed is refused
+/// (never silently dropped as a "duplicate"); a resend of a processed one is
+/// answered again.
+#[test]
+fn skipped_client_sequences_are_refused_not_dropped() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(ann, 5, replace(0, "five"));
+    h.send(ann, 3, replace(0, "three"));
+    h.send(ann, 5, replace(0, "five again"));
+    let replies = h.drain(ann);
+    let got: Vec<String> = payloads(&replies)
+        .iter()
+        .map(|p| match p {
+            Payload::Error(e) => format!("error {} {}", e.code, e.client_sequence),
+            Payload::Ack(a) => format!("ack {} dup={}", a.client_sequence, a.duplicate),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, vec!["ack 5 dup=false", "error 3 3", "ack 5 dup=true"]);
+    assert_eq!(&*h.session.document().file("f.txt").unwrap()[0], "five");
+    // A number whose outcome is no longer remembered is answered as such.
+    for n in 0..300u64 {
+        h.send(
+            ann,
+            10 + n,
+            Action::Cursor(CursorRequest {
+                path: "f.txt".into(),
+                line: 0,
+                column: 0,
+            }),
+        );
+    }
+    h.drain(ann);
+    h.send(ann, 5, replace(0, "five, much later"));
+    let replies = h.drain(ann);
+    assert!(
+        matches!(payloads(&replies)[0], Payload::Error(e) if e.code == 9 && e.message.contains("unknown")),
+        "{replies:?}"
+    );
+}
+
+/// A resume without an epoch (0) says nothing about which incarnation of
+/// the session it resumes: it gets a snapshot.
+#[test]
+fn a_resume_without_an_epoch_gets_a_snapshot() {
+    let mut h = Harness::new(limits());
+    let ann = h.join("ann");
+    h.send(ann, 1, replace(0, "x"));
+    let options = JoinOptions {
+        resume_after: Some(1),
+        epoch: 0,
+        ..JoinOptions::default()
+    };
+    let (bob, _) = h.join_with("bob", Role::Author, options);
+    let Some(Payload::Joined(j)) = &h.drain(bob)[0].payload else {
+        panic!()
+    };
+    assert_eq!(j.catchup, Catchup::Snapshot as i32);
+}
+
+/// Whatever content a session accepted fits in one snapshot message: the
+/// budget counts bytes as the snapshot encodes them (empty lines are the
+/// worst case: 2 bytes each).
+#[test]
+fn a_full_session_still_fits_in_one_snapshot() {
+    use prost::Message;
+    let budget = 64 * 1024;
+    let mut h = Harness::new(Limits {
+        max_session_bytes: budget,
+        max_lines_per_file: 100_000,
+        ..limits()
+    });
+    let mut files = 0;
+    loop {
+        let lines: Vec<Text> = (0..10_000).map(|_| text("")).collect();
+        let path = format!("f{files}.txt");
+        if h.upload("ann", vec![(&path, lines)]).is_err() {
+            break;
+        }
+        files += 1;
+    }
+    // Fill what is left line by line.
+    let ann = h.join("ann");
+    let mut n = 1;
+    loop {
+        h.send(
+            ann,
+            n,
+            edit(
+                "last.txt",
+                LineOp::Insert {
+                    line: 0,
+                    text: text(""),
+                },
+                0,
+            ),
+        );
+        n += 1;
+        if h.drain(ann)
+            .iter()
+            .any(|m| matches!(m.payload, Some(Payload::Error(_))))
+        {
+            break;
+        }
+    }
+    let snapshot = h.session.snapshot();
+    let encoded = snapshot.encoded_len();
+    let limits = Limits::default();
+    assert!(
+        encoded <= budget + limits.snapshot_overhead_bytes(),
+        "a snapshot of {encoded} bytes for a budget of {budget}"
+    );
+    assert!(encoded > budget * 9 / 10, "the budget was used: {encoded}");
+}
+
+/// The memory budget: a session refuses to grow past the room it is given,
+/// and empty lines are counted at what they really cost.
+#[test]
+fn growth_is_refused_beyond_the_memory_room() {
+    let mut h = Harness::new(limits());
+    let before = h.session.memory_bytes();
+    let lines: Vec<Text> = (0..10_000).map(|_| text("")).collect();
+    h.upload("ann", vec![("a.txt", lines.clone())]).unwrap();
+    let grown = h.session.memory_bytes() - before;
+    assert!(grown >= 10_000 * 48, "empty lines are not free: {grown}");
+    h.session.set_memory_room(grown / 2);
+    let err = h.upload("ann", vec![("b.txt", lines)]).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::ResourceExhausted);
+    let ann = h.join("ann");
+    h.drain(ann);
+    h.session.set_memory_room(0);
+    // Replacing a line by a shorter one is not growth: it still works.
+    h.send(
+        ann,
+        1,
+        edit(
+            "a.txt",
+            LineOp::Replace {
+                line: 0,
+                text: text(""),
+            },
+            0,
+        ),
+    );
+    h.send(ann, 2, comment_on("", 0, ""));
+    let replies = h.drain(ann);
+    assert!(
+        matches!(payloads(&replies)[0], Payload::Ack(_)),
+        "{replies:?}"
+    );
+    assert!(
+        matches!(payloads(&replies)[1], Payload::Error(e) if e.code == 8),
+        "{replies:?}"
+    );
+}
+
+/// Uploads count against their author's rate limits, messages and bytes.
+#[test]
+fn uploads_count_against_the_rate_limits() {
+    let mut h = Harness::new(Limits {
+        rate_per_second: 10.0,
+        rate_burst: 5.0,
+        rate_bytes_per_second: 1000.0,
+        rate_bytes_burst: 15_000.0,
+        ..Limits::default()
+    });
+    let small = || vec![text("x")];
+    let mut accepted = 0;
+    for i in 0..20 {
+        if h.upload("ann", vec![(&format!("f{i}"), small())]).is_ok() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 5, "the message burst");
+    h.elapsed += Duration::from_secs(10);
+    let big: Vec<Text> = (0..100).map(|_| text(&"y".repeat(99))).collect();
+    h.upload("ann", vec![("big1", big.clone())]).unwrap();
+    let err = h.upload("ann", vec![("big2", big)]).unwrap_err();
+    assert!(err.message.contains("bytes per second"), "{err:?}");
+}
+
 #[derive(Debug, Clone)]
 enum Step {
     Edit {
@@ -782,13 +1237,15 @@ impl Sim {
 
     fn connect(&mut self, i: usize, fresh: bool, eager_resend: bool) {
         let c = &self.clients[i];
-        let options = if fresh {
+        // A client that never learned the epoch joins afresh (a resume
+        // without an epoch would get a snapshot).
+        let options = if fresh || c.epoch == 0 {
             JoinOptions::default()
         } else {
             JoinOptions {
                 resume_after: Some(c.last_sequence),
                 epoch: c.epoch,
-                want_snapshot: false,
+                ..JoinOptions::default()
             }
         };
         let user = c.user.clone();

@@ -1,0 +1,217 @@
+//! A session's comments: in the order they were posted, unique by id, kept
+//! anchored to their lines as lines are inserted and deleted, with the same
+//! two measures as the document (encoded snapshot bytes, memory).
+//!
+//! Ids have two namespaces: the server names comments `c<sequence>` (the
+//! sequence number of the event that posted them, unique by construction);
+//! a client may choose any other id (`validate` refuses the server's form).
+
+use std::collections::{HashMap, HashSet};
+
+use super::document::{field_len, varint_len};
+use super::ot::{self, FileOp};
+use crate::pb::codereview::CommentEntry;
+
+/// What holding one comment costs besides its strings' bytes: the entry
+/// (four strings, two integers), the strings' allocations, its id in the
+/// index and its place in its file's list.
+const COMMENT_MEMORY_OVERHEAD: usize = 256;
+
+/// The server's id for a comment posted by the event `sequence`.
+pub fn server_comment_id(sequence: u64) -> String {
+    format!("c{sequence}")
+}
+
+/// Whether `id` has the form of the server's ids (`c` and digits).
+pub fn is_server_comment_id(id: &str) -> bool {
+    id.strip_prefix('c')
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Comments {
+    entries: Vec<CommentEntry>,
+    ids: HashSet<String>,
+    /// For each file path, the indexes of its comments in `entries`.
+    by_file: HashMap<String, Vec<usize>>,
+    encoded: usize,
+    memory: usize,
+}
+
+impl Comments {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> &[CommentEntry] {
+        &self.entries
+    }
+
+    pub fn contains_id(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Encoded snapshot bytes of the comments (the content budget's measure).
+    pub fn encoded_bytes(&self) -> usize {
+        self.encoded
+    }
+
+    /// Estimated memory held by the comments.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory
+    }
+
+    /// An entry's share of a snapshot, whatever line it moves to later (a
+    /// line number takes at most 5 bytes).
+    pub fn encoded_cost(entry: &CommentEntry) -> usize {
+        field_len(entry.encoded_len_bound())
+    }
+
+    pub fn memory_cost(entry: &CommentEntry) -> usize {
+        let strings = entry.user_id.len()
+            + entry
+                .comment
+                .as_ref()
+                .map_or(0, |c| c.comment_id.len() + c.text.len() + c.file_path.len());
+        strings + COMMENT_MEMORY_OVERHEAD
+    }
+
+    /// Adds a comment whose id is not taken (the caller checked).
+    pub fn push(&mut self, entry: CommentEntry) {
+        let comment = entry.comment.as_ref().expect("an entry holds a comment");
+        debug_assert!(!self.ids.contains(&comment.comment_id));
+        self.ids.insert(comment.comment_id.clone());
+        if !comment.file_path.is_empty() {
+            self.by_file
+                .entry(comment.file_path.clone())
+                .or_default()
+                .push(self.entries.len());
+        }
+        self.encoded += Self::encoded_cost(&entry);
+        self.memory += Self::memory_cost(&entry);
+        self.entries.push(entry);
+    }
+
+    /// Moves the comments of the file `op` changed with their lines; a
+    /// comment whose line went away stays at the nearest line. `len` is the
+    /// file's length after `op`. O(comments on that file).
+    pub fn reanchor(&mut self, op: &FileOp, len: usize) {
+        let Some(indexes) = self.by_file.get(&*op.path) else {
+            return;
+        };
+        for &index in indexes {
+            let Some(comment) = self.entries[index].comment.as_mut() else {
+                continue;
+            };
+            let line = comment.line_number.max(0) as u32;
+            let moved = ot::transform_line(&op.path, line, op).unwrap_or(line);
+            let clamped = if len == 0 {
+                0
+            } else {
+                moved.min(len as u32 - 1)
+            };
+            comment.line_number = clamped as i32;
+        }
+    }
+}
+
+/// An upper bound of an entry's encoded length that holds whatever line its
+/// comment is moved to.
+trait EncodedLenBound {
+    fn encoded_len_bound(&self) -> usize;
+}
+
+impl EncodedLenBound for CommentEntry {
+    fn encoded_len_bound(&self) -> usize {
+        let comment = self.comment.as_ref().map_or(0, |c| {
+            let mut len = 0;
+            for text in [&c.comment_id, &c.text, &c.file_path] {
+                if !text.is_empty() {
+                    len += field_len(text.len());
+                }
+            }
+            len + 1 + 5 // line_number, at its largest
+        });
+        let mut len = field_len(comment);
+        if !self.user_id.is_empty() {
+            len += field_len(self.user_id.len());
+        }
+        len + 1 + varint_len(self.sequence as usize) + 1 + 10 // sequence, timestamp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::codereview::{Comment, Snapshot};
+    use crate::review::ot::LineOp;
+    use prost::Message;
+    use std::sync::Arc;
+
+    fn entry(id: &str, path: &str, line: i32) -> CommentEntry {
+        CommentEntry {
+            user_id: "ann".into(),
+            comment: Some(Comment {
+                comment_id: id.into(),
+                line_number: line,
+                text: "looks good".into(),
+                file_path: path.into(),
+            }),
+            sequence: 12,
+            timestamp: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn server_ids_have_their_own_form() {
+        assert!(is_server_comment_id(&server_comment_id(17)));
+        assert!(is_server_comment_id("c0"));
+        assert!(!is_server_comment_id("c"));
+        assert!(!is_server_comment_id("c12a"));
+        assert!(!is_server_comment_id("mine-1"));
+        assert!(!is_server_comment_id("C12"));
+    }
+
+    #[test]
+    fn encoded_cost_bounds_the_snapshot_wherever_the_line_moves() {
+        let mut comments = Comments::default();
+        comments.push(entry("c1", "a.rs", 0));
+        comments.push(entry("mine", "", 3));
+        let mut snapshot = Snapshot {
+            comments: comments.entries().to_vec(),
+            ..Snapshot::default()
+        };
+        assert!(snapshot.encoded_len() <= comments.encoded_bytes());
+        for c in &mut snapshot.comments {
+            c.comment.as_mut().unwrap().line_number = i32::MAX;
+        }
+        assert!(snapshot.encoded_len() <= comments.encoded_bytes());
+    }
+
+    #[test]
+    fn reanchoring_touches_only_the_file_changed() {
+        let mut comments = Comments::default();
+        comments.push(entry("c1", "a.rs", 2));
+        comments.push(entry("c2", "b.rs", 2));
+        let op = FileOp {
+            path: Arc::from("a.rs"),
+            op: LineOp::Insert {
+                line: 0,
+                text: Arc::from("x"),
+            },
+        };
+        comments.reanchor(&op, 10);
+        let lines: Vec<i32> = comments
+            .entries()
+            .iter()
+            .map(|e| e.comment.as_ref().unwrap().line_number)
+            .collect();
+        assert_eq!(lines, vec![3, 2]);
+        assert!(comments.contains_id("c2"));
+        assert!(!comments.contains_id("c3"));
+    }
+}
