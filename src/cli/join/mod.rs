@@ -5,16 +5,19 @@
 //! client half of the OT, so its copy converges with the server's.
 //!
 //! ```text
-//!            connect + Join{resume_after, epoch}      CAUGHT_UP: resend
-//!  (start) ──────────────────────────────────► catching up ─────────► live
-//!     │                                           ▲                   │ │
-//!     │ the first connection fails:               │ backoff: random(0, │ │ quit / end of input:
-//!     ▼ exit 1 at once (setup errors: exit 2)     │ min(cap, base·2^n)),│ │ send what waits, wait
-//!   (exit)                                        │ give up after N     │ │ for its answers (at most
-//!                                                 │ tries               │ │ --quit-timeout), LEFT
-//!     broken stream / GOAWAY / UNAVAILABLE / ─────┴─────────────────────┘ ▼
-//!     going-away notice (after the first catch-up)                     (exit 0, or 1 with
-//!     UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT: exit 1      anything unanswered)
+//!            connect + Join{resume_after, epoch}           CAUGHT_UP: resend
+//!  (start) ──────────────────────────────────► catching up ─────────────► live
+//!     │ the first connection fails:               ▲                        │ │
+//!     │ exit 1 at once (setup errors: exit 2)     │ backoff: random(0,     │ │
+//!     ▼                                           │ min(cap, base·2^n)),   │ │
+//!   (exit)                                        │ give up after N tries  │ │
+//!                                                 └────────────────────────┘ │
+//!             broken stream / GOAWAY / UNAVAILABLE / going-away notice       │
+//!             (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT: exit 1) │
+//!                                                                            ▼
+//!   quit / end of input: send what waits, wait for the answers (at most
+//!   --quit-timeout, reconnecting if need be), LEFT, exit 0; anything left
+//!   unanswered, refused or dropped: exit 1
 //! ```
 //!
 //! Backoff is for connections that were up: a first connection that fails
