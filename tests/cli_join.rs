@@ -393,27 +393,35 @@ fn disconnects(participant: &Proc) -> usize {
         .count()
 }
 
+/// Joins `session` as `user` through `proxy`, waits for the catch-up, then
+/// makes the proxy refuse and cuts the connection: the participant was up
+/// and is now offline, retrying every 20..100 ms.
+fn join_then_go_offline(proxy: &Proxy, session: &str, user: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--backoff",
+        "20ms",
+        "--backoff-max",
+        "100ms",
+        "--max-attempts",
+        "1000",
+    ];
+    args.extend(extra);
+    let mut participant = join(&proxy.url(), session, user, &args);
+    participant.caught_up();
+    proxy.set_refusing(true);
+    proxy.cut();
+    participant.wait_json("disconnected", WAIT, |j| {
+        j["type"] == "status" && j["text"].str().starts_with("disconnected")
+    });
+    participant
+}
+
 #[test]
 fn buffers_while_disconnected_up_to_the_limit() {
     let server = Server::start(&["--rate-limit", "0"]);
     let session = "buffer";
     let proxy = Proxy::start(&server.addr);
-    proxy.set_refusing(true);
-    let mut carol = join(
-        &proxy.url(),
-        session,
-        "carol",
-        &[
-            "--buffer",
-            "3",
-            "--backoff",
-            "20ms",
-            "--backoff-max",
-            "100ms",
-            "--max-attempts",
-            "1000",
-        ],
-    );
+    let mut carol = join_then_go_offline(&proxy, session, "carol", &["--buffer", "3"]);
     carol.send("insert f.rs 0 one");
     carol.send("insert f.rs 0 two");
     carol.send("comment 0 three");
@@ -435,15 +443,10 @@ fn buffers_while_disconnected_up_to_the_limit() {
     );
     let document = carol.show();
     assert_eq!(document["pending"].u64(), 3);
-    // Never connected, the document is unknown: the commands wait, unapplied,
-    // for the first catch-up (so they apply to the real document).
-    assert!(
-        matches!(document["files"]["f.rs"], Json::Null),
-        "{document:?}"
-    );
-    assert_eq!(proxy.accepted(), 0);
-    // (The commands may have been read while a connection attempt was still
-    // under way: they wait all the same.) It keeps trying.
+    // Applied locally, waiting for the server.
+    assert_eq!(document["files"]["f.rs"].strings(), ["two", "one"]);
+    assert_eq!(proxy.accepted(), 1);
+    // It keeps trying.
     wait_until("carol to retry twice", WAIT, || {
         carol
             .statuses()
@@ -616,13 +619,19 @@ fn refused_token_with_a_piped_script_fails() {
 
 #[test]
 fn gives_up_after_max_attempts() {
-    let addr = dead_addr();
+    let server = Server::start(&[]);
+    let proxy = Proxy::start(&server.addr);
     let mut alice = human_join(
-        &addr,
+        &proxy.url(),
         "alice",
         &["--max-attempts", "2", "--backoff", "10ms"],
     );
-    let status = alice.wait_exit(Duration::from_secs(10));
+    alice.wait_stdout("the catch-up notice", WAIT, |l| {
+        l.starts_with("notice caught_up")
+    });
+    proxy.set_refusing(true);
+    proxy.cut();
+    let status = alice.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "{}", alice.transcript());
     let stderr = alice.stderr();
     let attempts: Vec<_> = stderr
@@ -632,27 +641,82 @@ fn gives_up_after_max_attempts() {
     assert_eq!(attempts.len(), 2, "{stderr:?}");
     let last = stderr.last().unwrap();
     assert!(
-        last.starts_with("codereview join: giving up after 2 reconnection attempts")
-            && last.contains("UNAVAILABLE")
-            && last.contains("refused"),
+        last.starts_with(
+            "codereview join: giving up after 2 reconnection attempts; last error: UNAVAILABLE"
+        ),
         "{stderr:?}"
     );
-    assert!(alice.stdout().is_empty(), "{}", alice.transcript());
 }
 
+/// Bug (issue 11, item 14): a join that never connected retried for a minute
+/// and more ("reconnecting in 24.0s (attempt 6 of 10)") before saying
+/// "connection refused", and with its input at an end (`join </dev/null`)
+/// it exited 0. A first connection that fails ends the join at once, with
+/// the reason and status 1, whatever the input; backoff is for connections
+/// that were up.
 #[test]
-fn refused_connection_without_retries_is_one_line() {
+fn a_first_connection_that_fails_ends_the_join_at_once() {
     let addr = dead_addr();
-    let mut alice = human_join(&addr, "alice", &["--max-attempts", "0"]);
-    let status = alice.wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(1), "{}", alice.transcript());
-    let stderr = alice.stderr();
-    assert_eq!(stderr.len(), 1, "{stderr:?}");
-    assert!(
-        stderr[0].starts_with("codereview join: giving up after 0 reconnection attempts")
-            && stderr[0].contains("Connection refused"),
-        "{stderr:?}"
-    );
+    for input_closed in [false, true] {
+        // The default retry settings: ten attempts, up to 30 s apart.
+        let mut alice = human_join(&addr, "alice", &[]);
+        if input_closed {
+            alice.close_stdin();
+        }
+        let status = alice.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "{}", alice.transcript());
+        let stderr = alice.stderr();
+        assert_eq!(
+            stderr,
+            [format!(
+                "codereview join: UNAVAILABLE: cannot connect to {addr}: Connection refused (os error 111)"
+            )],
+            "{}",
+            alice.transcript()
+        );
+        assert!(alice.stdout().is_empty(), "{}", alice.transcript());
+    }
+}
+
+/// Bug (issue 11, item 14): `https://` without `--ca` was retried for 72 s
+/// before "https needs --ca FILE", which `snapshot` says at once. Setup
+/// mistakes end the join at once with status 2 (usage and setup errors).
+#[test]
+fn setup_mistakes_end_the_join_at_once() {
+    let dir = TempDir::new("setup");
+    let missing = dir.file("missing.pem");
+    let missing_token = dir.file("missing-token");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--addr", "https://127.0.0.1:1"],
+            "codereview join: https needs --ca FILE: the CA certificate that signed the server's certificate",
+        ),
+        (
+            &["--addr", "https://127.0.0.1:1", "--ca", &missing],
+            "codereview join: cannot open",
+        ),
+        (
+            &["--addr", "http://127.0.0.1:1", "--ca", &missing],
+            "codereview join: --ca/--cert need an https:// address (got http://127.0.0.1:1)",
+        ),
+        (
+            &[
+                "--addr",
+                "http://127.0.0.1:1",
+                "--token-file",
+                &missing_token,
+            ],
+            "codereview join: cannot read token file",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut alice = human_join(flags[1], "alice", &flags[2..]);
+        let status = alice.wait_exit(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{flags:?}\n{}", alice.transcript());
+        let stderr = alice.stderr();
+        assert_eq!(stderr.len(), 1, "{flags:?}\n{}", alice.transcript());
+        assert!(stderr[0].starts_with(expected), "{flags:?}: {stderr:?}");
+    }
 }
 
 #[test]
@@ -663,7 +727,7 @@ fn bad_addresses_are_one_line() {
     ] {
         let mut alice = human_join(addr, "alice", &[]);
         let status = alice.wait_exit(Duration::from_secs(10));
-        assert_eq!(status.code(), Some(1), "{}", alice.transcript());
+        assert_eq!(status.code(), Some(2), "{}", alice.transcript());
         let stderr = alice.stderr();
         assert_eq!(stderr.len(), 1, "{stderr:?}");
         assert!(
@@ -745,9 +809,10 @@ fn going_away_means_reconnect_elsewhere() {
 /// of 2)" repeats.
 #[test]
 fn gives_up_against_an_endpoint_that_hangs_up() {
-    let hang_up = HangUp::start(b"hang-up-session");
+    let server = Server::start(&[]);
+    let proxy = Proxy::start(&server.addr);
     let mut alice = join(
-        &hang_up.url(),
+        &proxy.url(),
         "hang-up-session",
         "alice",
         &[
@@ -759,7 +824,11 @@ fn gives_up_against_an_endpoint_that_hangs_up() {
             "2",
         ],
     );
-    let status = alice.wait_exit(Duration::from_secs(5));
+    alice.caught_up();
+    // The backend goes away behind the front end.
+    proxy.set_hang_up_after(Some(b"hang-up-session"));
+    proxy.cut();
+    let status = alice.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1));
     let last = alice.stderr().last().cloned().unwrap_or_default();
     assert!(
@@ -767,11 +836,37 @@ fn gives_up_against_an_endpoint_that_hangs_up() {
         "{}",
         alice.transcript()
     );
-    assert!(
-        hang_up.connections() <= 3,
-        "{} connections",
-        hang_up.connections()
+    assert!(proxy.hung_up() <= 2, "{} connections", proxy.hung_up());
+}
+
+/// A front end that hangs up on the very first connection: never joined,
+/// so it is a failure at once (status 1), not a reason to retry.
+#[test]
+fn a_first_connection_that_is_hung_up_on_ends_the_join_at_once() {
+    let hang_up = HangUp::start(b"hang-up-session");
+    let url = hang_up.url();
+    let mut alice = Proc::spawn(
+        "alice",
+        &[
+            "join",
+            "--addr",
+            &url,
+            "--session",
+            "hang-up-session",
+            "--user",
+            "alice",
+        ],
     );
+    let status = alice.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", alice.transcript());
+    let stderr = alice.stderr();
+    assert_eq!(stderr.len(), 1, "{}", alice.transcript());
+    assert!(
+        stderr[0].starts_with("codereview join: UNAVAILABLE"),
+        "{}",
+        alice.transcript()
+    );
+    assert_eq!(hang_up.connections(), 1);
 }
 
 /// Bug (src/cli/join.rs, `Participant::resend`): after a reconnect the
@@ -784,20 +879,7 @@ fn comments_and_edits_typed_offline_are_all_delivered() {
     let server = Server::start(&["--rate-limit", "0"]);
     let session = "mixed";
     let proxy = Proxy::start(&server.addr);
-    proxy.set_refusing(true);
-    let mut carol = join(
-        &proxy.url(),
-        session,
-        "carol",
-        &[
-            "--backoff",
-            "20ms",
-            "--backoff-max",
-            "100ms",
-            "--max-attempts",
-            "1000",
-        ],
-    );
+    let mut carol = join_then_go_offline(&proxy, session, "carol", &[]);
     carol.send("insert f.rs 0 one");
     carol.send("comment 0 first comment");
     carol.send("insert f.rs 0 two");
@@ -861,7 +943,18 @@ fn a_refused_edit_resyncs_from_a_snapshot() {
     });
     let snapshot = server.snapshot(session);
     assert_eq!(snapshot["files"]["f.rs"].strings(), ["kept", "later"]);
-    assert_eq!(erin.quit()["files"], snapshot["files"]);
+    // What was refused makes the exit status 1, said once on stderr (a
+    // script must not take it for a success).
+    erin.send("quit");
+    let status = erin.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", erin.transcript());
+    assert_eq!(
+        erin.stderr(),
+        [
+            "codereview join: 1 of the commands typed was not applied: refused by the server or dropped when resyncing (see above)"
+        ]
+    );
+    assert_eq!(erin.documents().pop().unwrap()["files"], snapshot["files"]);
 }
 
 #[test]
@@ -947,4 +1040,167 @@ fn a_reviewer_may_comment_but_not_edit() {
     let snapshot = Json::parse(snapshot.ok().trim()).unwrap();
     assert_eq!(snapshot["files"].object().len(), 0);
     assert_eq!(snapshot["comments"].array()[0]["text"], "looks good");
+}
+
+/// Bug (issue 11, item 3): `printf 'edit f.txt 0 A\nquit\n' | codereview
+/// join ...` exited with "(1 waiting)" and the edit was never applied (10
+/// of 10 tries): `quit` sent LEFT at once, before the commands typed during
+/// the catch-up (the `early` queue) had gone out. Scripts pipe commands into
+/// `join`: each must be applied exactly once before it leaves, and the last
+/// document printed must be the server's, with nothing waiting.
+#[test]
+fn piped_commands_are_all_applied_before_leaving() {
+    let server = Server::start(&[]);
+    for round in 0..10 {
+        let session = format!("piped-{round}");
+        seed_file(&server, &session, "f.txt", &["one".into(), "two".into()]);
+        let mut alice = join(&server.url(), &session, "alice", &[]);
+        // All written at once, before the join has even connected.
+        for line in [
+            "edit f.txt 0 ONE",
+            "insert f.txt 2 three",
+            "comment 1 looks fine",
+            "delete f.txt 1",
+            "quit",
+        ] {
+            alice.send(line);
+        }
+        alice.close_stdin();
+        let status = alice.wait_exit(WAIT);
+        assert!(status.success(), "{status}\n{}", alice.transcript());
+        assert_all_applied(&alice);
+        let snapshot = server.snapshot(&session);
+        assert_eq!(
+            snapshot["files"]["f.txt"].strings(),
+            ["ONE", "three"],
+            "round {round}\n{}",
+            alice.transcript()
+        );
+        let comments: Vec<&str> = snapshot["comments"]
+            .array()
+            .iter()
+            .map(|c| c["text"].str())
+            .collect();
+        assert_eq!(comments, ["looks fine"], "round {round}");
+        // Each acknowledged once, none a duplicate.
+        let acks: Vec<u64> = alice
+            .json_lines()
+            .iter()
+            .filter(|j| j["type"] == "ack" && j["client_sequence"].u64() != 0)
+            .map(|j| {
+                assert_eq!(j["duplicate"], false, "{j}");
+                j["client_sequence"].u64()
+            })
+            .collect();
+        assert_eq!(acks, [1, 2, 3, 4], "round {round}\n{}", alice.transcript());
+        let document = alice.documents().pop().expect("the final document");
+        assert_eq!(document["pending"].u64(), 0, "{document}");
+        assert_eq!(document["files"], snapshot["files"]);
+        assert_eq!(document["version"].i64(), snapshot["version"].i64());
+        // It left: the server no longer lists it.
+        assert!(
+            snapshot["participants"].array().is_empty(),
+            "{}",
+            snapshot["participants"]
+        );
+    }
+}
+
+/// `quit` while the server cannot be reached waits (at most
+/// `--quit-timeout`) for it: when it comes back in time, what was typed
+/// offline is delivered before the join leaves. (Before: "quitting while
+/// disconnected: 1 messages were not sent", exit 0, the edit lost.)
+#[test]
+fn quit_while_offline_waits_for_the_server_to_come_back() {
+    let server = Server::start(&[]);
+    let session = "comes-back";
+    let proxy = Proxy::start(&server.addr);
+    let mut carol = join_then_go_offline(&proxy, session, "carol", &["--quit-timeout", "20s"]);
+    carol.send("insert f.rs 0 kept");
+    carol.send("quit");
+    carol.close_stdin();
+    // Still trying to deliver it.
+    let tries = |carol: &Proc| {
+        carol
+            .statuses()
+            .iter()
+            .filter(|s| s.starts_with("reconnecting in"))
+            .count()
+    };
+    let before = tries(&carol);
+    wait_until("two more attempts", WAIT, || tries(&carol) >= before + 2);
+    assert!(carol.try_status().is_none(), "{}", carol.transcript());
+    proxy.set_refusing(false);
+    let status = carol.wait_exit(WAIT);
+    assert!(status.success(), "{status}\n{}", carol.transcript());
+    let snapshot = server.snapshot(session);
+    assert_eq!(snapshot["files"]["f.rs"].strings(), ["kept"]);
+    let document = carol.documents().pop().unwrap();
+    assert_eq!(document["pending"].u64(), 0);
+    assert_eq!(document["files"], snapshot["files"]);
+}
+
+/// When the server never answers within `--quit-timeout`, the join says how
+/// many commands went unacknowledged, on stderr, and exits 1: a script must
+/// not take a lost edit for a success.
+#[test]
+fn quit_fails_when_commands_stay_unacknowledged() {
+    let server = Server::start(&[]);
+    let proxy = Proxy::start(&server.addr);
+    let mut carol = join_then_go_offline(&proxy, "unanswered", "carol", &["--quit-timeout", "1s"]);
+    carol.send("insert f.rs 0 lost");
+    carol.send("comment 0 lost too");
+    carol.send("quit");
+    let status = carol.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", carol.transcript());
+    assert_eq!(
+        carol.stderr(),
+        [
+            "codereview join: 2 commands were not acknowledged by the server within --quit-timeout 1s: they may not have been applied"
+        ],
+        "{}",
+        carol.transcript()
+    );
+    let document = carol.documents().pop().unwrap();
+    assert_eq!(document["pending"].u64(), 2);
+}
+
+/// Bug: a second `join` of the same user (a script run twice) numbered its
+/// messages from 1 again; the server, having processed those numbers for
+/// that user, acknowledged its edits as duplicates and never applied them,
+/// while the join showed them applied and exited 0. Its catch-up also
+/// replayed the user's own earlier edits as acknowledgements, so its copy
+/// of the document lacked them. Each run must apply its edits on the real
+/// document.
+#[test]
+fn the_same_user_joining_again_applies_its_edits() {
+    let server = Server::start(&[]);
+    let session = "again";
+    let mut expected: Vec<String> = Vec::new();
+    for run in 1..=3 {
+        let mut x = join(&server.url(), session, "x", &[]);
+        x.send(&format!("insert a.rs 0 run {run}"));
+        x.send(&format!("comment 0 from run {run}"));
+        x.close_stdin();
+        let status = x.wait_exit(WAIT);
+        assert!(status.success(), "run {run}: {status}\n{}", x.transcript());
+        expected.insert(0, format!("run {run}"));
+        let snapshot = server.snapshot(session);
+        assert_eq!(
+            snapshot["files"]["a.rs"].strings(),
+            expected,
+            "run {run}\n{}",
+            x.transcript()
+        );
+        assert_eq!(snapshot["comments"].array().len(), run, "run {run}");
+        let document = x.documents().pop().unwrap();
+        assert_eq!(document["files"], snapshot["files"], "run {run}");
+        assert!(
+            x.json_lines()
+                .iter()
+                .all(|j| !(j["type"] == "ack" && j["duplicate"] == true)),
+            "run {run}\n{}",
+            x.transcript()
+        );
+    }
 }

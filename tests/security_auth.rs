@@ -888,6 +888,60 @@ async fn a_refresh_with_a_token_of_a_lesser_role_does_not_keep_the_old_rights() 
     canary.check().await;
 }
 
+/// A token with raw claims `payload`, signed with the servers' secret.
+fn signed_claims(payload: &str) -> String {
+    let header = base64::encode(br#"{"alg":"HS256","typ":"JWT"}"#, Alphabet::UrlSafe);
+    let body = base64::encode(payload.as_bytes(), Alphabet::UrlSafe);
+    let input = format!("{header}.{body}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET);
+    let tag = ring::hmac::sign(&key, input.as_bytes());
+    format!(
+        "{input}.{}",
+        base64::encode(tag.as_ref(), Alphabet::UrlSafe)
+    )
+}
+
+/// Bug (issue 11, item 13): a token whose `exp` was a float was refused as
+/// "the token has no expiry", and so was one whose `exp` was a string. RFC
+/// 7519 NumericDates may be non-integer: such a token is valid (truncated
+/// to whole seconds); a string is refused, naming the claim and what it
+/// must be.
+#[tokio::test]
+async fn a_fractional_expiry_is_valid_and_a_string_expiry_is_named() {
+    let server = auth_server().await;
+    let channel = server.channel().await;
+    let now = unix_now();
+    let fractional = signed_claims(&format!(
+        r#"{{"sub":"ann","role":"author","sessions":"*","iat":{now}.25,"exp":{}.5}}"#,
+        now + 3600
+    ));
+    let summary = upload(
+        &channel,
+        auth_options(Some(&fractional)),
+        &[chunk("numeric-dates", "a.txt", "x\n")],
+    )
+    .await
+    .expect("a token with a fractional exp is valid");
+    assert_eq!(summary.files, 1);
+
+    let string = signed_claims(&format!(
+        r#"{{"sub":"ann","role":"author","sessions":"*","exp":"{}"}}"#,
+        now + 3600
+    ));
+    let status = upload(
+        &channel,
+        auth_options(Some(&string)),
+        &[chunk("numeric-dates", "a.txt", "y\n")],
+    )
+    .await
+    .expect_err("a token with a string exp is refused");
+    assert_code(&status, Code::Unauthenticated, "a string exp");
+    assert_eq!(
+        status.message(),
+        "the token's exp must be a number (seconds since the Unix epoch)"
+    );
+}
+
 /// Only roles that may write create sessions: an observer token (even one
 /// for every session) watching or joining ids that do not exist gets
 /// NOT_FOUND and leaves nothing behind, so it cannot fill `--max-sessions`

@@ -7,7 +7,9 @@
 //!
 //! Claims: `sub` (the user), `role` (author, reviewer, observer),
 //! `sessions` (array of session ids, or `"*"` for all), `exp` and `iat`
-//! (seconds since the Unix epoch), optional `nbf`.
+//! (seconds since the Unix epoch), optional `nbf`. Times are RFC 7519
+//! NumericDates: JSON numbers, non-integer values allowed (truncated to whole
+//! seconds); any other type is refused with the claim's name.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,9 @@ use crate::review::roles::Role;
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// The shortest secret accepted: 256 bits, the HMAC-SHA256 block strength.
 pub const MIN_SECRET_BYTES: usize = 32;
+/// The largest NumericDate accepted, in magnitude (about 285 million years:
+/// beyond it an f64 no longer holds whole seconds exactly).
+const MAX_NUMERIC_DATE: f64 = 9.0e15;
 
 /// Which sessions a token opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,15 +196,14 @@ fn parse_claims(claims: &BTreeMap<String, Value>, now: i64) -> Result<Claims, To
             ));
         }
     };
-    let expires_at = claims
-        .get("exp")
-        .and_then(Value::as_i64)
+    let expires_at = numeric_date(claims, "exp")?
         .ok_or_else(|| refuse("bad_claims", "the token has no expiry (exp)"))?;
-    let issued_at = claims.get("iat").and_then(Value::as_i64).unwrap_or(now);
+    let issued_at = numeric_date(claims, "iat")?.unwrap_or(now);
+    let not_before = numeric_date(claims, "nbf")?;
     if now >= expires_at {
         return Err(refuse("expired", "the token has expired"));
     }
-    if let Some(not_before) = claims.get("nbf").and_then(Value::as_i64)
+    if let Some(not_before) = not_before
         && now < not_before
     {
         return Err(refuse("not_yet_valid", "the token is not valid yet (nbf)"));
@@ -211,6 +215,25 @@ fn parse_claims(claims: &BTreeMap<String, Value>, now: i64) -> Result<Claims, To
         issued_at,
         expires_at,
     })
+}
+
+/// A NumericDate claim (RFC 7519 section 2: seconds since the epoch, which
+/// may be non-integer), truncated to whole seconds; `None` when absent.
+fn numeric_date(claims: &BTreeMap<String, Value>, name: &str) -> Result<Option<i64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(seconds)) if seconds.abs() < MAX_NUMERIC_DATE => {
+            Ok(Some(seconds.trunc() as i64))
+        }
+        Some(Value::Number(_)) => Err(refuse(
+            "bad_claims",
+            format!("the token's {name} is out of range"),
+        )),
+        Some(_) => Err(refuse(
+            "bad_claims",
+            format!("the token's {name} must be a number (seconds since the Unix epoch)"),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +352,73 @@ mod tests {
                 reason,
                 "{payload}"
             );
+        }
+    }
+
+    #[test]
+    fn times_are_numeric_dates() {
+        let k = key();
+        let sign_raw = |payload: &str| {
+            let header = base64::encode(br#"{"alg":"HS256"}"#, Alphabet::UrlSafe);
+            let body = base64::encode(payload.as_bytes(), Alphabet::UrlSafe);
+            let input = format!("{header}.{body}");
+            let tag = hmac::sign(&k.key, input.as_bytes());
+            format!(
+                "{input}.{}",
+                base64::encode(tag.as_ref(), Alphabet::UrlSafe)
+            )
+        };
+        let claims = |times: &str| {
+            sign_raw(&format!(
+                r#"{{"sub":"a","role":"author","sessions":"*",{times}}}"#
+            ))
+        };
+        // Non-integer NumericDates are valid (RFC 7519): truncated.
+        for (times, expires_at, issued_at) in [
+            (r#""exp":2000.5"#, 2000, 1500),
+            (r#""exp":2.0e3,"iat":1000.9"#, 2000, 1000),
+            (r#""exp":1999.999"#, 1999, 1500),
+        ] {
+            let verified = k.verify(&claims(times), 1500).expect(times);
+            assert_eq!(verified.expires_at, expires_at, "{times}");
+            assert_eq!(verified.issued_at, issued_at, "{times}");
+        }
+        assert_eq!(
+            k.verify(&claims(r#""exp":1500.9"#), 1500)
+                .unwrap_err()
+                .reason,
+            "expired"
+        );
+        assert_eq!(
+            k.verify(&claims(r#""exp":3000,"nbf":1600.5"#), 1500)
+                .unwrap_err()
+                .reason,
+            "not_yet_valid"
+        );
+        // Anything but a number is named precisely, not "no expiry".
+        for (times, message) in [
+            (
+                r#""exp":"3000""#,
+                "the token's exp must be a number (seconds since the Unix epoch)",
+            ),
+            (
+                r#""exp":null"#,
+                "the token's exp must be a number (seconds since the Unix epoch)",
+            ),
+            (
+                r#""exp":3000,"iat":"1000""#,
+                "the token's iat must be a number (seconds since the Unix epoch)",
+            ),
+            (
+                r#""exp":3000,"nbf":[1]"#,
+                "the token's nbf must be a number (seconds since the Unix epoch)",
+            ),
+            (r#""exp":1e300"#, "the token's exp is out of range"),
+            (r#""iat":1000"#, "the token has no expiry (exp)"),
+        ] {
+            let error = k.verify(&claims(times), 1500).unwrap_err();
+            assert_eq!(error.reason, "bad_claims", "{times}");
+            assert_eq!(error.message, message, "{times}");
         }
     }
 }

@@ -15,6 +15,7 @@ crate::client_flags! {
     /// check a server's health (exit 0 only when SERVING)
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "health")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct HealthArgs {
         /// the service to check (default: the server as a whole)
         #[argh(option, default = "String::new()")]

@@ -1,7 +1,15 @@
 //! The commands of the one binary, parsed with argh. Each command lives in its
-//! own file; this module holds the top-level dispatch and shared flag parsers.
+//! own file; this module holds the command line's parsing (help, version,
+//! usage errors), the top-level dispatch, the exit statuses and the shared
+//! flag parsers.
+//!
+//! Exit statuses, for every command: 0 success; [`EXIT_FAILURE`] (1) the
+//! command ran and failed (a connection, a server's refusal, a failed check);
+//! [`EXIT_USAGE`] (2) a usage or setup error (flags, files, addresses): nothing
+//! was attempted, and running it again unchanged cannot help.
 
 pub mod connect;
+pub mod fd_limit;
 pub mod health;
 pub mod histogram;
 pub mod join;
@@ -9,6 +17,7 @@ pub mod load;
 pub mod render;
 pub mod serve;
 pub mod snapshot;
+pub mod tls_probe;
 pub mod token;
 pub mod upload;
 pub mod watch;
@@ -17,11 +26,60 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+/// The command ran and failed: the server refused, a connection failed, a
+/// check did not pass.
+pub const EXIT_FAILURE: i32 = 1;
+/// A usage or setup error: bad flags, unreadable files, a malformed address.
+pub const EXIT_USAGE: i32 = 2;
+
 /// codereview: real-time collaborative code review over gRPC.
 #[derive(FromArgs, Debug)]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
     #[argh(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// Parses the command line (without the program name). `Err` carries the
+/// exit status once help, the version or a usage error has been printed:
+/// help and the version on stdout (status 0), a usage error on stderr with a
+/// pointer to the help of the command it concerns (status 2).
+pub fn parse(args: &[&str]) -> Result<Cli, i32> {
+    // The subcommand named on the line, for the error's pointer.
+    let command = args.iter().find(|a| !a.starts_with('-')).filter(|a| {
+        <Command as argh::SubCommands>::COMMANDS
+            .iter()
+            .any(|c| c.name == **a)
+    });
+    let prefix = match command {
+        Some(name) => format!("codereview {name}"),
+        None => "codereview".to_owned(),
+    };
+    match Cli::from_args(&["codereview"], args) {
+        Ok(Cli { version: true, .. }) => {
+            println!("codereview {}", env!("CARGO_PKG_VERSION"));
+            Err(0)
+        }
+        Ok(Cli { command: None, .. }) => {
+            eprintln!("codereview: no command given\nRun `codereview --help` for the commands.");
+            Err(EXIT_USAGE)
+        }
+        Ok(cli) => Ok(cli),
+        Err(early) if early.status.is_ok() => {
+            println!("{}", early.output.trim_end());
+            Err(0)
+        }
+        Err(early) => {
+            eprintln!(
+                "{prefix}: {}\nRun `{prefix} --help` for more information.",
+                early.output.trim_end()
+            );
+            Err(EXIT_USAGE)
+        }
+    }
 }
 
 #[derive(FromArgs, Debug)]
@@ -47,25 +105,47 @@ pub fn run(cli: Cli) -> i32 {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("codereview: cannot start the async runtime: {error}");
-            return 1;
+            return EXIT_FAILURE;
         }
     };
     let code = runtime.block_on(async move {
-        match cli.command {
+        let Some(command) = cli.command else {
+            return EXIT_USAGE;
+        };
+        match command {
             Command::Serve(args) => serve::run(args).await,
-            Command::Health(args) => match health::run(args).await {
-                Ok(true) => 0,
-                Ok(false) => 1,
-                Err(error) => report("health", Err(error)),
-            },
-            Command::Join(args) => report("join", join::run(args).await),
-            Command::Watch(args) => report("watch", watch::run(args).await),
-            Command::Upload(args) => report("upload", upload::run(args).await),
-            Command::Snapshot(args) => report("snapshot", snapshot::run(args).await),
+            Command::Health(args) => {
+                let options = args.client_options();
+                match health::run(args).await {
+                    Ok(true) => 0,
+                    Ok(false) => EXIT_FAILURE,
+                    Err(error) => report("health", Err(tls_probe::explain(&options, error).await)),
+                }
+            }
+            Command::Join(args) => {
+                let options = args.client_options();
+                let result = join::run(args).await;
+                report("join", explained(&options, result).await)
+            }
+            Command::Watch(args) => {
+                let options = args.client_options();
+                let result = watch::run(args).await;
+                report("watch", explained(&options, result).await)
+            }
+            Command::Upload(args) => {
+                let options = args.client_options();
+                let result = upload::run(args).await;
+                report("upload", explained(&options, result).await)
+            }
+            Command::Snapshot(args) => {
+                let options = args.client_options();
+                let result = snapshot::run(args).await;
+                report("snapshot", explained(&options, result).await)
+            }
             Command::Token(args) => report("token", token::run(args)),
             Command::Load(args) => match load::run(args).await {
                 Ok(true) => 0,
-                Ok(false) => 1,
+                Ok(false) => EXIT_FAILURE,
                 Err(error) => report("load", Err(error)),
             },
         }
@@ -75,13 +155,25 @@ pub fn run(cli: Cli) -> i32 {
     code
 }
 
+/// A client command's result, its failure explained when a plaintext
+/// connection met a TLS port.
+async fn explained(
+    options: &connect::ClientOptions,
+    result: Result<(), connect::ClientError>,
+) -> Result<(), connect::ClientError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) => Err(tls_probe::explain(options, error).await),
+    }
+}
+
 /// Prints a client command's failure as one line; returns the exit status.
 fn report(command: &str, result: Result<(), connect::ClientError>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("codereview {command}: {error}");
-            1
+            error.exit_code()
         }
     }
 }

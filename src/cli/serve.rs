@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::metrics::{Metrics, http as metrics_http};
 
+use super::fd_limit;
 use super::token::read_secret;
 use crate::auth::Authenticator;
 use crate::grpc::health::HealthReporter;
@@ -35,6 +36,7 @@ const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 /// run the server (plaintext h2c on 127.0.0.1:50051 by default)
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "serve")]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct ServeArgs {
     /// address to listen on (default 127.0.0.1:50051; 0.0.0.0:$PORT when $PORT is set)
     #[argh(option)]
@@ -307,18 +309,40 @@ impl ServeArgs {
     }
 }
 
-pub async fn run(args: ServeArgs) -> i32 {
-    match serve(args).await {
-        Ok(()) => 0,
-        Err(message) => {
-            log!(Error, "serve failed", error = message.as_str());
-            eprintln!("codereview serve: {message}");
-            2
-        }
+/// Why `serve` stopped early.
+enum Failure {
+    /// Flags, files, the address: found before serving (exit status 2).
+    Setup(String),
+    /// The listener failed while serving (exit status 1).
+    Serving(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Setup(message)
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::Setup(message.to_owned())
+    }
+}
+
+/// Runs the server; returns the exit status. A failure is one plain line on
+/// stderr (not a log line: it is for the person who started the server,
+/// whatever the log format).
+pub async fn run(args: ServeArgs) -> i32 {
+    let (message, code) = match serve(args).await {
+        Ok(()) => return 0,
+        Err(Failure::Setup(message)) => (message, super::EXIT_USAGE),
+        Err(Failure::Serving(message)) => (message, super::EXIT_FAILURE),
+    };
+    eprintln!("codereview serve: {message}");
+    code
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // Handlers first: a signal that arrives as soon as we are listening
     // must be handled, not take its default action.
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -331,6 +355,31 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
     let config = args.server_config()?;
     let addr = args.bind_addr(std::env::var("PORT").ok().as_deref())?;
+    if let Some(short) = fd_limit::read().and_then(|l| fd_limit::shortfall(args.max_connections, l))
+    {
+        // Before listening, so it is the first thing an operator reads.
+        let msg = "too few file descriptors for --max-connections: connections beyond the limit fail at accept";
+        let max_connections = args.max_connections as u64;
+        match short.hard {
+            Some(hard_limit) => log!(
+                Warn,
+                msg,
+                max_connections = max_connections,
+                needed = short.needed,
+                soft_limit = short.soft,
+                hard_limit = hard_limit,
+                fix = short.fix.as_str(),
+            ),
+            None => log!(
+                Warn,
+                msg,
+                max_connections = max_connections,
+                needed = short.needed,
+                soft_limit = short.soft,
+                fix = short.fix.as_str(),
+            ),
+        }
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             TlsSource::new(ServerTlsFiles {
@@ -359,10 +408,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if !addr.ip().is_loopback() {
         if tls.is_none() {
             if !args.insecure {
-                return Err(format!(
+                return Err(Failure::Setup(format!(
                     "refusing to serve plaintext on the non-loopback address {addr}: \
                      give --tls-cert/--tls-key, or --insecure if TLS is terminated in front of this server"
-                ));
+                )));
             }
             log!(
                 Warn,
@@ -372,10 +421,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         if authenticator.is_none() {
             if !args.insecure {
-                return Err(format!(
+                return Err(Failure::Setup(format!(
                     "refusing to serve without authentication on the non-loopback address {addr}: \
                      give --auth-secret-file, or --insecure to run open"
-                ));
+                )));
             }
             log!(
                 Warn,
@@ -471,8 +520,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             result = &mut server_task => {
                 return match result {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(error) => Err(error.to_string()),
+                    Ok(Err(error)) => Err(Failure::Serving(error.to_string())),
+                    Err(error) => Err(Failure::Serving(error.to_string())),
                 };
             }
         }
@@ -534,7 +583,7 @@ mod tests {
         let cli: crate::cli::Cli =
             argh::FromArgs::from_args(&["codereview"], &all).expect("valid flags");
         match cli.command {
-            crate::cli::Command::Serve(args) => args,
+            Some(crate::cli::Command::Serve(args)) => args,
             _ => unreachable!(),
         }
     }

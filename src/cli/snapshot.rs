@@ -12,6 +12,7 @@ crate::client_flags! {
     /// print a session's snapshot: files, comments, participants, cursors
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "snapshot")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct SnapshotArgs {
         /// the session id
         #[argh(option)]

@@ -13,6 +13,7 @@ use crate::review::roles::Role;
 /// mint a token (HS256) for a user, role and sessions
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "token")]
+#[argh(help_triggers("-h", "--help", "help"))]
 pub struct TokenArgs {
     /// file holding the server's secret (at least 32 bytes)
     #[argh(option)]
@@ -47,19 +48,19 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
 
 pub fn run(args: TokenArgs) -> Result<(), ClientError> {
     let role = Role::parse(&args.role).ok_or_else(|| {
-        ClientError(format!(
+        ClientError::setup(format!(
             "--role must be author, reviewer or observer, got {:?}",
             args.role
         ))
     })?;
     if args.user.is_empty() || args.user.len() > 128 {
-        return Err(ClientError("--user must be 1 to 128 bytes".into()));
+        return Err(ClientError::setup("--user must be 1 to 128 bytes"));
     }
     if args.ttl.is_zero() {
-        return Err(ClientError("--ttl must be positive".into()));
+        return Err(ClientError::setup("--ttl must be positive"));
     }
-    let key =
-        Key::new(&read_secret(&args.secret_file).map_err(ClientError)?).map_err(ClientError)?;
+    let key = Key::new(&read_secret(&args.secret_file).map_err(ClientError::setup)?)
+        .map_err(ClientError::setup)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -19,6 +19,7 @@ crate::client_flags! {
     /// upload files under review into a session (the author seeds it)
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "upload")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct UploadArgs {
         /// the session id
         #[argh(option)]
@@ -35,15 +36,15 @@ crate::client_flags! {
 
 pub async fn run(args: UploadArgs) -> Result<(), ClientError> {
     if args.files.is_empty() {
-        return Err(ClientError("no files given".into()));
+        return Err(ClientError::setup("no files given"));
     }
     if !args.name.is_empty() && args.name.len() != args.files.len() {
-        return Err(ClientError("give one --name per file, or none".into()));
+        return Err(ClientError::setup("give one --name per file, or none"));
     }
     let mut contents = Vec::new();
     for (i, path) in args.files.iter().enumerate() {
         let bytes = std::fs::read(path)
-            .map_err(|e| ClientError(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| ClientError::setup(format!("cannot read {}: {e}", path.display())))?;
         let name = args
             .name
             .get(i)
@@ -66,7 +67,7 @@ pub async fn run(args: UploadArgs) -> Result<(), ClientError> {
     let summary = call
         .message::<UploadSummary>()
         .await?
-        .ok_or_else(|| ClientError("the server sent no summary".into()))?;
+        .ok_or_else(|| ClientError::runtime("the server sent no summary"))?;
     println!(
         "uploaded {} files, {} lines, {} bytes to session {} (version {}, sequence {})",
         summary.files,

@@ -13,6 +13,7 @@ crate::client_flags! {
     /// follow a session read-only, one line per event
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "watch")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct WatchArgs {
         /// the session id
         #[argh(option)]
@@ -30,12 +31,22 @@ pub async fn run(args: WatchArgs) -> Result<(), ClientError> {
     let channel = args.client_options().connect().await?;
     let style = if args.json { Style::Json } else { Style::Human };
     let mut call = channel.start(WATCH_SESSION, CallOptions::default()).await?;
-    call.send(&WatchRequest {
+    let request = WatchRequest {
         session_id: args.session.clone(),
         want_snapshot: args.snapshot,
         ..WatchRequest::default()
-    })
-    .await?;
+    };
+    if let Err(send_error) = call.send(&request).await {
+        // The server may have ended the call already (an unknown session, a
+        // refused token, plaintext on its TLS port): its status says why,
+        // better than the broken send.
+        return Err(call
+            .message::<SessionMessage>()
+            .await
+            .err()
+            .unwrap_or(send_error)
+            .into());
+    }
     call.close_send();
     while let Some(message) = call.message::<SessionMessage>().await? {
         if let Some(line) = event_line(&message, style) {

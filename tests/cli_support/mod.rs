@@ -90,13 +90,33 @@ impl Proc {
         let mut command = Command::new(BIN);
         command
             .args(args)
-            .current_dir(dir.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))))
+            .current_dir(dir.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))));
+        Proc::spawn_command(name, command)
+    }
+
+    /// Starts `codereview ARGS` with RLIMIT_NOFILE (soft and hard) set to
+    /// `limit` (by `ulimit -n` in sh, which then execs the binary).
+    pub fn spawn_with_file_limit(name: &str, limit: u64, args: &[&str]) -> Proc {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(BIN)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        Proc::spawn_command(name, command)
+    }
+
+    /// Starts `command` with piped stdin, stdout and stderr.
+    fn spawn_command(name: &str, mut command: Command) -> Proc {
+        let description = format!("{command:?}");
+        command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `codereview {}`: {e}", args.join(" ")));
+            .unwrap_or_else(|e| panic!("cannot start {description}: {e}"));
         let stdin = child.stdin.take();
         let stdout = Pipe::new(child.stdout.take().expect("piped stdout"));
         let stderr = Pipe::new(child.stderr.take().expect("piped stderr"));
@@ -320,14 +340,25 @@ impl Output {
         &self.stdout
     }
 
-    /// Asserts failure with exactly one stderr line, which it returns.
+    /// Asserts a runtime failure (exit status 1: the command ran and
+    /// failed) with exactly one stderr line, which it returns.
     pub fn one_line_error(&self) -> &str {
+        self.one_line_failure(1)
+    }
+
+    /// Asserts a usage or setup error (exit status 2: nothing was attempted)
+    /// with exactly one stderr line, which it returns.
+    pub fn one_line_usage_error(&self) -> &str {
+        self.one_line_failure(2)
+    }
+
+    fn one_line_failure(&self, code: i32) -> &str {
         assert!(
             !self.status.success(),
             "expected a failure: {}",
             self.describe()
         );
-        assert_eq!(self.status.code(), Some(1), "{}", self.describe());
+        assert_eq!(self.status.code(), Some(code), "{}", self.describe());
         let lines = self.stderr_lines();
         assert_eq!(
             lines.len(),
@@ -644,11 +675,16 @@ impl Rng {
 struct ProxyState {
     target: SocketAddr,
     refusing: AtomicBool,
+    /// When set, new connections are read until the client has sent this
+    /// marker (it connected, opened its stream and sent its first message),
+    /// then hung up on: a front end without a healthy backend.
+    hang_up_after: Mutex<Option<&'static [u8]>>,
     flaky: AtomicBool,
     /// Bumped to cut every open connection.
     cut: tokio::sync::watch::Sender<u64>,
     cuts: AtomicU64,
     accepted: AtomicU64,
+    hung_up: AtomicU64,
 }
 
 /// A proxy on 127.0.0.1 in front of `target`, on its own runtime thread.
@@ -670,10 +706,12 @@ impl Proxy {
         let state = Arc::new(ProxyState {
             target,
             refusing: AtomicBool::new(false),
+            hang_up_after: Mutex::new(None),
             flaky: AtomicBool::new(false),
             cut,
             cuts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            hung_up: AtomicU64::new(0),
         });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -690,6 +728,16 @@ impl Proxy {
                 let mut cut = shared.cut.subscribe();
                 if shared.refusing.load(Ordering::SeqCst) {
                     drop(client);
+                    continue;
+                }
+                let hang_up_after = *shared.hang_up_after.lock().unwrap();
+                if let Some(marker) = hang_up_after {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        if read_until_then_hang_up(client, marker).await {
+                            shared.hung_up.fetch_add(1, Ordering::SeqCst);
+                        }
+                    });
                     continue;
                 }
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
@@ -729,6 +777,17 @@ impl Proxy {
     pub fn cut(&self) {
         self.state.cuts.fetch_add(1, Ordering::SeqCst);
         self.state.cut.send_modify(|n| *n += 1);
+    }
+
+    /// While set, new connections are read until the client sent `marker`,
+    /// then hung up on (see [`HangUp`]).
+    pub fn set_hang_up_after(&self, marker: Option<&'static [u8]>) {
+        *self.state.hang_up_after.lock().unwrap() = marker;
+    }
+
+    /// Connections hung up on, having sent the marker, so far.
+    pub fn hung_up(&self) -> u64 {
+        self.state.hung_up.load(Ordering::SeqCst)
     }
 
     /// Connections accepted and forwarded so far.
@@ -775,6 +834,7 @@ impl Drop for Proxy {
 /// A TCP endpoint that accepts connections, reads until the client has sent
 /// `marker` (so the client has connected, opened its stream and sent its
 /// first message), then hangs up: a front end without a healthy backend.
+/// [`HangUp::connections`] counts the connections that sent the marker.
 pub struct HangUp {
     pub addr: SocketAddr,
     connections: Arc<AtomicU64>,
@@ -796,21 +856,14 @@ impl HangUp {
         let count = connections.clone();
         runtime.spawn(async move {
             loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
+                let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
-                count.fetch_add(1, Ordering::SeqCst);
+                let count = count.clone();
                 tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut seen = Vec::new();
-                    let mut buffer = [0u8; 4096];
-                    while !seen.windows(marker.len()).any(|w| w == marker) {
-                        match socket.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buffer[..n]),
-                        }
+                    if read_until_then_hang_up(socket, marker).await {
+                        count.fetch_add(1, Ordering::SeqCst);
                     }
-                    // Dropping the socket hangs up.
                 });
             }
         });
@@ -828,6 +881,21 @@ impl HangUp {
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// Reads until `marker` has been received, then drops the socket (hangs
+/// up); whether the marker came.
+async fn read_until_then_hang_up(mut socket: tokio::net::TcpStream, marker: &'static [u8]) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !seen.windows(marker.len()).any(|w| w == marker) {
+        match socket.read(&mut buffer).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
+    true
 }
 
 impl Drop for HangUp {

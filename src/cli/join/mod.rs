@@ -5,25 +5,41 @@
 //! client half of the OT, so its copy converges with the server's.
 //!
 //! ```text
-//!            connect + Join{resume_after, epoch}      CAUGHT_UP: resend
-//!  (start) ──────────────────────────────────► catching up ─────────► live
-//!     ▲                                                                │
-//!     │ backoff: random(0, min(cap, base·2^n)), give up after N tries   │
-//!     └──── broken stream / GOAWAY / UNAVAILABLE / going-away notice ◄──┘
-//!           (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT: fatal)
+//!            connect + Join{resume_after, epoch}           CAUGHT_UP: resend
+//!  (start) ──────────────────────────────────► catching up ─────────────► live
+//!     │ the first connection fails:               ▲                        │ │
+//!     │ exit 1 at once (setup errors: exit 2)     │ backoff: random(0,     │ │
+//!     ▼                                           │ min(cap, base·2^n)),   │ │
+//!   (exit)                                        │ give up after N tries  │ │
+//!                                                 └────────────────────────┘ │
+//!             broken stream / GOAWAY / UNAVAILABLE / going-away notice       │
+//!             (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT: exit 1) │
+//!                                                                            ▼
+//!   quit / end of input: send what waits, wait for the answers (at most
+//!   --quit-timeout, reconnecting if need be), LEFT, exit 0; anything left
+//!   unanswered, refused or dropped: exit 1
 //! ```
+//!
+//! Backoff is for connections that were up: a first connection that fails
+//! (a wrong address, a dead server, TLS spoken wrongly) ends the command at
+//! once with the reason.
 //!
 //! Commands (0-based lines): `edit FILE LINE TEXT` (replace), `insert FILE
 //! LINE TEXT`, `delete FILE LINE`, `comment LINE TEXT`, `cursor FILE LINE
-//! COL`, `show [FILE]`, `quit`. End of input is `quit`.
+//! COL`, `show [FILE]`, `quit`. End of input is `quit`. Commands typed before
+//! the first catch-up wait for it (the document is unknown until then); all
+//! are sent on `quit` before leaving, so `printf 'edit f 0 x\nquit\n' | join`
+//! applies its edit or fails.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use argh::FromArgs;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
-use super::connect::{ClientError, ClientOptions, describe};
+use super::connect::{ClientError, Connector, FailureKind, describe};
 use super::render::Style;
 use crate::grpc::client::{CallOptions, CallReceiver, CallSender, Channel};
 use crate::grpc::{Code, Status};
@@ -45,6 +61,7 @@ crate::client_flags! {
     /// join a session as a participant: commands on stdin, events on stdout
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "join")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct JoinArgs {
         /// the session id
         #[argh(option)]
@@ -73,8 +90,14 @@ crate::client_flags! {
         /// messages that may wait for the server while disconnected (default 1000)
         #[argh(option, default = "1000")]
         pub buffer: usize,
+        /// on quit or end of input, how long to wait for the server to acknowledge what was typed (default 5s)
+        #[argh(option, default = "Duration::from_secs(5)", from_str_fn(super::parse_duration))]
+        pub quit_timeout: Duration,
     }
 }
+
+/// How long to wait, after LEFT, for the server to end the stream.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Statuses that reconnecting cannot fix.
 pub(super) fn is_fatal(code: Code) -> bool {
@@ -108,12 +131,21 @@ async fn next_line(lines: &mut Lines<BufReader<Stdin>>, open: &mut bool) -> Opti
     }
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
     if args.session.is_empty() || args.user.is_empty() {
-        return Err(ClientError("--session and --user must not be empty".into()));
+        return Err(ClientError::setup("--session and --user must not be empty"));
     }
-    let options = args.client_options();
-    options.endpoint()?;
+    // Every setup mistake (address, TLS files, token file) is reported now:
+    // retrying cannot fix it.
+    let connector = args.client_options().prepare()?;
     let style = if args.json { Style::Json } else { Style::Human };
     let want_snapshot = args.snapshot;
     let mut me = Participant {
@@ -127,17 +159,18 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
         pending_cursor: None,
         caught_up: false,
         want_snapshot,
-        quitting: false,
+        quitting: None,
         role: None,
         ever_caught_up: false,
         early: VecDeque::new(),
+        not_applied: 0,
     };
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     let mut attempt = 0u32;
     let mut last_error;
     loop {
-        match connect(&options, &mut me).await {
+        match connect(&connector, &mut me).await {
             Ok(connection) => {
                 let ended = live(&mut me, connection, &mut stdin, &mut stdin_open).await;
                 // Only a connection that got as far as live events counts as
@@ -147,12 +180,14 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
                     attempt = 0;
                 }
                 match ended {
-                    Ended::Quit => {
-                        me.show(None);
-                        return Ok(());
-                    }
+                    Ended::Quit => return me.finish(),
                     Ended::Fatal(error) => return Err(error),
                     Ended::Reconnect { reason, now } => {
+                        if !me.ever_caught_up && !now {
+                            // Never joined: a setup or address mistake
+                            // more likely than a network blip.
+                            return Err(ClientError::runtime(reason));
+                        }
                         me.say(&format!("disconnected: {reason}"));
                         last_error = reason;
                         if now {
@@ -162,12 +197,22 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
                 }
             }
             Err(Ended::Fatal(error)) => return Err(error),
-            Err(Ended::Reconnect { reason, .. }) => last_error = reason,
-            Err(Ended::Quit) => return Ok(()),
+            Err(Ended::Reconnect { reason, .. }) => {
+                if !me.ever_caught_up {
+                    // The first connection failed: say so at once. Backoff
+                    // is for connections that were up.
+                    return Err(ClientError::runtime(reason));
+                }
+                last_error = reason;
+            }
+            Err(Ended::Quit) => return me.finish(),
+        }
+        if me.quit_expired() || (me.quitting.is_some() && me.waiting() == 0) {
+            return me.finish();
         }
         attempt += 1;
         if attempt > me.args.max_attempts {
-            return Err(ClientError(format!(
+            return Err(ClientError::runtime(format!(
                 "giving up after {} reconnection attempts; last error: {last_error}",
                 me.args.max_attempts
             )));
@@ -184,11 +229,12 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
             me.args.max_attempts
         ));
         // Keep taking commands while we wait: they apply locally and wait.
-        let wake = tokio::time::Instant::now() + delay;
+        let wake = Instant::now() + delay;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => break,
-                line = next_line(&mut stdin, &mut stdin_open), if stdin_open => {
+                _ = sleep_until_opt(me.quitting) => return me.finish(),
+                line = next_line(&mut stdin, &mut stdin_open), if stdin_open && me.quitting.is_none() => {
                     let command = match line {
                         Some(line) => parse_command(&line),
                         None => Ok(Some(Command::Quit)),
@@ -198,10 +244,8 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
                         Ok(None) => {}
                         Err(why) => me.say(&why),
                     }
-                    if me.quitting {
-                        me.say(&format!("quitting while disconnected: {} messages were not sent", me.waiting()));
-                        me.show(None);
-                        return Ok(());
+                    if me.quitting.is_some() && me.waiting() == 0 {
+                        return me.finish();
                     }
                 }
             }
@@ -217,14 +261,16 @@ struct Connection {
 }
 
 /// Connects and sends the Join.
-async fn connect(options: &ClientOptions, me: &mut Participant) -> Result<Connection, Ended> {
-    let classify = |error: ClientError| Ended::Reconnect {
-        reason: error.0,
-        now: false,
-    };
-    let channel = match options.connect().await {
+async fn connect(connector: &Connector, me: &mut Participant) -> Result<Connection, Ended> {
+    let channel = match connector.connect().await {
         Ok(channel) => channel,
-        Err(error) => return Err(classify(error)),
+        Err(error) if error.kind == FailureKind::Setup => return Err(Ended::Fatal(error)),
+        Err(error) => {
+            return Err(Ended::Reconnect {
+                reason: error.message,
+                now: false,
+            });
+        }
     };
     let call_options = CallOptions {
         timeout: me.args.deadline,
@@ -256,7 +302,7 @@ async fn connect(options: &ClientOptions, me: &mut Participant) -> Result<Connec
 
 fn status_ended(status: &Status) -> Ended {
     if is_fatal(status.code()) {
-        Ended::Fatal(ClientError(describe(status)))
+        Ended::Fatal(ClientError::runtime(describe(status)))
     } else {
         Ended::Reconnect {
             reason: describe(status),
@@ -278,37 +324,14 @@ async fn live(
         mut receiver,
     } = connection;
     loop {
-        if me.quitting && sender.pending_bytes() == 0 {
-            // Say goodbye; the server ends the stream once it has processed
-            // everything before it.
-            let left = me.message(
-                Payload::Presence(PresenceUpdate {
-                    status: Presence::Left as i32,
-                    role: 0,
-                }),
-                0,
-            );
-            if let Err(status) = sender.send(&left).await {
-                return match call_status(me, &mut sender, &mut receiver, status).await {
-                    Ended::Fatal(error) => Ended::Fatal(error),
-                    _ => Ended::Quit,
-                };
-            }
-            let drain = async {
-                loop {
-                    match receiver.message::<SessionMessage>().await {
-                        Ok(Some(message)) => {
-                            me.receive(message, &mut sender);
-                        }
-                        Ok(None) => return Ended::Quit,
-                        Err(status) if is_fatal(status.code()) => return status_ended(&status),
-                        Err(_) => return Ended::Quit,
-                    }
-                }
-            };
-            return tokio::time::timeout(Duration::from_secs(5), drain)
-                .await
-                .unwrap_or(Ended::Quit);
+        if me.quit_expired() {
+            // Out of time: dropping the call ends the stream (the server
+            // takes that as leaving); `finish` reports what is unanswered.
+            return Ended::Quit;
+        }
+        if me.quitting.is_some() && me.caught_up && me.waiting() == 0 && sender.pending_bytes() == 0
+        {
+            return leave(me, sender, receiver).await;
         }
         tokio::select! {
             message = receiver.message::<SessionMessage>() => match message {
@@ -318,11 +341,7 @@ async fn live(
                     }
                 }
                 Ok(None) => {
-                    return if me.quitting {
-                        Ended::Quit
-                    } else {
-                        Ended::Reconnect { reason: "the server ended the stream".into(), now: false }
-                    };
+                    return Ended::Reconnect { reason: "the server ended the stream".into(), now: false };
                 }
                 Err(status) => return status_ended(&status),
             },
@@ -331,7 +350,8 @@ async fn live(
                     return call_status(me, &mut sender, &mut receiver, status).await;
                 }
             }
-            line = next_line(stdin, stdin_open), if *stdin_open && !me.quitting => {
+            _ = sleep_until_opt(me.quitting) => {}
+            line = next_line(stdin, stdin_open), if *stdin_open && me.quitting.is_none() => {
                 let command = match line {
                     Some(line) => parse_command(&line),
                     None => Ok(Some(Command::Quit)),
@@ -344,6 +364,39 @@ async fn live(
             }
         }
     }
+}
+
+/// Everything typed has been answered: says goodbye (LEFT) and reads until
+/// the server, having processed everything before it, ends the stream.
+async fn leave(me: &mut Participant, mut sender: CallSender, mut receiver: CallReceiver) -> Ended {
+    let left = me.message(
+        Payload::Presence(PresenceUpdate {
+            status: Presence::Left as i32,
+            role: 0,
+        }),
+        0,
+    );
+    if let Err(status) = sender.send(&left).await {
+        return match call_status(me, &mut sender, &mut receiver, status).await {
+            Ended::Fatal(error) => Ended::Fatal(error),
+            _ => Ended::Quit,
+        };
+    }
+    let drain = async {
+        loop {
+            match receiver.message::<SessionMessage>().await {
+                Ok(Some(message)) => {
+                    me.receive(message, &mut sender);
+                }
+                Ok(None) => return Ended::Quit,
+                Err(status) if is_fatal(status.code()) => return status_ended(&status),
+                Err(_) => return Ended::Quit,
+            }
+        }
+    };
+    tokio::time::timeout(LEAVE_TIMEOUT, drain)
+        .await
+        .unwrap_or(Ended::Quit)
 }
 
 /// Writing failed: the server may have ended the call, and its status (say

@@ -4,8 +4,11 @@
 
 use std::collections::VecDeque;
 
+use tokio::time::Instant;
+
 use super::commands::Command;
 use super::{Ended, JoinArgs};
+use crate::cli::connect::ClientError;
 use crate::cli::render::{JsonObject, Style, event_line, json_strings};
 use crate::grpc::client::CallSender;
 use crate::pb::codereview::{
@@ -27,13 +30,18 @@ pub(super) struct Participant {
     pub(super) pending_cursor: Option<CursorPosition>,
     pub(super) caught_up: bool,
     pub(super) want_snapshot: bool,
-    pub(super) quitting: bool,
+    /// Set by `quit` (or the end of input): until when to wait for the
+    /// server to answer what is waiting.
+    pub(super) quitting: Option<Instant>,
     /// The role the server gave us (edits are checked locally too).
     pub(super) role: Option<crate::pb::codereview::Role>,
     /// Whether the document has been known since the start.
     pub(super) ever_caught_up: bool,
     /// Commands typed before the first catch-up (the document was unknown).
     pub(super) early: VecDeque<Command>,
+    /// Edits and comments applied here that the server did not apply: it
+    /// refused them, or they were dropped when resyncing from a snapshot.
+    pub(super) not_applied: usize,
 }
 
 impl Participant {
@@ -50,8 +58,37 @@ impl Participant {
         }
     }
 
+    /// Edits and comments typed and not yet answered by the server.
     pub(super) fn waiting(&self) -> usize {
         self.replica.pending().count() + self.pending_comments.len() + self.early.len()
+    }
+
+    /// Whether `quit` was typed and its time to wait is over.
+    pub(super) fn quit_expired(&self) -> bool {
+        self.quitting
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// The end: prints the document one last time. Anything the server
+    /// never answered makes the command fail (a script must know).
+    pub(super) fn finish(&self) -> Result<(), ClientError> {
+        self.show(None);
+        match self.waiting() {
+            0 if self.not_applied == 0 => Ok(()),
+            0 => Err(ClientError::runtime(format!(
+                "{} of the commands typed {} not applied: refused by the server or dropped when resyncing (see above)",
+                self.not_applied,
+                if self.not_applied == 1 { "was" } else { "were" }
+            ))),
+            1 => Err(ClientError::runtime(format!(
+                "1 command was not acknowledged by the server within --quit-timeout {}: it may not have been applied",
+                seconds(self.args.quit_timeout)
+            ))),
+            n => Err(ClientError::runtime(format!(
+                "{n} commands were not acknowledged by the server within --quit-timeout {}: they may not have been applied",
+                seconds(self.args.quit_timeout)
+            ))),
+        }
     }
 
     pub(super) fn message(&self, payload: Payload, client_sequence: u64) -> SessionMessage {
@@ -156,7 +193,11 @@ impl Participant {
                 }
             }
             Command::Show { path } => self.show(path.as_deref()),
-            Command::Quit => self.quitting = true,
+            Command::Quit => {
+                if self.quitting.is_none() {
+                    self.quitting = Some(Instant::now() + self.args.quit_timeout);
+                }
+            }
         }
     }
 
@@ -251,6 +292,12 @@ impl Participant {
         }
         match message.payload? {
             Payload::Joined(joined) => {
+                // A new `join` of a user who was here before must not reuse
+                // the numbers the server has processed: it would answer them
+                // as duplicates, never applying them.
+                self.next_client_sequence = self
+                    .next_client_sequence
+                    .max(joined.last_client_sequence.saturating_add(1));
                 self.epoch = joined.session_epoch;
                 self.role = crate::pb::codereview::Role::try_from(joined.role).ok();
                 if joined.catchup != crate::pb::codereview::joined::Catchup::Snapshot as i32
@@ -262,6 +309,7 @@ impl Participant {
             }
             Payload::Snapshot(snapshot) => {
                 let dropped = self.replica.reset(&snapshot);
+                self.not_applied += dropped.len();
                 if !dropped.is_empty() {
                     self.say(&format!(
                         "{} local edits could not be rebased on the snapshot and were dropped",
@@ -304,13 +352,37 @@ impl Participant {
                 }
             }
             Payload::Ack(ack) => {
+                let ours = ack.client_sequence != 0
+                    && (self
+                        .replica
+                        .pending()
+                        .any(|p| p.client_sequence == ack.client_sequence)
+                        || self
+                            .pending_comments
+                            .iter()
+                            .any(|(cs, _)| *cs == ack.client_sequence));
+                if !ours && ack.version > self.replica.version() {
+                    // An edit this replica never had: one made by an earlier
+                    // `join` of this user, replayed as its acknowledgement.
+                    // Only a snapshot brings it.
+                    self.want_snapshot = true;
+                    return Some(Ended::Reconnect {
+                        reason:
+                            "the history holds edits of an earlier join of this user: resyncing"
+                                .into(),
+                        now: true,
+                    });
+                }
                 self.replica.ack(ack.client_sequence, ack.version);
                 self.pending_comments
                     .retain(|(cs, _)| *cs > ack.client_sequence || ack.client_sequence == 0);
             }
             Payload::Error(error) => {
+                let comments = self.pending_comments.len();
                 self.pending_comments
                     .retain(|(cs, _)| *cs != error.client_sequence);
+                // A refused edit is counted when the resync drops it.
+                self.not_applied += comments - self.pending_comments.len();
                 if error.client_sequence != 0 && self.replica.refused(error.client_sequence) {
                     self.want_snapshot = true;
                     return Some(Ended::Reconnect {
@@ -346,7 +418,16 @@ impl Participant {
                 sender.queue(&self.message(Payload::TokenRefresh(TokenRefresh { token }), 0));
                 self.say("token refreshed from the token file");
             }
-            Err(error) => self.say(&error.0),
+            Err(error) => self.say(&error.message),
         }
+    }
+}
+
+/// A duration as a person writes it: `5s`, `1.5s`, `250ms`.
+fn seconds(duration: std::time::Duration) -> String {
+    if duration.subsec_millis() != 0 && duration.as_secs() == 0 {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{}s", duration.as_secs_f64())
     }
 }

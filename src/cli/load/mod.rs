@@ -5,14 +5,19 @@
 //! checks: no loss (edits and comments: each other sender's indices arrive
 //! exactly once, in order; cursors coalesce by design, so only order and the
 //! final position are checked), no duplicate, per-sender order, and that its
-//! own messages never come back as remote. It reports delivered messages per
-//! second, the send rate, latency percentiles (send → receive) and errors,
-//! ends with one JSON line, and exits non-zero on any violation.
+//! own messages never come back as remote. A message the server refused for
+//! its rate limit is counted as such, apart: it was never broadcast, so it
+//! is not lost (see [`tally`]). It reports delivered messages per second
+//! (from the start to the last delivery: sends only queue, so a send rate
+//! would say nothing), latency percentiles (send → receive) and errors, ends
+//! with one JSON line, and exits non-zero on any violation or refusal.
 //!
 //! By default it sends only the article's fields (the first message is a
 //! PresenceUpdate JOINED), so it works against any server of that proto.
 
-use std::collections::{HashMap, HashSet};
+mod tally;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,20 +26,20 @@ use argh::FromArgs;
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 
-use super::connect::{ClientError, ClientOptions, describe};
-use super::histogram::Histogram;
-use super::render::JsonObject;
+use super::connect::{ClientError, describe};
 use crate::grpc::client::{CallOptions, Channel};
 use crate::pb::codereview::{
     CodeEdit, Comment, CursorPosition, Join, PresenceUpdate, SessionMessage,
-    notice::Kind as NoticeKind, presence_update::Status as Presence, session_message::Payload,
+    presence_update::Status as Presence, session_message::Payload,
 };
 use crate::review::service::COLLABORATIVE_SESSION;
+use tally::{Report, Seen};
 
 crate::client_flags! {
     /// drive a server with sessions of participants and check delivery
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "load")]
+    #[argh(help_triggers("-h", "--help", "help"))]
     pub struct LoadArgs {
         /// sessions (default 1)
         #[argh(option, default = "1")]
@@ -73,38 +78,7 @@ enum Kind {
     Cursor,
 }
 
-/// What one participant saw and did.
-#[derive(Debug, Default)]
-struct Report {
-    sent: u64,
-    delivered: u64,
-    errors: u64,
-    lost: u64,
-    duplicated: u64,
-    reordered: u64,
-    echoed: u64,
-    first_error: Option<String>,
-    first_violation: Option<String>,
-    latency: Histogram,
-    send_finished: Option<Instant>,
-    last_receive: Option<Instant>,
-}
-
-impl Report {
-    fn violation(&mut self, what: String) {
-        if self.first_violation.is_none() {
-            self.first_violation = Some(what);
-        }
-    }
-
-    fn error(&mut self, what: String) {
-        self.errors += 1;
-        if self.first_error.is_none() {
-            self.first_error = Some(what);
-        }
-    }
-}
-
+/// What every participant task shares.
 struct Plan {
     kind: Kind,
     messages: usize,
@@ -115,7 +89,21 @@ struct Plan {
     drain: Duration,
     origin: Instant,
     start: Arc<Barrier>,
+    /// Per participant (session × participants + index): how many of its
+    /// messages the server refused for its rate limit.
+    refused: Vec<AtomicU64>,
 }
+
+impl Plan {
+    /// The refusals of participant `index` of session `session`.
+    fn refused(&self, session: usize, index: usize) -> u64 {
+        self.refused[session * self.participants + index].load(Ordering::Relaxed)
+    }
+}
+
+/// How often a participant done sending looks again at what it still waits
+/// for.
+const RECHECK: Duration = Duration::from_millis(50);
 
 fn marker(plan: &Plan, index: usize) -> String {
     let nanos = plan.origin.elapsed().as_nanos() as u64;
@@ -136,7 +124,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         "comment" => Kind::Comment,
         "cursor" => Kind::Cursor,
         other => {
-            return Err(ClientError(format!(
+            return Err(ClientError::setup(format!(
                 "--kind must be edit, comment or cursor, got {other:?}"
             )));
         }
@@ -146,9 +134,8 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         || args.messages == 0
         || args.streams_per_conn == 0
     {
-        return Err(ClientError(
-            "need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1"
-                .into(),
+        return Err(ClientError::setup(
+            "need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1",
         ));
     }
     let options = args.client_options();
@@ -164,6 +151,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         drain: args.drain,
         origin: Instant::now(),
         start: Arc::new(Barrier::new(total)),
+        refused: (0..total).map(|_| AtomicU64::new(0)).collect(),
     });
 
     // Connections first, so connection setup is not measured.
@@ -179,11 +167,15 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
             let n = session * args.participants + participant;
             let channel = channels[n / args.streams_per_conn].clone();
             let plan = plan.clone();
-            let session_id = format!("load-{run_id}-{session}");
-            let user = format!("p{participant}");
+            let who = Who {
+                session,
+                index: participant,
+                session_id: format!("load-{run_id}-{session}"),
+                user: format!("p{participant}"),
+            };
             let started = started.clone();
             tasks.push(tokio::spawn(async move {
-                participant_task(channel, plan, session_id, user, started).await
+                participant_task(channel, plan, who, started).await
             }));
         }
     }
@@ -199,7 +191,34 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         }
     }
     let measured_from = started.load(Ordering::Relaxed);
-    summarize(&args, &options, &reports, &plan, measured_from)
+    // A plaintext run against a TLS port fails in every participant: say why
+    // once, as every command does.
+    let mut notes = Vec::new();
+    if let Some(first) = reports.iter().find_map(|r| r.first_error.clone()) {
+        let explained =
+            super::tls_probe::explain(&options, ClientError::runtime(first.clone())).await;
+        if explained.message != first {
+            notes.push(explained.message);
+        }
+    }
+    Ok(tally::summarize(
+        &args,
+        &options,
+        &mut reports,
+        &plan,
+        measured_from,
+        notes,
+    ))
+}
+
+/// Which participant a task is.
+#[derive(Debug, Default, Clone)]
+struct Who {
+    /// The session's number and the participant's within it.
+    session: usize,
+    index: usize,
+    session_id: String,
+    user: String,
 }
 
 fn rand32() -> u32 {
@@ -211,11 +230,14 @@ fn rand32() -> u32 {
 async fn participant_task(
     channel: Channel,
     plan: Arc<Plan>,
-    session_id: String,
-    user: String,
+    who: Who,
     started: Arc<AtomicU64>,
 ) -> Report {
-    let mut report = Report::default();
+    let (session_id, user) = (who.session_id.clone(), who.user.clone());
+    let mut report = Report {
+        who: who.clone(),
+        ..Report::default()
+    };
     let mut call = match channel
         .start(COLLABORATIVE_SESSION, CallOptions::default())
         .await
@@ -270,8 +292,13 @@ async fn participant_task(
                 }
             }
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                let why = match next {
+                    Ok(Err(status)) => format!(": stream failed: {}", describe(&status)),
+                    Ok(Ok(None)) => ": the server ended the stream".to_owned(),
+                    _ => String::new(),
+                };
                 report.error(format!(
-                    "{user}: only {} of {} participants joined session {session_id}",
+                    "{user}: only {} of {} participants joined session {session_id}{why}",
                     joined.len() + 1,
                     plan.participants
                 ));
@@ -289,11 +316,7 @@ async fn participant_task(
     let mut client_sequence = 1u64;
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
     let mut next_send = Instant::now();
-    let expected_per_sender = plan.messages as u64;
-    let others = (plan.participants - 1) as u64;
-    // Per sender: the last index seen.
-    let mut last_seen: HashMap<String, u64> = HashMap::new();
-    let mut complete_senders = 0u64;
+    let mut seen = Seen::default();
     let mut drain_deadline: Option<Instant> = None;
     loop {
         let sending = next_index < plan.messages;
@@ -301,7 +324,7 @@ async fn participant_task(
             report.send_finished = Some(Instant::now());
             drain_deadline = Some(Instant::now() + plan.drain);
         }
-        if complete_senders == others && !sending && sender.pending_bytes() == 0 {
+        if !sending && sender.pending_bytes() == 0 && seen.complete(&plan, &who) {
             break;
         }
         // Unpaced: keep at most one burst waiting for flow control.
@@ -347,10 +370,12 @@ async fn participant_task(
                 next_send += interval;
             }
         }
+        // Done sending: look again now and then, as the refusals of the
+        // others (counted by them) may complete what we have seen.
         let wake = if sending && interval.is_some() {
             Some(next_send)
         } else {
-            drain_deadline
+            drain_deadline.map(|d| d.min(Instant::now() + RECHECK))
         };
         tokio::select! {
             flushed = sender.flush(), if sender.pending_bytes() > 0 => {
@@ -377,10 +402,7 @@ async fn participant_task(
             }
             received = receiver.message::<SessionMessage>() => match received {
                 Ok(Some(m)) => {
-                    let now = Instant::now();
-                    if check(&plan, &user, &m, &mut last_seen, &mut report, &mut version, now) {
-                        complete_senders += 1;
-                    }
+                    tally::check(&plan, &who, &m, &mut seen, &mut report, &mut version);
                 }
                 Ok(None) => {
                     report.error(format!("{user}: the server ended the stream early"));
@@ -404,39 +426,11 @@ async fn participant_task(
     sender.close_send();
     let finish = async {
         while let Ok(Some(m)) = receiver.message::<SessionMessage>().await {
-            check(
-                &plan,
-                &user,
-                &m,
-                &mut last_seen,
-                &mut report,
-                &mut version,
-                Instant::now(),
-            );
+            tally::check(&plan, &who, &m, &mut seen, &mut report, &mut version);
         }
     };
     let _ = tokio::time::timeout(plan.drain, finish).await;
-    // Whatever is missing now is lost.
-    for (sender_user, last) in last_seen.iter() {
-        let got = last + 1;
-        if plan.kind != Kind::Cursor && got < expected_per_sender {
-            report.lost += expected_per_sender - got;
-            report.violation(format!(
-                "{user} in {session_id} got {sender_user}'s messages only up to {last} of {expected_per_sender}"
-            ));
-        }
-    }
-    let silent = others.saturating_sub(last_seen.len() as u64);
-    if plan.kind == Kind::Cursor {
-        // Coalesced: only the final position must arrive.
-        let incomplete = last_seen
-            .values()
-            .filter(|&&l| l + 1 < expected_per_sender)
-            .count() as u64;
-        report.lost += incomplete + silent;
-    } else {
-        report.lost += silent * expected_per_sender;
-    }
+    report.seen = seen;
     report
 }
 
@@ -445,216 +439,6 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// Checks one received message; returns true when it completes a sender.
-fn check(
-    plan: &Plan,
-    user: &str,
-    message: &SessionMessage,
-    last_seen: &mut HashMap<String, u64>,
-    report: &mut Report,
-    version: &mut i32,
-    now: Instant,
-) -> bool {
-    let (index, sent_at) = match &message.payload {
-        Some(Payload::Edit(e)) => {
-            *version = (*version).max(e.version);
-            if plan.kind != Kind::Edit {
-                return false;
-            }
-            match parse_marker(&e.content) {
-                Some(m) => m,
-                None => return false,
-            }
-        }
-        Some(Payload::Comment(c)) if plan.kind == Kind::Comment => match parse_marker(&c.text) {
-            Some(m) => m,
-            None => return false,
-        },
-        Some(Payload::Cursor(c)) if plan.kind == Kind::Cursor => {
-            let ms = u64::try_from(c.column).unwrap_or(0);
-            (u64::try_from(c.line).unwrap_or(u64::MAX), ms * 1_000_000)
-        }
-        Some(Payload::Ack(a)) => {
-            *version = (*version).max(a.version);
-            return false;
-        }
-        Some(Payload::Error(e)) => {
-            report.error(format!(
-                "{user}: server error {}: {}",
-                crate::grpc::Code::from_i32(e.code).name(),
-                e.message
-            ));
-            return false;
-        }
-        Some(Payload::Notice(n)) if n.kind == NoticeKind::GoingAway as i32 => {
-            report.error(format!("{user}: the server is going away"));
-            return false;
-        }
-        _ => return false,
-    };
-    if message.user_id == user {
-        report.echoed += 1;
-        report.violation(format!("{user} got its own message {index} back"));
-        return false;
-    }
-    report.delivered += 1;
-    report.last_receive = Some(now);
-    let now_nanos = plan.origin.elapsed().as_nanos() as u64;
-    report
-        .latency
-        .record(now_nanos.saturating_sub(sent_at) / 1000);
-    let expected_last = plan.messages as u64 - 1;
-    match last_seen.get(&message.user_id).copied() {
-        Some(last) if index <= last => {
-            if index == last {
-                report.duplicated += 1;
-            } else {
-                report.reordered += 1;
-            }
-            report.violation(format!(
-                "{user} got {}'s message {index} after {last}",
-                message.user_id
-            ));
-            false
-        }
-        previous => {
-            let next_expected = previous.map_or(0, |l| l + 1);
-            if index > next_expected && plan.kind != Kind::Cursor {
-                report.lost += index - next_expected;
-                report.violation(format!(
-                    "{user} missed {}'s messages {next_expected}..{index} (sequence {})",
-                    message.user_id, message.sequence
-                ));
-            }
-            last_seen.insert(message.user_id.clone(), index);
-            index == expected_last
-        }
-    }
-}
-
-fn summarize(
-    args: &LoadArgs,
-    options: &ClientOptions,
-    reports: &[Report],
-    plan: &Plan,
-    measured_from: u64,
-) -> Result<bool, ClientError> {
-    let mut latency = Histogram::new();
-    let mut totals = Report::default();
-    let mut last_send = 0u64;
-    let mut last_receive = 0u64;
-    for r in reports {
-        latency.merge(&r.latency);
-        totals.sent += r.sent;
-        totals.delivered += r.delivered;
-        totals.errors += r.errors;
-        totals.lost += r.lost;
-        totals.duplicated += r.duplicated;
-        totals.reordered += r.reordered;
-        totals.echoed += r.echoed;
-        if totals.first_error.is_none() {
-            totals.first_error = r.first_error.clone();
-        }
-        if totals.first_violation.is_none() {
-            totals.first_violation = r.first_violation.clone();
-        }
-        if let Some(t) = r.send_finished {
-            last_send = last_send.max(t.duration_since(plan.origin).as_nanos() as u64);
-        }
-        if let Some(t) = r.last_receive {
-            last_receive = last_receive.max(t.duration_since(plan.origin).as_nanos() as u64);
-        }
-    }
-    let expected = if plan.kind == Kind::Cursor {
-        0
-    } else {
-        (args.sessions * args.participants * (args.participants - 1) * args.messages) as u64
-    };
-    let send_seconds = (last_send.saturating_sub(measured_from) as f64 / 1e9).max(1e-9);
-    let receive_seconds = (last_receive.saturating_sub(measured_from) as f64 / 1e9).max(1e-9);
-    let ok = totals.errors == 0
-        && totals.lost == 0
-        && totals.duplicated == 0
-        && totals.reordered == 0
-        && totals.echoed == 0;
-    eprintln!(
-        "load: {} sessions x {} participants x {} {} messages against {}",
-        args.sessions, args.participants, args.messages, args.kind, options.addr
-    );
-    eprintln!(
-        "  sent {} in {:.3}s ({:.0}/s); delivered {} of {} expected ({:.0}/s)",
-        totals.sent,
-        send_seconds,
-        totals.sent as f64 / send_seconds,
-        totals.delivered,
-        expected,
-        totals.delivered as f64 / receive_seconds
-    );
-    eprintln!(
-        "  latency p50 {}us p99 {}us p999 {}us max {}us",
-        latency.quantile(0.5),
-        latency.quantile(0.99),
-        latency.quantile(0.999),
-        latency.max()
-    );
-    eprintln!(
-        "  violations: lost {} duplicated {} reordered {} echoed {}; errors {}{}",
-        totals.lost,
-        totals.duplicated,
-        totals.reordered,
-        totals.echoed,
-        totals.errors,
-        totals
-            .first_error
-            .as_deref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default()
-    );
-    if let Some(violation) = &totals.first_violation {
-        eprintln!("  first violation: {violation}");
-    }
-    let line = JsonObject::new()
-        .str("type", "load")
-        .boolean("ok", ok)
-        .str("kind", &args.kind)
-        .uint("sessions", args.sessions as u64)
-        .uint("participants", args.participants as u64)
-        .uint("messages", args.messages as u64)
-        .uint("payload", args.payload as u64)
-        .uint("streams_per_conn", args.streams_per_conn as u64)
-        .uint("sent", totals.sent)
-        .uint("delivered", totals.delivered)
-        .uint("expected", expected)
-        .num("send_seconds", round3(send_seconds))
-        .num("send_per_second", round3(totals.sent as f64 / send_seconds))
-        .num(
-            "delivered_per_second",
-            round3(totals.delivered as f64 / receive_seconds),
-        )
-        .raw(
-            "latency_us",
-            &JsonObject::new()
-                .uint("p50", latency.quantile(0.5))
-                .uint("p99", latency.quantile(0.99))
-                .uint("p999", latency.quantile(0.999))
-                .uint("max", latency.max())
-                .num("mean", round3(latency.mean()))
-                .finish(),
-        )
-        .uint("errors", totals.errors)
-        .uint("lost", totals.lost)
-        .uint("duplicated", totals.duplicated)
-        .uint("reordered", totals.reordered)
-        .uint("echoed", totals.echoed)
-        .finish();
-    println!("{line}");
-    Ok(ok)
-}
-
-fn round3(value: f64) -> f64 {
-    (value * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
