@@ -1204,3 +1204,39 @@ fn the_same_user_joining_again_applies_its_edits() {
         );
     }
 }
+
+/// With the history truncated, a new `join` still rebuilds the files: its
+/// catch-up is a snapshot, and a `show` typed before it connected shows the
+/// files once they are known.
+#[test]
+fn a_join_rebuilds_the_files_when_the_history_is_truncated() {
+    let server = Server::start(&["--history-events", "3"]);
+    seed_file(&server, "short", "f.txt", &["one".into(), "two".into()]);
+    for user in ["a", "b"] {
+        let mut visitor = join(&server.url(), "short", user, &[]);
+        visitor.send("quit");
+        visitor.close_stdin();
+        assert!(
+            visitor.wait_exit(WAIT).success(),
+            "{}",
+            visitor.transcript()
+        );
+    }
+    let mut carol = join(&server.url(), "short", "carol", &[]);
+    carol.send("show");
+    carol.send("quit");
+    carol.close_stdin();
+    assert!(carol.wait_exit(WAIT).success(), "{}", carol.transcript());
+    let snapshot = server.snapshot("short");
+    assert_eq!(snapshot["files"]["f.txt"].strings(), ["one", "two"]);
+    let documents = carol.documents();
+    assert!(!documents.is_empty(), "{}", carol.transcript());
+    for document in documents {
+        assert_eq!(
+            document["files"],
+            snapshot["files"],
+            "{}",
+            carol.transcript()
+        );
+    }
+}

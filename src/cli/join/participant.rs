@@ -128,10 +128,14 @@ impl Participant {
         if !self.ever_caught_up
             && matches!(
                 command,
-                Command::Edit { .. } | Command::Comment { .. } | Command::Cursor { .. }
+                Command::Edit { .. }
+                    | Command::Comment { .. }
+                    | Command::Cursor { .. }
+                    | Command::Show { .. }
             )
         {
-            // The document is not known yet: keep the command until it is.
+            // The document is not known yet: keep the command until it is
+            // (in order: a `show` typed after an edit shows the edit).
             self.early.push_back(command);
             return;
         }
