@@ -3,11 +3,13 @@
 //!
 //! Layers, dependencies pointing down only:
 //! - [`cli`]: the commands (serve, join, watch, upload, snapshot, token, load, health).
+//! - [`app`]: the server assembled from one configuration, and its lifecycle.
 //! - [`review`]: the domain — sessions, operational transformation, the registry.
 //! - [`grpc`]: the wire — gRPC framing on h2, status, metadata, server, client, TLS.
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod fuzz_targets;

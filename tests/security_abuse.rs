@@ -854,7 +854,7 @@ async fn memory_stays_bounded_while_a_participant_never_reads() {
     let limits = Limits {
         outbox_bytes: 64 * 1024,
         history_bytes: 128 * 1024,
-        max_session_bytes: 256 * 1024,
+        max_document_bytes: 256 * 1024,
         max_line_bytes: 1024,
         rate_per_second: 0.0,
         ..Limits::default()
@@ -877,7 +877,7 @@ async fn memory_stays_bounded_while_a_participant_never_reads() {
     let ephemeral = users * 2 * (limits.max_path_bytes + 2 * limits.max_id_bytes + 64);
     let registry_bound = members * (limits.outbox_bytes + ephemeral)
         + (limits.history_bytes + max_event)
-        + limits.max_session_bytes;
+        + limits.max_document_bytes;
     let outbound_bound = (members * (batch + max_event)) as i64;
     let inbound_bound = members as i64 * config.initial_connection_window as i64;
     let windows = config.initial_connection_window;

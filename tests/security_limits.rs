@@ -315,7 +315,7 @@ async fn edits_beyond_the_document_limits_get_error_8_and_the_stream_stays() {
     let max_lines = 5;
     let server = ReviewServer::start(Setup {
         limits: Limits {
-            max_session_bytes: max_bytes,
+            max_document_bytes: max_bytes,
             max_lines_per_file: max_lines,
             ..Limits::default()
         },

@@ -131,6 +131,16 @@ impl TokenVerifier for Authenticator {
     }
 }
 
+/// Reads a secret file (a trailing newline is not part of the secret).
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,6 @@
 //! was attempted, and running it again unchanged cannot help.
 
 pub mod connect;
-pub mod fd_limit;
 pub mod health;
 pub mod histogram;
 pub mod join;

@@ -1,6 +1,6 @@
-//! `codereview serve`: binds the listener, assembles the services, and runs
-//! until SIGTERM/SIGINT, then drains (GOAWAY, streams finish or are ended
-//! after the drain timeout) and exits 0. SIGHUP reloads the TLS certificate.
+//! `codereview serve`: flags become an [`AppConfig`], signals become the
+//! app's shutdown (SIGTERM/SIGINT) and certificate reloads (SIGHUP); the
+//! server itself is [`crate::app`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,28 +10,12 @@ use argh::FromArgs;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::metrics::{Metrics, http as metrics_http};
-
-use super::fd_limit;
-use super::token::read_secret;
-use crate::auth::Authenticator;
-use crate::grpc::health::HealthReporter;
-use crate::grpc::reflection;
-use crate::grpc::server::{Router, Server, ServerConfig};
-use crate::grpc::shutdown::{Phase, ShutdownController};
-use crate::grpc::tls::{ServerTlsFiles, TlsSource};
+use crate::app::{self, App, AppConfig, AppError, DEFAULT_ADDR};
+use crate::grpc::server::ServerConfig;
+use crate::grpc::tls::ServerTlsFiles;
+use crate::log;
 use crate::logging::{self, Format, Level};
-use crate::pb::health::health_check_response::ServingStatus;
-use crate::review::error::{ErrorKind, ReviewError};
 use crate::review::limits::Limits;
-use crate::review::registry::{self, RegistryConfig};
-use crate::review::service::{self, ServiceConfig};
-use crate::{interop, log};
-
-const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 /// run the server (plaintext h2c on 127.0.0.1:50051 by default)
 #[derive(FromArgs, Debug)]
@@ -209,28 +193,12 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The wire layer's configuration from the flags.
-    pub fn server_config(&self) -> Result<ServerConfig, String> {
+    /// The whole configuration from the flags (`port_env`: `$PORT`).
+    pub fn config(&self, port_env: Option<&str>) -> Result<AppConfig, String> {
         let to_u32 = |name: &str, value: usize| {
             u32::try_from(value).map_err(|_| format!("--{name} is too large"))
         };
-        if !(16_384..=16_777_215).contains(&self.max_frame_size) {
-            return Err("--max-frame-size must be between 16KiB and 16MiB-1".into());
-        }
-        if self.initial_stream_window > (1 << 31) - 1
-            || self.initial_connection_window > (1 << 31) - 1
-        {
-            return Err("HTTP/2 windows must be below 2GiB".into());
-        }
-        if !(16_384..=(1 << 30)).contains(&self.max_send_buffer) {
-            return Err("--max-send-buffer must be between 16KiB and 1GiB".into());
-        }
-        if self.max_outbound_buffer != 0 && self.max_outbound_buffer < self.max_send_buffer {
-            return Err(
-                "--max-outbound-buffer must be 0 (off) or at least --max-send-buffer".into(),
-            );
-        }
-        Ok(ServerConfig {
+        let server = ServerConfig {
             initial_stream_window: to_u32("initial-stream-window", self.initial_stream_window)?,
             initial_connection_window: to_u32(
                 "initial-connection-window",
@@ -248,27 +216,14 @@ impl ServeArgs {
             handshake_timeout: self.handshake_timeout,
             max_connections: self.max_connections,
             ..ServerConfig::default()
-        })
-    }
-
-    /// The domain's limits from the flags.
-    pub fn limits(&self) -> Result<Limits, String> {
-        if !(self.rate_limit >= 0.0 && self.rate_burst >= 1.0) {
-            return Err("--rate-limit must be >= 0 and --rate-burst >= 1".into());
-        }
-        if self.rate_bytes_burst < self.max_document_bytes {
-            return Err(
-                "--rate-bytes-burst must be at least --max-document-bytes (one upload of a full session must fit)"
-                    .into(),
-            );
-        }
+        };
         let limits = Limits {
             max_id_bytes: self.max_id_bytes,
             max_line_bytes: self.max_line_bytes,
             max_lines_per_file: self.max_lines,
             max_files: self.max_files,
             max_comments: self.max_comments,
-            max_session_bytes: self.max_document_bytes,
+            max_document_bytes: self.max_document_bytes,
             max_sessions: self.max_sessions,
             max_participants: self.max_participants,
             max_watchers: self.max_watchers,
@@ -283,17 +238,33 @@ impl ServeArgs {
             max_memory_bytes: self.max_memory,
             ..Limits::default()
         };
-        let snapshot = limits.max_session_bytes + limits.snapshot_overhead_bytes();
-        if snapshot > self.max_message_bytes {
-            return Err(format!(
-                "--max-document-bytes plus what a snapshot adds ({} bytes with --max-participants {}) must fit in \
-                 --max-message-bytes {}: every session must fit in one snapshot message",
-                limits.snapshot_overhead_bytes(),
-                limits.max_participants,
-                self.max_message_bytes
-            ));
-        }
-        Ok(limits)
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            }),
+            (None, None) if self.client_ca.is_some() => {
+                return Err("--client-ca needs --tls-cert and --tls-key".into());
+            }
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        let config = AppConfig {
+            addr: self.bind_addr(port_env)?,
+            server,
+            limits,
+            tls,
+            auth_secret_file: self.auth_secret_file.clone(),
+            insecure: self.insecure,
+            interop: self.interop,
+            reflection: !self.no_reflection,
+            metrics_addr: self.metrics_addr,
+            max_stream_duration: Some(self.max_stream_duration).filter(|d| !d.is_zero()),
+            drain_timeout: self.drain_timeout,
+        };
+        config.check()?;
+        Ok(config)
     }
 
     /// The address to bind: --addr, else 0.0.0.0:$PORT, else the default.
@@ -309,268 +280,57 @@ impl ServeArgs {
     }
 }
 
-/// Why `serve` stopped early.
-enum Failure {
-    /// Flags, files, the address: found before serving (exit status 2).
-    Setup(String),
-    /// The listener failed while serving (exit status 1).
-    Serving(String),
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure::Setup(message)
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Failure {
-        Failure::Setup(message.to_owned())
-    }
-}
-
 /// Runs the server; returns the exit status. A failure is one plain line on
 /// stderr (not a log line: it is for the person who started the server,
 /// whatever the log format).
 pub async fn run(args: ServeArgs) -> i32 {
     let (message, code) = match serve(args).await {
         Ok(()) => return 0,
-        Err(Failure::Setup(message)) => (message, super::EXIT_USAGE),
-        Err(Failure::Serving(message)) => (message, super::EXIT_FAILURE),
+        Err(AppError::Setup(message)) => (message, super::EXIT_USAGE),
+        Err(AppError::Serving(message)) => (message, super::EXIT_FAILURE),
     };
     eprintln!("codereview serve: {message}");
     code
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Failure> {
+async fn serve(args: ServeArgs) -> Result<(), AppError> {
+    let setup = |message: String| AppError::Setup(message);
     // Handlers first: a signal that arrives as soon as we are listening
     // must be handled, not take its default action.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let level =
-        Level::parse(&args.log_level).ok_or("--log-level must be error, warn, info or debug")?;
-    let format = Format::parse(&args.log_format).ok_or("--log-format must be json or text")?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| setup(e.to_string()))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| setup(e.to_string()))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| setup(e.to_string()))?;
+    let level = Level::parse(&args.log_level)
+        .ok_or_else(|| setup("--log-level must be error, warn, info or debug".into()))?;
+    let format = Format::parse(&args.log_format)
+        .ok_or_else(|| setup("--log-format must be json or text".into()))?;
     logging::init(level, format);
 
-    let config = args.server_config()?;
-    let addr = args.bind_addr(std::env::var("PORT").ok().as_deref())?;
-    if let Some(short) = fd_limit::read().and_then(|l| fd_limit::shortfall(args.max_connections, l))
-    {
-        // Before listening, so it is the first thing an operator reads.
-        let msg = "too few file descriptors for --max-connections: connections beyond the limit fail at accept";
-        let max_connections = args.max_connections as u64;
-        match short.hard {
-            Some(hard_limit) => log!(
-                Warn,
-                msg,
-                max_connections = max_connections,
-                needed = short.needed,
-                soft_limit = short.soft,
-                hard_limit = hard_limit,
-                fix = short.fix.as_str(),
-            ),
-            None => log!(
-                Warn,
-                msg,
-                max_connections = max_connections,
-                needed = short.needed,
-                soft_limit = short.soft,
-                fix = short.fix.as_str(),
-            ),
-        }
-    }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            TlsSource::new(ServerTlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: args.client_ca.clone(),
-            })
-            .map_err(|e| e.to_string())?,
-        ),
-        (None, None) if args.client_ca.is_some() => {
-            return Err("--client-ca needs --tls-cert and --tls-key".into());
-        }
-        (None, None) => None,
-        _ => return Err("--tls-cert and --tls-key go together".into()),
-    };
-    let metrics = Metrics::new();
-    let authenticator = match &args.auth_secret_file {
-        Some(path) => {
-            let failures = metrics.clone();
-            let authenticator = Authenticator::new(&read_secret(path)?)?
-                .on_failure(Arc::new(move |reason| failures.auth_failed(reason)));
-            Some(Arc::new(authenticator))
-        }
-        None => None,
-    };
-    if !addr.ip().is_loopback() {
-        if tls.is_none() {
-            if !args.insecure {
-                return Err(Failure::Setup(format!(
-                    "refusing to serve plaintext on the non-loopback address {addr}: \
-                     give --tls-cert/--tls-key, or --insecure if TLS is terminated in front of this server"
-                )));
-            }
-            log!(
-                Warn,
-                "serving plaintext on a non-loopback address (--insecure): traffic and tokens are not encrypted",
-                addr = addr.to_string().as_str()
-            );
-        }
-        if authenticator.is_none() {
-            if !args.insecure {
-                return Err(Failure::Setup(format!(
-                    "refusing to serve without authentication on the non-loopback address {addr}: \
-                     give --auth-secret-file, or --insecure to run open"
-                )));
-            }
-            log!(
-                Warn,
-                "serving without authentication on a non-loopback address (--insecure): anyone can join any session",
-                addr = addr.to_string().as_str()
-            );
-        }
-    }
-
-    let limits = args.limits()?;
-    let mut registry_config = RegistryConfig::new(limits);
-    registry_config.observer = metrics.clone();
-    let mut service_config = ServiceConfig::new(registry_config.limits.clone());
-    service_config.max_stream_duration = Some(args.max_stream_duration).filter(|d| !d.is_zero());
-    if let Some(authenticator) = &authenticator {
-        service_config.auth_required = true;
-        service_config.verifier = Some(authenticator.clone());
-    }
-    let registry = registry::spawn(registry_config);
-
-    let health = HealthReporter::new();
-    let mut router = Router::new();
-    health.register(&mut router);
-    service::register(&mut router, registry.clone(), service_config);
-    health.set(service::SERVICE_NAME, ServingStatus::Serving);
-    if args.interop {
-        interop::register(&mut router);
-        health.set("grpc.testing.TestService", ServingStatus::Serving);
-    }
-    if !args.no_reflection {
-        // Last: it describes the services registered before it.
-        reflection::register(
-            &mut router,
-            bytes::Bytes::from_static(crate::pb::DESCRIPTOR_SET),
-        )?;
-    }
-    if let Some(authenticator) = &authenticator {
-        router.set_interceptor(authenticator.clone().interceptor());
-    }
-
+    let config = args
+        .config(std::env::var("PORT").ok().as_deref())
+        .map_err(setup)?;
+    let addr = config.addr;
+    let app = App::build(config).await?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-
-    let mut server = Server::new(config, router).observer(metrics.clone());
-    metrics.attach(server.telemetry(), registry.clone());
-    let ready = Arc::new(AtomicBool::new(false));
-    let metrics_task = match args.metrics_addr {
-        Some(metrics_addr) => {
-            let metrics_listener = TcpListener::bind(metrics_addr)
-                .await
-                .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
-            let bound = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-            log!(Info, "metrics listening", addr = bound.to_string().as_str());
-            Some(tokio::spawn(metrics_http::serve(
-                metrics_listener,
-                metrics.clone(),
-                ready.clone(),
-            )))
-        }
-        None => None,
-    };
-    let mut reloader = None;
-    if let Some((source, tls_reloader)) = tls {
-        server = server.tls(source);
-        reloader = Some(tls_reloader);
-    }
-    let (controller, shutdown) = ShutdownController::new();
-    let mut server_task = tokio::spawn(server.serve(listener, shutdown));
-    ready.store(true, Ordering::Relaxed);
-    log!(
-        Info,
-        "listening",
-        addr = local.to_string().as_str(),
-        tls = reloader.is_some(),
-        auth = authenticator.is_some(),
-        interop = args.interop,
-        reflection = !args.no_reflection
-    );
-
-    let signal_name = loop {
-        tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => match &reloader {
-                Some(reloader) => match reloader.reload() {
-                    Ok(()) => log!(Info, "TLS certificate reloaded"),
-                    Err(error) => log!(Error, "TLS reload failed; keeping the previous certificate", error = error.to_string().as_str()),
+        .map_err(|e| setup(format!("cannot listen on {addr}: {e}")))?;
+    let reloader = app.tls_reloader();
+    let shutdown = async move {
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => return "SIGTERM",
+                _ = sigint.recv() => return "SIGINT",
+                _ = sighup.recv() => match &reloader {
+                    Some(reloader) => match reloader.reload() {
+                        Ok(()) => log!(Info, "TLS certificate reloaded"),
+                        Err(error) => log!(Error, "TLS reload failed; keeping the previous certificate", error = error.to_string().as_str()),
+                    },
+                    None => log!(Info, "SIGHUP ignored: no TLS certificate to reload"),
                 },
-                None => log!(Info, "SIGHUP ignored: no TLS certificate to reload"),
-            },
-            result = &mut server_task => {
-                return match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(Failure::Serving(error.to_string())),
-                    Err(error) => Err(Failure::Serving(error.to_string())),
-                };
             }
         }
     };
-
-    log!(
-        Info,
-        "shutting down: draining",
-        signal = signal_name,
-        drain_timeout_ms = args.drain_timeout.as_millis() as u64
-    );
-    ready.store(false, Ordering::Relaxed);
-    health.set_all_not_serving();
-    let before = registry.stats().await.unwrap_or_default();
-    let deadline_ms = crate::review::now_unix_ms() + args.drain_timeout.as_millis() as i64;
-    registry.drain(deadline_ms).await;
-    controller.advance(Phase::Draining);
-    let drained = tokio::time::timeout(args.drain_timeout, &mut server_task)
-        .await
-        .is_ok();
-    if !drained {
-        // Streams still open: end them with UNAVAILABLE (clients resume
-        // elsewhere), give the trailers a moment, then drop what is left.
-        registry
-            .close_all(ReviewError::new(
-                ErrorKind::Unavailable,
-                "server shut down: reconnect and resume",
-            ))
-            .await;
-        let finished = tokio::time::timeout(Duration::from_secs(1), &mut server_task)
-            .await
-            .is_ok();
-        controller.advance(Phase::Closing);
-        if !finished {
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut server_task).await;
-        }
-    }
-    log!(
-        Info,
-        "shutdown complete",
-        drained_in_time = drained,
-        sessions = before.sessions,
-        participants = before.participants,
-        watchers = before.watchers,
-    );
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
-    Ok(())
+    app::run(listener, app, shutdown).await
 }
 
 #[cfg(test)]
@@ -612,48 +372,125 @@ mod tests {
 
     #[test]
     fn flags_become_configuration() {
-        let a = args(&[
+        let config = |extra: &[&str]| args(extra).config(None);
+        let a = config(&[
             "--max-frame-size",
             "64KiB",
             "--keepalive-interval",
             "0",
             "--rate-limit",
             "0",
-        ]);
-        let config = a.server_config().unwrap();
-        assert_eq!(config.max_frame_size, 65536);
-        assert!(config.keepalive_interval.is_zero());
-        assert_eq!(a.limits().unwrap().rate_per_second, 0.0);
-        assert!(args(&["--max-frame-size", "1KiB"]).server_config().is_err());
-        let buffers = args(&[
+        ])
+        .unwrap();
+        assert_eq!(a.server.max_frame_size, 65536);
+        assert!(a.server.keepalive_interval.is_zero());
+        assert_eq!(a.limits.rate_per_second, 0.0);
+        assert!(config(&["--max-frame-size", "1KiB"]).is_err());
+        let buffers = config(&[
             "--max-send-buffer",
             "64KiB",
             "--max-outbound-buffer",
             "32MiB",
-        ]);
-        let config = buffers.server_config().unwrap();
-        assert_eq!(config.max_send_buffer_size, 64 << 10);
-        assert_eq!(config.max_outbound_buffer, 32 << 20);
-        assert_eq!(
-            args(&[]).server_config().unwrap().max_outbound_buffer,
-            256 << 20
-        );
-        assert!(args(&["--max-send-buffer", "0"]).server_config().is_err());
+        ])
+        .unwrap();
+        assert_eq!(buffers.server.max_send_buffer_size, 64 << 10);
+        assert_eq!(buffers.server.max_outbound_buffer, 32 << 20);
+        assert!(config(&["--max-send-buffer", "0"]).is_err());
         assert!(
-            args(&[
+            config(&[
                 "--max-send-buffer",
                 "1MiB",
                 "--max-outbound-buffer",
                 "512KiB"
             ])
-            .server_config()
             .is_err()
         );
+        assert!(config(&["--max-outbound-buffer", "0"]).is_ok());
+        assert!(config(&["--max-document-bytes", "8MiB"]).is_err());
+        assert!(config(&["--client-ca", "ca.pem"]).is_err());
         assert!(
-            args(&["--max-outbound-buffer", "0"])
-                .server_config()
-                .is_ok()
+            config(&["--addr", "0.0.0.0:1"]).is_err(),
+            "plaintext off loopback"
         );
-        assert!(args(&["--max-document-bytes", "8MiB"]).limits().is_err());
+        assert!(config(&["--addr", "0.0.0.0:1", "--insecure"]).is_ok());
+        assert_eq!(
+            config(&["--max-stream-duration", "0"])
+                .unwrap()
+                .max_stream_duration,
+            None
+        );
+        assert!(!config(&["--no-reflection"]).unwrap().reflection);
+    }
+
+    /// The defaults are written once, in the configuration types: the flags'
+    /// defaults (argh needs its own) must be exactly those.
+    #[test]
+    fn the_flags_defaults_are_the_configurations_defaults() {
+        assert_eq!(args(&[]).config(None).unwrap(), AppConfig::default());
+    }
+
+    /// Each flag's help says its default: it must be the real one.
+    #[test]
+    fn the_help_states_the_real_defaults() {
+        let help = match crate::cli::Cli::from_args(&["codereview"], &["serve", "--help"]) {
+            Err(early) => early.output,
+            Ok(_) => panic!("--help prints help"),
+        };
+        let defaults = AppConfig::default();
+        let said = |flag: &str| -> String {
+            let name = format!("--{flag}");
+            let mut lines = help
+                .lines()
+                .map(str::trim_start)
+                .skip_while(|l| l.split_whitespace().next() != Some(name.as_str()));
+            let first = lines.next().unwrap_or_default();
+            let rest = lines.take_while(|l| !l.starts_with("--"));
+            let text = std::iter::once(first)
+                .chain(rest)
+                .collect::<Vec<_>>()
+                .join(" ");
+            text.split("(default ")
+                .nth(1)
+                .and_then(|rest| rest.split([')', ';']).next())
+                .unwrap_or_else(|| panic!("{name} states no default: {text}"))
+                .to_owned()
+        };
+        let bytes = |text: String| crate::cli::parse_bytes(&text).unwrap();
+        let duration = |text: String| crate::cli::parse_duration(&text).unwrap();
+        let (server, limits) = (&defaults.server, &defaults.limits);
+        assert_eq!(
+            bytes(said("max-message-bytes")),
+            server.max_recv_message_bytes
+        );
+        assert_eq!(bytes(said("max-document-bytes")), limits.max_document_bytes);
+        assert_eq!(bytes(said("max-memory")), limits.max_memory_bytes);
+        assert_eq!(bytes(said("outbox-bytes")), limits.outbox_bytes);
+        assert_eq!(bytes(said("max-send-buffer")), server.max_send_buffer_size);
+        assert_eq!(
+            said("max-sessions").parse::<usize>().unwrap(),
+            limits.max_sessions
+        );
+        assert_eq!(
+            said("max-participants").parse::<usize>().unwrap(),
+            limits.max_participants
+        );
+        assert_eq!(
+            said("max-connections").parse::<usize>().unwrap(),
+            server.max_connections
+        );
+        assert_eq!(
+            said("history-events").parse::<usize>().unwrap(),
+            limits.history_events
+        );
+        assert_eq!(
+            said("rate-limit").parse::<f64>().unwrap(),
+            limits.rate_per_second
+        );
+        assert_eq!(duration(said("session-linger")), limits.session_linger);
+        assert_eq!(duration(said("drain-timeout")), defaults.drain_timeout);
+        assert_eq!(
+            duration(said("keepalive-interval")),
+            server.keepalive_interval
+        );
     }
 }

@@ -36,16 +36,6 @@ pub struct TokenArgs {
     pub ttl: Duration,
 }
 
-/// Reads a secret file (a trailing newline is not part of the secret).
-pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let mut bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    Ok(bytes)
-}
-
 pub fn run(args: TokenArgs) -> Result<(), ClientError> {
     let role = Role::parse(&args.role).ok_or_else(|| {
         ClientError::setup(format!(
@@ -59,7 +49,7 @@ pub fn run(args: TokenArgs) -> Result<(), ClientError> {
     if args.ttl.is_zero() {
         return Err(ClientError::setup("--ttl must be positive"));
     }
-    let key = Key::new(&read_secret(&args.secret_file).map_err(ClientError::setup)?)
+    let key = Key::new(&crate::auth::read_secret(&args.secret_file).map_err(ClientError::setup)?)
         .map_err(ClientError::setup)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

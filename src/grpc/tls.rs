@@ -85,7 +85,7 @@ fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// Where the server's TLS material comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerTlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,

@@ -247,7 +247,7 @@ impl Document {
         if encoded_growth > room.encoded {
             return Err(ReviewError::exhausted(format!(
                 "the session would hold more than {} bytes of content (limit; counted as a snapshot encodes it)",
-                limits.max_session_bytes
+                limits.max_document_bytes
             )));
         }
         let memory_growth = cost.memory_added.saturating_sub(cost.memory_removed);
@@ -308,7 +308,7 @@ mod tests {
     fn room(doc: &Document, limits: &Limits, other: usize) -> Room {
         Room {
             encoded: limits
-                .max_session_bytes
+                .max_document_bytes
                 .saturating_sub(doc.encoded_bytes() + other),
             memory: usize::MAX,
         }
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn budget_is_tracked_and_enforced() {
         let limits = Limits {
-            max_session_bytes: 40,
+            max_document_bytes: 40,
             max_lines_per_file: 3,
             ..Limits::default()
         };

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// Bounds on sessions, documents and participants.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Longest session_id and user_id, in bytes (default 128).
     pub max_id_bytes: usize,
@@ -23,7 +23,7 @@ pub struct Limits {
     pub max_comments: usize,
     /// Most content (file lines, paths, comments) one session holds, in bytes
     /// (default 2 MiB; a snapshot must stay below clients' 4 MiB message limit).
-    pub max_session_bytes: usize,
+    pub max_document_bytes: usize,
     /// Sessions at once (default 512).
     pub max_sessions: usize,
     /// Live participants in one session (default 64).
@@ -87,7 +87,7 @@ impl Default for Limits {
             max_lines_per_file: 20_000,
             max_files: 200,
             max_comments: 2_000,
-            max_session_bytes: 2 * 1024 * 1024,
+            max_document_bytes: 2 * 1024 * 1024,
             max_sessions: 512,
             max_participants: 64,
             max_watchers: 64,

@@ -62,10 +62,10 @@ impl<'a> UploadAssembly<'a> {
         };
         validate::upload_path(&chunk.file_path, limits)?;
         self.bytes += chunk.content.len();
-        if self.bytes > limits.max_session_bytes {
+        if self.bytes > limits.max_document_bytes {
             return Err(ReviewError::exhausted(format!(
                 "upload exceeds the session limit of {} bytes",
-                limits.max_session_bytes
+                limits.max_document_bytes
             )));
         }
         let continues = self
@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn bad_uploads_get_precise_errors() {
         let limits = Limits {
-            max_session_bytes: 10,
+            max_document_bytes: 10,
             ..Limits::default()
         };
         let kind = |chunks: &[FileChunk]| {

@@ -36,7 +36,7 @@ use super::tls::{PeerCertificates, TlsSource};
 use crate::log;
 
 /// Server settings. Each field's doc gives its default and why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// HTTP/2 initial stream window for data we receive (default 1 MiB).
     pub initial_stream_window: u32,

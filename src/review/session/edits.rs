@@ -231,7 +231,7 @@ impl Session {
         if Comments::encoded_cost(&entry) > room.encoded {
             return Err(ReviewError::exhausted(format!(
                 "the session would hold more than {} bytes of content (limit)",
-                self.limits.max_session_bytes
+                self.limits.max_document_bytes
             )));
         }
         if Comments::memory_cost(&entry) > room.memory {

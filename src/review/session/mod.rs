@@ -383,7 +383,7 @@ impl Session {
         Room {
             encoded: self
                 .limits
-                .max_session_bytes
+                .max_document_bytes
                 .saturating_sub(self.doc.encoded_bytes() + self.comments.encoded_bytes()),
             memory: self.memory_room,
         }

@@ -1069,7 +1069,7 @@ fn a_full_session_still_fits_in_one_snapshot() {
     use prost::Message;
     let budget = 64 * 1024;
     let mut h = Harness::new(Limits {
-        max_session_bytes: budget,
+        max_document_bytes: budget,
         max_lines_per_file: 100_000,
         ..limits()
     });
