@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::grpc::server::ServerConfig;
 use crate::grpc::tls::ServerTlsFiles;
 use crate::review::limits::Limits;
+use crate::review::service::DEFAULT_BATCH_BYTES;
 
 /// Where `serve` listens by default (plaintext, loopback only).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
@@ -41,6 +42,9 @@ pub struct AppConfig {
     pub max_stream_duration: Option<Duration>,
     /// On shutdown, how long streams may take to finish (default 10 s).
     pub drain_timeout: Duration,
+    /// The most a stream takes from its outbox per write (default 256 KiB;
+    /// no flag: tests lower it to make a reader fall behind sooner).
+    pub batch_bytes: usize,
 }
 
 impl Default for AppConfig {
@@ -57,6 +61,7 @@ impl Default for AppConfig {
             metrics_addr: None,
             max_stream_duration: Some(Duration::from_secs(24 * 3600)),
             drain_timeout: Duration::from_secs(10),
+            batch_bytes: DEFAULT_BATCH_BYTES,
         }
     }
 }

@@ -113,6 +113,7 @@ impl App {
         registry_config.observer = metrics.clone();
         let mut service_config = ServiceConfig::new(registry_config.limits.clone());
         service_config.max_stream_duration = config.max_stream_duration;
+        service_config.batch_bytes = config.batch_bytes;
         if let Some(authenticator) = &authenticator {
             service_config.auth_required = true;
             service_config.verifier = Some(authenticator.clone());

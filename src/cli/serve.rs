@@ -262,6 +262,7 @@ impl ServeArgs {
             metrics_addr: self.metrics_addr,
             max_stream_duration: Some(self.max_stream_duration).filter(|d| !d.is_zero()),
             drain_timeout: self.drain_timeout,
+            ..AppConfig::default()
         };
         config.check()?;
         Ok(config)

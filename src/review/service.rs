@@ -46,6 +46,9 @@ pub trait TokenVerifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Principal, ReviewError>;
 }
 
+/// How much a stream takes from its outbox per write, by default.
+pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
+
 /// The service's settings.
 #[derive(Clone)]
 pub struct ServiceConfig {
@@ -66,7 +69,7 @@ impl ServiceConfig {
         ServiceConfig {
             limits,
             max_stream_duration: Some(Duration::from_secs(24 * 3600)),
-            batch_bytes: 256 * 1024,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             auth_required: false,
             verifier: None,
         }
