@@ -3,21 +3,27 @@
 //! in which order, with which flags and error codes; flow-control windows;
 //! PING, GOAWAY and connection closure; what happens before HTTP/2).
 
-mod common;
-mod h2raw;
-
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use codereview::grpc::server::ServerConfig;
-use codereview::grpc::shutdown::Phase;
-use codereview::pb::testing::*;
+use codereview::pb::testing::{
+    EchoStatus, Empty, Payload, ResponseParameters, SimpleRequest, SimpleResponse,
+    StreamingInputCallRequest, StreamingInputCallResponse, StreamingOutputCallRequest,
+    StreamingOutputCallResponse,
+};
+use kit::h2raw::{
+    CANCEL, Conn, DATA, END_STREAM, Event, Frame, GOAWAY, HEADERS, NO_ERROR, REFUSED_STREAM,
+    RST_STREAM, SETTINGS_INITIAL_WINDOW_SIZE, WINDOW_UPDATE, data_frames, decode_grpc, describe,
+    encode_headers, grpc_encode, grpc_frame_flag, grpc_message, grpc_request_headers, grpc_status,
+    header, messages, response_headers, single_message, trailers,
+};
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-use h2raw::*;
+use crate::interop_server;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -82,7 +88,7 @@ fn frames_of(conn: &Conn, stream_id: u32) -> Vec<&Frame> {
 /// Sends `headers` (with END_STREAM), expects a single HEADERS frame ending
 /// the stream with `status`, then a good call on the same connection.
 async fn http_refusal(headers: Vec<(String, String)>, status: &str) -> Vec<(String, String)> {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open(&headers, true).await;
     let events = conn.collect_stream(id).await;
@@ -130,7 +136,7 @@ async fn missing_te_trailers_is_400() {
 
 #[tokio::test]
 async fn an_unknown_grpc_encoding_is_trailers_only_unimplemented() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let headers = with(
         grpc_request_headers(&method("UnaryCall")),
@@ -163,7 +169,7 @@ async fn an_unknown_grpc_encoding_is_trailers_only_unimplemented() {
 
 #[tokio::test]
 async fn compressed_flag_without_grpc_encoding_is_internal() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = SimpleRequest {
         response_size: 4,
@@ -178,7 +184,7 @@ async fn compressed_flag_without_grpc_encoding_is_internal() {
 
 #[tokio::test]
 async fn malformed_grpc_timeout_is_internal() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let headers = with(
         grpc_request_headers(&method("EmptyCall")),
@@ -200,7 +206,7 @@ async fn malformed_grpc_timeout_is_internal() {
 
 #[tokio::test]
 async fn unknown_service_and_method_are_unimplemented() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
 
     let events = conn
@@ -250,7 +256,7 @@ fn failing_request() -> StreamingOutputCallRequest {
 
 #[tokio::test]
 async fn early_closure_sends_trailers_then_rst_stream_no_error() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.send_data(id, &grpc_encode(&failing_request()), false)
@@ -275,7 +281,7 @@ async fn early_closure_sends_trailers_then_rst_stream_no_error() {
 
 #[tokio::test]
 async fn no_rst_stream_after_trailers_when_client_half_closed() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.send_data(id, &grpc_encode(&failing_request()), true)
@@ -298,7 +304,7 @@ async fn no_rst_stream_after_trailers_when_client_half_closed() {
 
 #[tokio::test]
 async fn early_closure_applies_to_trailers_only_responses() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
 
     // Refused at routing, before any request DATA.
@@ -335,7 +341,7 @@ async fn early_closure_applies_to_trailers_only_responses() {
 
 #[tokio::test]
 async fn client_cancel_ends_the_call_silently() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.read_until(WAIT, |f| f.stream_id == id && f.kind == HEADERS)
@@ -359,7 +365,7 @@ async fn client_cancel_ends_the_call_silently() {
 
 #[tokio::test]
 async fn message_split_across_one_byte_data_frames() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = SimpleRequest {
         response_size: 7,
@@ -382,7 +388,7 @@ async fn message_split_across_one_byte_data_frames() {
 
 #[tokio::test]
 async fn several_messages_in_one_data_frame() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let mut body = BytesMut::new();
     for size in [1, 2, 3] {
@@ -409,7 +415,7 @@ async fn several_messages_in_one_data_frame() {
 
 #[tokio::test]
 async fn responses_due_together_are_coalesced() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = StreamingOutputCallRequest {
         response_parameters: params(&[10; 50]),
@@ -434,7 +440,7 @@ async fn responses_due_together_are_coalesced() {
 
 #[tokio::test]
 async fn outbound_respects_the_client_stream_window() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect_with(server.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 100)]).await;
     conn.auto_window_update = false;
     let request = StreamingOutputCallRequest {
@@ -511,7 +517,7 @@ async fn inbound_capacity_is_released_as_messages_are_consumed() {
         initial_connection_window: 65_535,
         ..ServerConfig::default()
     };
-    let server = common::start_interop(config).await;
+    let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("StreamingInputCall")).await;
     let sizes = [30_000usize; 8];
@@ -559,7 +565,7 @@ async fn message_larger_than_the_stream_window_completes() {
         max_recv_message_bytes: 4 * 1024 * 1024,
         ..ServerConfig::default()
     };
-    let server = common::start_interop(config).await;
+    let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = SimpleRequest {
         response_size: 10,
@@ -587,7 +593,7 @@ fn keepalive_config() -> ServerConfig {
 
 #[tokio::test]
 async fn keepalive_answered_stays_connected() {
-    let server = common::start_interop(keepalive_config()).await;
+    let server = interop_server(keepalive_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let until = Instant::now() + Duration::from_secs(2);
     loop {
@@ -608,7 +614,7 @@ async fn keepalive_answered_stays_connected() {
 
 #[tokio::test]
 async fn keepalive_unanswered_closes_the_connection() {
-    let server = common::start_interop(keepalive_config()).await;
+    let server = interop_server(keepalive_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     conn.auto_ping_ack = false;
     let started = Instant::now();
@@ -634,7 +640,7 @@ async fn keepalive_unanswered_closes_the_connection() {
 /// a connection" — including when a keepalive PING went unanswered.
 #[tokio::test]
 async fn keepalive_unanswered_sends_goaway_before_closing() {
-    let server = common::start_interop(keepalive_config()).await;
+    let server = interop_server(keepalive_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     conn.auto_ping_ack = false;
     conn.read_until_eof(WAIT).await;
@@ -652,7 +658,7 @@ async fn idle_connection_gets_goaway_and_is_closed() {
         idle_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     };
-    let server = common::start_interop(config).await;
+    let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
     let goaway = conn.read_until(WAIT, |f| f.kind == GOAWAY).await.goaway();
     assert_eq!(goaway.code, NO_ERROR, "{goaway:?}");
@@ -668,7 +674,7 @@ async fn idle_timeout_spares_a_connection_with_an_open_stream() {
         idle_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     };
-    let server = common::start_interop(config).await;
+    let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.read_until(WAIT, |f| f.stream_id == id && f.kind == HEADERS)
@@ -706,13 +712,13 @@ async fn idle_timeout_spares_a_connection_with_an_open_stream() {
 
 #[tokio::test]
 async fn graceful_shutdown_drains_open_streams_and_refuses_new_ones() {
-    let mut server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.read_until(WAIT, |f| f.stream_id == id && f.kind == HEADERS)
         .await;
 
-    server.controller.advance(Phase::Draining);
+    let stopped = tokio::spawn(server.shutdown());
     let first = conn.read_until(WAIT, |f| f.kind == GOAWAY).await.goaway();
     assert_eq!(first.code, NO_ERROR, "{first:?}");
     // The final GOAWAY names the last stream the server will process.
@@ -754,8 +760,7 @@ async fn graceful_shutdown_drains_open_streams_and_refuses_new_ones() {
             conn.describe_log()
         );
     }
-    let task = server.task.take().unwrap();
-    let ended = timeout(WAIT, task).await;
+    let ended = timeout(WAIT, stopped).await;
     assert!(
         matches!(ended, Ok(Ok(Ok(())))),
         "serve task did not end cleanly: {ended:?}"
@@ -790,7 +795,7 @@ async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> Vec<u8> {
 
 #[tokio::test]
 async fn http1_request_gets_505_and_close() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -802,7 +807,7 @@ async fn http1_request_gets_505_and_close() {
 
 #[tokio::test]
 async fn garbage_is_closed_without_a_response() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = interop_server(ServerConfig::default()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let garbage = b"\x00\x01garbage-garbage-garbag";
     assert_eq!(garbage.len(), 24);
@@ -817,7 +822,7 @@ async fn silent_connection_is_closed_after_the_handshake_timeout() {
         handshake_timeout: Duration::from_millis(300),
         ..ServerConfig::default()
     };
-    let server = common::start_interop(config).await;
+    let server = interop_server(config).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
     let response = read_to_close(&mut tcp, Duration::from_secs(2)).await;

@@ -1,12 +1,15 @@
 //! The gRPC interop cases against our server, driven by tonic (an independent
 //! implementation), plus our own client against a tonic server.
 
-mod common;
-
 use std::time::Duration;
 
 use codereview::grpc::server::ServerConfig;
-use codereview::pb::testing::*;
+use codereview::pb::testing::{
+    EchoStatus, Empty, Payload, ResponseParameters, SimpleRequest, SimpleResponse,
+    StreamingInputCallRequest, StreamingInputCallResponse, StreamingOutputCallRequest,
+    StreamingOutputCallResponse,
+};
+use kit::server::TestServer;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -63,7 +66,7 @@ async fn unary(
 
 #[tokio::test]
 async fn empty_unary() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let response: tonic::Response<Empty> = grpc
@@ -79,7 +82,7 @@ async fn empty_unary() {
 
 #[tokio::test]
 async fn large_unary() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let request = SimpleRequest {
         response_size: 314_159,
@@ -97,7 +100,7 @@ async fn large_unary() {
 
 #[tokio::test]
 async fn client_streaming() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let requests: Vec<_> = [27_182, 8, 1828, 45_904]
         .into_iter()
@@ -120,7 +123,7 @@ async fn client_streaming() {
 
 #[tokio::test]
 async fn server_streaming() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let sizes = [31_415, 9, 2653, 58_979];
     let request = StreamingOutputCallRequest {
@@ -146,7 +149,7 @@ async fn server_streaming() {
 
 #[tokio::test]
 async fn ping_pong() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     grpc.ready().await.unwrap();
@@ -187,7 +190,7 @@ async fn ping_pong() {
 
 #[tokio::test]
 async fn empty_stream() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let mut stream = grpc
@@ -204,7 +207,7 @@ async fn empty_stream() {
 
 #[tokio::test]
 async fn status_code_and_message() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let echo = EchoStatus {
         code: 2,
@@ -242,7 +245,7 @@ async fn status_code_and_message() {
 
 #[tokio::test]
 async fn special_status_message() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let text = "\t\ntest with whitespace\r\nand Unicode BMP \u{263A} and non-BMP \u{1F608}\t\n";
     let request = SimpleRequest {
@@ -259,7 +262,7 @@ async fn special_status_message() {
 
 #[tokio::test]
 async fn custom_metadata() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     let trailing = [0xab_u8, 0xab, 0xab];
     fn with_metadata<T>(request: T, trailing: &[u8]) -> Request<T> {
@@ -343,7 +346,7 @@ async fn custom_metadata() {
 
 #[tokio::test]
 async fn unimplemented_method_and_service() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     for method in [
         "/grpc.testing.TestService/UnimplementedCall",
@@ -361,7 +364,7 @@ async fn unimplemented_method_and_service() {
 
 #[tokio::test]
 async fn timeout_on_sleeping_server() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -401,7 +404,7 @@ async fn deadline_enforced_by_server_on_every_kind() {
     // answers DEADLINE_EXCEEDED for each RPC kind that would otherwise hang.
     use codereview::grpc::client::{CallOptions, Channel as OurChannel, ChannelConfig, Endpoint};
     use codereview::grpc::metadata::Metadata;
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let channel = OurChannel::connect(
         &Endpoint::parse(&server.url()).unwrap(),
         &ChannelConfig::default(),
@@ -470,7 +473,7 @@ async fn deadline_enforced_by_server_on_every_kind() {
 
 #[tokio::test]
 async fn cancel_after_begin() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamingInputCallRequest>(1);
@@ -500,7 +503,7 @@ async fn cancel_after_begin() {
 
 #[tokio::test]
 async fn cancel_after_first_response() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -538,11 +541,13 @@ async fn cancel_after_first_response() {
 
 #[tokio::test]
 async fn oversize_message_is_resource_exhausted_and_server_keeps_serving() {
-    let config = ServerConfig {
+    let mut config = crate::interop_config(ServerConfig {
         max_recv_message_bytes: 64 * 1024,
         ..ServerConfig::default()
-    };
-    let server = common::start_interop(config).await;
+    });
+    // Every session must still fit in one snapshot message.
+    config.limits.max_document_bytes = 16 * 1024;
+    let server = TestServer::start(config).await;
     let mut grpc = client(&server.url()).await;
     let request = SimpleRequest {
         response_size: 1,
@@ -564,7 +569,7 @@ async fn oversize_message_is_resource_exhausted_and_server_keeps_serving() {
 #[tokio::test]
 async fn hundred_concurrent_streams_on_one_connection() {
     const N: i32 = 100;
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let grpc = client(&server.url()).await;
     let mut tasks = Vec::new();
     for i in 0..N {
@@ -605,7 +610,7 @@ async fn hundred_concurrent_streams_on_one_connection() {
 
 #[tokio::test]
 async fn half_duplex_call_buffers_then_answers() {
-    let server = common::start_interop(ServerConfig::default()).await;
+    let server = crate::interop_server(ServerConfig::default()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let requests: Vec<_> = [5, 6, 7]
