@@ -14,7 +14,7 @@ use codereview::review::limits::Limits;
 use kit::participant::{Link, Next, Participant};
 use kit::payloads::{
     Dense, as_edit, catchup_of, cursor, essential_sequence, incompressible_line, is_caught_up,
-    is_presence, message,
+    is_presence, join_message_with,
 };
 use kit::server::TestServer;
 use kit::{QUIET, STEP, within};
@@ -116,7 +116,9 @@ async fn slow_consumer_run() -> SlowRun {
     }
     eprintln!("fast reader got {BIG_EDITS} edits in {elapsed:?}");
     let stats = server
-        .wait_for_stats(|s| s.participants == 2 && s.outbox_bytes <= 1024)
+        .wait_for_stats("the slow participant gone, outboxes drained", |s| {
+            s.participants == 2 && s.outbox_bytes <= 1024
+        })
         .await;
     assert_eq!(stats.members, 2, "{stats:?}");
 
@@ -176,7 +178,7 @@ async fn a_slow_consumer_can_rejoin_with_a_snapshot_after_being_ended() {
         want_snapshot: true,
         ..Join::default()
     };
-    let first = message("slow", "sleepy", Some(Payload::Join(join)));
+    let first = join_message_with("slow", "sleepy", join);
     let mut s = Participant::open(tonic(run.addr).await, None, first).await;
     let first = match s.inbox().next_within(STEP).await {
         Next::Message(m) => m,
@@ -218,7 +220,7 @@ async fn a_slow_consumer_can_resume_after_being_ended() {
         resume_after_sequence: Some(last),
         session_epoch: epoch,
     };
-    let first = message("slow", "sleepy", Some(Payload::Join(join)));
+    let first = join_message_with("slow", "sleepy", join);
     let mut s = Participant::open(tonic(run.addr).await, None, first).await;
     let first = match s.inbox().next_within(STEP).await {
         Next::Message(m) => m,

@@ -20,7 +20,7 @@ use codereview::pb::codereview::{
 use codereview::review::limits::Limits;
 use codereview::review::registry::RegistryStats;
 use kit::participant::{self, CatchUp, Inbox, Link, Participant};
-use kit::payloads::{message, presence};
+use kit::payloads::{join_message_with, message, presence};
 use kit::proxy::Proxy;
 use kit::server::TestServer;
 
@@ -76,8 +76,7 @@ async fn join_explicit(
     user: &str,
     join: Join,
 ) -> (Participant, CatchUp) {
-    let first = message(session, user, Some(Payload::Join(join)));
-    join_on(tonic(addr).await, first).await
+    join_on(tonic(addr).await, join_message_with(session, user, join)).await
 }
 
 /// As [`join`], through a proxy whose connection can be cut.

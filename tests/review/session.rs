@@ -241,7 +241,9 @@ async fn presence_joined_and_left_however_a_stream_ends() {
     dense.observe(&m);
 
     a.expect_quiet(QUIET).await;
-    let stats = server.wait_for_stats(|s| s.participants == 1).await;
+    let stats = server
+        .wait_for_stats("alice alone", |s| s.participants == 1)
+        .await;
     assert_eq!(stats.sessions, 1);
     let snapshot = get_snapshot(addr, "presence").await.unwrap();
     let names: Vec<&str> = snapshot
@@ -777,7 +779,7 @@ async fn fifty_participants_each_see_every_other_edit() {
         p.close_send();
         drop(p);
     }
-    server.wait_for_stats(is_empty).await;
+    server.wait_for_stats("nothing left", is_empty).await;
 }
 
 // ----- 11. no leaked state -----
@@ -838,7 +840,9 @@ async fn nothing_is_leaked_however_streams_end() {
     )
     .await;
     other_watcher.recv_until(is_caught_up).await;
-    server.wait_for_stats(|s| s.sessions == 2).await;
+    server
+        .wait_for_stats("two sessions", |s| s.sessions == 2)
+        .await;
 
     // Session c: seeded by an upload, nobody there; refused joins.
     upload(addr, vec![chunk("leak-c", "c.rs", "c\n")])
@@ -864,7 +868,7 @@ async fn nothing_is_leaked_however_streams_end() {
     let (_, end) = says_left.inbox().until_end().await;
     assert!(end.is_ok(), "{end:?}");
     drop((stay, says_left, half_closes, cancels, cut, first, second));
-    let stats = server.wait_for_stats(is_empty).await;
+    let stats = server.wait_for_stats("nothing left", is_empty).await;
     assert_eq!(stats.outbox_bytes, 0, "{stats:?}");
     assert_eq!(stats.users_remembered, 0, "{stats:?}");
 }

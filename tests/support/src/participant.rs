@@ -34,7 +34,9 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic_prost::ProstCodec;
 
-use crate::payloads::{Dense, as_notice, catchup_of, edit, is_caught_up, message};
+use crate::payloads::{
+    Dense, as_notice, catchup_of, edit, is_caught_up, join_message_with, message,
+};
 use crate::proxy::Proxy;
 use crate::server::TestServer;
 use crate::tls::auth_options;
@@ -644,6 +646,11 @@ impl Participant {
         self
     }
 
+    /// The connection the stream runs on (for more calls on it).
+    pub fn link(&self) -> Link {
+        self.link.clone().expect("the connection was cut")
+    }
+
     pub fn inbox(&mut self) -> &mut Inbox {
         self.inbox.as_mut().expect("the stream was cancelled")
     }
@@ -941,7 +948,7 @@ impl OtClient {
             want_snapshot: true,
             ..Join::default()
         };
-        let first = message(session, user, Some(Payload::Join(join)));
+        let first = join_message_with(session, user, join);
         let (p, catch_up) = Participant::try_join(link, None, first)
             .await
             .expect("joined");

@@ -24,7 +24,12 @@ pub fn message(session: &str, user: &str, payload: Option<Payload>) -> SessionMe
 
 /// The first message of a stream: a plain `Join`.
 pub fn join_message(session: &str, user: &str) -> SessionMessage {
-    message(session, user, Some(Payload::Join(Join::default())))
+    join_message_with(session, user, Join::default())
+}
+
+/// The first message of a stream: `join` (a snapshot, a resume).
+pub fn join_message_with(session: &str, user: &str, join: Join) -> SessionMessage {
+    message(session, user, Some(Payload::Join(join)))
 }
 
 /// An edit based on document `version`.
@@ -69,11 +74,11 @@ pub fn token_refresh(token: &str) -> Payload {
 }
 
 /// One chunk of an upload.
-pub fn chunk(session: &str, file: &str, content: impl Into<Vec<u8>>) -> FileChunk {
+pub fn chunk(session: &str, file: &str, content: impl AsRef<[u8]>) -> FileChunk {
     FileChunk {
         session_id: session.to_owned(),
         file_path: file.to_owned(),
-        content: content.into().into(),
+        content: content.as_ref().to_vec().into(),
     }
 }
 

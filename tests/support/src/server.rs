@@ -154,10 +154,14 @@ impl TestServer {
             .expect("registry running")
     }
 
-    /// Polls the registry's figures until `done` holds (panics with the
-    /// last figures after [`LONG`]).
-    pub async fn wait_for_stats(&self, done: impl Fn(&RegistryStats) -> bool) -> RegistryStats {
-        eventually(LONG, "the registry's figures", || async {
+    /// Polls the registry's figures until `done` holds (panics with `what`
+    /// and the last figures after [`LONG`]).
+    pub async fn wait_for_stats(
+        &self,
+        what: &str,
+        done: impl Fn(&RegistryStats) -> bool,
+    ) -> RegistryStats {
+        eventually(LONG, what, || async {
             let stats = self.stats().await;
             if done(&stats) {
                 Ok(stats)
@@ -218,6 +222,14 @@ impl Drop for TestServer {
             let _ = shutdown.send("test server dropped");
         }
     }
+}
+
+/// `AppConfig::loopback()` (with the defaults meant for tests) and the
+/// test's own settings: `TestServer::start(loopback(|c| c.interop = true))`.
+pub fn loopback(adjust: impl FnOnce(&mut AppConfig)) -> AppConfig {
+    let mut config = AppConfig::loopback();
+    adjust(&mut config);
+    config
 }
 
 /// Connects with `tls` (required for https endpoints).

@@ -3,21 +3,24 @@
 //! check the precise status (or per-message error) at the limit, and that a
 //! well-behaved participant on the same server is unaffected.
 
-mod common;
-mod h2raw;
-mod security_support;
-
 use std::time::Duration;
 
 use codereview::grpc::Code;
-use codereview::grpc::server::ServerConfig;
 use codereview::pb::codereview::{
     Join, SessionMessage, WatchRequest, code_edit::Op, joined::Catchup, session_message::Payload,
 };
-use codereview::review::limits::Limits;
 use codereview::review::roles::Role;
-use security_support::*;
 use tokio::time::Instant;
+
+use crate::assert_code;
+use kit::canary::Canary;
+use kit::h2raw;
+use kit::participant::{Next, Outcome, Participant, get_snapshot, session_status, upload, watch};
+use kit::payloads::{
+    as_edit, chunk, comment, edit, essential_sequence, join_message, join_message_with,
+};
+use kit::server::{TestServer, loopback};
+use kit::{QUIET, STEP, within};
 
 /// Essential sequence numbers in `messages` (replays and live events).
 fn sequences(messages: &[SessionMessage]) -> Vec<u64> {
@@ -30,13 +33,16 @@ fn sequences(messages: &[SessionMessage]) -> Vec<u64> {
 #[tokio::test]
 async fn an_oversized_message_is_resource_exhausted_and_others_are_unaffected() {
     let limit = 64 * 1024;
-    let server = ReviewServer::start(Setup {
-        config: ServerConfig {
-            max_recv_message_bytes: limit,
-            ..ServerConfig::default()
-        },
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.server.max_recv_message_bytes = limit;
+        // Every session must fit in one snapshot message (the app checks):
+        // short ids and paths and two participants a session leave nearly
+        // all of the message to content, so an upload near the limit fits.
+        c.limits.max_id_bytes = 32;
+        c.limits.max_path_bytes = 32;
+        c.limits.max_participants = 2;
+        c.limits.max_document_bytes = limit - c.limits.snapshot_overhead_bytes();
+    }))
     .await;
     let mut canary = Canary::start(&server).await;
     let mut witness = Participant::join_server(&server, "size", "wit", Role::Author).await;
@@ -59,9 +65,7 @@ async fn an_oversized_message_is_resource_exhausted_and_others_are_unaffected() 
         "message over max_recv_message_bytes",
     );
     witness
-        .recv_until("big's LEFT", |m| {
-            m.user_id == "big" && matches!(m.payload, Some(Payload::Presence(_)))
-        })
+        .recv_matching(|m| m.user_id == "big" && matches!(m.payload, Some(Payload::Presence(_))))
         .await;
 
     // Client streaming too: an oversized chunk is refused, a smaller one is not.
@@ -69,7 +73,7 @@ async fn an_oversized_message_is_resource_exhausted_and_others_are_unaffected() 
     let status = upload(
         &channel,
         Default::default(),
-        &[chunk("size-upload", "a.txt", &"x".repeat(limit + 1))],
+        &[chunk("size-upload", "a.txt", "x".repeat(limit + 1))],
     )
     .await
     .expect_err("oversized upload chunk");
@@ -93,14 +97,7 @@ async fn an_oversized_message_is_resource_exhausted_and_others_are_unaffected() 
 
 #[tokio::test]
 async fn a_fourth_stream_waits_when_three_are_allowed_per_connection() {
-    let server = ReviewServer::start(Setup {
-        config: ServerConfig {
-            max_concurrent_streams: 3,
-            ..ServerConfig::default()
-        },
-        ..Setup::default()
-    })
-    .await;
+    let server = TestServer::start(loopback(|c| c.server.max_concurrent_streams = 3)).await;
     let mut canary = Canary::start(&server).await;
     let channel = server.channel().await;
     let mut first_three = Vec::new();
@@ -142,18 +139,11 @@ async fn a_fourth_stream_waits_when_three_are_allowed_per_connection() {
 
 #[tokio::test]
 async fn a_fourth_stream_opened_anyway_is_refused() {
-    let server = ReviewServer::start(Setup {
-        config: ServerConfig {
-            max_concurrent_streams: 3,
-            ..ServerConfig::default()
-        },
-        ..Setup::default()
-    })
-    .await;
+    let server = TestServer::start(loopback(|c| c.server.max_concurrent_streams = 3)).await;
     let mut canary = Canary::start(&server).await;
 
     // A raw client that ignores SETTINGS_MAX_CONCURRENT_STREAMS.
-    let mut conn = h2raw::Conn::connect(server.addr()).await;
+    let mut conn = h2raw::Conn::connect(server.addr).await;
     assert!(
         conn.server_settings
             .contains(&(h2raw::SETTINGS_MAX_CONCURRENT_STREAMS, 3)),
@@ -212,14 +202,10 @@ async fn a_fourth_stream_opened_anyway_is_refused() {
 
 #[tokio::test]
 async fn a_third_session_is_refused_when_two_are_allowed() {
-    let server = ReviewServer::start(Setup {
-        limits: Limits {
-            max_sessions: 2,
-            session_linger: Duration::ZERO,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.limits.max_sessions = 2;
+        c.limits.session_linger = Duration::ZERO;
+    }))
     .await;
     // Session 1: the canary's.
     let mut canary = Canary::start(&server).await;
@@ -272,14 +258,7 @@ async fn a_third_session_is_refused_when_two_are_allowed() {
 
 #[tokio::test]
 async fn participants_beyond_the_limit_are_refused() {
-    let server = ReviewServer::start(Setup {
-        limits: Limits {
-            max_participants: 3,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
-    .await;
+    let server = TestServer::start(loopback(|c| c.limits.max_participants = 3)).await;
     let mut canary = Canary::start(&server).await;
     let channel = server.channel().await;
     let (mut p1, _) = Participant::join(&channel, None, "full", "p1").await;
@@ -313,14 +292,10 @@ async fn participants_beyond_the_limit_are_refused() {
 async fn edits_beyond_the_document_limits_get_error_8_and_the_stream_stays() {
     let max_bytes = 1000;
     let max_lines = 5;
-    let server = ReviewServer::start(Setup {
-        limits: Limits {
-            max_document_bytes: max_bytes,
-            max_lines_per_file: max_lines,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.limits.max_document_bytes = max_bytes;
+        c.limits.max_lines_per_file = max_lines;
+    }))
     .await;
     let mut canary = Canary::start(&server).await;
     let mut ann = Participant::join_server(&server, "doc", "ann", Role::Author).await;
@@ -365,11 +340,9 @@ async fn edits_beyond_the_document_limits_get_error_8_and_the_stream_stays() {
     let mut contents = Vec::new();
     loop {
         let message = bob
-            .recv_until("ann's edits", |m| {
-                matches!(m.payload, Some(Payload::Edit(_)))
-            })
+            .recv_matching(|m| matches!(m.payload, Some(Payload::Edit(_))))
             .await;
-        let content = edit_of(&message).unwrap().content.clone();
+        let content = as_edit(&message).unwrap().content.clone();
         contents.push(content.clone());
         if content == "small" {
             break;
@@ -379,7 +352,7 @@ async fn edits_beyond_the_document_limits_get_error_8_and_the_stream_stays() {
     expected.push("another file is fine".into());
     expected.push("small".into());
     assert_eq!(contents, expected);
-    let snapshot = get_snapshot(&bob.channel, None, "doc").await.unwrap();
+    let snapshot = get_snapshot(bob.link(), None, "doc").await.unwrap();
     let f = snapshot
         .files
         .iter()
@@ -396,15 +369,14 @@ async fn edits_beyond_the_document_limits_get_error_8_and_the_stream_stays() {
 
 #[tokio::test]
 async fn streams_end_with_unavailable_at_max_duration_and_resume() {
-    let server = ReviewServer::start(Setup {
-        max_stream_duration: Some(Duration::from_secs(1)),
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.max_stream_duration = Some(Duration::from_secs(1))
+    }))
     .await;
     let channel = server.channel().await;
     let (mut writer, _) = Participant::join(&channel, None, "duration", "w").await;
     let (mut reader, joined) = Participant::join(&channel, None, "duration", "r").await;
-    let epoch = joined.session_epoch;
+    let epoch = joined.joined.session_epoch;
     let sequence = writer.edit(Op::Replace, "f.txt", 0, "first").await;
     let first = writer.outcome(sequence).await.ack();
     reader.recv_edit("first").await;
@@ -420,9 +392,9 @@ async fn streams_end_with_unavailable_at_max_duration_and_resume() {
 
     // All three are ended with UNAVAILABLE when their time is up.
     for (who, status) in [
-        ("writer", writer.end_within(STEP).await),
-        ("reader", reader.end_within(STEP).await),
-        ("watcher", watcher.end_within(STEP).await),
+        ("writer", writer.until_end_within(STEP).await.1),
+        ("reader", reader.until_end_within(STEP).await.1),
+        ("watcher", watcher.until_end_within(STEP).await.1),
     ] {
         assert_code(&status, Code::Unavailable, who);
         assert!(
@@ -430,7 +402,7 @@ async fn streams_end_with_unavailable_at_max_duration_and_resume() {
             "{who}: {status}"
         );
     }
-    let reader_last = sequences(&reader.inbox.log).into_iter().max().unwrap();
+    let reader_last = sequences(&reader.log).into_iter().max().unwrap();
     assert!(reader_last >= first.sequence);
 
     // Unary calls are unaffected.
@@ -439,16 +411,18 @@ async fn streams_end_with_unavailable_at_max_duration_and_resume() {
         .expect("GetSnapshot");
 
     // The writer resumes and edits while the reader is away.
-    let (mut writer, _) = Participant::try_join_with(
+    let (mut writer, _) = Participant::try_join(
         &channel,
         None,
-        "duration",
-        "w",
-        Join {
-            resume_after_sequence: Some(first.sequence),
-            session_epoch: epoch,
-            ..Join::default()
-        },
+        join_message_with(
+            "duration",
+            "w",
+            Join {
+                resume_after_sequence: Some(first.sequence),
+                session_epoch: epoch,
+                ..Join::default()
+            },
+        ),
     )
     .await
     .expect("writer resumes");
@@ -456,33 +430,35 @@ async fn streams_end_with_unavailable_at_max_duration_and_resume() {
     let missed = writer.outcome(sequence).await.ack();
 
     // The reader resumes: exactly the events after what it saw, no gap.
-    let (mut reader, joined) = Participant::try_join_with(
+    let (mut reader, joined) = Participant::try_join(
         &channel,
         None,
-        "duration",
-        "r",
-        Join {
-            resume_after_sequence: Some(reader_last),
-            session_epoch: epoch,
-            ..Join::default()
-        },
+        join_message_with(
+            "duration",
+            "r",
+            Join {
+                resume_after_sequence: Some(reader_last),
+                session_epoch: epoch,
+                ..Join::default()
+            },
+        ),
     )
     .await
     .expect("reader resumes");
-    assert_eq!(joined.catchup, Catchup::Resume as i32, "{joined:?}");
-    let replayed = sequences(&reader.inbox.log);
-    let expected: Vec<u64> = (reader_last + 1..=joined.sequence).collect();
+    assert_eq!(joined.joined.catchup, Catchup::Resume as i32, "{joined:?}");
+    let replayed = sequences(&reader.log);
+    let expected: Vec<u64> = (reader_last + 1..=joined.joined.sequence).collect();
     assert_eq!(
         replayed, expected,
         "the resume must replay exactly the missed events"
     );
     assert!(
-        reader.inbox.log.iter().any(|m| {
+        reader.log.iter().any(|m| {
             matches!(&m.payload, Some(Payload::Edit(e)) if e.content == "while away")
                 && m.sequence == missed.sequence
         }),
         "the missed edit was not replayed: {:?}",
-        reader.inbox.log
+        reader.log
     );
     let sequence = writer.edit(Op::Replace, "f.txt", 0, "live again").await;
     writer.outcome(sequence).await.ack();
@@ -491,14 +467,10 @@ async fn streams_end_with_unavailable_at_max_duration_and_resume() {
 
 #[tokio::test]
 async fn excess_messages_get_error_8_and_are_accepted_again_after_a_second() {
-    let server = ReviewServer::start(Setup {
-        limits: Limits {
-            rate_per_second: 5.0,
-            rate_burst: 5.0,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.limits.rate_per_second = 5.0;
+        c.limits.rate_burst = 5.0;
+    }))
     .await;
     let mut canary = Canary::start(&server).await;
     let mut ann = Participant::join_server(&server, "rate", "ann", Role::Author).await;
@@ -538,7 +510,7 @@ async fn excess_messages_get_error_8_and_are_accepted_again_after_a_second() {
     }
     let extra = bob.next_within(QUIET).await;
     assert!(
-        !matches!(&extra, Next::Message(m) if edit_of(m).is_some()),
+        !matches!(&extra, Next::Message(m) if as_edit(m).is_some()),
         "a refused edit was broadcast: {extra:?}"
     );
 
@@ -560,14 +532,10 @@ async fn excess_messages_get_error_8_and_are_accepted_again_after_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_client_cannot_outlive_max_stream_duration() {
-    let server = ReviewServer::start(Setup {
-        max_stream_duration: Some(Duration::from_secs(1)),
-        limits: Limits {
-            rate_per_second: 0.0,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.max_stream_duration = Some(Duration::from_secs(1));
+        c.limits.rate_per_second = 0.0;
+    }))
     .await;
     let channel = server.channel().await;
     let (mut flooder, _) = Participant::join(&channel, None, "flood", "flooder").await;
@@ -583,18 +551,18 @@ async fn a_flooding_client_cannot_outlive_max_stream_duration() {
             // A stalled write (the server stopped reading) is still flooding.
             let flushed = tokio::time::timeout(Duration::from_secs(2), flooder.flush_raw()).await;
             if let Ok(Err(_)) = flushed {
-                return (true, flooder.end_within(STEP).await);
+                return (true, flooder.until_end_within(STEP).await.1);
             }
             if let Next::End(status) = flooder.next_within(Duration::ZERO).await {
                 return (true, status);
             }
         }
-        (false, flooder.end_within(STEP * 2).await)
+        (false, flooder.until_end_within(STEP * 2).await.1)
     });
 
     // A quiet participant who joined later is ended for its duration...
     let (mut quiet, _) = Participant::join(&server.channel().await, None, "flood", "quiet").await;
-    let status = quiet.end_within(STEP).await;
+    let status = quiet.until_end_within(STEP).await.1;
     assert_code(&status, Code::Unavailable, "the quiet participant");
     // ...so the flooder, older, must have been ended while still flooding.
     let (ended_while_flooding, status) = within(STEP * 4, "the flood task", flood)
@@ -625,7 +593,7 @@ fn empty_lines(lines: usize) -> String {
 /// message limit every gRPC client has by default.
 #[tokio::test]
 async fn a_session_filled_to_its_budget_still_fits_in_one_snapshot() {
-    let server = ReviewServer::start(Setup::default()).await;
+    let server = TestServer::start_default().await;
     let channel = server.channel().await;
     // Files of 20 000 empty lines while they fit, then ever smaller ones,
     // to use the budget up to the last few bytes.
@@ -674,23 +642,23 @@ async fn a_session_filled_to_its_budget_still_fits_in_one_snapshot() {
     .await;
     let mut watcher = watcher;
     watcher
-        .recv_until("the watcher's snapshot", |m| {
-            matches!(m.payload, Some(Payload::Snapshot(_)))
-        })
+        .recv_matching(|m| matches!(m.payload, Some(Payload::Snapshot(_))))
         .await;
-    let (_late, joined) = Participant::try_join_with(
+    let (_late, joined) = Participant::try_join(
         &channel,
         None,
-        "full",
-        "late",
-        Join {
-            want_snapshot: true,
-            ..Join::default()
-        },
+        join_message_with(
+            "full",
+            "late",
+            Join {
+                want_snapshot: true,
+                ..Join::default()
+            },
+        ),
     )
     .await
     .expect("a late joiner of a full session");
-    assert_eq!(joined.catchup, Catchup::Snapshot as i32);
+    assert_eq!(joined.joined.catchup, Catchup::Snapshot as i32);
 }
 
 /// Uploads count against the uploader's rate limits like messages: a burst of
@@ -698,14 +666,10 @@ async fn a_session_filled_to_its_budget_still_fits_in_one_snapshot() {
 /// byte burst, so that no author can push the others' readers out.
 #[tokio::test]
 async fn uploads_count_against_the_rate_limits() {
-    let server = ReviewServer::start(Setup {
-        limits: Limits {
-            rate_per_second: 10.0,
-            rate_burst: 20.0,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.limits.rate_per_second = 10.0;
+        c.limits.rate_burst = 20.0;
+    }))
     .await;
     let mut canary = Canary::start(&server).await;
     let channel = server.channel().await;
@@ -755,7 +719,7 @@ async fn uploads_count_against_the_rate_limits() {
 /// or other control characters.
 #[tokio::test]
 async fn upload_paths_with_control_characters_are_refused() {
-    let server = ReviewServer::start(Setup::default()).await;
+    let server = TestServer::start_default().await;
     let channel = server.channel().await;
     for path in ["a\0b.txt", "tab\there", "line\nbreak"] {
         let status = upload(&channel, Default::default(), &[chunk("paths", path, "x\n")])
@@ -774,14 +738,7 @@ async fn upload_paths_with_control_characters_are_refused() {
 #[tokio::test]
 async fn past_the_memory_budget_new_sessions_and_growth_are_refused() {
     let budget = 24 << 20;
-    let server = ReviewServer::start(Setup {
-        limits: Limits {
-            max_memory_bytes: budget,
-            ..Limits::default()
-        },
-        ..Setup::default()
-    })
-    .await;
+    let server = TestServer::start(loopback(|c| c.limits.max_memory_bytes = budget)).await;
     let mut canary = Canary::start(&server).await;
     let channel = server.channel().await;
     let mut refusal = None;
@@ -792,7 +749,7 @@ async fn past_the_memory_budget_new_sessions_and_growth_are_refused() {
             if let Err(status) = upload(
                 &channel,
                 Default::default(),
-                &[chunk(&id, &path, &empty_lines(20_000))],
+                &[chunk(&id, &path, empty_lines(20_000))],
             )
             .await
             {
@@ -816,7 +773,7 @@ async fn past_the_memory_budget_new_sessions_and_growth_are_refused() {
         if let Err(status) = upload(
             &channel,
             Default::default(),
-            &[chunk(&id, "a.txt", &empty_lines(500))],
+            &[chunk(&id, "a.txt", empty_lines(500))],
         )
         .await
         {

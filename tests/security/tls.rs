@@ -3,14 +3,8 @@
 //! well-behaved [`Canary`] pair (or another well-behaved client) on the same
 //! server and checks it is unaffected by what the test does.
 
-mod common;
-mod h2raw;
-mod peers;
-mod security_support;
-
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,26 +12,32 @@ use codereview::grpc::Code;
 use codereview::grpc::server::ServerConfig;
 use codereview::pb::codereview::code_edit::Op;
 use codereview::review::roles::Role;
-use security_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, ProtocolVersion};
 
+use crate::{BIN, assert_code};
+use kit::canary::Canary;
+use kit::h2raw;
+use kit::participant::{Participant, get_snapshot, health_check};
+use kit::process::TempDir;
+use kit::server::{ServerProcess, TestServer, connect, loopback, plaintext_endpoint, tls_endpoint};
+use kit::tls::{ALL_VERSIONS, Certs, SECRET, TLS12_ONLY, TLS13_ONLY, client_config, token};
+use kit::{STEP, eventually, within};
+
 /// A TLS review server from `certs` (mTLS when `mtls`).
-async fn tls_server(certs: &Certs, mtls: bool, config: ServerConfig) -> ReviewServer {
+async fn tls_server(certs: &Certs, mtls: bool, config: ServerConfig) -> TestServer {
     let client = if mtls {
         certs.client_with_certificate()
     } else {
         certs.client()
     };
-    ReviewServer::start(Setup {
-        config,
-        tls: Some((certs.server_files(mtls), client)),
-        ..Setup::default()
-    })
-    .await
+    TestServer::launch(loopback(|c| c.server = config))
+        .tls(certs.server_files(mtls), client)
+        .start()
+        .await
 }
 
 /// A bare TLS handshake with `config`: the negotiated version and ALPN.
@@ -97,7 +97,7 @@ async fn tls_client_with_the_right_ca_is_served_over_h2() {
     let server = tls_server(&certs, false, ServerConfig::default()).await;
     let mut canary = Canary::start(&server).await;
 
-    let (version, alpn) = handshake(server.addr(), certs.client())
+    let (version, alpn) = handshake(server.addr, certs.client())
         .await
         .expect("TLS handshake with the right CA");
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "ALPN must be h2");
@@ -119,7 +119,7 @@ async fn tls12_only_and_tls13_only_clients_are_both_served() {
         (TLS13_ONLY, ProtocolVersion::TLSv1_3, "tls13"),
     ] {
         let config = client_config(&certs.ca(), None, versions, &[b"h2"]);
-        let (version, alpn) = handshake(server.addr(), config.clone())
+        let (version, alpn) = handshake(server.addr, config.clone())
             .await
             .unwrap_or_else(|e| panic!("{expected:?}-only handshake: {e}"));
         assert_eq!(version, Some(expected));
@@ -140,7 +140,7 @@ async fn client_offering_only_http11_alpn_is_refused() {
     let mut canary = Canary::start(&server).await;
 
     let http11 = client_config(&certs.ca(), None, ALL_VERSIONS, &[b"http/1.1"]);
-    let error = handshake(server.addr(), http11.clone())
+    let error = handshake(server.addr, http11.clone())
         .await
         .expect_err("a client offering only http/1.1 must not complete the handshake");
     assert!(
@@ -236,26 +236,21 @@ async fn mtls_serves_a_client_with_a_certificate() {
 // ---------------------------------------------------------------------------
 // Reloading the certificate (SIGHUP, real binary).
 
-fn send_sighup(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -HUP {pid} failed");
-}
-
 #[tokio::test]
 async fn sighup_reload_serves_the_new_certificate_and_keeps_old_connections() {
     let certs = Certs::generate("reload");
     let cert = certs.server_cert();
     let key = certs.server_key();
-    let (mut process, addr) = peers::spawn_server(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ]);
-    let addr: SocketAddr = addr.parse().expect("listening address");
+    let mut process = ServerProcess::start(
+        BIN,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let addr: SocketAddr = process.addr.parse().expect("listening address");
     let endpoint = tls_endpoint(addr);
     let old_ca = certs.client();
 
@@ -275,12 +270,12 @@ async fn sighup_reload_serves_the_new_certificate_and_keeps_old_connections() {
     // New CA, new certificate, same files; then SIGHUP.
     certs.regenerate();
     let new_ca = certs.client();
-    send_sighup(process.id());
+    process.signal("HUP");
     eventually(
         STEP,
         "the \"TLS certificate reloaded\" log line",
         || async {
-            let log = process.log();
+            let log = process.log().join("\n");
             if log.contains("TLS certificate reloaded") {
                 Ok(())
             } else {
@@ -313,9 +308,9 @@ async fn sighup_reload_serves_the_new_certificate_and_keeps_old_connections() {
     // A reload from broken files fails and keeps the working certificate.
     let new_ca = certs.client();
     std::fs::write(&cert, b"not a certificate").expect("break the certificate file");
-    send_sighup(process.id());
+    process.signal("HUP");
     eventually(STEP, "the \"TLS reload failed\" log line", || async {
-        let log = process.log();
+        let log = process.log().join("\n");
         if log.contains("TLS reload failed") {
             Ok(())
         } else {
@@ -363,7 +358,7 @@ async fn stalled_tls_handshakes_do_not_stop_the_server_accepting() {
     ];
     let mut stalled = Vec::new();
     for i in 0..50 {
-        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         if i % 2 == 1 {
             tcp.write_all(partial_hello).await.expect("write");
         }
@@ -408,14 +403,7 @@ async fn stalled_tls_handshakes_do_not_stop_the_server_accepting() {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
-    let server = ReviewServer::start(Setup {
-        config: ServerConfig {
-            max_connections: 5,
-            ..ServerConfig::default()
-        },
-        ..Setup::default()
-    })
-    .await;
+    let server = TestServer::start(loopback(|c| c.server.max_connections = 5)).await;
     // Connections 1 and 2: the canary; 3 to 5: plain clients.
     let mut canary = Canary::start(&server).await;
     let mut others = Vec::new();
@@ -431,9 +419,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
         .await;
 
     // The sixth: closed without a byte (no SETTINGS, nothing).
-    let mut sixth = TcpStream::connect(server.addr())
-        .await
-        .expect("tcp connect");
+    let mut sixth = TcpStream::connect(server.addr).await.expect("tcp connect");
     let _ = sixth.write_all(h2raw::PREFACE).await;
     let bytes = read_to_close(&mut sixth, STEP).await;
     assert!(bytes.is_empty(), "the sixth connection received {bytes:?}");
@@ -472,37 +458,15 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
 /// status and stderr. Kills it and fails if it is still running after
 /// [`STEP`] (it started serving when it should have refused).
 fn serve_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_codereview"))
-        .arg("serve")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the codereview binary");
-    let deadline = std::time::Instant::now() + STEP;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`codereview serve {}` is still running: it should have refused to start",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    (status, stderr)
+    let all: Vec<&str> = ["serve"].iter().chain(args).copied().collect();
+    let mut serve = BIN.spawn("serve", &all);
+    let status = serve.try_wait_exit(STEP).unwrap_or_else(|| {
+        panic!(
+            "`codereview serve {}` is still running: it should have refused to start",
+            args.join(" ")
+        )
+    });
+    (status, serve.stderr().join("\n"))
 }
 
 fn warnings(log: &str) -> Vec<&str> {
@@ -512,7 +476,7 @@ fn warnings(log: &str) -> Vec<&str> {
 }
 
 /// The loopback address of a server listening on `0.0.0.0:PORT`.
-fn loopback(addr: &str) -> SocketAddr {
+fn loopback_addr(addr: &str) -> SocketAddr {
     let port: u16 = addr.rsplit(':').next().unwrap().parse().expect("port");
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -526,8 +490,8 @@ async fn non_loopback_plaintext_needs_insecure() {
         "the refusal should name --insecure (and --tls-cert): {stderr}"
     );
 
-    let (process, addr) = peers::spawn_server(&["--addr", "0.0.0.0:0", "--insecure"]);
-    let log = process.log();
+    let process = ServerProcess::start(BIN, &["--addr", "0.0.0.0:0", "--insecure"]);
+    let log = process.log().join("\n");
     let warned = warnings(&log);
     assert!(
         warned
@@ -535,7 +499,7 @@ async fn non_loopback_plaintext_needs_insecure() {
             .any(|l| l.contains("plaintext") && l.contains("--insecure")),
         "expected a warning about plaintext with --insecure; log:\n{log}"
     );
-    let channel = connect(&plaintext_endpoint(loopback(&addr)), None)
+    let channel = connect(&plaintext_endpoint(loopback_addr(&process.addr)), None)
         .await
         .expect("connect");
     health_check(&channel)
@@ -568,33 +532,39 @@ async fn non_loopback_without_auth_needs_insecure() {
 
     // With --insecure: starts, with a warning about authentication.
     args.push("--insecure");
-    let (process, addr) = peers::spawn_server(&args);
-    let log = process.log();
+    let process = ServerProcess::start(BIN, &args);
+    let log = process.log().join("\n");
     assert!(
         warnings(&log)
             .iter()
             .any(|l| l.contains("without authentication")),
         "expected a warning about running without authentication; log:\n{log}"
     );
-    let channel = connect(&tls_endpoint(loopback(&addr)), Some(certs.client()))
-        .await
-        .expect("connect");
+    let channel = connect(
+        &tls_endpoint(loopback_addr(&process.addr)),
+        Some(certs.client()),
+    )
+    .await
+    .expect("connect");
     session_round_trip(&channel, "insecure-tls").await;
     drop(process);
 
     // TLS and a secret: starts without any warning, and wants tokens.
-    let secret_dir = temp_dir("secret");
+    let secret_dir = TempDir::new("secret");
     let secret = secret_dir.join("secret");
     std::fs::write(&secret, SECRET).expect("write secret");
     let mut args = vec!["--addr", "0.0.0.0:0"];
     args.extend(tls);
     args.extend(["--auth-secret-file", secret.to_str().unwrap()]);
-    let (process, addr) = peers::spawn_server(&args);
-    let log = process.log();
+    let process = ServerProcess::start(BIN, &args);
+    let log = process.log().join("\n");
     assert!(warnings(&log).is_empty(), "unexpected warnings:\n{log}");
-    let channel = connect(&tls_endpoint(loopback(&addr)), Some(certs.client()))
-        .await
-        .expect("connect");
+    let channel = connect(
+        &tls_endpoint(loopback_addr(&process.addr)),
+        Some(certs.client()),
+    )
+    .await
+    .expect("connect");
     health_check(&channel).await.expect("health needs no token");
     let status = get_snapshot(&channel, None, "s")
         .await
@@ -605,7 +575,6 @@ async fn non_loopback_without_auth_needs_insecure() {
     let sequence = p.edit(Op::Replace, "f.txt", 0, "with token").await;
     p.outcome(sequence).await.ack();
     drop(process);
-    let _ = std::fs::remove_dir_all(secret_dir);
 }
 
 // ---------------------------------------------------------------------------
@@ -617,7 +586,7 @@ async fn http1_text_on_the_tls_port_gets_400() {
     let server = tls_server(&certs, false, ServerConfig::default()).await;
     let mut canary = Canary::start(&server).await;
 
-    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .expect("write");
@@ -634,7 +603,7 @@ async fn h2c_on_the_tls_port_gets_goaway_inadequate_security() {
     let server = tls_server(&certs, false, ServerConfig::default()).await;
     let mut canary = Canary::start(&server).await;
 
-    let mut conn = h2raw::Conn::connect(server.addr()).await;
+    let mut conn = h2raw::Conn::connect(server.addr).await;
     conn.read_until_eof(STEP).await;
     let goaway = conn
         .goaway
@@ -644,7 +613,7 @@ async fn h2c_on_the_tls_port_gets_goaway_inadequate_security() {
     assert_eq!(goaway.code, INADEQUATE_SECURITY, "{goaway:?}");
 
     // Our client reports it as PERMISSION_DENIED.
-    let status = match connect(&plaintext_endpoint(server.addr()), None).await {
+    let status = match connect(&plaintext_endpoint(server.addr), None).await {
         Err(status) => status,
         Ok(channel) => health_check(&channel)
             .await
@@ -670,7 +639,7 @@ async fn handshake_timeout_counts_from_accept_not_per_phase() {
 
     // Silent for most of the budget, then the start of a ClientHello.
     let opened = Instant::now();
-    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     tokio::time::sleep(handshake_timeout * 9 / 10).await;
     let _ = tcp.write_all(&[0x16, 0x03, 0x01]).await;
     read_to_close(&mut tcp, handshake_timeout * 4).await;

@@ -5,37 +5,45 @@
 //! Memory is judged by counting what the server holds (registry and wire
 //! figures), never by timing.
 
-mod common;
-mod h2raw;
-mod security_support;
-
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use codereview::grpc::server::ServerConfig;
-use codereview::pb::codereview::{code_edit::Op, session_message::Payload};
+use codereview::pb::codereview::{SessionMessage, code_edit::Op, session_message::Payload};
 use codereview::pb::health::HealthCheckRequest;
 use codereview::review::limits::Limits;
 use codereview::review::roles::Role;
 use codereview::review::service::COLLABORATIVE_SESSION;
-use h2raw::*;
-use security_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use kit::canary::{Canary, Pump, Sample, Sampler};
+use kit::h2raw;
+use kit::h2raw::{
+    CANCEL, CONTINUATION, Conn, END_HEADERS, ENHANCE_YOUR_CALM, Event, HEADERS, PING, PREFACE,
+    PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS, SETTINGS_HEADER_TABLE_SIZE,
+    SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
+    encode_frame, encode_headers, grpc_encode, grpc_request_headers, grpc_status, header,
+    settings_payload,
+};
+use kit::participant::{Participant, health_check};
+use kit::payloads::{as_edit, edit, join_message};
+use kit::server::{TestServer, loopback};
+use kit::{QUIET, STEP, eventually, within};
+
 /// A plaintext review server with the interop service too.
-async fn server_with(config: ServerConfig, limits: Limits) -> ReviewServer {
-    ReviewServer::start(Setup {
-        config,
-        limits,
-        interop: true,
-        ..Setup::default()
-    })
+async fn server_with(config: ServerConfig, limits: Limits) -> TestServer {
+    TestServer::start(loopback(|c| {
+        c.server = config;
+        c.limits = limits;
+        c.interop = true;
+    }))
     .await
 }
 
 /// After an abuse: the canary's rounds all succeeded, it still works, and a
 /// brand-new client connects and is served (health, and a session).
-async fn assert_still_serving(server: &ReviewServer, pump: Pump) -> Canary {
+async fn assert_still_serving(server: &TestServer, pump: Pump) -> Canary {
     let mut canary = pump.stop().await;
     assert!(
         canary.rounds() >= 2,
@@ -124,7 +132,7 @@ fn assert_flat(samples: &[Sample], baseline: &Sample, what: &str) {
     }
 }
 
-async fn sample_now(server: &ReviewServer) -> Sample {
+async fn sample_now(server: &TestServer) -> Sample {
     let (connections, streams, inbound_buffered, outbound_buffered) = server.wire();
     Sample {
         registry: server.stats().await,
@@ -133,11 +141,93 @@ async fn sample_now(server: &ReviewServer) -> Sample {
         inbound_buffered,
         outbound_buffered,
         outbound_unwritten: server
-            .server
             .telemetry
             .stats
             .outbound_unwritten
             .load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A raw participant that stops reading.
+
+/// A CollaborativeSession stream on the raw HTTP/2 client, announcing a tiny
+/// stream window and never giving it back: after its first `window` bytes
+/// the server cannot send it anything.
+pub struct StalledParticipant {
+    pub conn: Conn,
+    pub stream: u32,
+}
+
+impl StalledParticipant {
+    pub async fn join(
+        addr: SocketAddr,
+        window: u32,
+        token: Option<&str>,
+        session: &str,
+        user: &str,
+    ) -> StalledParticipant {
+        let mut conn =
+            Conn::connect_with(addr, &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, window)]).await;
+        conn.auto_window_update = false;
+        let mut headers = h2raw::grpc_request_headers(COLLABORATIVE_SESSION);
+        if let Some(token) = token {
+            headers.push(("authorization".into(), format!("Bearer {token}")));
+        }
+        let stream = conn.open(&headers, false).await;
+        let first = h2raw::grpc_encode(&join_message(session, user));
+        assert!(
+            conn.send_data(stream, &first, false).await,
+            "stalled participant: the join was refused"
+        );
+        StalledParticipant { conn, stream }
+    }
+
+    /// A participant that never reads and advertises the largest windows
+    /// HTTP/2 allows (stream and connection), on a socket with a small
+    /// kernel receive buffer: whatever the server sends it piles up in the
+    /// server, as far as the server lets it.
+    pub async fn join_wide_open(
+        addr: SocketAddr,
+        token: Option<&str>,
+        session: &str,
+        user: &str,
+    ) -> StalledParticipant {
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        let mut conn = Conn::connect_with_receive_buffer(
+            addr,
+            &[(h2raw::SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)],
+            4096,
+        )
+        .await;
+        conn.auto_window_update = false;
+        conn.send_window_update(0, MAX_WINDOW - 65_535).await;
+        let mut headers = h2raw::grpc_request_headers(COLLABORATIVE_SESSION);
+        if let Some(token) = token {
+            headers.push(("authorization".into(), format!("Bearer {token}")));
+        }
+        let stream = conn.open(&headers, false).await;
+        let first = h2raw::grpc_encode(&join_message(session, user));
+        assert!(
+            conn.send_data(stream, &first, false).await,
+            "stalled participant: the join was refused"
+        );
+        StalledParticipant { conn, stream }
+    }
+
+    /// Starts reading again: opens the windows wide and reads the stream to
+    /// its end. Returns the messages and the grpc-status.
+    pub async fn read_to_end(&mut self) -> (Vec<SessionMessage>, u32) {
+        use prost::Message;
+        self.conn.auto_window_update = true;
+        self.conn.send_window_update(0, 1 << 30).await;
+        self.conn.send_window_update(self.stream, 1 << 30).await;
+        let events = self.conn.collect_stream_within(self.stream, STEP * 2).await;
+        let messages = h2raw::messages(&events)
+            .into_iter()
+            .map(|m| SessionMessage::decode(m).expect("valid SessionMessage"))
+            .collect();
+        (messages, h2raw::grpc_status(&events))
     }
 }
 
@@ -155,7 +245,7 @@ async fn rapid_reset_is_cut_off_and_the_server_keeps_serving() {
     let sampler = Sampler::start(&server);
 
     // 1000 streams opened and reset at once, in one write.
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let block = encode_headers(&grpc_request_headers(COLLABORATIVE_SESSION));
     let mut flood = Vec::new();
     for i in 0..1000u32 {
@@ -211,7 +301,7 @@ async fn a_ping_flood_leaves_the_server_bounded_and_serving() {
     let pump = canary.pump();
     let sampler = Sampler::start(&server);
 
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let mut flood = Vec::with_capacity(10_000 * 17);
     for i in 0..10_000u64 {
         flood.extend(encode_frame(PING, 0, 0, &i.to_be_bytes()));
@@ -260,7 +350,7 @@ async fn a_settings_flood_leaves_the_server_bounded_and_serving() {
     let pump = canary.pump();
     let sampler = Sampler::start(&server);
 
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let mut flood = Vec::new();
     for i in 0..10_000u32 {
         let payload = settings_payload(&[
@@ -302,7 +392,7 @@ async fn a_huge_header_is_refused() {
 
     // A header list somewhat over the limit: that stream is refused (431 or
     // a reset), the connection lives on.
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let mut headers = grpc_request_headers(COLLABORATIVE_SESSION);
     headers.push(("x-big".into(), "b".repeat(20 * 1024)));
     let id = conn.next_stream_id();
@@ -323,7 +413,7 @@ async fn a_huge_header_is_refused() {
     assert_eq!(grpc_status(&events), 0, "the same connection still serves");
 
     // A 1 MiB header value: the connection is closed with GOAWAY.
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let mut headers = grpc_request_headers(COLLABORATIVE_SESSION);
     headers.push(("x-huge".into(), "h".repeat(1024 * 1024)));
     let id = conn.next_stream_id();
@@ -364,7 +454,7 @@ async fn endless_continuation_frames_close_the_connection() {
     let baseline = sample_now(&server).await;
     let pump = canary.pump();
 
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let id = conn.next_stream_id();
     let mut flood = encode_frame(
         HEADERS,
@@ -407,11 +497,10 @@ async fn a_client_that_never_reads_is_ended_and_the_server_stays_bounded() {
     };
     let outbox_limit = limits.outbox_bytes;
     let batch = 16 * 1024;
-    let server = ReviewServer::start(Setup {
-        limits,
-        batch_bytes: Some(batch),
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.limits = limits;
+        c.batch_bytes = batch;
+    }))
     .await;
     let canary = Canary::start(&server).await;
     let pump = canary.pump();
@@ -420,7 +509,7 @@ async fn a_client_that_never_reads_is_ended_and_the_server_stays_bounded() {
 
     let mut writer = Participant::join_server(&server, "slow", "writer", Role::Author).await;
     let mut reader = Participant::join_server(&server, "slow", "reader", Role::Reviewer).await;
-    let mut stalled = StalledParticipant::join(server.addr(), 1024, None, "slow", "stalled").await;
+    let mut stalled = StalledParticipant::join(server.addr, 1024, None, "slow", "stalled").await;
     server
         .wait_for_stats("the stalled participant to join", |s| {
             s.participants == baseline.participants + 3
@@ -484,7 +573,7 @@ async fn a_client_that_never_reads_is_ended_and_the_server_stays_bounded() {
     );
     let edits: Vec<&str> = messages
         .iter()
-        .filter_map(edit_of)
+        .filter_map(as_edit)
         .map(|e| e.content.as_str())
         .collect();
     assert!(
@@ -520,12 +609,11 @@ async fn the_outbound_budget_closes_the_readers_holding_the_most() {
         rate_per_second: 0.0,
         ..Limits::default()
     };
-    let server = ReviewServer::start(Setup {
-        config,
-        limits,
-        batch_bytes: Some(batch),
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.server = config;
+        c.limits = limits;
+        c.batch_bytes = batch;
+    }))
     .await;
     let canary = Canary::start(&server).await;
     let pump = canary.pump();
@@ -535,8 +623,7 @@ async fn the_outbound_budget_closes_the_readers_holding_the_most() {
     let mut stalled = Vec::new();
     for i in 0..stallers {
         let user = format!("stalled-{i}");
-        stalled
-            .push(StalledParticipant::join_wide_open(server.addr(), None, "budget", &user).await);
+        stalled.push(StalledParticipant::join_wide_open(server.addr, None, "budget", &user).await);
     }
     server
         .wait_for_stats("every participant to join", |s| {
@@ -677,7 +764,7 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
 
     let mut silent = Vec::new();
     for _ in 0..20 {
-        silent.push(TcpStream::connect(server.addr()).await.expect("connect"));
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
     }
     server
         .wait_for_connections("20 silent connections", |n| n == baseline + 20)
@@ -734,7 +821,7 @@ async fn a_preface_without_its_settings_frame_is_closed_at_the_handshake_timeout
         ),
     ];
     for (what, opening) in openings {
-        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         tcp.write_all(&opening).await.expect("write the opening");
         // A hang guard, not a speed check: without the deadline these stay
         // open for the idle timeout (5 minutes).
@@ -745,7 +832,7 @@ async fn a_preface_without_its_settings_frame_is_closed_at_the_handshake_timeout
         );
     }
     // A first frame other than SETTINGS is a connection error at once.
-    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     let ping_first = [PREFACE, &encode_frame(PING, 0, 0, &[7; 8])].concat();
     tcp.write_all(&ping_first).await.expect("write the opening");
     let bytes = read_to_close(&mut tcp, STEP).await;
@@ -756,7 +843,7 @@ async fn a_preface_without_its_settings_frame_is_closed_at_the_handshake_timeout
     );
 
     // Clients that send the whole preface are served as before.
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     let events = conn
         .call(
             "/grpc.health.v1.Health/Check",
@@ -789,7 +876,7 @@ async fn http1_and_garbage_get_a_505_or_are_closed() {
     let (baseline, ..) = server.wire();
     let pump = canary.pump();
 
-    let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
     tcp.write_all(b"POST /codereview.v1.CodeReviewService/GetSnapshot HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n")
         .await
         .unwrap();
@@ -814,7 +901,7 @@ async fn http1_and_garbage_get_a_505_or_are_closed() {
         if bytes[0] == 0x16 || b"PGHDOCT".contains(&bytes[0]) {
             bytes[0] = 0x00; // make sure it is not a TLS or HTTP/1 opening
         }
-        let mut tcp = TcpStream::connect(server.addr()).await.expect("connect");
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         let _ = tcp.write_all(&bytes).await;
         if len < 24 {
             // Not enough to decide: the handshake timeout (10 s) would close
@@ -828,7 +915,7 @@ async fn http1_and_garbage_get_a_505_or_are_closed() {
         );
     }
     // An HTTP/2 preface followed by garbage frames: a connection error.
-    let mut conn = Conn::connect(server.addr()).await;
+    let mut conn = Conn::connect(server.addr).await;
     conn.write_raw(&garbage(512)).await;
     assert!(
         closed_within(&mut conn, STEP).await,
@@ -882,17 +969,16 @@ async fn memory_stays_bounded_while_a_participant_never_reads() {
     let inbound_bound = members as i64 * config.initial_connection_window as i64;
     let windows = config.initial_connection_window;
 
-    let server = ReviewServer::start(Setup {
-        config,
-        limits,
-        batch_bytes: Some(batch),
-        ..Setup::default()
-    })
+    let server = TestServer::start(loopback(|c| {
+        c.server = config;
+        c.limits = limits;
+        c.batch_bytes = batch;
+    }))
     .await;
     let sampler = Sampler::start(&server);
     let mut writer = Participant::join_server(&server, "memory", "writer", Role::Author).await;
     let mut reader = Participant::join_server(&server, "memory", "reader", Role::Reviewer).await;
-    let stalled = StalledParticipant::join(server.addr(), 1024, None, "memory", "stalled").await;
+    let stalled = StalledParticipant::join(server.addr, 1024, None, "memory", "stalled").await;
     server
         .wait_for_stats("three participants", |s| s.participants == 3)
         .await;

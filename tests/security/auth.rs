@@ -3,10 +3,6 @@
 //! a server with the authentication interceptor and checks that a
 //! well-behaved participant with a valid token is unaffected throughout.
 
-mod common;
-mod h2raw;
-mod security_support;
-
 use std::time::Duration;
 
 use codereview::grpc::base64::{self, Alphabet};
@@ -20,15 +16,22 @@ use codereview::pb::testing::{
     Empty, SimpleRequest, StreamingInputCallRequest, StreamingOutputCallRequest,
 };
 use codereview::review::roles::Role;
-use security_support::*;
 
-async fn auth_server() -> ReviewServer {
-    ReviewServer::start(Setup {
-        auth: true,
-        interop: true,
-        ..Setup::default()
-    })
-    .await
+use crate::assert_code;
+use kit::canary::{CANARY_SESSION, Canary};
+use kit::participant::{
+    Next, Participant, get_snapshot, health_check, session_status, upload, watch,
+};
+use kit::payloads::{as_edit, as_error, chunk, comment, cursor, edit, join_message, token_refresh};
+use kit::server::{TestServer, loopback};
+use kit::tls::{SECRET, auth_options, raw_auth_options, token, unix_now, unix_now_ms};
+use kit::{QUIET, STEP, within};
+
+async fn auth_server() -> TestServer {
+    TestServer::launch(loopback(|c| c.interop = true))
+        .auth()
+        .start()
+        .await
 }
 
 /// Every way to present bad (or no) credentials, with a label.
@@ -254,7 +257,7 @@ async fn an_independent_client_sees_the_same_refusals() {
     use tonic::codegen::http::uri::PathAndQuery;
     let server = auth_server().await;
     let mut canary = Canary::start(&server).await;
-    let channel = tonic::transport::Endpoint::from_shared(server.server.url())
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .connect()
         .await
@@ -364,9 +367,7 @@ async fn a_session_the_token_does_not_allow_is_permission_denied() {
     )
     .await;
     watcher
-        .recv_until("Joined for the watcher", |m| {
-            matches!(m.payload, Some(Payload::Joined(_)))
-        })
+        .recv_matching(|m| matches!(m.payload, Some(Payload::Joined(_))))
         .await;
 
     // UploadFiles.
@@ -388,17 +389,12 @@ async fn a_session_the_token_does_not_allow_is_permission_denied() {
         .await
         .expect_err("no such session");
     assert_code(&status, Code::NotFound, "the refused calls created nothing");
-    ann.recv_until("the upload", |m| {
-        matches!(m.payload, Some(Payload::File(_)))
-    })
-    .await;
+    ann.recv_matching(|m| matches!(m.payload, Some(Payload::File(_))))
+        .await;
     let sequence = ann.edit(Op::Replace, "a.txt", 0, "inside").await;
     ann.outcome(sequence).await.ack();
     watcher
-        .recv_until(
-            "ann's edit",
-            |m| matches!(&m.payload, Some(Payload::Edit(e)) if e.content == "inside"),
-        )
+        .recv_matching(|m| matches!(&m.payload, Some(Payload::Edit(e)) if e.content == "inside"))
         .await;
     canary.check().await;
 }
@@ -431,7 +427,10 @@ async fn the_token_subject_is_the_identity() {
 
     // An empty user_id means the token's subject.
     let (mut alice_p, joined) = Participant::join(&channel, Some(&alice), "identity", "").await;
-    assert_eq!(joined.role, codereview::pb::codereview::Role::Author as i32);
+    assert_eq!(
+        joined.joined.role,
+        codereview::pb::codereview::Role::Author as i32
+    );
     let (mut bob, _) = Participant::join(
         &server.channel().await,
         Some(&token("bob", Role::Author, None, 3600)),
@@ -440,9 +439,7 @@ async fn the_token_subject_is_the_identity() {
     )
     .await;
     let presence = alice_p
-        .recv_until("bob's JOINED", |m| {
-            matches!(m.payload, Some(Payload::Presence(_)))
-        })
+        .recv_matching(|m| matches!(m.payload, Some(Payload::Presence(_))))
         .await;
     assert_eq!(presence.user_id, "bob");
 
@@ -466,11 +463,9 @@ async fn the_token_subject_is_the_identity() {
         .await;
     alice_p.outcome(sequence).await.ack();
     let seen = bob
-        .recv_until("alice's edit", |m| {
-            matches!(m.payload, Some(Payload::Edit(_)))
-        })
+        .recv_matching(|m| matches!(m.payload, Some(Payload::Edit(_))))
         .await;
-    assert_eq!(edit_of(&seen).unwrap().content, "as alice");
+    assert_eq!(as_edit(&seen).unwrap().content, "as alice");
     assert_eq!(seen.user_id, "alice");
     let snapshot = get_snapshot(&channel, Some(&alice), "identity")
         .await
@@ -510,15 +505,12 @@ async fn a_reviewer_may_comment_and_move_a_cursor_but_not_edit() {
     let ack = reviewer.outcome(sequence).await.ack();
     assert!(!ack.comment_id.is_empty());
     author
-        .recv_until(
-            "the reviewer's comment",
-            |m| matches!(&m.payload, Some(Payload::Comment(c)) if c.text == "looks odd"),
-        )
+        .recv_matching(|m| matches!(&m.payload, Some(Payload::Comment(c)) if c.text == "looks odd"))
         .await;
     let sequence = reviewer.send(cursor("f.txt", 0, 3)).await;
     reviewer.outcome(sequence).await.ack();
     author
-        .recv_until("the reviewer's cursor", |m| {
+        .recv_matching(|m| {
             matches!(&m.payload, Some(Payload::Cursor(c)) if c.column == 3) && m.user_id == "rev"
         })
         .await;
@@ -526,7 +518,7 @@ async fn a_reviewer_may_comment_and_move_a_cursor_but_not_edit() {
     // Uploading is the author's.
     let rev_token = token("rev", Role::Reviewer, None, 3600);
     let status = upload(
-        &reviewer.channel,
+        reviewer.link(),
         auth_options(Some(&rev_token)),
         &[chunk("roles-r", "g.txt", "x\n")],
     )
@@ -535,7 +527,7 @@ async fn a_reviewer_may_comment_and_move_a_cursor_but_not_edit() {
     assert_code(&status, Code::PermissionDenied, "reviewer upload");
 
     // Nothing the reviewer tried to change changed; both streams stay open.
-    let snapshot = get_snapshot(&reviewer.channel, Some(&rev_token), "roles-r")
+    let snapshot = get_snapshot(reviewer.link(), Some(&rev_token), "roles-r")
         .await
         .unwrap();
     assert_eq!(snapshot.files.len(), 1);
@@ -569,7 +561,7 @@ async fn an_observer_may_only_watch() {
         );
     }
     let status = upload(
-        &observer.channel,
+        observer.link(),
         auth_options(Some(&obs_token)),
         &[chunk("roles-o", "g.txt", "x\n")],
     )
@@ -579,7 +571,7 @@ async fn an_observer_may_only_watch() {
 
     // Watching works, on the stream and with WatchSession.
     let mut watcher = watch(
-        &observer.channel,
+        observer.link(),
         Some(&obs_token),
         WatchRequest {
             session_id: "roles-o".into(),
@@ -588,7 +580,7 @@ async fn an_observer_may_only_watch() {
     )
     .await;
     watcher
-        .recv_until("caught up", |m| {
+        .recv_matching(|m| {
             matches!(&m.payload, Some(Payload::Notice(n)) if n.kind == NoticeKind::CaughtUp as i32)
         })
         .await;
@@ -596,12 +588,9 @@ async fn an_observer_may_only_watch() {
     author.outcome(sequence).await.ack();
     observer.recv_edit("authored").await;
     watcher
-        .recv_until(
-            "the author's edit",
-            |m| matches!(&m.payload, Some(Payload::Edit(e)) if e.content == "authored"),
-        )
+        .recv_matching(|m| matches!(&m.payload, Some(Payload::Edit(e)) if e.content == "authored"))
         .await;
-    let snapshot = get_snapshot(&observer.channel, Some(&obs_token), "roles-o")
+    let snapshot = get_snapshot(observer.link(), Some(&obs_token), "roles-o")
         .await
         .expect("an observer may take a snapshot");
     assert_eq!(snapshot.files[0].lines, vec!["authored".to_owned()]);
@@ -630,10 +619,7 @@ async fn an_author_may_upload() {
     .expect("an author upload");
     assert_eq!((summary.files, summary.lines), (2, 3));
     let file = reviewer
-        .recv_until(
-            "the uploaded a.rs",
-            |m| matches!(&m.payload, Some(Payload::File(f)) if f.file_path == "a.rs"),
-        )
+        .recv_matching(|m| matches!(&m.payload, Some(Payload::File(f)) if f.file_path == "a.rs"))
         .await;
     let Some(Payload::File(file)) = file.payload else {
         unreachable!()
@@ -667,9 +653,9 @@ async fn a_refreshed_token_outlives_the_first_and_an_unrefreshed_stream_is_ended
         Participant::join(&server.channel().await, Some(&short_bob), "refresh", "bob").await;
     for joined in [&joined_a, &joined_b] {
         assert!(
-            (joined.token_expires_at - first_expiry_ms).abs() <= 1000,
+            (joined.joined.token_expires_at - first_expiry_ms).abs() <= 1000,
             "Joined.token_expires_at {} vs {first_expiry_ms}",
-            joined.token_expires_at
+            joined.joined.token_expires_at
         );
     }
 
@@ -681,7 +667,7 @@ async fn a_refreshed_token_outlives_the_first_and_an_unrefreshed_stream_is_ended
             &joined_b
         };
         let (message, notice) = p.recv_notice(NoticeKind::TokenExpiring).await;
-        assert_eq!(notice.at, joined.token_expires_at, "{notice:?}");
+        assert_eq!(notice.at, joined.joined.token_expires_at, "{notice:?}");
         assert!(
             message.timestamp < notice.at,
             "the warning (stamped {}) must come before the expiry {}",
@@ -694,28 +680,28 @@ async fn a_refreshed_token_outlives_the_first_and_an_unrefreshed_stream_is_ended
     let fresh = token("alice", Role::Author, None, 60);
     let sequence = alice.send(token_refresh(&fresh)).await;
     let (_, refreshed) = alice.recv_notice(NoticeKind::TokenRefreshed).await;
-    assert!(refreshed.at > joined_a.token_expires_at, "{refreshed:?}");
+    assert!(
+        refreshed.at > joined_a.joined.token_expires_at,
+        "{refreshed:?}"
+    );
     assert!(
         !alice
-            .inbox
             .log
             .iter()
-            .any(|m| error_of(m).is_some_and(|e| e.client_sequence == sequence)),
+            .any(|m| as_error(m).is_some_and(|e| e.client_sequence == sequence)),
         "the refresh was answered with an error: {:?}",
-        alice.inbox.log
+        alice.log
     );
 
     // Bob is ended with UNAUTHENTICATED once his token has expired.
-    let status = bob.end_within(Duration::from_secs(4) + STEP).await;
+    let status = bob.until_end_within(Duration::from_secs(4) + STEP).await.1;
     assert_code(&status, Code::Unauthenticated, "unrefreshed stream");
     assert!(
-        unix_now_ms() >= joined_b.token_expires_at,
+        unix_now_ms() >= joined_b.joined.token_expires_at,
         "Bob was ended before his token expired"
     );
     witness
-        .recv_until("bob's LEFT", |m| {
-            m.user_id == "bob" && matches!(m.payload, Some(Payload::Presence(_)))
-        })
+        .recv_matching(|m| m.user_id == "bob" && matches!(m.payload, Some(Payload::Presence(_))))
         .await;
 
     // Alice, past the first token's expiry, keeps both directions.
@@ -769,7 +755,7 @@ async fn a_refresh_with_someone_elses_token_is_refused_and_the_stream_stays() {
         assert_eq!(error.code, code as i32, "refresh with {what}: {error:?}");
     }
     assert!(
-        !alice.inbox.log.iter().any(|m| matches!(
+        !alice.log.iter().any(|m| matches!(
             &m.payload,
             Some(Payload::Notice(n)) if n.kind == NoticeKind::TokenRefreshed as i32
         )),
@@ -809,9 +795,7 @@ async fn a_watcher_whose_token_expires_is_ended_with_unauthenticated() {
     )
     .await;
     let joined = watcher
-        .recv_until("the watcher's Joined", |m| {
-            matches!(m.payload, Some(Payload::Joined(_)))
-        })
+        .recv_matching(|m| matches!(m.payload, Some(Payload::Joined(_))))
         .await;
     let Some(Payload::Joined(joined)) = joined.payload else {
         unreachable!()
@@ -819,7 +803,10 @@ async fn a_watcher_whose_token_expires_is_ended_with_unauthenticated() {
 
     // Like a participant's, the watcher's stream must end once its token
     // has expired (the registry checks every second).
-    let status = watcher.end_within(Duration::from_secs(4) + STEP).await;
+    let status = watcher
+        .until_end_within(Duration::from_secs(4) + STEP)
+        .await
+        .1;
     assert_code(
         &status,
         Code::Unauthenticated,
@@ -855,15 +842,15 @@ async fn a_refresh_with_a_token_of_a_lesser_role_does_not_keep_the_old_rights() 
     let downgraded = token("ann", Role::Observer, None, 3600);
     let sequence = ann.send(token_refresh(&downgraded)).await;
     let reply = ann
-        .recv_until("the refresh's answer", |m| {
-            error_of(m).is_some_and(|e| e.client_sequence == sequence)
+        .recv_matching(|m| {
+            as_error(m).is_some_and(|e| e.client_sequence == sequence)
                 || matches!(
                     &m.payload,
                     Some(Payload::Notice(n)) if n.kind == NoticeKind::TokenRefreshed as i32
                 )
         })
         .await;
-    match error_of(&reply) {
+    match as_error(&reply) {
         // Refusing a refresh that changes the role is one correct answer.
         Some(error) => assert_eq!(error.code, Code::PermissionDenied as i32, "{error:?}"),
         // Accepting it means the stream now has the observer's rights.
@@ -879,7 +866,7 @@ async fn a_refresh_with_a_token_of_a_lesser_role_does_not_keep_the_old_rights() 
             );
             let next = witness.next_within(QUIET).await;
             assert!(
-                !matches!(&next, Next::Message(m) if edit_of(m).is_some()),
+                !matches!(&next, Next::Message(m) if as_edit(m).is_some()),
                 "the edit was broadcast: {next:?}"
             );
         }
@@ -964,7 +951,7 @@ async fn observers_cannot_create_sessions() {
         .await;
         let status = watcher.end().await;
         assert_code(&status, Code::NotFound, "watching an unknown session");
-        let status = Participant::try_join(&channel, Some(&obs_token), &id, "obs")
+        let status = Participant::try_join(&channel, Some(&obs_token), join_message(&id, "obs"))
             .await
             .err()
             .expect("an observer joining an unknown session");
@@ -980,7 +967,7 @@ async fn observers_cannot_create_sessions() {
     let (_reviewer, _) = Participant::join(&channel, Some(&rev_token), "real", "rev").await;
     let (_observer, joined) = Participant::join(&channel, Some(&obs_token), "real", "obs").await;
     assert_eq!(
-        joined.role,
+        joined.joined.role,
         codereview::pb::codereview::Role::Observer as i32
     );
     let mut watcher = watch(
@@ -993,7 +980,7 @@ async fn observers_cannot_create_sessions() {
     )
     .await;
     watcher
-        .recv_until("caught up", |m| {
+        .recv_matching(|m| {
             matches!(&m.payload, Some(Payload::Notice(n)) if n.kind == NoticeKind::CaughtUp as i32)
         })
         .await;

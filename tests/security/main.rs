@@ -1,0 +1,22 @@
+//! The security campaign: TLS termination (`tls`), tokens and roles
+//! (`auth`), limits (`limits`), hostile HTTP/2 and bytes (`abuse`), and the
+//! fuzz corpora replayed as regression tests (`fuzz_corpus`). Servers run
+//! in-process through `app::run` (or as the binary, for signals and
+//! addresses); a well-behaved canary pair checks that what a test does to
+//! the server does not reach anyone else.
+
+mod abuse;
+mod auth;
+mod fuzz_corpus;
+mod limits;
+mod tls;
+
+use codereview::grpc::{Code, Status};
+use kit::binary;
+use kit::process::Binary;
+
+const BIN: Binary = binary!();
+
+fn assert_code(status: &Status, code: Code, context: &str) {
+    assert_eq!(status.code(), code, "{context}: got {status}");
+}
