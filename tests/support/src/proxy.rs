@@ -39,7 +39,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(target: SocketAddr) -> Proxy {
+    /// A proxy in front of `target` ("127.0.0.1:PORT", or an address).
+    pub fn start(target: impl std::net::ToSocketAddrs) -> Proxy {
+        let mut targets = target.to_socket_addrs().expect("the proxy's target");
+        let target = targets.next().expect("an address to proxy to");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -2,13 +2,16 @@
 //! `watch`, `health`, and their one-line errors (bad address, refused
 //! connection, TLS with the wrong CA).
 
-mod cli_support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cli_support::{Json, Proc, Server, TempDir, WAIT, dead_addr, join, run, run_in};
+use kit::WAIT;
+use kit::json::Json;
+use kit::process::{Proc, TempDir, dead_addr};
+use kit::server::ServerProcess;
+
+use crate::{BIN, Joined, join, run, run_in};
 
 /// Writes a file of `lines` (newline-terminated) into `dir`.
 fn write_lines(dir: &TempDir, name: &str, lines: &[String]) {
@@ -17,7 +20,7 @@ fn write_lines(dir: &TempDir, name: &str, lines: &[String]) {
 
 #[test]
 fn upload_snapshot_and_watch() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let url = server.url();
     let dir = TempDir::new("upload");
     let small: Vec<String> = vec![
@@ -71,7 +74,7 @@ fn upload_snapshot_and_watch() {
     assert!(text.contains("== b.rs (3000 lines)\n"), "{text}");
 
     // A watcher started before an edit prints it.
-    let mut watch = Proc::spawn(
+    let mut watch = BIN.spawn(
         "watch",
         &["watch", "--addr", &url, "--session", "s", "--json"],
     );
@@ -112,7 +115,7 @@ fn upload_snapshot_and_watch() {
 
 #[test]
 fn upload_with_names() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let dir = TempDir::new("names");
     write_lines(&dir, "one.txt", &["1".into()]);
     let out = run(
@@ -153,7 +156,7 @@ fn upload_with_names() {
 
 #[test]
 fn snapshot_of_an_unknown_session_is_not_found() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let url = server.url();
     for json in [false, true] {
         let mut args = vec!["snapshot", "--addr", &url, "--session", "nope"];
@@ -169,7 +172,7 @@ fn snapshot_of_an_unknown_session_is_not_found() {
 
 #[test]
 fn health_serving_and_refused() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let out = run(&["health", "--addr", &server.url()], WAIT);
     assert_eq!(out.ok(), "SERVING\n");
     let out = run(
@@ -261,12 +264,15 @@ fn tls_with_the_wrong_ca_is_one_line() {
     generate_certs(&right);
     generate_certs(&wrong);
     let file = |base: &Path, name: &str| base.join(name).display().to_string();
-    let server = Server::start(&[
-        "--tls-cert",
-        &file(&right, "server.pem"),
-        "--tls-key",
-        &file(&right, "server.key"),
-    ]);
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "--tls-cert",
+            &file(&right, "server.pem"),
+            "--tls-key",
+            &file(&right, "server.key"),
+        ],
+    );
     let url = format!("https://localhost:{}", server.port());
     let wrong_ca = file(&wrong, "ca.pem");
     let right_ca = file(&right, "ca.pem");
@@ -308,7 +314,7 @@ fn tls_with_the_wrong_ca_is_one_line() {
     assert!(line.contains("https://"), "{line}");
     // join with the wrong CA: its first connection fails, so it ends at
     // once with one line naming the certificate problem.
-    let mut join = Proc::spawn(
+    let mut join = BIN.spawn(
         "join",
         &[
             "join",
@@ -384,12 +390,15 @@ fn a_plaintext_client_of_a_tls_server_is_told_to_use_https() {
     let dir = TempDir::new("plaintext-on-tls");
     generate_certs(dir.path());
     let file = |name: &str| dir.join(name).display().to_string();
-    let server = Server::start(&[
-        "--tls-cert",
-        &file("server.pem"),
-        "--tls-key",
-        &file("server.key"),
-    ]);
+    let server = ServerProcess::start(
+        BIN,
+        &[
+            "--tls-cert",
+            &file("server.pem"),
+            "--tls-key",
+            &file("server.key"),
+        ],
+    );
     let plaintext = server.url();
     let commands: [&[&str]; 6] = [
         &["snapshot", "--session", "s"],
@@ -434,8 +443,8 @@ fn a_plaintext_client_of_a_tls_server_is_told_to_use_https() {
 }
 
 /// A watcher of a session, on a server started with `--drain-timeout 1s`.
-fn drain_setup() -> (Server, Proc) {
-    let server = Server::start(&["--drain-timeout", "1s"]);
+fn drain_setup() -> (ServerProcess, Proc) {
+    let server = ServerProcess::start(BIN, &["--drain-timeout", "1s"]);
     let dir = TempDir::new("drain");
     write_lines(&dir, "w.rs", &["w".into()]);
     run(
@@ -450,7 +459,7 @@ fn drain_setup() -> (Server, Proc) {
         WAIT,
     )
     .ok();
-    let mut watch = Proc::spawn(
+    let mut watch = BIN.spawn(
         "watch",
         &["watch", "--addr", &server.url(), "--session", "w", "--json"],
     );
@@ -460,8 +469,8 @@ fn drain_setup() -> (Server, Proc) {
 
 #[test]
 fn watch_ends_with_unavailable_when_the_server_drains() {
-    let (mut server, mut watch) = drain_setup();
-    server.proc.terminate();
+    let (server, mut watch) = drain_setup();
+    server.proc.signal("TERM");
     let notice = watch.wait_json("going away", WAIT, |j| j["type"] == "notice");
     assert_eq!(notice["kind"], "going_away", "{notice}");
     // A watcher does not leave by itself: after the drain timeout its stream
@@ -484,7 +493,7 @@ fn watch_ends_with_unavailable_when_the_server_drains() {
 #[test]
 fn serve_exits_0_when_a_stream_outlives_the_drain() {
     let (mut server, mut watch) = drain_setup();
-    server.proc.terminate();
+    server.proc.signal("TERM");
     watch.wait_exit(Duration::from_secs(5));
     let status = server.proc.wait_exit(Duration::from_secs(5));
     assert!(
@@ -595,7 +604,7 @@ fn help_version_and_usage_errors() {
 #[test]
 fn serve_warns_when_max_connections_exceed_the_file_limit() {
     let serve = ["serve", "--addr", "127.0.0.1:0", "--log-format", "json"];
-    let mut server = Proc::spawn_with_file_limit("server", 512, &serve);
+    let mut server = BIN.spawn_with_file_limit("server", 512, &serve);
     server.wait_stderr("\"listening\"", WAIT, |l| {
         l.contains(r#""msg":"listening""#)
     });
@@ -623,7 +632,7 @@ fn serve_warns_when_max_connections_exceed_the_file_limit() {
     // What fits is not warned about.
     let mut fitting = serve.to_vec();
     fitting.extend(["--max-connections", "448"]);
-    let mut server = Proc::spawn_with_file_limit("server", 512, &fitting);
+    let mut server = BIN.spawn_with_file_limit("server", 512, &fitting);
     server.wait_stderr("\"listening\"", WAIT, |l| {
         l.contains(r#""msg":"listening""#)
     });
@@ -651,7 +660,7 @@ fn a_refused_watch_prints_the_servers_status() {
         "a secret of more than thirty-two bytes, for tests\n",
     )
     .unwrap();
-    let server = Server::start(&["--auth-secret-file", &secret]);
+    let server = ServerProcess::start(BIN, &["--auth-secret-file", &secret]);
     let url = server.url();
     for _ in 0..100 {
         let out = run(
@@ -680,7 +689,7 @@ fn a_refused_watch_prints_the_servers_status() {
 /// lost behind the failed send of the request).
 #[test]
 fn watch_of_an_unknown_session_is_not_found() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     for _ in 0..20 {
         let out = run(
             &["watch", "--addr", &server.url(), "--session", "misspelled"],

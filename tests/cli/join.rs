@@ -4,18 +4,19 @@
 //! edits, buffering while disconnected, fatal statuses, giving up, and a
 //! server going away.
 
-mod cli_support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cli_support::{
-    HangUp, Json, Proc, Proxy, Rng, Server, TempDir, WAIT, assert_no_repeats, dead_addr, join, run,
-    settle, wait_until,
-};
+use kit::json::Json;
+use kit::process::{Proc, TempDir, dead_addr};
+use kit::proxy::{Proxy, Rng};
+use kit::server::ServerProcess;
+use kit::{WAIT, wait_until};
+
+use crate::{BIN, Joined, assert_no_repeats, join, run, settle};
 
 /// Uploads `lines` as file `name` of `session`.
-fn seed_file(server: &Server, session: &str, name: &str, lines: &[String]) {
+fn seed_file(server: &ServerProcess, session: &str, name: &str, lines: &[String]) {
     let dir = TempDir::new("seed");
     let path = dir.join("file");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
@@ -52,7 +53,7 @@ fn assert_all_applied(participant: &Proc) {
 
 /// Quits every participant; their final documents (printed on quit) must be
 /// identical and equal the server's snapshot.
-fn quit_and_compare(server: &Server, session: &str, participants: &mut [&mut Proc]) -> Json {
+fn quit_and_compare(server: &ServerProcess, session: &str, participants: &mut [&mut Proc]) -> Json {
     let snapshot = server.snapshot(session);
     for participant in participants.iter_mut() {
         let document = participant.quit();
@@ -69,7 +70,7 @@ fn quit_and_compare(server: &Server, session: &str, participants: &mut [&mut Pro
 
 #[test]
 fn conflicting_bursts_converge() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let session = "burst";
     let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
     seed_file(&server, session, "f.rs", &lines);
@@ -121,7 +122,7 @@ fn conflicting_bursts_converge() {
 
 #[test]
 fn random_bursts_converge() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let session = "random";
     let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
     seed_file(&server, session, "f.rs", &lines);
@@ -185,7 +186,7 @@ fn occurrences<'a>(
 
 #[test]
 fn flaky_network_applies_every_edit_exactly_once() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let session = "flaky";
     let proxy = Proxy::start(&server.addr);
     let mut alice = join(&server.url(), session, "alice", &[]);
@@ -418,7 +419,7 @@ fn join_then_go_offline(proxy: &Proxy, session: &str, user: &str, extra: &[&str]
 
 #[test]
 fn buffers_while_disconnected_up_to_the_limit() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let session = "buffer";
     let proxy = Proxy::start(&server.addr);
     let mut carol = join_then_go_offline(&proxy, session, "carol", &["--buffer", "3"]);
@@ -485,11 +486,11 @@ fn buffers_while_disconnected_up_to_the_limit() {
 fn human_join(url: &str, user: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["join", "--addr", url, "--session", "s", "--user", user];
     args.extend(extra);
-    Proc::spawn(user, &args)
+    BIN.spawn(user, &args)
 }
 
 /// A server that requires tokens, and tokens for `mallory` from its secret.
-fn auth_server() -> (Server, String, TempDir) {
+fn auth_server() -> (ServerProcess, String, TempDir) {
     let dir = TempDir::new("auth");
     let secret = dir.file("secret");
     std::fs::write(
@@ -497,7 +498,7 @@ fn auth_server() -> (Server, String, TempDir) {
         "a secret of more than thirty-two bytes, for tests\n",
     )
     .unwrap();
-    let server = Server::start(&["--auth-secret-file", &secret]);
+    let server = ServerProcess::start(BIN, &["--auth-secret-file", &secret]);
     let token = run(
         &[
             "token",
@@ -518,7 +519,7 @@ fn auth_server() -> (Server, String, TempDir) {
 
 /// A join refused with a fatal status exits 1 at once with one line naming
 /// the status: no reconnection attempt.
-fn assert_fatal(server: &Server, token: &str, code: &str) {
+fn assert_fatal(server: &ServerProcess, token: &str, code: &str) {
     let started = Instant::now();
     // Generous retry settings: a retry would show as status lines.
     let mut alice = human_join(
@@ -619,7 +620,7 @@ fn refused_token_with_a_piped_script_fails() {
 
 #[test]
 fn gives_up_after_max_attempts() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let proxy = Proxy::start(&server.addr);
     let mut alice = human_join(
         &proxy.url(),
@@ -740,7 +741,7 @@ fn bad_addresses_are_one_line() {
 
 #[test]
 fn going_away_means_reconnect_elsewhere() {
-    let mut server = Server::start(&["--rate-limit", "0", "--drain-timeout", "2s"]);
+    let mut server = ServerProcess::start(BIN, &["--rate-limit", "0", "--drain-timeout", "2s"]);
     // alice reaches the server through a proxy that refuses new connections
     // once the server is told to go: "elsewhere" is nowhere here. (Straight
     // to the server, her immediate reconnection can be admitted by the
@@ -767,7 +768,7 @@ fn going_away_means_reconnect_elsewhere() {
 
     proxy.set_refusing(true);
     let terminated = Instant::now();
-    server.proc.terminate();
+    server.proc.signal("TERM");
     let notice = alice.wait_json("going away", WAIT, |j| j["type"] == "notice");
     assert_eq!(notice["kind"], "going_away", "{notice}");
     assert!(notice["at"].i64() > 0, "the notice carries the deadline");
@@ -809,7 +810,7 @@ fn going_away_means_reconnect_elsewhere() {
 /// of 2)" repeats.
 #[test]
 fn gives_up_against_an_endpoint_that_hangs_up() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let proxy = Proxy::start(&server.addr);
     let mut alice = join(
         &proxy.url(),
@@ -843,9 +844,9 @@ fn gives_up_against_an_endpoint_that_hangs_up() {
 /// so it is a failure at once (status 1), not a reason to retry.
 #[test]
 fn a_first_connection_that_is_hung_up_on_ends_the_join_at_once() {
-    let hang_up = HangUp::start(b"hang-up-session");
+    let hang_up = Proxy::hang_up(b"hang-up-session");
     let url = hang_up.url();
-    let mut alice = Proc::spawn(
+    let mut alice = BIN.spawn(
         "alice",
         &[
             "join",
@@ -866,7 +867,7 @@ fn a_first_connection_that_is_hung_up_on_ends_the_join_at_once() {
         "{}",
         alice.transcript()
     );
-    assert_eq!(hang_up.connections(), 1);
+    assert_eq!(hang_up.hung_up(), 1);
 }
 
 /// Bug (src/cli/join.rs, `Participant::resend`): after a reconnect the
@@ -876,7 +877,7 @@ fn a_first_connection_that_is_hung_up_on_ends_the_join_at_once() {
 /// (`"duplicate":true`) and never applied.
 #[test]
 fn comments_and_edits_typed_offline_are_all_delivered() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let session = "mixed";
     let proxy = Proxy::start(&server.addr);
     let mut carol = join_then_go_offline(&proxy, session, "carol", &[]);
@@ -913,7 +914,7 @@ fn comments_and_edits_typed_offline_are_all_delivered() {
 
 #[test]
 fn a_refused_edit_resyncs_from_a_snapshot() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let session = "refused";
     let mut erin = join(&server.url(), session, "erin", &[]);
     erin.caught_up();
@@ -959,7 +960,7 @@ fn a_refused_edit_resyncs_from_a_snapshot() {
 
 #[test]
 fn people_get_readable_output_and_help() {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let mut frank = human_join(&server.url(), "frank", &[]);
     frank.wait_stdout("the catch-up notice", WAIT, |l| {
         l.starts_with("notice caught_up")
@@ -996,7 +997,7 @@ fn a_reviewer_may_comment_but_not_edit() {
         "a secret of more than thirty-two bytes, for tests\n",
     )
     .unwrap();
-    let server = Server::start(&["--auth-secret-file", &secret, "--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--auth-secret-file", &secret, "--rate-limit", "0"]);
     let token = run(
         &[
             "token",
@@ -1050,7 +1051,7 @@ fn a_reviewer_may_comment_but_not_edit() {
 /// document printed must be the server's, with nothing waiting.
 #[test]
 fn piped_commands_are_all_applied_before_leaving() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     for round in 0..10 {
         let session = format!("piped-{round}");
         seed_file(&server, &session, "f.txt", &["one".into(), "two".into()]);
@@ -1112,7 +1113,7 @@ fn piped_commands_are_all_applied_before_leaving() {
 /// disconnected: 1 messages were not sent", exit 0, the edit lost.)
 #[test]
 fn quit_while_offline_waits_for_the_server_to_come_back() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let session = "comes-back";
     let proxy = Proxy::start(&server.addr);
     let mut carol = join_then_go_offline(&proxy, session, "carol", &["--quit-timeout", "20s"]);
@@ -1145,7 +1146,7 @@ fn quit_while_offline_waits_for_the_server_to_come_back() {
 /// not take a lost edit for a success.
 #[test]
 fn quit_fails_when_commands_stay_unacknowledged() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let proxy = Proxy::start(&server.addr);
     let mut carol = join_then_go_offline(&proxy, "unanswered", "carol", &["--quit-timeout", "1s"]);
     carol.send("insert f.rs 0 lost");
@@ -1174,7 +1175,7 @@ fn quit_fails_when_commands_stay_unacknowledged() {
 /// document.
 #[test]
 fn the_same_user_joining_again_applies_its_edits() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let session = "again";
     let mut expected: Vec<String> = Vec::new();
     for run in 1..=3 {
@@ -1210,7 +1211,7 @@ fn the_same_user_joining_again_applies_its_edits() {
 /// files once they are known.
 #[test]
 fn a_join_rebuilds_the_files_when_the_history_is_truncated() {
-    let server = Server::start(&["--history-events", "3"]);
+    let server = ServerProcess::start(BIN, &["--history-events", "3"]);
     seed_file(&server, "short", "f.txt", &["one".into(), "two".into()]);
     for user in ["a", "b"] {
         let mut visitor = join(&server.url(), "short", user, &[]);

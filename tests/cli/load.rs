@@ -2,17 +2,20 @@
 //! checks in every mode, and its checks do fail when the server ends slow
 //! participants.
 
-mod cli_support;
-
 use std::time::Duration;
 
-use cli_support::{Json, Output, Server, WAIT, dead_addr, run, wait_until};
+use kit::json::Json;
+use kit::process::{Output, dead_addr};
+use kit::server::ServerProcess;
+use kit::{WAIT, wait_until};
+
+use crate::{BIN, run};
 
 /// How long one load run may take (the runs take well under a second).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Runs `load --addr URL ARGS`; returns the output and its final JSON line.
-fn load(server: &Server, args: &[&str]) -> (Output, Json) {
+fn load(server: &ServerProcess, args: &[&str]) -> (Output, Json) {
     let url = server.url();
     let mut all = vec!["load", "--addr", &url];
     all.extend(args);
@@ -31,7 +34,7 @@ fn load(server: &Server, args: &[&str]) -> (Output, Json) {
 /// 2 sessions of 3 participants sending 200 messages each, plus `extra`;
 /// asserts every check passed.
 fn passes(extra: &[&str]) -> Json {
-    let server = Server::start(&["--rate-limit", "0"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
     let mut args = vec![
         "--sessions",
         "2",
@@ -125,10 +128,10 @@ fn one_stream_per_connection() {
 }
 
 /// A load run that overflows a 2 KiB outbox: 1.5 KB events, unpaced.
-fn overflowing_load() -> (Server, Output, Json) {
+fn overflowing_load() -> (ServerProcess, Output, Json) {
     // A 2 KiB outbox cannot hold two 1.5 KB events: whoever falls behind by
     // two messages is ended with RESOURCE_EXHAUSTED.
-    let server = Server::start(&["--rate-limit", "0", "--outbox-bytes", "2KiB"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0", "--outbox-bytes", "2KiB"]);
     let (out, report) = load(
         &server,
         &[
@@ -195,7 +198,7 @@ fn load_names_the_status_that_ended_a_participant() {
 /// run still fails (it did not carry out the load asked for).
 #[test]
 fn rate_limit_refusals_are_counted_apart_and_not_called_lost() {
-    let server = Server::start(&["--rate-limit", "50", "--rate-burst", "20"]);
+    let server = ServerProcess::start(BIN, &["--rate-limit", "50", "--rate-burst", "20"]);
     let (out, report) = load(&server, &["--participants", "3", "--messages", "100"]);
     let context = out.describe();
     assert_eq!(out.status.code(), Some(1), "{context}");
@@ -235,7 +238,7 @@ fn rate_limit_refusals_are_counted_apart_and_not_called_lost() {
 
 #[test]
 fn bad_arguments_and_refused_connections_are_one_line() {
-    let server = Server::start(&[]);
+    let server = ServerProcess::start(BIN, &[]);
     let url = server.url();
     let dead = dead_addr();
     // Status 2 for usage and setup errors, 1 for a failed connection.
