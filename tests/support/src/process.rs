@@ -382,12 +382,7 @@ impl Proc {
 
     /// Sends a signal by name ("TERM", "INT", "HUP") to this child.
     pub fn signal(&self, signal: &str) {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-s", signal, &pid])
-            .status()
-            .expect("cannot run kill(1)");
-        assert!(status.success(), "kill -s {signal} {pid}: {status}");
+        send_signal(self.pid(), signal);
     }
 }
 
@@ -402,6 +397,15 @@ impl Drop for Proc {
             eprintln!("{}", self.transcript());
         }
     }
+}
+
+/// Sends a signal by name ("TERM", "INT", "HUP") to the process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("cannot run kill(1)");
+    assert!(status.success(), "kill -s {signal} {pid}: {status}");
 }
 
 /// What a finished command printed.
