@@ -30,6 +30,7 @@ use codereview::review::service::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic_prost::ProstCodec;
@@ -45,11 +46,19 @@ use crate::{LONG, QUIET, STEP, within};
 // ---------------------------------------------------------------------------
 // Connections
 
-/// One HTTP/2 connection to the server, on our own client or on tonic.
+/// One HTTP/2 connection to the server, on our own client or on tonic
+/// (gzip-compressing its requests and accepting gzip responses, or not).
 #[derive(Clone, Debug)]
 pub enum Link {
     Own(Channel),
-    Tonic(tonic::transport::Channel),
+    Tonic(tonic::transport::Channel, Gzip),
+}
+
+/// Whether tonic compresses what it sends and accepts compressed responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gzip {
+    Off,
+    On,
 }
 
 impl From<Channel> for Link {
@@ -86,12 +95,19 @@ impl Link {
     /// None): a small window makes the server stop sending once that many
     /// unread bytes are in flight.
     pub async fn tonic(addr: SocketAddr, stream_window: Option<u32>) -> Link {
+        Link::tonic_with(addr, stream_window, Gzip::Off).await
+    }
+
+    pub async fn tonic_with(addr: SocketAddr, stream_window: Option<u32>, gzip: Gzip) -> Link {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("valid url")
             .tcp_nodelay(true)
             .connect_timeout(STEP)
             .initial_stream_window_size(stream_window);
-        Link::Tonic(endpoint.connect().await.expect("connect to the server"))
+        Link::Tonic(
+            endpoint.connect().await.expect("connect to the server"),
+            gzip,
+        )
     }
 
     /// A unary call.
@@ -107,8 +123,8 @@ impl Link {
     {
         match self {
             Link::Own(channel) => channel.unary(path, request, options).await,
-            Link::Tonic(channel) => {
-                let mut grpc = tonic_client(channel).await?;
+            Link::Tonic(channel, gzip) => {
+                let mut grpc = tonic_client(channel, *gzip).await?;
                 let request = tonic_request(request.clone(), &options);
                 let codec = ProstCodec::<Req, Resp>::default();
                 let response = grpc
@@ -154,10 +170,10 @@ impl Link {
                     }
                 }
             }
-            Link::Tonic(channel) => {
+            Link::Tonic(channel, gzip) => {
                 let mut tx = None;
                 let started = async {
-                    let mut grpc = tonic_client(channel).await?;
+                    let mut grpc = tonic_client(channel, *gzip).await?;
                     let response = match first {
                         First::Session(m) => {
                             let (sender, rx) = mpsc::unbounded_channel();
@@ -210,10 +226,16 @@ enum First<'a> {
 
 async fn tonic_client(
     channel: &tonic::transport::Channel,
+    gzip: Gzip,
 ) -> Result<tonic::client::Grpc<tonic::transport::Channel>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
+    if gzip == Gzip::On {
+        grpc = grpc
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
+    }
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
@@ -889,8 +911,8 @@ pub async fn upload(
                 assert!(rest.is_none(), "UploadFiles returned two messages");
                 summary.ok_or_else(|| Status::internal("no UploadSummary"))
             }
-            Link::Tonic(channel) => {
-                let mut grpc = tonic_client(channel).await?;
+            Link::Tonic(channel, gzip) => {
+                let mut grpc = tonic_client(channel, *gzip).await?;
                 let request = tonic_request(tokio_stream::iter(chunks.to_vec()), &options);
                 let codec = ProstCodec::<FileChunk, UploadSummary>::default();
                 let path = PathAndQuery::from_static(UPLOAD_FILES);

@@ -134,16 +134,22 @@ impl Peer {
 
     /// Runs the interpreter with `args`, writing `input` to its stdin.
     pub fn run_args(&self, args: &[&str], input: Option<&str>) -> (ExitStatus, String, String) {
-        let mut command = Command::new(&self.program);
-        command.args(args).current_dir(root());
-        let name = format!("{} {}", self.kind.name(), args.first().unwrap_or(&""));
-        let mut proc = Proc::spawn(&name, command);
+        let mut proc = self.spawn(args);
         if let Some(input) = input {
             proc.write(input);
         }
         proc.close_stdin();
         let status = proc.wait_exit(PEER_TIMEOUT);
         (status, proc.stdout().join("\n"), proc.stderr().join("\n"))
+    }
+
+    /// Starts the interpreter with `args` (e.g. a peer's server script),
+    /// from the repository root; killed when dropped.
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        let mut command = Command::new(&self.program);
+        command.args(args).current_dir(root());
+        let name = format!("{} {}", self.kind.name(), args.join(" "));
+        Proc::spawn(&name, command)
     }
 
     /// Formats a run for an assertion message.

@@ -116,9 +116,10 @@ impl Proxy {
     }
 
     /// Bytes forwarded so far: (client to server, server to client).
-    pub fn totals(&self) -> (u64, u64) {
+    pub fn totals(&self) -> (usize, usize) {
         let s = &self.state;
-        (s.up.load(Ordering::SeqCst), s.down.load(Ordering::SeqCst))
+        let load = |n: &AtomicU64| n.load(Ordering::SeqCst) as usize;
+        (load(&s.up), load(&s.down))
     }
 
     /// Cuts every connection every `min_ms..=max_ms` (seeded) until

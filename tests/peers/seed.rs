@@ -10,7 +10,10 @@
 //! Set the peers up with scripts/setup-peers; scripts/test does that and runs
 //! this with the peers required.
 
-mod peers;
+use kit::peers;
+use kit::server::{LogFormat, ServerProcess};
+
+use crate::BIN;
 
 const PYTHON_CLIENT: &str = "tests/python/seed_client.py";
 const NODE_CLIENT: &str = "tests/node/seed_client.js";
@@ -31,7 +34,9 @@ fn clients_generated_from_the_article_proto_work_against_serve_with_default_flag
     }
     // Exactly `codereview serve` on a free port: every other flag at its
     // default (JSON logs, which is how the address is read, are the default).
-    let (mut server, addr) = peers::spawn_binary(&["serve", "--addr", "127.0.0.1:0"]);
+    let args = ["serve", "--addr", "127.0.0.1:0"];
+    let mut server = ServerProcess::start_args(BIN, LogFormat::Json, &args);
+    let addr = server.addr.clone();
 
     // Every scenario with every peer against the one server (each run uses
     // its own session ids), then report all failures at once.
@@ -48,7 +53,7 @@ fn clients_generated_from_the_article_proto_work_against_serve_with_default_flag
                 failures.push(format!(
                     "--- {} scenario {scenario} ---\n{}",
                     peer.kind.name(),
-                    peers::describe(peer, script, status, &stdout, &stderr)
+                    peer.describe(script, status, &stdout, &stderr)
                 ));
             }
         }
