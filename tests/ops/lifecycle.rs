@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::exposition::{http_get, scrape, scrape_until};
 use codereview::grpc::Code;
 use codereview::grpc::client::ChannelConfig;
 use codereview::pb::codereview::notice::Kind as NoticeKind;
@@ -12,7 +13,6 @@ use codereview::pb::codereview::{Join, PresenceUpdate};
 use codereview::pb::health::health_check_response::ServingStatus;
 use kit::WAIT;
 use kit::json::Json;
-use kit::metrics::{http_get, scrape, scrape_until};
 use kit::payloads::as_notice;
 use kit::process::{TempDir, send_signal};
 use kit::server::ServerProcess;

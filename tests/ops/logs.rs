@@ -1,11 +1,12 @@
 //! Structured logs: correlation fields, the JSON and text formats, levels,
 //! and never a token or any content.
 
-use kit::WAIT;
 use kit::json::Json;
-use kit::process::TempDir;
+use kit::process::{TempDir, free_port};
 use kit::server::{LogFormat, ServerProcess};
+use kit::{WAIT, wait_until};
 
+use crate::exposition::http_get;
 use crate::{
     BIN, SECRET, int_field, join_process, mint_token, quit, run, str_field, text_message, wait_ack,
 };
@@ -248,10 +249,27 @@ fn text_logs_are_for_people() {
     );
 }
 
+/// A server that logs nothing at startup (e.g. `--log-level error`): given
+/// ports reserved here and found ready when `/readyz` answers.
+fn start_silent(extra: &[&str]) -> ServerProcess {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["serve", "--addr", &addr, "--metrics-addr", &metrics];
+    args.extend(extra);
+    let mut server = ServerProcess::spawn(BIN, &args, addr.clone(), Some(metrics.clone()));
+    wait_until("the silent server to be ready", WAIT, || {
+        if let Some(status) = server.proc.try_status() {
+            panic!("the server exited early with {status}: {:#?}", server.log());
+        }
+        http_get(&metrics, "/readyz").is_ok_and(|r| r.status == 200)
+            && std::net::TcpStream::connect(&addr).is_ok()
+    });
+    server
+}
+
 #[test]
 fn log_level_error_suppresses_info_lines() {
-    let mut server =
-        ServerProcess::start_silent(BIN, &["--log-level", "error", "--log-format", "json"]);
+    let mut server = start_silent(&["--log-level", "error", "--log-format", "json"]);
     // Work that logs at info otherwise: a participant session and a drain.
     let join = join_process(&server, "ops-quiet", "hush", None);
     quit(join);

@@ -5,6 +5,9 @@
 use std::io::Read;
 use std::net::TcpStream;
 
+use crate::exposition::{
+    http_get, http_raw, prometheus_parse, prometheus_python, scrape, scrape_until,
+};
 use codereview::grpc::Code;
 use codereview::grpc::client::ChannelConfig;
 use codereview::pb::codereview::Join;
@@ -14,7 +17,6 @@ use codereview::pb::codereview::presence_update::Status as Presence;
 use codereview::pb::codereview::session_message::Payload;
 use codereview::review::service::COLLABORATIVE_SESSION;
 use kit::WAIT;
-use kit::metrics::{http_get, http_raw, prometheus_parse, prometheus_python, scrape, scrape_until};
 use kit::participant::Participant;
 use kit::payloads::{incompressible_line, is_presence, join_message_with};
 use kit::process::TempDir;

@@ -5,11 +5,126 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use codereview::review::ot::LineOp;
-use kit::participant::OtClient;
-use kit::payloads::chunk;
+use codereview::pb::codereview::joined::Catchup;
+use codereview::pb::codereview::session_message::Payload;
+use codereview::pb::codereview::{Join, SessionMessage};
+use codereview::review::ot::{FileOp, LineOp};
+use codereview::review::replica::{self, Replica};
+use kit::participant::{Link, Next, Participant};
+use kit::payloads::{Dense, catchup_of, chunk, join_message_with};
+use kit::{LONG, QUIET};
+use tokio::time::Instant;
 
 use crate::{get_snapshot, limits, start, tonic, upload};
+
+/// A participant that keeps a [`Replica`] (as `codereview join` does):
+/// local edits apply at once and are sent with the replica's version;
+/// remote edits, uploads and acks are applied as they arrive.
+pub struct OtClient {
+    pub p: Participant,
+    pub replica: Replica,
+    pub dense: Dense,
+    pub noop_acks: usize,
+}
+
+impl OtClient {
+    /// Joins with a snapshot and starts the replica from it.
+    pub async fn join(link: impl Into<Link>, session: &str, user: &str) -> OtClient {
+        let join = Join {
+            want_snapshot: true,
+            ..Join::default()
+        };
+        let first = join_message_with(session, user, join);
+        let (p, catch_up) = Participant::try_join(link, None, first)
+            .await
+            .expect("joined");
+        assert_eq!(catchup_of(&catch_up.joined), Catchup::Snapshot);
+        let Some(Payload::Snapshot(snapshot)) = &catch_up.messages[0].payload else {
+            panic!("a Snapshot follows Joined(SNAPSHOT): {catch_up:?}");
+        };
+        let mut replica = Replica::new();
+        replica.reset(snapshot);
+        OtClient {
+            dense: Dense::after(catch_up.joined.sequence, user),
+            p,
+            replica,
+            noop_acks: 0,
+        }
+    }
+
+    /// Applies `op` to `file` locally and sends it (without waiting for
+    /// an answer).
+    pub async fn local(&mut self, file: &str, op: LineOp) {
+        let client_sequence = self.p.take_client_sequence();
+        let op = FileOp {
+            path: file.into(),
+            op,
+        };
+        let wire = self
+            .replica
+            .local_edit(op, client_sequence)
+            .unwrap_or_else(|e| panic!("{}: local edit invalid: {e:?}", self.p.user));
+        let message = self.p.message(Some(Payload::Edit(wire)), client_sequence);
+        self.p.send_raw(message).await.expect("sent");
+    }
+
+    /// Applies one message from the server to the replica.
+    pub fn process(&mut self, m: &SessionMessage) {
+        self.dense.observe(m);
+        let user = &self.p.user;
+        match &m.payload {
+            Some(Payload::Edit(e)) => {
+                let op = replica::from_wire(e).expect("a valid edit");
+                let applied = self.replica.remote(op, e.version);
+                applied.unwrap_or_else(|gap| panic!("{user}: version gap {gap:?}"));
+            }
+            Some(Payload::File(f)) => {
+                let applied = self.replica.remote_file(&f.file_path, &f.lines, f.version);
+                applied.unwrap_or_else(|gap| panic!("{user}: version gap {gap:?}"));
+            }
+            Some(Payload::Ack(a)) => {
+                self.noop_acks += a.noop as usize;
+                self.replica.ack(a.client_sequence, a.version);
+            }
+            Some(Payload::Error(e)) => panic!("{user}: unexpected error {e:?}"),
+            _ => {}
+        }
+    }
+
+    /// Processes at most one message arriving within `wait`; whether one did.
+    pub async fn pump_one(&mut self, wait: Duration) -> bool {
+        match self.p.next_within(wait).await {
+            Next::Message(m) => {
+                self.process(&m);
+                true
+            }
+            Next::Quiet => false,
+            Next::End(end) => panic!("{}: stream ended: {end:?}", self.p.user),
+        }
+    }
+
+    /// Processes messages until every local edit is acknowledged and nothing
+    /// more arrives for [`QUIET`].
+    pub async fn settle(&mut self) {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let pending: Vec<_> = self.replica.pending().collect();
+            assert!(
+                Instant::now() < deadline,
+                "{}: did not settle; pending {pending:?}",
+                self.p.user
+            );
+            if !self.pump_one(QUIET).await && self.replica.pending().next().is_none() {
+                return;
+            }
+        }
+    }
+
+    pub fn lines(&self, file: &str) -> Vec<String> {
+        let lines = self.replica.file(file).unwrap_or_default();
+        lines.iter().map(|l| l.to_string()).collect()
+    }
+}
 
 // ----- 4. OT convergence -----
 

@@ -17,7 +17,7 @@ use codereview::review::service::COLLABORATIVE_SESSION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use kit::canary::{Canary, Pump, Sample, Sampler};
+use crate::canary::{Canary, Pump, Sample, Sampler};
 use kit::h2raw;
 use kit::h2raw::{
     CANCEL, CONTINUATION, Conn, END_HEADERS, ENHANCE_YOUR_CALM, Event, HEADERS, PING, PREFACE,

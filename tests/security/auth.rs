@@ -18,7 +18,7 @@ use codereview::pb::testing::{
 use codereview::review::roles::Role;
 
 use crate::assert_code;
-use kit::canary::{CANARY_SESSION, Canary};
+use crate::canary::{CANARY_SESSION, Canary};
 use kit::participant::{
     Next, Participant, get_snapshot, health_check, session_status, upload, watch,
 };

@@ -13,7 +13,7 @@ use codereview::review::roles::Role;
 use tokio::time::Instant;
 
 use crate::assert_code;
-use kit::canary::Canary;
+use crate::canary::Canary;
 use kit::h2raw;
 use kit::participant::{Next, Outcome, Participant, get_snapshot, session_status, upload, watch};
 use kit::payloads::{

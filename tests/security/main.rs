@@ -7,6 +7,7 @@
 
 mod abuse;
 mod auth;
+mod canary;
 mod fuzz_corpus;
 mod limits;
 mod tls;

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, ProtocolVersion};
 
+use crate::canary::Canary;
 use crate::{BIN, assert_code};
-use kit::canary::Canary;
 use kit::h2raw;
 use kit::participant::{Participant, get_snapshot, health_check};
 use kit::process::TempDir;

@@ -10,9 +10,9 @@
 //! - [`h2raw`]: a raw HTTP/2 client that shows every frame;
 //! - [`process`]: the binary's client commands as processes;
 //! - [`peers`]: the Python (grpcio) and Node (grpc-js) peers;
-//! - [`tls`], [`canary`], [`metrics`], [`json`]: certificates and tokens, a
-//!   well-behaved pair that must keep working, the metrics endpoint, JSON
-//!   through the crate's own parser.
+//! - [`tls`]: certificates made at test time, and tokens;
+//! - [`json`]: JSON (the binary's output, its logs) through the crate's own
+//!   parser.
 //!
 //! Every wait is bounded: a regression fails, it does not hang. The bounds
 //! are generous because they guard against hangs; they never measure speed.
@@ -22,10 +22,8 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub mod canary;
 pub mod h2raw;
 pub mod json;
-pub mod metrics;
 pub mod participant;
 pub mod payloads;
 pub mod peers;

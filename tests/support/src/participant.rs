@@ -16,13 +16,11 @@ use codereview::grpc::client::{
 };
 use codereview::grpc::{Code, Status};
 use codereview::pb::codereview::{
-    Ack, CodeEdit, Error, FileChunk, Join, Joined, Notice, SessionMessage, Snapshot,
-    SnapshotRequest, UploadSummary, WatchRequest, code_edit::Op, joined::Catchup,
-    notice::Kind as NoticeKind, session_message::Payload,
+    Ack, CodeEdit, Error, FileChunk, Joined, Notice, SessionMessage, Snapshot, SnapshotRequest,
+    UploadSummary, WatchRequest, code_edit::Op, notice::Kind as NoticeKind,
+    session_message::Payload,
 };
 use codereview::pb::health::{HealthCheckRequest, HealthCheckResponse};
-use codereview::review::ot::{FileOp, LineOp};
-use codereview::review::replica::{self, Replica};
 use codereview::review::roles::Role;
 use codereview::review::service::{
     COLLABORATIVE_SESSION, GET_SNAPSHOT, UPLOAD_FILES, WATCH_SESSION,
@@ -35,9 +33,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic_prost::ProstCodec;
 
-use crate::payloads::{
-    Dense, as_notice, catchup_of, edit, is_caught_up, join_message_with, message,
-};
+use crate::payloads::{as_notice, edit, is_caught_up, message};
 use crate::proxy::Proxy;
 use crate::server::TestServer;
 use crate::tls::auth_options;
@@ -61,30 +57,14 @@ pub enum Gzip {
     On,
 }
 
-impl From<Channel> for Link {
-    fn from(channel: Channel) -> Link {
-        Link::Own(channel)
-    }
-}
-
 impl From<&Channel> for Link {
     fn from(channel: &Channel) -> Link {
         Link::Own(channel.clone())
     }
 }
 
-impl From<&Link> for Link {
-    fn from(link: &Link) -> Link {
-        link.clone()
-    }
-}
-
 impl Link {
-    /// Our own client, plaintext, default settings.
-    pub async fn own(addr: SocketAddr) -> Link {
-        Link::own_with(addr, ChannelConfig::default()).await
-    }
-
+    /// Our own client, plaintext, with `config`.
     pub async fn own_with(addr: SocketAddr, config: ChannelConfig) -> Link {
         let endpoint = Endpoint::parse(&format!("http://{addr}")).expect("an endpoint");
         let channel = within(STEP * 2, "connect", Channel::connect(&endpoint, &config)).await;
@@ -341,6 +321,11 @@ impl Inbox {
         }
     }
 
+    async fn next_before(&mut self, deadline: Instant) -> Next {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.next_within(left).await
+    }
+
     /// The last messages received, for failure messages.
     fn recent(&self) -> Vec<&SessionMessage> {
         self.log.iter().rev().take(8).rev().collect()
@@ -369,10 +354,7 @@ impl Inbox {
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
         loop {
-            match self
-                .next_within(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
+            match self.next_before(deadline).await {
                 Next::Message(m) => {
                     let stop = done(&m);
                     got.push(m);
@@ -431,10 +413,7 @@ impl Inbox {
     pub async fn assert_open(&mut self) {
         let deadline = Instant::now() + QUIET;
         loop {
-            match self
-                .next_within(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
+            match self.next_before(deadline).await {
                 Next::Message(_) => {}
                 Next::End(status) => {
                     panic!("{}: the call ended unexpectedly: {status}", self.label)
@@ -450,10 +429,7 @@ impl Inbox {
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
         loop {
-            match self
-                .next_within(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
+            match self.next_before(deadline).await {
                 Next::Message(m) => got.push(m),
                 Next::End(status) => return (got, status),
                 Next::Quiet => panic!(
@@ -482,10 +458,7 @@ impl Inbox {
         let mut joined = None;
         let mut messages = Vec::new();
         loop {
-            let m = match self
-                .next_within(deadline.saturating_duration_since(Instant::now()))
-                .await
-            {
+            let m = match self.next_before(deadline).await {
                 Next::Message(m) => m,
                 Next::End(status) => return Err(status),
                 Next::Quiet => panic!(
@@ -656,7 +629,7 @@ impl Participant {
         role: Role,
     ) -> Participant {
         let token = server.token_for(user, role);
-        Participant::join(server.channel().await, token.as_deref(), session, user)
+        Participant::join(&server.channel().await, token.as_deref(), session, user)
             .await
             .0
     }
@@ -948,116 +921,4 @@ pub async fn session_status(
     let label = format!("{}@{} (refused?)", first.user_id, first.session_id);
     let (_sender, mut inbox) = link.start(options, First::Session(first), label).await;
     inbox.until_end_within(STEP).await
-}
-
-// ---------------------------------------------------------------------------
-// A client-side OT replica driven over the wire
-
-/// A participant that keeps a [`Replica`] (as `codereview join` does):
-/// local edits apply at once and are sent with the replica's version;
-/// remote edits, uploads and acks are applied as they arrive.
-pub struct OtClient {
-    pub p: Participant,
-    pub replica: Replica,
-    pub dense: Dense,
-    pub noop_acks: usize,
-}
-
-impl OtClient {
-    /// Joins with a snapshot and starts the replica from it.
-    pub async fn join(link: impl Into<Link>, session: &str, user: &str) -> OtClient {
-        let join = Join {
-            want_snapshot: true,
-            ..Join::default()
-        };
-        let first = join_message_with(session, user, join);
-        let (p, catch_up) = Participant::try_join(link, None, first)
-            .await
-            .expect("joined");
-        assert_eq!(catchup_of(&catch_up.joined), Catchup::Snapshot);
-        let Some(Payload::Snapshot(snapshot)) = &catch_up.messages[0].payload else {
-            panic!("a Snapshot follows Joined(SNAPSHOT): {catch_up:?}");
-        };
-        let mut replica = Replica::new();
-        replica.reset(snapshot);
-        OtClient {
-            dense: Dense::after(catch_up.joined.sequence, user),
-            p,
-            replica,
-            noop_acks: 0,
-        }
-    }
-
-    /// Applies `op` to `file` locally and sends it (without waiting for
-    /// an answer).
-    pub async fn local(&mut self, file: &str, op: LineOp) {
-        let client_sequence = self.p.take_client_sequence();
-        let op = FileOp {
-            path: file.into(),
-            op,
-        };
-        let wire = self
-            .replica
-            .local_edit(op, client_sequence)
-            .unwrap_or_else(|e| panic!("{}: local edit invalid: {e:?}", self.p.user));
-        let message = self.p.message(Some(Payload::Edit(wire)), client_sequence);
-        self.p.send_raw(message).await.expect("sent");
-    }
-
-    /// Applies one message from the server to the replica.
-    pub fn process(&mut self, m: &SessionMessage) {
-        self.dense.observe(m);
-        let user = &self.p.user;
-        match &m.payload {
-            Some(Payload::Edit(e)) => {
-                let op = replica::from_wire(e).expect("a valid edit");
-                let applied = self.replica.remote(op, e.version);
-                applied.unwrap_or_else(|gap| panic!("{user}: version gap {gap:?}"));
-            }
-            Some(Payload::File(f)) => {
-                let applied = self.replica.remote_file(&f.file_path, &f.lines, f.version);
-                applied.unwrap_or_else(|gap| panic!("{user}: version gap {gap:?}"));
-            }
-            Some(Payload::Ack(a)) => {
-                self.noop_acks += a.noop as usize;
-                self.replica.ack(a.client_sequence, a.version);
-            }
-            Some(Payload::Error(e)) => panic!("{user}: unexpected error {e:?}"),
-            _ => {}
-        }
-    }
-
-    /// Processes at most one message arriving within `wait`; whether one did.
-    pub async fn pump_one(&mut self, wait: Duration) -> bool {
-        match self.p.next_within(wait).await {
-            Next::Message(m) => {
-                self.process(&m);
-                true
-            }
-            Next::Quiet => false,
-            Next::End(end) => panic!("{}: stream ended: {end:?}", self.p.user),
-        }
-    }
-
-    /// Processes messages until every local edit is acknowledged and nothing
-    /// more arrives for [`QUIET`].
-    pub async fn settle(&mut self) {
-        let deadline = Instant::now() + LONG;
-        loop {
-            let pending: Vec<_> = self.replica.pending().collect();
-            assert!(
-                Instant::now() < deadline,
-                "{}: did not settle; pending {pending:?}",
-                self.p.user
-            );
-            if !self.pump_one(QUIET).await && self.replica.pending().next().is_none() {
-                return;
-            }
-        }
-    }
-
-    pub fn lines(&self, file: &str) -> Vec<String> {
-        let lines = self.replica.file(file).unwrap_or_default();
-        lines.iter().map(|l| l.to_string()).collect()
-    }
 }

@@ -273,11 +273,6 @@ impl Proc {
         )
     }
 
-    /// The next stdout line, or None on timeout or at the end of output.
-    pub fn next_stdout(&mut self, limit: Duration) -> Option<String> {
-        self.stdout.next_matching(limit, |_| true).ok()
-    }
-
     /// Reads stdout on until a line satisfies `want`; panics after `limit`.
     pub fn wait_stdout(
         &mut self,
@@ -286,13 +281,7 @@ impl Proc {
         want: impl Fn(&str) -> bool,
     ) -> String {
         let found = self.stdout.next_matching(limit, want);
-        found.unwrap_or_else(|why| {
-            panic!(
-                "{}: no stdout line {what} ({why})\n{}",
-                self.name,
-                self.transcript()
-            )
-        })
+        found.unwrap_or_else(|why| self.missing("stdout", what, &why))
     }
 
     /// Reads stderr on until a line satisfies `want`; panics after `limit`.
@@ -303,13 +292,15 @@ impl Proc {
         want: impl Fn(&str) -> bool,
     ) -> String {
         let found = self.stderr.next_matching(limit, want);
-        found.unwrap_or_else(|why| {
-            panic!(
-                "{}: no stderr line {what} ({why})\n{}",
-                self.name,
-                self.transcript()
-            )
-        })
+        found.unwrap_or_else(|why| self.missing("stderr", what, &why))
+    }
+
+    fn missing(&self, pipe: &str, what: &str, why: &str) -> ! {
+        panic!(
+            "{}: no {pipe} line {what} ({why})\n{}",
+            self.name,
+            self.transcript()
+        )
     }
 
     /// Reads stdout (JSON lines) on until one satisfies `want`; panics after

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use codereview::app::{self, App, AppConfig, AppError};
 use codereview::grpc::Status;
@@ -21,9 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls::ClientConfig;
 
 use crate::json::Json;
-use crate::process::{Binary, Proc, free_port};
+use crate::process::{Binary, Proc};
 use crate::tls::{SECRET, token};
-use crate::{LONG, STEP, WAIT, eventually, metrics, within};
+use crate::{LONG, STEP, WAIT, eventually, within};
 
 // ---------------------------------------------------------------------------
 // In-process
@@ -304,12 +304,7 @@ impl ServerProcess {
     /// `codereview ARGS` exactly (a server that logs in `format` and
     /// listens on a free port); waits for the "listening" line.
     pub fn start_args(binary: Binary, format: LogFormat, args: &[&str]) -> ServerProcess {
-        let mut server = ServerProcess {
-            proc: binary.spawn("server", args),
-            binary,
-            addr: String::new(),
-            metrics: None,
-        };
+        let mut server = ServerProcess::spawn(binary, args, String::new(), None);
         let listening = server
             .proc
             .stderr
@@ -328,32 +323,19 @@ impl ServerProcess {
         server
     }
 
-    /// A server that logs nothing at startup (e.g. `--log-level error`):
-    /// given ports reserved here and found ready when `/readyz` answers.
-    pub fn start_silent(binary: Binary, extra: &[&str]) -> ServerProcess {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["serve", "--addr", &addr, "--metrics-addr", &metrics];
-        args.extend(extra);
-        let mut server = ServerProcess {
-            proc: binary.spawn("server", &args),
+    /// `codereview ARGS`, not waited for: the caller knows where it listens.
+    pub fn spawn(
+        binary: Binary,
+        args: &[&str],
+        addr: String,
+        metrics: Option<String>,
+    ) -> ServerProcess {
+        ServerProcess {
+            proc: binary.spawn("server", args),
             binary,
-            addr: addr.clone(),
-            metrics: Some(metrics.clone()),
-        };
-        let deadline = Instant::now() + WAIT;
-        while !metrics::http_get(&metrics, "/readyz").is_ok_and(|r| r.status == 200)
-            || std::net::TcpStream::connect(&addr).is_err()
-        {
-            if let Some(status) = server.proc.try_status() {
-                server.fail(&format!("exited early with {status}"));
-            }
-            if Instant::now() >= deadline {
-                server.fail("did not become ready");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            addr,
+            metrics,
         }
-        server
     }
 
     fn fail(&mut self, what: &str) -> ! {

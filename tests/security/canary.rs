@@ -12,10 +12,10 @@ use codereview::review::roles::Role;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::participant::Participant;
-use crate::payloads::{as_edit, essential_sequence};
-use crate::server::TestServer;
-use crate::{STEP, within};
+use kit::participant::Participant;
+use kit::payloads::{as_edit, essential_sequence};
+use kit::server::TestServer;
+use kit::{STEP, within};
 
 pub const CANARY_SESSION: &str = "canary-session";
 pub const CANARY_FILE: &str = "canary.txt";
@@ -35,7 +35,7 @@ impl Canary {
         Canary::start_in(server, CANARY_SESSION).await
     }
 
-    pub async fn start_in(server: &TestServer, session: &str) -> Canary {
+    async fn start_in(server: &TestServer, session: &str) -> Canary {
         let writer = Participant::join_server(server, session, "canary-writer", Role::Author).await;
         // The writer's JOINED is part of the reader's catch-up.
         let reader =
@@ -110,11 +110,6 @@ impl Pump {
     /// test here, with its own message).
     pub async fn stop(mut self) -> Canary {
         stop_task(self.stop.take(), &mut self.task, "the canary pump").await
-    }
-
-    /// Whether the pump has already failed (its task ended).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
     }
 }
 

@@ -8,15 +8,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::{WAIT, peers};
+use kit::{WAIT, peers};
 
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
-    /// Everything received, as is.
-    pub raw: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -68,7 +66,6 @@ pub fn parse_http_response(raw: Vec<u8>) -> std::io::Result<HttpResponse> {
         status,
         headers,
         body,
-        raw,
     })
 }
 
