@@ -1,6 +1,6 @@
 //! The bodies of the cargo-fuzz targets (fuzz/fuzz_targets/*.rs call these),
 //! kept in the library so that `cargo test` replays every committed corpus
-//! file through exactly the same code (tests/fuzz_corpus.rs). Each function
+//! file through exactly the same code (tests/security/fuzz_corpus.rs). Each function
 //! takes arbitrary bytes, must never panic except on a violated invariant,
 //! and checks the invariant it names.
 

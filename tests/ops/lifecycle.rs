@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::exposition::{http_get, scrape, scrape_until};
 use codereview::grpc::Code;
 use codereview::grpc::client::ChannelConfig;
 use codereview::pb::codereview::notice::Kind as NoticeKind;
@@ -17,6 +16,7 @@ use kit::payloads::as_notice;
 use kit::process::{TempDir, send_signal};
 use kit::server::ServerProcess;
 
+use crate::exposition::{http_get, scrape, scrape_until};
 use crate::logs::assert_json_lines;
 use crate::{
     BIN, connect, health_command, health_watch, int_field, is_notice, join_process, member,

@@ -5,9 +5,6 @@
 use std::io::Read;
 use std::net::TcpStream;
 
-use crate::exposition::{
-    http_get, http_raw, prometheus_parse, prometheus_python, scrape, scrape_until,
-};
 use codereview::grpc::Code;
 use codereview::grpc::client::ChannelConfig;
 use codereview::pb::codereview::Join;
@@ -22,6 +19,9 @@ use kit::payloads::{incompressible_line, is_presence, join_message_with};
 use kit::process::TempDir;
 use kit::server::ServerProcess;
 
+use crate::exposition::{
+    http_get, http_raw, prometheus_parse, prometheus_python, scrape, scrape_until,
+};
 use crate::{
     BIN, SECRET, connect, edit, health_command, is_ack, is_notice, join_process, member,
     mint_token, quit, run, runtime, spawn, str_field, wait_ack,

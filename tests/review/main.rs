@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use codereview::app::AppConfig;
 use codereview::grpc::Status;
 use codereview::grpc::client::{CallOptions, ChannelConfig};
+use codereview::grpc::server::ServerConfig;
 use codereview::pb::codereview::{
     Ack, CursorPosition, FileChunk, Join, PresenceUpdate, Role, SessionMessage, Snapshot,
     UploadSummary, WatchRequest, presence_update::Status as Presence, session_message::Payload,
@@ -24,9 +25,14 @@ use kit::payloads::{join_message_with, message, presence};
 use kit::proxy::Proxy;
 use kit::server::TestServer;
 
-/// The defaults a test server starts from.
+/// The session limits a test server starts from.
 fn limits() -> Limits {
     AppConfig::loopback().limits
+}
+
+/// The wire settings a test server starts from.
+fn server_config() -> ServerConfig {
+    AppConfig::loopback().server
 }
 
 async fn start(limits: Limits) -> TestServer {

@@ -16,8 +16,8 @@ use kit::payloads::{catchup_of, chunk, cursor, edit, is_presence, presence, pres
 use kit::server::TestServer;
 
 use crate::{
-    get_snapshot, join, limits, participant_entry, session_call_status, snapshot_lines, start,
-    upload, watch,
+    get_snapshot, join, limits, participant_entry, server_config, session_call_status,
+    snapshot_lines, start, upload, watch,
 };
 
 // ----- 12. the four RPCs -----
@@ -289,7 +289,7 @@ async fn invalid_messages_get_errors_and_invalid_streams_are_refused() {
 async fn a_server_with_keepalive_disabled_serves_sessions() {
     let config = ServerConfig {
         keepalive_interval: Duration::ZERO,
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = TestServer::start(AppConfig {
         server: config,

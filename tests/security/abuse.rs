@@ -14,14 +14,9 @@ use codereview::pb::health::HealthCheckRequest;
 use codereview::review::limits::Limits;
 use codereview::review::roles::Role;
 use codereview::review::service::COLLABORATIVE_SESSION;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::canary::{Canary, Pump, Sample, Sampler};
-use kit::h2raw;
 use kit::h2raw::{
-    CANCEL, CONTINUATION, Conn, END_HEADERS, ENHANCE_YOUR_CALM, Event, HEADERS, PING, PREFACE,
-    PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS, SETTINGS_HEADER_TABLE_SIZE,
+    self, CANCEL, CONTINUATION, Conn, END_HEADERS, ENHANCE_YOUR_CALM, Event, HEADERS, PING,
+    PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS, SETTINGS_HEADER_TABLE_SIZE,
     SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE,
     encode_frame, encode_headers, grpc_encode, grpc_request_headers, grpc_status, header,
     settings_payload,
@@ -30,6 +25,11 @@ use kit::participant::{Participant, health_check};
 use kit::payloads::{as_edit, edit, join_message};
 use kit::server::{TestServer, loopback};
 use kit::{QUIET, STEP, eventually, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::canary::{Canary, Pump, Sample, Sampler};
+use crate::{limits, server_config};
 
 /// A plaintext review server with the interop service too.
 async fn server_with(config: ServerConfig, limits: Limits) -> TestServer {
@@ -236,9 +236,9 @@ impl StalledParticipant {
 
 #[tokio::test]
 async fn rapid_reset_is_cut_off_and_the_server_keeps_serving() {
-    let config = ServerConfig::default();
+    let config = server_config();
     let max_streams = config.max_concurrent_streams as i64;
-    let server = server_with(config, Limits::default()).await;
+    let server = server_with(config, limits()).await;
     let canary = Canary::start(&server).await;
     let baseline = sample_now(&server).await;
     let pump = canary.pump();
@@ -295,7 +295,7 @@ async fn rapid_reset_is_cut_off_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn a_ping_flood_leaves_the_server_bounded_and_serving() {
-    let server = server_with(ServerConfig::default(), Limits::default()).await;
+    let server = server_with(server_config(), limits()).await;
     let canary = Canary::start(&server).await;
     let baseline = sample_now(&server).await;
     let pump = canary.pump();
@@ -344,7 +344,7 @@ async fn a_ping_flood_leaves_the_server_bounded_and_serving() {
 
 #[tokio::test]
 async fn a_settings_flood_leaves_the_server_bounded_and_serving() {
-    let server = server_with(ServerConfig::default(), Limits::default()).await;
+    let server = server_with(server_config(), limits()).await;
     let canary = Canary::start(&server).await;
     let baseline = sample_now(&server).await;
     let pump = canary.pump();
@@ -384,9 +384,9 @@ async fn a_settings_flood_leaves_the_server_bounded_and_serving() {
 
 #[tokio::test]
 async fn a_huge_header_is_refused() {
-    let config = ServerConfig::default();
+    let config = server_config();
     assert_eq!(config.max_header_list_size, 16 * 1024);
-    let server = server_with(config, Limits::default()).await;
+    let server = server_with(config, limits()).await;
     let canary = Canary::start(&server).await;
     let pump = canary.pump();
 
@@ -449,7 +449,7 @@ async fn a_huge_header_is_refused() {
 
 #[tokio::test]
 async fn endless_continuation_frames_close_the_connection() {
-    let server = server_with(ServerConfig::default(), Limits::default()).await;
+    let server = server_with(server_config(), limits()).await;
     let canary = Canary::start(&server).await;
     let baseline = sample_now(&server).await;
     let pump = canary.pump();
@@ -493,7 +493,7 @@ async fn a_client_that_never_reads_is_ended_and_the_server_stays_bounded() {
     let limits = Limits {
         outbox_bytes: 64 * 1024,
         rate_per_second: 0.0,
-        ..Limits::default()
+        ..limits()
     };
     let outbox_limit = limits.outbox_bytes;
     let batch = 16 * 1024;
@@ -603,11 +603,11 @@ async fn the_outbound_budget_closes_the_readers_holding_the_most() {
         max_outbound_buffer: budget,
         // Only the budget may close the stallers' connections here.
         keepalive_interval: Duration::ZERO,
-        ..ServerConfig::default()
+        ..server_config()
     };
     let limits = Limits {
         rate_per_second: 0.0,
-        ..Limits::default()
+        ..limits()
     };
     let server = TestServer::start(loopback(|c| {
         c.server = config;
@@ -753,9 +753,9 @@ async fn silent_connections_are_closed_after_the_handshake_timeout() {
     let server = server_with(
         ServerConfig {
             handshake_timeout,
-            ..ServerConfig::default()
+            ..server_config()
         },
-        Limits::default(),
+        limits(),
     )
     .await;
     let canary = Canary::start(&server).await;
@@ -794,9 +794,9 @@ async fn a_preface_without_its_settings_frame_is_closed_at_the_handshake_timeout
         ServerConfig {
             handshake_timeout: Duration::from_millis(500),
             keepalive_interval: Duration::ZERO,
-            ..ServerConfig::default()
+            ..server_config()
         },
-        Limits::default(),
+        limits(),
     )
     .await;
     let canary = Canary::start(&server).await;
@@ -871,7 +871,7 @@ fn frame_kinds(mut bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn http1_and_garbage_get_a_505_or_are_closed() {
-    let server = server_with(ServerConfig::default(), Limits::default()).await;
+    let server = server_with(server_config(), limits()).await;
     let canary = Canary::start(&server).await;
     let (baseline, ..) = server.wire();
     let pump = canary.pump();
@@ -944,14 +944,14 @@ async fn memory_stays_bounded_while_a_participant_never_reads() {
         max_document_bytes: 256 * 1024,
         max_line_bytes: 1024,
         rate_per_second: 0.0,
-        ..Limits::default()
+        ..limits()
     };
     let config = ServerConfig {
         initial_stream_window: 64 * 1024,
         initial_connection_window: 256 * 1024,
         keepalive_interval: Duration::from_secs(1),
         keepalive_timeout: Duration::from_secs(1),
-        ..ServerConfig::default()
+        ..server_config()
     };
     let batch = 16 * 1024;
 

@@ -16,9 +16,6 @@ use codereview::pb::testing::{
     Empty, SimpleRequest, StreamingInputCallRequest, StreamingOutputCallRequest,
 };
 use codereview::review::roles::Role;
-
-use crate::assert_code;
-use crate::canary::{CANARY_SESSION, Canary};
 use kit::participant::{
     Next, Participant, get_snapshot, health_check, session_status, upload, watch,
 };
@@ -26,6 +23,9 @@ use kit::payloads::{as_edit, as_error, chunk, comment, cursor, edit, join_messag
 use kit::server::{TestServer, loopback};
 use kit::tls::{SECRET, auth_options, raw_auth_options, token, unix_now, unix_now_ms};
 use kit::{QUIET, STEP, within};
+
+use crate::assert_code;
+use crate::canary::{CANARY_SESSION, Canary};
 
 async fn auth_server() -> TestServer {
     TestServer::launch(loopback(|c| c.interop = true))

@@ -6,7 +6,7 @@
 //! The seed files are written by the ignored test `write_seed_corpus`:
 //!
 //! ```text
-//! cargo test --test fuzz_corpus -- --ignored write_seed_corpus
+//! cargo test --test security -- --ignored write_seed_corpus
 //! ```
 //!
 //! It (re)writes only the files it names; inputs added by hand or by

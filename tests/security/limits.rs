@@ -10,10 +10,6 @@ use codereview::pb::codereview::{
     Join, SessionMessage, WatchRequest, code_edit::Op, joined::Catchup, session_message::Payload,
 };
 use codereview::review::roles::Role;
-use tokio::time::Instant;
-
-use crate::assert_code;
-use crate::canary::Canary;
 use kit::h2raw;
 use kit::participant::{Next, Outcome, Participant, get_snapshot, session_status, upload, watch};
 use kit::payloads::{
@@ -21,6 +17,10 @@ use kit::payloads::{
 };
 use kit::server::{TestServer, loopback};
 use kit::{QUIET, STEP, within};
+use tokio::time::Instant;
+
+use crate::assert_code;
+use crate::canary::Canary;
 
 /// Essential sequence numbers in `messages` (replays and live events).
 fn sequences(messages: &[SessionMessage]) -> Vec<u64> {

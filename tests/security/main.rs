@@ -12,11 +12,24 @@ mod fuzz_corpus;
 mod limits;
 mod tls;
 
+use codereview::app::AppConfig;
+use codereview::grpc::server::ServerConfig;
 use codereview::grpc::{Code, Status};
+use codereview::review::limits::Limits;
 use kit::binary;
 use kit::process::Binary;
 
 const BIN: Binary = binary!();
+
+/// The wire settings a test server starts from.
+fn server_config() -> ServerConfig {
+    AppConfig::loopback().server
+}
+
+/// The session limits a test server starts from.
+fn limits() -> Limits {
+    AppConfig::loopback().limits
+}
 
 fn assert_code(status: &Status, code: Code, context: &str) {
     assert_eq!(status.code(), code, "{context}: got {status}");

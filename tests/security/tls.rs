@@ -12,6 +12,12 @@ use codereview::grpc::Code;
 use codereview::grpc::server::ServerConfig;
 use codereview::pb::codereview::code_edit::Op;
 use codereview::review::roles::Role;
+use kit::h2raw;
+use kit::participant::{Participant, get_snapshot, health_check};
+use kit::process::TempDir;
+use kit::server::{ServerProcess, TestServer, connect, loopback, plaintext_endpoint, tls_endpoint};
+use kit::tls::{ALL_VERSIONS, Certs, SECRET, TLS12_ONLY, TLS13_ONLY, client_config, token};
+use kit::{STEP, eventually, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -19,13 +25,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, ProtocolVersion};
 
 use crate::canary::Canary;
-use crate::{BIN, assert_code};
-use kit::h2raw;
-use kit::participant::{Participant, get_snapshot, health_check};
-use kit::process::TempDir;
-use kit::server::{ServerProcess, TestServer, connect, loopback, plaintext_endpoint, tls_endpoint};
-use kit::tls::{ALL_VERSIONS, Certs, SECRET, TLS12_ONLY, TLS13_ONLY, client_config, token};
-use kit::{STEP, eventually, within};
+use crate::{BIN, assert_code, server_config};
 
 /// A TLS review server from `certs` (mTLS when `mtls`).
 async fn tls_server(certs: &Certs, mtls: bool, config: ServerConfig) -> TestServer {
@@ -94,7 +94,7 @@ async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> Vec<u8> {
 #[tokio::test]
 async fn tls_client_with_the_right_ca_is_served_over_h2() {
     let certs = Certs::generate("right-ca");
-    let server = tls_server(&certs, false, ServerConfig::default()).await;
+    let server = tls_server(&certs, false, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     let (version, alpn) = handshake(server.addr, certs.client())
@@ -111,7 +111,7 @@ async fn tls_client_with_the_right_ca_is_served_over_h2() {
 #[tokio::test]
 async fn tls12_only_and_tls13_only_clients_are_both_served() {
     let certs = Certs::generate("versions");
-    let server = tls_server(&certs, false, ServerConfig::default()).await;
+    let server = tls_server(&certs, false, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     for (versions, expected, session) in [
@@ -136,7 +136,7 @@ async fn tls12_only_and_tls13_only_clients_are_both_served() {
 #[tokio::test]
 async fn client_offering_only_http11_alpn_is_refused() {
     let certs = Certs::generate("alpn");
-    let server = tls_server(&certs, false, ServerConfig::default()).await;
+    let server = tls_server(&certs, false, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     let http11 = client_config(&certs.ca(), None, ALL_VERSIONS, &[b"http/1.1"]);
@@ -165,7 +165,7 @@ async fn client_offering_only_http11_alpn_is_refused() {
 async fn client_with_the_wrong_ca_gets_a_clear_error() {
     let certs = Certs::generate("server-ca");
     let other = Certs::generate("other-ca");
-    let server = tls_server(&certs, false, ServerConfig::default()).await;
+    let server = tls_server(&certs, false, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     let status = connect(&server.endpoint(), Some(other.client()))
@@ -186,7 +186,7 @@ async fn client_with_the_wrong_ca_gets_a_clear_error() {
 #[tokio::test]
 async fn mtls_refuses_a_client_without_a_certificate() {
     let certs = Certs::generate("mtls-refuse");
-    let server = tls_server(&certs, true, ServerConfig::default()).await;
+    let server = tls_server(&certs, true, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     for versions in [TLS12_ONLY, TLS13_ONLY] {
@@ -222,7 +222,7 @@ async fn mtls_refuses_a_client_without_a_certificate() {
 #[tokio::test]
 async fn mtls_serves_a_client_with_a_certificate() {
     let certs = Certs::generate("mtls-ok");
-    let server = tls_server(&certs, true, ServerConfig::default()).await;
+    let server = tls_server(&certs, true, server_config()).await;
     // The canary itself connects with the client certificate.
     let mut canary = Canary::start(&server).await;
 
@@ -345,7 +345,7 @@ async fn stalled_tls_handshakes_do_not_stop_the_server_accepting() {
     let certs = Certs::generate("stalled");
     let config = ServerConfig {
         handshake_timeout,
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = tls_server(&certs, false, config).await;
     let mut canary = Canary::start(&server).await;
@@ -583,7 +583,7 @@ async fn non_loopback_without_auth_needs_insecure() {
 #[tokio::test]
 async fn http1_text_on_the_tls_port_gets_400() {
     let certs = Certs::generate("plain-http1");
-    let server = tls_server(&certs, false, ServerConfig::default()).await;
+    let server = tls_server(&certs, false, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
@@ -600,7 +600,7 @@ async fn http1_text_on_the_tls_port_gets_400() {
 #[tokio::test]
 async fn h2c_on_the_tls_port_gets_goaway_inadequate_security() {
     let certs = Certs::generate("plain-h2c");
-    let server = tls_server(&certs, false, ServerConfig::default()).await;
+    let server = tls_server(&certs, false, server_config()).await;
     let mut canary = Canary::start(&server).await;
 
     let mut conn = h2raw::Conn::connect(server.addr).await;
@@ -632,7 +632,7 @@ async fn handshake_timeout_counts_from_accept_not_per_phase() {
     let certs = Certs::generate("budget");
     let config = ServerConfig {
         handshake_timeout,
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = tls_server(&certs, false, config).await;
     let mut canary = Canary::start(&server).await;

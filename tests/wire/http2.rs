@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-use crate::interop_server;
+use crate::{interop_server, server_config};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -88,7 +88,7 @@ fn frames_of(conn: &Conn, stream_id: u32) -> Vec<&Frame> {
 /// Sends `headers` (with END_STREAM), expects a single HEADERS frame ending
 /// the stream with `status`, then a good call on the same connection.
 async fn http_refusal(headers: Vec<(String, String)>, status: &str) -> Vec<(String, String)> {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open(&headers, true).await;
     let events = conn.collect_stream(id).await;
@@ -136,7 +136,7 @@ async fn missing_te_trailers_is_400() {
 
 #[tokio::test]
 async fn an_unknown_grpc_encoding_is_trailers_only_unimplemented() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let headers = with(
         grpc_request_headers(&method("UnaryCall")),
@@ -169,7 +169,7 @@ async fn an_unknown_grpc_encoding_is_trailers_only_unimplemented() {
 
 #[tokio::test]
 async fn compressed_flag_without_grpc_encoding_is_internal() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = SimpleRequest {
         response_size: 4,
@@ -184,7 +184,7 @@ async fn compressed_flag_without_grpc_encoding_is_internal() {
 
 #[tokio::test]
 async fn malformed_grpc_timeout_is_internal() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let headers = with(
         grpc_request_headers(&method("EmptyCall")),
@@ -206,7 +206,7 @@ async fn malformed_grpc_timeout_is_internal() {
 
 #[tokio::test]
 async fn unknown_service_and_method_are_unimplemented() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
 
     let events = conn
@@ -256,7 +256,7 @@ fn failing_request() -> StreamingOutputCallRequest {
 
 #[tokio::test]
 async fn early_closure_sends_trailers_then_rst_stream_no_error() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.send_data(id, &grpc_encode(&failing_request()), false)
@@ -281,7 +281,7 @@ async fn early_closure_sends_trailers_then_rst_stream_no_error() {
 
 #[tokio::test]
 async fn no_rst_stream_after_trailers_when_client_half_closed() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.send_data(id, &grpc_encode(&failing_request()), true)
@@ -304,7 +304,7 @@ async fn no_rst_stream_after_trailers_when_client_half_closed() {
 
 #[tokio::test]
 async fn early_closure_applies_to_trailers_only_responses() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
 
     // Refused at routing, before any request DATA.
@@ -341,7 +341,7 @@ async fn early_closure_applies_to_trailers_only_responses() {
 
 #[tokio::test]
 async fn client_cancel_ends_the_call_silently() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.read_until(WAIT, |f| f.stream_id == id && f.kind == HEADERS)
@@ -365,7 +365,7 @@ async fn client_cancel_ends_the_call_silently() {
 
 #[tokio::test]
 async fn message_split_across_one_byte_data_frames() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = SimpleRequest {
         response_size: 7,
@@ -388,7 +388,7 @@ async fn message_split_across_one_byte_data_frames() {
 
 #[tokio::test]
 async fn several_messages_in_one_data_frame() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let mut body = BytesMut::new();
     for size in [1, 2, 3] {
@@ -415,7 +415,7 @@ async fn several_messages_in_one_data_frame() {
 
 #[tokio::test]
 async fn responses_due_together_are_coalesced() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let request = StreamingOutputCallRequest {
         response_parameters: params(&[10; 50]),
@@ -440,7 +440,7 @@ async fn responses_due_together_are_coalesced() {
 
 #[tokio::test]
 async fn outbound_respects_the_client_stream_window() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect_with(server.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 100)]).await;
     conn.auto_window_update = false;
     let request = StreamingOutputCallRequest {
@@ -515,7 +515,7 @@ async fn inbound_capacity_is_released_as_messages_are_consumed() {
     let config = ServerConfig {
         initial_stream_window: 65_535,
         initial_connection_window: 65_535,
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
@@ -563,7 +563,7 @@ async fn message_larger_than_the_stream_window_completes() {
     let config = ServerConfig {
         initial_stream_window: 65_535,
         max_recv_message_bytes: 4 * 1024 * 1024,
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
@@ -587,7 +587,7 @@ fn keepalive_config() -> ServerConfig {
     ServerConfig {
         keepalive_interval: Duration::from_millis(200),
         keepalive_timeout: Duration::from_millis(200),
-        ..ServerConfig::default()
+        ..server_config()
     }
 }
 
@@ -656,7 +656,7 @@ async fn keepalive_unanswered_sends_goaway_before_closing() {
 async fn idle_connection_gets_goaway_and_is_closed() {
     let config = ServerConfig {
         idle_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
@@ -672,7 +672,7 @@ async fn idle_connection_gets_goaway_and_is_closed() {
 async fn idle_timeout_spares_a_connection_with_an_open_stream() {
     let config = ServerConfig {
         idle_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
@@ -712,7 +712,7 @@ async fn idle_timeout_spares_a_connection_with_an_open_stream() {
 
 #[tokio::test]
 async fn graceful_shutdown_drains_open_streams_and_refuses_new_ones() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("FullDuplexCall")).await;
     conn.read_until(WAIT, |f| f.stream_id == id && f.kind == HEADERS)
@@ -795,7 +795,7 @@ async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> Vec<u8> {
 
 #[tokio::test]
 async fn http1_request_gets_505_and_close() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -807,7 +807,7 @@ async fn http1_request_gets_505_and_close() {
 
 #[tokio::test]
 async fn garbage_is_closed_without_a_response() {
-    let server = interop_server(ServerConfig::default()).await;
+    let server = interop_server(server_config()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let garbage = b"\x00\x01garbage-garbage-garbag";
     assert_eq!(garbage.len(), 24);
@@ -820,7 +820,7 @@ async fn garbage_is_closed_without_a_response() {
 async fn silent_connection_is_closed_after_the_handshake_timeout() {
     let config = ServerConfig {
         handshake_timeout: Duration::from_millis(300),
-        ..ServerConfig::default()
+        ..server_config()
     };
     let server = interop_server(config).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();

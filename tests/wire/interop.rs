@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_prost::ProstCodec;
 
+use crate::server_config;
+
 async fn client(url: &str) -> tonic::client::Grpc<Channel> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .unwrap()
@@ -66,7 +68,7 @@ async fn unary(
 
 #[tokio::test]
 async fn empty_unary() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let response: tonic::Response<Empty> = grpc
@@ -82,7 +84,7 @@ async fn empty_unary() {
 
 #[tokio::test]
 async fn large_unary() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let request = SimpleRequest {
         response_size: 314_159,
@@ -100,7 +102,7 @@ async fn large_unary() {
 
 #[tokio::test]
 async fn client_streaming() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let requests: Vec<_> = [27_182, 8, 1828, 45_904]
         .into_iter()
@@ -123,7 +125,7 @@ async fn client_streaming() {
 
 #[tokio::test]
 async fn server_streaming() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let sizes = [31_415, 9, 2653, 58_979];
     let request = StreamingOutputCallRequest {
@@ -149,7 +151,7 @@ async fn server_streaming() {
 
 #[tokio::test]
 async fn ping_pong() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     grpc.ready().await.unwrap();
@@ -190,7 +192,7 @@ async fn ping_pong() {
 
 #[tokio::test]
 async fn empty_stream() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let mut stream = grpc
@@ -207,7 +209,7 @@ async fn empty_stream() {
 
 #[tokio::test]
 async fn status_code_and_message() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let echo = EchoStatus {
         code: 2,
@@ -245,7 +247,7 @@ async fn status_code_and_message() {
 
 #[tokio::test]
 async fn special_status_message() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let text = "\t\ntest with whitespace\r\nand Unicode BMP \u{263A} and non-BMP \u{1F608}\t\n";
     let request = SimpleRequest {
@@ -262,7 +264,7 @@ async fn special_status_message() {
 
 #[tokio::test]
 async fn custom_metadata() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     let trailing = [0xab_u8, 0xab, 0xab];
     fn with_metadata<T>(request: T, trailing: &[u8]) -> Request<T> {
@@ -346,7 +348,7 @@ async fn custom_metadata() {
 
 #[tokio::test]
 async fn unimplemented_method_and_service() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     for method in [
         "/grpc.testing.TestService/UnimplementedCall",
@@ -364,7 +366,7 @@ async fn unimplemented_method_and_service() {
 
 #[tokio::test]
 async fn timeout_on_sleeping_server() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -404,7 +406,7 @@ async fn deadline_enforced_by_server_on_every_kind() {
     // answers DEADLINE_EXCEEDED for each RPC kind that would otherwise hang.
     use codereview::grpc::client::{CallOptions, Channel as OurChannel, ChannelConfig, Endpoint};
     use codereview::grpc::metadata::Metadata;
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let channel = OurChannel::connect(
         &Endpoint::parse(&server.url()).unwrap(),
         &ChannelConfig::default(),
@@ -473,7 +475,7 @@ async fn deadline_enforced_by_server_on_every_kind() {
 
 #[tokio::test]
 async fn cancel_after_begin() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel::<StreamingInputCallRequest>(1);
@@ -503,7 +505,7 @@ async fn cancel_after_begin() {
 
 #[tokio::test]
 async fn cancel_after_first_response() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -543,7 +545,7 @@ async fn cancel_after_first_response() {
 async fn oversize_message_is_resource_exhausted_and_server_keeps_serving() {
     let mut config = crate::interop_config(ServerConfig {
         max_recv_message_bytes: 64 * 1024,
-        ..ServerConfig::default()
+        ..server_config()
     });
     // Every session must still fit in one snapshot message.
     config.limits.max_document_bytes = 16 * 1024;
@@ -569,7 +571,7 @@ async fn oversize_message_is_resource_exhausted_and_server_keeps_serving() {
 #[tokio::test]
 async fn hundred_concurrent_streams_on_one_connection() {
     const N: i32 = 100;
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let grpc = client(&server.url()).await;
     let mut tasks = Vec::new();
     for i in 0..N {
@@ -610,7 +612,7 @@ async fn hundred_concurrent_streams_on_one_connection() {
 
 #[tokio::test]
 async fn half_duplex_call_buffers_then_answers() {
-    let server = crate::interop_server(ServerConfig::default()).await;
+    let server = crate::interop_server(server_config()).await;
     let mut grpc = client(&server.url()).await;
     grpc.ready().await.unwrap();
     let requests: Vec<_> = [5, 6, 7]

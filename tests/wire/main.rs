@@ -10,6 +10,11 @@ use codereview::app::AppConfig;
 use codereview::grpc::server::ServerConfig;
 use kit::server::TestServer;
 
+/// The wire settings a test server starts from.
+fn server_config() -> ServerConfig {
+    AppConfig::loopback().server
+}
+
 /// `serve --interop`: the server with grpc.testing.TestService, on `server`.
 fn interop_config(server: ServerConfig) -> AppConfig {
     AppConfig {

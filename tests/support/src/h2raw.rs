@@ -1299,7 +1299,7 @@ const HUFFMAN_LENGTHS: [u8; 256] = [
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Decoder, decode_int, encode_headers, encode_int, huffman_decode, huffman_encode};
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
