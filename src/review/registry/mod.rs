@@ -275,6 +275,8 @@ impl Registry {
         let slot = self.sessions.get_mut(session_id)?;
         slot.session.set_memory_room(self.memory.room());
         let fx = slot.session.step(now, input);
+        // In memory: records are durable as soon as they are made.
+        slot.session.mark_durable(slot.session.next_index());
         let result = fx.result.clone();
         Self::carry_out(
             &mut self.members,
