@@ -474,6 +474,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
 fn serve_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_codereview"))
         .arg("serve")
+        .args(["--data-dir", "none"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -89,6 +89,7 @@ impl Proc {
     pub fn spawn_in(name: &str, args: &[&str], dir: Option<&Path>) -> Proc {
         let mut command = Command::new(BIN);
         command
+            .env("CODEREVIEW_DATA_DIR", fresh_data_dir())
             .args(args)
             .current_dir(dir.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))));
         Proc::spawn_command(name, command)
@@ -99,6 +100,7 @@ impl Proc {
     pub fn spawn_with_file_limit(name: &str, limit: u64, args: &[&str]) -> Proc {
         let mut command = Command::new("sh");
         command
+            .env("CODEREVIEW_DATA_DIR", fresh_data_dir())
             .arg("-c")
             .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
             .arg(BIN)
@@ -1209,4 +1211,12 @@ impl JsonParser<'_> {
         }
         String::from_utf8(out).map_err(|_| self.error("invalid UTF-8"))
     }
+}
+
+/// A fresh data dir for one spawned `codereview` (servers are durable by
+/// default; each keeps its own log).
+fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("codereview-test-data-{}-{n}", std::process::id()))
 }

@@ -98,7 +98,7 @@ pub fn review_router(
     let registry_config = registry::RegistryConfig::new(limits);
     let mut service_config = service::ServiceConfig::new(registry_config.limits.clone());
     adjust(&mut service_config);
-    let registry = registry::spawn(registry_config);
+    let (registry, _startup) = registry::spawn(registry_config);
     let mut router = Router::new();
     HealthReporter::new().register(&mut router);
     service::register(&mut router, registry.clone(), service_config);

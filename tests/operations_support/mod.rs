@@ -246,6 +246,7 @@ impl Server {
 
     fn spawn(args: Vec<String>) -> Server {
         let mut child = Command::new(BIN)
+            .env("CODEREVIEW_DATA_DIR", fresh_data_dir())
             .args(&args)
             .current_dir(root())
             .stdin(Stdio::null())
@@ -469,6 +470,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
         let mut child = Command::new(BIN)
+            .env("CODEREVIEW_DATA_DIR", fresh_data_dir())
             .args(args)
             .current_dir(root())
             .stdin(Stdio::piped())
@@ -1147,4 +1149,12 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a tokio runtime")
+}
+
+/// A fresh data dir for one spawned `codereview` (servers are durable by
+/// default; each keeps its own log).
+fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("codereview-test-data-{}-{n}", std::process::id()))
 }

@@ -263,6 +263,7 @@ pub fn spawn_server(extra: &[&str]) -> (ServerProcess, String) {
 /// line; returns the process and the address it listens on.
 pub fn spawn_binary(args: &[&str]) -> (ServerProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_codereview"))
+        .env("CODEREVIEW_DATA_DIR", fresh_data_dir())
         .args(args)
         .current_dir(root())
         .stdin(Stdio::null())
@@ -335,4 +336,12 @@ pub fn describe(
         "{} {script} exited with {status}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         peer.kind.name()
     )
+}
+
+/// A fresh data dir for one spawned `codereview` (servers are durable by
+/// default; each keeps its own log).
+fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("codereview-test-data-{}-{n}", std::process::id()))
 }

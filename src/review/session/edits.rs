@@ -26,6 +26,7 @@ impl Session {
         _proof: MayEdit,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
+        self.check_writable()?;
         let current = self.version;
         if current == i32::MAX {
             return Err(ReviewError::exhausted(
@@ -239,6 +240,7 @@ impl Session {
         _proof: MayComment,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
+        self.check_writable()?;
         if self.comments.len() >= self.limits.max_comments {
             return Err(ReviewError::exhausted(format!(
                 "the session has {} comments (limit)",
@@ -395,6 +397,7 @@ impl Session {
         _proof: MayUpload,
         fx: &mut Effects,
     ) -> Result<UploadOutcome, ReviewError> {
+        self.check_writable()?;
         // An upload counts against its author's rate limits like messages:
         // one per file, and its bytes.
         let bytes: usize = files

@@ -145,6 +145,11 @@ impl Session {
         self.next_index
     }
 
+    /// Records below this index are durable.
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index
+    }
+
     /// Records below `index` are durable now. Returns the members with
     /// messages that may go now (wake their streams).
     pub fn mark_durable(&mut self, index: u64) -> Vec<MemberId> {

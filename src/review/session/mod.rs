@@ -211,6 +211,9 @@ pub struct Session {
     /// Memory the process-wide budget lets this session grow by (set by the
     /// registry before each input; unlimited until then).
     memory_room: usize,
+    /// Why content cannot be written now (storage failing, disk budget
+    /// used up), if it cannot: edits, comments and uploads get this error.
+    write_refusal: Option<ReviewError>,
     /// Members over their outbox bound, to be ended by `settle`.
     overflowed: Vec<MemberId>,
     counters: Counters,
@@ -261,6 +264,7 @@ impl Session {
             ops: OpLog::default(),
             limits,
             memory_room: usize::MAX,
+            write_refusal: None,
             overflowed: Vec::new(),
             counters: Counters::default(),
             catching_up: None,
@@ -401,6 +405,19 @@ impl Session {
             + self.ops.len() * OP_MEMORY
             + users
             + outboxes
+    }
+
+    /// Refuses (or allows again) content writes: edits, comments, uploads.
+    pub fn set_write_refusal(&mut self, refusal: Option<ReviewError>) {
+        self.write_refusal = refusal;
+    }
+
+    /// The refusal content writes get now, if any.
+    fn check_writable(&self) -> Result<(), ReviewError> {
+        match &self.write_refusal {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
     }
 
     /// How much the process-wide memory budget lets this session grow by
