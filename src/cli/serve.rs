@@ -152,7 +152,7 @@ pub struct ServeArgs {
         from_str_fn(super::parse_duration)
     )]
     pub idle_after: Duration,
-    /// how long an empty session is kept for resumes (default 60s)
+    /// in memory (--data-dir none), how long an empty session is kept for resumes (default 60s)
     #[argh(
         option,
         default = "Duration::from_secs(60)",

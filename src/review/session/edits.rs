@@ -129,7 +129,7 @@ impl Session {
                 self.doc.apply(&result, &self.limits, room)?;
             } else {
                 self.doc
-                    .apply_unchecked(&result)
+                    .apply_unchecked(&result, self.limits.max_lines_per_file)
                     .map_err(|ot::ApplyError::OutOfRange(why)| {
                         ReviewError::new(ErrorKind::OutOfRange, why)
                     })?;

@@ -255,7 +255,7 @@ impl Session {
                     },
                 };
                 self.doc
-                    .apply_unchecked(&op)
+                    .apply_unchecked(&op, self.limits.max_lines_per_file)
                     .map_err(|_| damaged("an upload that does not apply"))?;
                 self.announce_file(now, &name, op, &mut fx);
             }
