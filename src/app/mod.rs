@@ -244,7 +244,12 @@ pub async fn run(
     let report = startup
         .await
         .map_err(|_| AppError::Serving("the registry stopped while starting".into()))?
-        .map_err(|error| AppError::Setup(format!("cannot open the data dir: {error}")))?;
+        .map_err(|error| {
+            AppError::Setup(format!(
+                "cannot open the data dir: {error} (give --data-dir DIR for a writable directory, \
+                 or --data-dir none to keep sessions in memory only)"
+            ))
+        })?;
     if let Some(store) = &config.store {
         log!(
             Info,
