@@ -6,6 +6,13 @@ pub mod codereview {
     include!(concat!(env!("OUT_DIR"), "/codereview.v1.rs"));
 }
 
+/// `codereview.store.v1`: the durable log's records and snapshots
+/// (internal; see `crate::store`).
+#[allow(clippy::all, missing_docs)]
+pub mod store {
+    include!(concat!(env!("OUT_DIR"), "/codereview.store.v1.rs"));
+}
+
 /// `grpc.health.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod health {

@@ -213,6 +213,7 @@ fn signal_on_listening(
     use std::io::BufRead;
     let mut child = std::process::Command::new(BIN.path())
         .args(["serve", "--addr", "127.0.0.1:0", "--drain-timeout", "1s"])
+        .args(["--data-dir", "none"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -41,6 +41,8 @@ fn metrics_move_as_traffic_flows_and_gauges_follow_a_live_participant() {
             "0",
             "--session-linger",
             "0s",
+            "--session-retention",
+            "0s",
         ],
     );
     let metrics = server.metrics_addr().to_owned();

@@ -108,6 +108,11 @@ fn corpus_inflate() {
     replay("inflate", fuzz_targets::inflate);
 }
 
+#[test]
+fn corpus_log_frames() {
+    replay("log_frames", fuzz_targets::log_frames);
+}
+
 /// The seed generator: meaningful, small inputs for each target.
 mod seeds {
     use codereview::auth::jwt::{Claims, Key, Sessions};
@@ -773,6 +778,119 @@ mod seeds {
         ]
     }
 
+    /// A small session's log: created, a join, an upload, an edit, a
+    /// comment, a refused message, a leave.
+    fn session_log() -> Vec<u8> {
+        use codereview::pb::store::{self, Record, record::Body};
+        let record = |index: u64, body: Body| Record {
+            index,
+            timestamp: 1_700_000_000_000 + index as i64,
+            body: Some(body),
+        };
+        let records = vec![
+            record(
+                0,
+                Body::Created(store::Created {
+                    session_id: "s".into(),
+                    epoch: 7,
+                }),
+            ),
+            record(
+                1,
+                Body::Presence(store::Presence {
+                    user_id: "ann".into(),
+                    role: 1,
+                    joined: true,
+                }),
+            ),
+            record(
+                2,
+                Body::File(store::FileUploaded {
+                    user_id: "ann".into(),
+                    file_path: "f.rs".into(),
+                    lines: vec!["fn main() {".into(), "}".into()],
+                }),
+            ),
+            record(
+                3,
+                Body::Edit(store::Edit {
+                    user_id: "ann".into(),
+                    client_sequence: 1,
+                    file_path: "f.rs".into(),
+                    base: 1,
+                    incoming_wins: false,
+                    op: Some(store::LineOp {
+                        op: 1,
+                        line: 1,
+                        text: "    hello();".into(),
+                    }),
+                    noop: false,
+                }),
+            ),
+            record(
+                4,
+                Body::Comment(store::CommentAdded {
+                    user_id: "ann".into(),
+                    client_sequence: 2,
+                    comment: Some(pb::Comment {
+                        comment_id: "c5".into(),
+                        line_number: 1,
+                        text: "why?".into(),
+                        file_path: "f.rs".into(),
+                    }),
+                }),
+            ),
+            record(
+                5,
+                Body::Refused(store::Refused {
+                    user_id: "ann".into(),
+                    client_sequence: 3,
+                    code: 11,
+                    message: "out of range".into(),
+                }),
+            ),
+            record(
+                6,
+                Body::Presence(store::Presence {
+                    user_id: "ann".into(),
+                    role: 1,
+                    joined: false,
+                }),
+            ),
+        ];
+        let mut out = Vec::new();
+        codereview::store::encode_entries(&mut out, "s", &records);
+        out
+    }
+
+    fn log_frames_seeds() -> Seeds {
+        let log = session_log();
+        let mut flipped = log.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x10;
+        let snapshot = codereview::store::encode_snapshot(&codereview::pb::store::Snapshot {
+            index: 3,
+            session_id: "s".into(),
+            epoch: 7,
+            sequence: 2,
+            version: 1,
+            files: vec![pb::FileContent {
+                file_path: "f.rs".into(),
+                lines: vec!["x".into()],
+                version: 0,
+            }],
+            ..Default::default()
+        });
+        vec![
+            ("log", log.clone()),
+            ("torn", log[..log.len() - 7].to_vec()),
+            ("flipped", flipped),
+            ("snapshot", snapshot),
+            ("zeros", vec![0u8; 64]),
+            ("empty", Vec::new()),
+        ]
+    }
+
     pub fn all() -> Vec<(&'static str, Seeds)> {
         vec![
             ("codec", codec_seeds()),
@@ -785,6 +903,7 @@ mod seeds {
             ("sniff_opening", sniff_opening_seeds()),
             ("http_request", http_request_seeds()),
             ("inflate", inflate_seeds()),
+            ("log_frames", log_frames_seeds()),
         ]
     }
 }

@@ -458,7 +458,11 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
 /// status and stderr. Kills it and fails if it is still running after
 /// [`STEP`] (it started serving when it should have refused).
 fn serve_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
-    let all: Vec<&str> = ["serve"].iter().chain(args).copied().collect();
+    let all: Vec<&str> = ["serve", "--data-dir", "none"]
+        .iter()
+        .chain(args)
+        .copied()
+        .collect();
     let mut serve = BIN.spawn("serve", &all);
     let status = serve.try_wait_exit(STEP).unwrap_or_else(|| {
         panic!(

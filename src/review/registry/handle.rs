@@ -40,6 +40,10 @@ pub struct RegistryStats {
     pub content_bytes: usize,
     /// The memory budget's count (every session's estimate).
     pub memory_bytes: usize,
+    /// Sessions not served because their stored log is damaged.
+    pub failed_sessions: usize,
+    /// Disk used by the store (segments and snapshots; 0 in memory).
+    pub disk_bytes: u64,
     pub parked_pulls: usize,
 }
 
@@ -83,7 +87,7 @@ pub(super) enum Command {
     },
     Snapshot {
         session_id: Text,
-        reply: oneshot::Sender<Option<Snapshot>>,
+        reply: oneshot::Sender<Result<Option<Snapshot>, ReviewError>>,
     },
     Upload {
         session_id: Text,
@@ -245,7 +249,7 @@ impl RegistryHandle {
 
     pub async fn snapshot(&self, session_id: Text) -> Result<Option<Snapshot>, ReviewError> {
         self.ask(|reply| Command::Snapshot { session_id, reply })
-            .await
+            .await?
     }
 
     pub async fn upload(

@@ -49,7 +49,7 @@ impl Binary {
     pub fn spawn_in(self, name: &str, args: &[&str], dir: Option<&Path>) -> Proc {
         let mut command = Command::new(self.0);
         command.args(args).current_dir(dir.unwrap_or(crate::root()));
-        Proc::spawn(name, command)
+        Binary::launch(name, command)
     }
 
     /// Starts `codereview ARGS` with RLIMIT_NOFILE (soft and hard) set to
@@ -62,7 +62,17 @@ impl Binary {
             .arg(self.0)
             .args(args)
             .current_dir(crate::root());
-        Proc::spawn(name, command)
+        Binary::launch(name, command)
+    }
+
+    /// Spawns the binary with a data dir of its own (`serve` is durable by
+    /// default), removed with the process.
+    fn launch(name: &str, mut command: Command) -> Proc {
+        let data_dir = TempDir::new("data");
+        command.env("CODEREVIEW_DATA_DIR", data_dir.path());
+        let mut proc = Proc::spawn(name, command);
+        proc._data_dir = Some(data_dir);
+        proc
     }
 
     /// Runs `codereview ARGS` with stdin closed; panics if it runs longer
@@ -202,6 +212,8 @@ pub struct Proc {
     pub stdout: Lines,
     pub stderr: Lines,
     status: Option<ExitStatus>,
+    /// Removed after the process is killed (dropped with it).
+    _data_dir: Option<TempDir>,
 }
 
 impl Proc {
@@ -222,6 +234,7 @@ impl Proc {
             stderr: Lines::read(child.stderr.take().expect("piped stderr")),
             child,
             status: None,
+            _data_dir: None,
         }
     }
 
