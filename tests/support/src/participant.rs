@@ -753,11 +753,14 @@ impl Participant {
                     && matches!(m.payload, Some(Payload::Ack(_) | Payload::Error(_)))
             })
             .await;
-        match m.payload {
-            Some(Payload::Ack(ack)) => Outcome::Ack(ack),
-            Some(Payload::Error(error)) => Outcome::Error(error),
+        let (answers, outcome) = match m.payload {
+            Some(Payload::Ack(ack)) => (ack.client_sequence, Outcome::Ack(ack)),
+            Some(Payload::Error(error)) => (error.client_sequence, Outcome::Error(error)),
             _ => unreachable!(),
-        }
+        };
+        // The message and its payload name the same client sequence.
+        assert_eq!(answers, client_sequence, "{}: {outcome:?}", self.user);
+        outcome
     }
 
     /// The acknowledgement of `client_sequence` (panics on an Error for it).

@@ -289,6 +289,10 @@ impl ServerProcess {
     }
 
     pub fn start_with(binary: Binary, format: LogFormat, extra: &[&str]) -> ServerProcess {
+        assert!(
+            !extra.contains(&"--log-format"),
+            "the log format decides how the address is read: pass it as `format`"
+        );
         let format_name = match format {
             LogFormat::Json => "json",
             LogFormat::Text => "text",
