@@ -68,11 +68,12 @@ fn readiness_and_health_turn_false_while_draining_and_the_drain_ends_when_stream
     // The participant leaves and the watch ends: the drain is over long
     // before the 60 s timeout.
     let end = rt.block_on(async {
+        // LEFT, without a client sequence.
         member
-            .send(Payload::Presence(PresenceUpdate {
+            .send_payload(Some(Payload::Presence(PresenceUpdate {
                 status: Presence::Left as i32,
                 role: 0,
-            }))
+            })))
             .await;
         let end = member.until_end().await.1;
         watch.cancel();
