@@ -191,6 +191,14 @@ impl Outbox {
         out
     }
 
+    /// Whether everything queued may be taken now (nothing waits for a log
+    /// position beyond `durable`): gates only grow along the queue.
+    pub fn all_ready(&self, durable: u64) -> bool {
+        self.queue
+            .back()
+            .is_none_or(|queued| queued.gate <= durable)
+    }
+
     /// Whether a message may be taken now (it waits for nothing beyond
     /// `durable`).
     pub fn has_ready(&self, durable: u64) -> bool {

@@ -268,12 +268,25 @@ impl Service {
                 message = inbound.message() => {
                     let Some(message) = message? else {
                         // The client half-closed: it is done sending. Deliver
-                        // what is already queued for it, then end with OK
-                        // (it leaves when this task ends).
-                        for framed in self.registry.take_now(member, usize::MAX).await {
-                            sink.queue_framed(framed);
-                        }
-                        let _ = tokio::time::timeout(HALF_CLOSE_FLUSH, sink.flush()).await;
+                        // what is already queued for it (once the log has it),
+                        // then end with OK (it leaves when this task ends).
+                        let flushed = tokio::time::timeout(HALF_CLOSE_FLUSH, async {
+                            let rest = self.registry.take_all(member).await;
+                            // A batch the pending pull was answered with
+                            // before that came first.
+                            if let Some(mut earlier) = pull.take()
+                                && let Ok(batch) = earlier.try_recv()
+                            {
+                                for framed in batch {
+                                    sink.queue_framed(framed);
+                                }
+                            }
+                            for framed in rest {
+                                sink.queue_framed(framed);
+                            }
+                            sink.flush().await
+                        });
+                        let _ = flushed.await;
                         return Ok(Metadata::new());
                     };
                     trace.messages_in += 1;

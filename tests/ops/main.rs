@@ -13,6 +13,7 @@
 //! the peers' rule: skipped with a note when not set up, a failure when
 //! CODEREVIEW_REQUIRE_PEERS=1.
 
+mod durability;
 mod exposition;
 mod lifecycle;
 mod logs;

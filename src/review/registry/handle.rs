@@ -75,7 +75,7 @@ pub(super) enum Command {
         member: MemberId,
         max_bytes: usize,
         /// Park until something is pending (else answer at once, maybe empty).
-        wait: bool,
+        mode: PullMode,
         reply: oneshot::Sender<Vec<Bytes>>,
     },
     Leave {
@@ -105,6 +105,15 @@ pub(super) enum Command {
     Stats {
         reply: oneshot::Sender<RegistryStats>,
     },
+}
+
+/// What a pull waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PullMode {
+    /// The next batch that may go (up to `max_bytes`).
+    Next,
+    /// Everything queued, once all of it may go.
+    All,
 }
 
 /// The registry's address; cheap to clone.
@@ -203,7 +212,7 @@ impl RegistryHandle {
             .send(Command::Pull {
                 member,
                 max_bytes,
-                wait: true,
+                mode: PullMode::Next,
                 reply,
             })
             .await
@@ -211,12 +220,13 @@ impl RegistryHandle {
         Ok(rx)
     }
 
-    /// Takes what is pending for the member now (empty if nothing is).
-    pub async fn take_now(&self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
+    /// Takes everything queued for the member, once all of it may go (what
+    /// waits for the durable log is waited for).
+    pub async fn take_all(&self, member: MemberId) -> Vec<Bytes> {
         self.ask(|reply| Command::Pull {
             member,
-            max_bytes,
-            wait: false,
+            max_bytes: usize::MAX,
+            mode: PullMode::All,
             reply,
         })
         .await

@@ -44,7 +44,7 @@ mod budget;
 mod handle;
 
 use budget::{MemoryBudget, NEW_SESSION_ROOM, SHED_MIN_OUTBOX};
-use handle::Command;
+use handle::{Command, PullMode};
 pub use handle::{Ending, Membership, RegistryHandle, RegistryStats};
 
 /// Settings of the registry task.
@@ -171,7 +171,14 @@ enum Creation {
 struct MemberSlot {
     session: Text,
     ending: Option<oneshot::Sender<Ending>>,
-    parked: Option<(oneshot::Sender<Vec<Bytes>>, usize)>,
+    parked: Option<Parked>,
+}
+
+/// A stream waiting for its outbox.
+struct Parked {
+    reply: oneshot::Sender<Vec<Bytes>>,
+    max_bytes: usize,
+    mode: PullMode,
 }
 
 struct SessionSlot {
@@ -445,9 +452,9 @@ impl Registry {
             Command::Pull {
                 member,
                 max_bytes,
-                wait,
+                mode,
                 reply,
-            } => self.pull(member, max_bytes, wait, reply),
+            } => self.pull(member, max_bytes, mode, reply),
             Command::Leave { member } => {
                 self.step_member(now, member, Input::Leave { member });
                 self.members.remove(&member);
@@ -586,11 +593,8 @@ impl Registry {
             }
         }
         for member in fx.woken {
-            if let Some(slot) = members.get_mut(&member)
-                && session.has_pending(member)
-                && let Some((reply, max_bytes)) = slot.parked.take()
-            {
-                let _ = reply.send(session.take(member, max_bytes));
+            if let Some(slot) = members.get_mut(&member) {
+                Self::answer_parked(slot, session, member);
             }
         }
     }
@@ -781,10 +785,8 @@ impl Registry {
             return;
         };
         for member in slot.session.mark_durable(up_to) {
-            if let Some(m) = self.members.get_mut(&member)
-                && let Some((reply, max_bytes)) = m.parked.take()
-            {
-                let _ = reply.send(slot.session.take(member, max_bytes));
+            if let Some(m) = self.members.get_mut(&member) {
+                Self::answer_parked(m, &mut slot.session, member);
             }
         }
     }
@@ -917,7 +919,7 @@ impl Registry {
         &mut self,
         member: MemberId,
         max_bytes: usize,
-        wait: bool,
+        mode: PullMode,
         reply: oneshot::Sender<Vec<Bytes>>,
     ) {
         let Some(slot) = self.members.get_mut(&member) else {
@@ -926,17 +928,38 @@ impl Registry {
         let Some(session) = self.sessions.get_mut(&slot.session) else {
             return;
         };
-        if session.session.has_pending(member) {
+        if Self::can_answer(&session.session, member, mode) {
             let batch = session.session.take(member, max_bytes);
             // Taking shrinks only the outbox: count it without a recount.
             let taken: usize = batch.iter().map(Bytes::len).sum();
             let counted = session.memory.saturating_sub(taken);
             self.memory.recount(&mut session.memory, counted);
             let _ = reply.send(batch);
-        } else if wait {
-            slot.parked = Some((reply, max_bytes));
         } else {
-            let _ = reply.send(Vec::new());
+            slot.parked = Some(Parked {
+                reply,
+                max_bytes,
+                mode,
+            });
+        }
+    }
+
+    /// Whether a pull in `mode` can be answered now.
+    fn can_answer(session: &Session, member: MemberId, mode: PullMode) -> bool {
+        match mode {
+            PullMode::Next => session.has_pending(member),
+            PullMode::All => session.all_ready(member),
+        }
+    }
+
+    /// Answers a member's parked pull if it can be answered now.
+    fn answer_parked(slot: &mut MemberSlot, session: &mut Session, member: MemberId) {
+        if let Some(parked) = slot.parked.take() {
+            if Self::can_answer(session, member, parked.mode) {
+                let _ = parked.reply.send(session.take(member, parked.max_bytes));
+            } else {
+                slot.parked = Some(parked);
+            }
         }
     }
 

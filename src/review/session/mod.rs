@@ -453,6 +453,13 @@ impl Session {
             .is_some_and(|m| m.outbox.has_ready(self.durable_index))
     }
 
+    /// Whether everything queued for the member may be taken now.
+    pub fn all_ready(&self, member: MemberId) -> bool {
+        self.roster
+            .member(member)
+            .is_none_or(|m| m.outbox.all_ready(self.durable_index))
+    }
+
     pub fn has_member(&self, member: MemberId) -> bool {
         self.roster.member(member).is_some()
     }
