@@ -162,11 +162,8 @@ impl Writer {
             if p.flush_raw().await.is_err() {
                 return;
             }
-            loop {
-                match p.next_within(Duration::ZERO).await {
-                    Next::Message(m) => self.see(&m),
-                    _ => break,
-                }
+            while let Next::Message(m) = p.next_within(Duration::ZERO).await {
+                self.see(&m);
             }
         }
     }
