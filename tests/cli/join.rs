@@ -1241,3 +1241,87 @@ fn a_join_rebuilds_the_files_when_the_history_is_truncated() {
         );
     }
 }
+
+/// `serve` killed with SIGKILL and started again on the same port and data
+/// dir while two people type: their `join`s reconnect, resume in the same
+/// session (same epoch), resend what was not acknowledged, and both copies
+/// converge with the server's; every line each typed into their own file
+/// is there exactly once.
+#[test]
+fn joins_survive_a_server_killed_and_restarted() {
+    let data = TempDir::new("join-kill9");
+    let port = kit::process::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let data_dir = data.path().display().to_string();
+    let serve = || {
+        ServerProcess::start(
+            BIN,
+            &[
+                "--addr",
+                &addr,
+                "--data-dir",
+                &data_dir,
+                "--rate-limit",
+                "0",
+            ],
+        )
+    };
+    let mut server = serve();
+    let session = "crash";
+    let flags = [
+        "--backoff",
+        "50ms",
+        "--backoff-max",
+        "200ms",
+        "--max-attempts",
+        "100",
+    ];
+    let mut alice = join(&server.url(), session, "alice", &flags);
+    let mut bob = join(&server.url(), session, "bob", &flags);
+    alice.caught_up();
+    bob.caught_up();
+    let mut typed: Vec<(&str, String)> = Vec::new();
+    for i in 0..60 {
+        if i == 20 || i == 40 {
+            server.signal("KILL");
+            wait_until("the server to die", WAIT, || !server.is_running());
+            drop(server);
+            server = serve();
+        }
+        for (name, p) in [("alice", &mut alice), ("bob", &mut bob)] {
+            let text = format!("{name}-{i}");
+            p.send(&format!("insert {name}.rs 0 {text}"));
+            typed.push((name, text));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    settle(&server.url(), session, &mut [&mut alice, &mut bob]);
+    let snapshot = quit_and_compare(&server, session, &mut [&mut alice, &mut bob]);
+    for (name, text) in &typed {
+        let lines = snapshot["files"][&format!("{name}.rs")].strings();
+        assert_eq!(
+            lines.iter().filter(|l| *l == text).count(),
+            1,
+            "{text} in {name}.rs exactly once: {lines:?}"
+        );
+    }
+    for p in [&alice, &bob] {
+        let epochs: Vec<u64> = p
+            .json_lines()
+            .iter()
+            .filter(|j| j["type"] == "joined")
+            .map(|j| j["epoch"].u64())
+            .collect();
+        assert!(
+            epochs.len() >= 3,
+            "{}: joined again after each restart: {epochs:?}",
+            p.name
+        );
+        assert!(
+            epochs.iter().all(|e| *e == epochs[0] && *e != 0),
+            "{}: one session across restarts: {epochs:?}",
+            p.name
+        );
+        assert_no_repeats(p);
+    }
+}

@@ -154,10 +154,12 @@ async fn recv_store(
     }
 }
 
+/// A new session's epoch: random, non-zero, and below 2^53 so that every
+/// client language (JavaScript numbers, JSON readers) holds it exactly.
 fn random_epoch() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    u64::from_le_bytes(bytes).max(1)
+    (u64::from_le_bytes(bytes) & ((1 << 53) - 1)).max(1)
 }
 
 /// Whether adding a member may create its session.
