@@ -131,7 +131,7 @@ impl App {
         let mut router = Router::new();
         health.register(&mut router);
         service::register(&mut router, registry.clone(), service_config);
-        health.set(service::SERVICE_NAME, ServingStatus::Serving);
+        health.set(crate::pb::paths::SERVICE_NAME, ServingStatus::Serving);
         if config.interop {
             crate::interop::register(&mut router);
             health.set("grpc.testing.TestService", ServingStatus::Serving);

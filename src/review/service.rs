@@ -32,11 +32,7 @@ use crate::pb::codereview::{
     FileChunk, SessionMessage, Snapshot, SnapshotRequest, UploadSummary, WatchRequest,
 };
 
-pub const COLLABORATIVE_SESSION: &str = "/codereview.v1.CodeReviewService/CollaborativeSession";
-pub const GET_SNAPSHOT: &str = "/codereview.v1.CodeReviewService/GetSnapshot";
-pub const WATCH_SESSION: &str = "/codereview.v1.CodeReviewService/WatchSession";
-pub const UPLOAD_FILES: &str = "/codereview.v1.CodeReviewService/UploadFiles";
-pub const SERVICE_NAME: &str = "codereview.v1.CodeReviewService";
+use crate::pb::paths::{COLLABORATIVE_SESSION, GET_SNAPSHOT, UPLOAD_FILES, WATCH_SESSION};
 
 /// How long a half-closed participant's queued messages may take to deliver.
 const HALF_CLOSE_FLUSH: Duration = Duration::from_secs(5);

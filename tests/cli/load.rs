@@ -173,7 +173,7 @@ fn checks_fail_when_the_server_ends_slow_participants() {
     });
 }
 
-/// Bug (src/cli/load.rs): when the server ends a participant's call while
+/// Bug (src/cli/load/): when the server ends a participant's call while
 /// it is sending, the failed flush is reported ("send failed: UNAVAILABLE:
 /// the request stream was closed by the server") instead of the call's
 /// status (RESOURCE_EXHAUSTED: fell behind ...), which is what explains the

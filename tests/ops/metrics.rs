@@ -12,7 +12,7 @@ use codereview::pb::codereview::code_edit::Op;
 use codereview::pb::codereview::joined::Catchup;
 use codereview::pb::codereview::presence_update::Status as Presence;
 use codereview::pb::codereview::session_message::Payload;
-use codereview::review::service::COLLABORATIVE_SESSION;
+use codereview::pb::paths::COLLABORATIVE_SESSION;
 use kit::WAIT;
 use kit::participant::Participant;
 use kit::payloads::{incompressible_line, is_presence, join_message_with};

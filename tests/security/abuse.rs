@@ -11,9 +11,9 @@ use std::time::Duration;
 use codereview::grpc::server::ServerConfig;
 use codereview::pb::codereview::{SessionMessage, code_edit::Op, session_message::Payload};
 use codereview::pb::health::HealthCheckRequest;
+use codereview::pb::paths::COLLABORATIVE_SESSION;
 use codereview::review::limits::Limits;
 use codereview::review::roles::Role;
-use codereview::review::service::COLLABORATIVE_SESSION;
 use kit::h2raw::{
     self, CANCEL, CONTINUATION, Conn, END_HEADERS, ENHANCE_YOUR_CALM, Event, HEADERS, PING,
     PREFACE, PROTOCOL_ERROR, REFUSED_STREAM, RST_STREAM, SETTINGS, SETTINGS_HEADER_TABLE_SIZE,

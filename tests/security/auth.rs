@@ -127,7 +127,7 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
                 "GetSnapshot",
                 call_status(
                     &channel,
-                    codereview::review::service::GET_SNAPSHOT,
+                    codereview::pb::paths::GET_SNAPSHOT,
                     options(),
                     &codereview::pb::codereview::SnapshotRequest {
                         session_id: "auth-target".into(),
@@ -139,7 +139,7 @@ async fn bad_or_missing_tokens_are_unauthenticated_on_every_rpc() {
                 "WatchSession",
                 call_status(
                     &channel,
-                    codereview::review::service::WATCH_SESSION,
+                    codereview::pb::paths::WATCH_SESSION,
                     options(),
                     &watch,
                 )

@@ -153,7 +153,7 @@ async fn a_fourth_stream_opened_anyway_is_refused() {
     let mut open = Vec::new();
     for user in ["r1", "r2", "r3"] {
         let id = conn
-            .open_grpc(codereview::review::service::COLLABORATIVE_SESSION)
+            .open_grpc(codereview::pb::paths::COLLABORATIVE_SESSION)
             .await;
         assert!(
             conn.send_data(
@@ -169,7 +169,7 @@ async fn a_fourth_stream_opened_anyway_is_refused() {
         .wait_for_stats("three raw participants", |s| s.participants == 2 + 3)
         .await;
     let fourth = conn
-        .open_grpc(codereview::review::service::COLLABORATIVE_SESSION)
+        .open_grpc(codereview::pb::paths::COLLABORATIVE_SESSION)
         .await;
     let reset = conn
         .read_until(STEP, |f| {

@@ -21,10 +21,8 @@ use codereview::pb::codereview::{
     session_message::Payload,
 };
 use codereview::pb::health::{HealthCheckRequest, HealthCheckResponse};
+use codereview::pb::paths::{COLLABORATIVE_SESSION, GET_SNAPSHOT, UPLOAD_FILES, WATCH_SESSION};
 use codereview::review::roles::Role;
-use codereview::review::service::{
-    COLLABORATIVE_SESSION, GET_SNAPSHOT, UPLOAD_FILES, WATCH_SESSION,
-};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
