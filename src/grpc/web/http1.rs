@@ -15,6 +15,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
@@ -33,6 +34,12 @@ use crate::log;
 /// Bytes of a next request we read ahead while a response streams
 /// (pipelining); past it we stop reading until the response ends.
 const READ_AHEAD: usize = MAX_HEAD + 4096;
+
+/// How long, and how many bytes of what the client still sends, a closing
+/// connection reads and drops after its last answer (see
+/// [`Connection::close`]).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Serves one HTTP/1.1 connection until it closes.
 pub(crate) async fn serve<T>(
@@ -71,10 +78,12 @@ pub(crate) async fn serve<T>(
                         false,
                     )
                     .await;
+                    conn.close().await;
                     return;
                 }
                 Err(ParseError::Version | ParseError::Malformed(_)) => {
                     conn.plain("400 Bad Request", "bad request\n", false).await;
+                    conn.close().await;
                     return;
                 }
             }
@@ -90,7 +99,7 @@ pub(crate) async fn serve<T>(
         conn.buffer.advance(head.head_len);
         let keep_alive = head.keep_alive && shutdown.phase() == Phase::Running;
         if !conn.answer(head, keep_alive).await || !keep_alive {
-            let _ = timeout(WRITE_TIMEOUT, conn.writer.shutdown()).await;
+            conn.close().await;
             return;
         }
         deadline = Instant::now() + conn.shared.config.idle_timeout;
@@ -122,6 +131,26 @@ impl<T: AsyncRead + AsyncWrite + Send> Connection<T> {
                 false
             }
         }
+    }
+
+    /// Ends the connection after its last answer: our side shut down, then
+    /// what the client still sends (the rest of a refused request) read and
+    /// dropped for a moment, up to [`LINGER_BYTES`] within [`LINGER`], so
+    /// that closing with unread input does not reset the connection before
+    /// the client has read the answer (RFC 9112, section 9.6).
+    async fn close(&mut self) {
+        let _ = timeout(WRITE_TIMEOUT, self.writer.shutdown()).await;
+        let mut dropped = 0;
+        let drain = async {
+            while dropped < LINGER_BYTES && !self.reader_done {
+                self.buffer.clear();
+                if !self.read_more().await {
+                    break;
+                }
+                dropped += self.buffer.len();
+            }
+        };
+        let _ = timeout(LINGER, drain).await;
     }
 
     /// Writes all of `bytes`, or fails after [`WRITE_TIMEOUT`].
