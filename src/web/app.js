@@ -233,7 +233,7 @@ const S = {
   caughtUp: false, everCaughtUp: false, wantSnapshot: false, token: null,
   outbox: [], sending: false, pendingCursor: null, myCursor: null,
   stream: null, reconnectNow: false, fatal: null, activity: [],
-  selected: null, editing: null, commenting: null, draft: '',
+  selected: null, editing: null, commenting: null, draft: '', catchups: [],
 };
 const ROLE = ['', 'author', 'reviewer', 'observer'];
 const PRESENCE = ['joined', 'active', 'idle', 'left'];
@@ -250,8 +250,7 @@ function reanchor(op) { // comments follow their lines (src/review/comments.rs r
     const moved = transformLine(op.path, c.line, op);
     c.line = Math.max(0, Math.min(moved === null ? c.line : moved, len - 1));
   }
-  for (const person of S.people.values()) {
-    const cur = person.cursor;
+  for (const cur of new Set([...S.people.values()].map((p) => p.cursor).concat(S.myCursor))) { // mine too
     if (cur && cur.file_path === op.path) cur.line = transformLine(op.path, cur.line, op) ?? Math.min(cur.line, Math.max(len - 1, 0));
   }
   for (const key of ['editing', 'commenting']) {
@@ -312,6 +311,7 @@ function receive(m) {
     S.nextCs = Math.max(S.nextCs, j.last_client_sequence + 1);
     S.epoch = j.session_epoch;
     S.role = j.role;
+    S.catchups.push(['history', 'snapshot', 'resume'][j.catchup]);
     if (j.catchup !== 1 && S.lastSeq === null) S.lastSeq = 0;
   } else if (m.snapshot) {
     const snap = m.snapshot;
@@ -513,17 +513,26 @@ function updateUnsent() {
   $('unsent').textContent = `${n} unacknowledged`;
 }
 
-let scheduled = false;
+// Rendering replaces the rows: never between a button's press and its
+// release (the click would be lost), so a render waits for the release.
+let scheduled = false, pressed = false, heldBack = false;
 function invalidate() {
   if (scheduled) return;
   scheduled = true;
-  requestAnimationFrame(() => { scheduled = false; render(); });
+  requestAnimationFrame(() => {
+    scheduled = false;
+    if (pressed) heldBack = true; else render();
+  });
+}
+addEventListener('pointerdown', () => { pressed = true; }, true);
+for (const end of ['pointerup', 'pointercancel']) {
+  addEventListener(end, () => { pressed = false; if (heldBack) { heldBack = false; invalidate(); } }, true);
 }
 
 function render() {
   const focused = document.activeElement;
   const keepFocus = focused && focused.dataset && focused.dataset.keep;
-  const caret = keepFocus ? focused.selectionStart : 0;
+  const selection = keepFocus ? [focused.selectionStart, focused.selectionEnd, focused.selectionDirection] : null;
   const paths = [...S.files.keys()].sort();
   if (!S.selected || !S.files.has(S.selected)) S.selected = paths[0] || null;
   const me = S.user;
@@ -536,7 +545,7 @@ function render() {
     const n = S.comments.filter((c) => c.path === path).length;
     return h('li', { class: 'file' + (path === S.selected ? ' selected' : ''), 'data-path': path, onclick: () => { S.selected = path; S.editing = S.commenting = null; invalidate(); } },
       h('span', { class: 'name', title: path }, path),
-      n ? h('span', { class: 'badge comments', title: `${n} comments` }, `💬 ${n}`) : null,
+      n ? h('span', { class: 'badge comments', title: `${n} comments` }, `● ${n}`) : null,
       h('span', { class: 'badge' }, String(S.files.get(path).length)));
   }));
   // participants
@@ -564,7 +573,7 @@ function render() {
     const who = cursors.get(i) || [];
     const row = h('div', { class: 'row' + (S.myCursor && S.myCursor.file_path === path && S.myCursor.line === i ? ' mine' : ''), 'data-line': i },
       h('span', { class: 'mark' },
-        here.length ? h('span', { class: 'has-comments', title: `${here.length} comments` }, '💬') : null,
+        here.length ? h('span', { class: 'has-comments', title: `${here.length} comments` }, '●') : null,
         canComment ? h('button', { class: 'add-comment', title: 'Comment on this line', onclick: () => openComposer(path, i) }, '+') : null),
       h('span', { class: 'ln', onclick: () => { moveCursor(path, i); invalidate(); } }, String(i + 1)),
       editing
@@ -597,7 +606,7 @@ function render() {
   $('general-comments').replaceChildren(...(general.length ? general.map(commentView) : [h('p', { class: 'hint' }, 'No comments on the review as a whole.')]));
   if (keepFocus) {
     const again = document.querySelector(`[data-keep="${keepFocus}"]`);
-    if (again) { again.focus(); again.setSelectionRange(caret, caret); }
+    if (again) { again.focus(); again.setSelectionRange(...selection); }
   }
 }
 
