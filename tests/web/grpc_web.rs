@@ -741,11 +741,37 @@ async fn no_web_serves_neither_the_page_nor_grpc_web() {
 async fn grpc_web_and_the_page_over_http2() {
     let server = server().await;
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let get = http::Request::get(format!("http://{}/", server.addr))
-        .body(())
+    page_and_a_call_over_http2(tcp, &format!("http://{}", server.addr)).await;
+}
+
+/// As browsers reach it: HTTP/2 over TLS (ALPN h2).
+#[tokio::test]
+async fn grpc_web_and_the_page_over_http2_with_tls() {
+    let certs = kit::tls::Certs::generate("web-h2-tls");
+    let server = TestServer::launch(AppConfig::loopback())
+        .tls(certs.server_files(false), certs.client())
+        .start()
+        .await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(server.addr.ip().to_string())
         .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(certs.client());
+    let tls = within(STEP, "the TLS handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    page_and_a_call_over_http2(tls, &format!("https://{}", server.addr)).await;
+}
+
+/// GET / and a gRPC-Web call (its status in the trailers frame, no HTTP
+/// trailers) on one HTTP/2 connection over `io`.
+async fn page_and_a_call_over_http2<T>(io: T, base: &str)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let get = http::Request::get(format!("{base}/")).body(()).unwrap();
     let (response, _) = client.send_request(get, true).unwrap();
     let response = within(STEP, "GET / over HTTP/2", response).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -761,7 +787,7 @@ async fn grpc_web_and_the_page_over_http2() {
     let request = SnapshotRequest {
         session_id: SESSION.into(),
     };
-    let post = http::Request::post(format!("http://{}{GET_SNAPSHOT}", server.addr))
+    let post = http::Request::post(format!("{base}{GET_SNAPSHOT}"))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
         .body(())
