@@ -5,7 +5,8 @@
 // the proxy when this script asks on stdout ("proxy cut" / "proxy restore",
 // answered "done" on stdin).
 //
-// Two pages (alice, bob) through the proxy and carol's `join` directly:
+// Two pages through the proxy (alice opens /s/<session>?user=alice, bob picks
+// the session and his name in the form on GET /) and carol's `join` directly:
 // edits from each reach the others and all three documents converge with
 // the server's snapshot; a comment typed in one page appears in the other at
 // its line; cursors show; cutting the proxy shows "reconnecting…", an edit
@@ -102,7 +103,7 @@ const documents = (page) => page.evaluate(() => window.codereview.documents());
 const state = (page, key) => page.evaluate((k) => JSON.parse(JSON.stringify(window.codereview.state[k])), key);
 const status = (page) => page.locator('#status').getAttribute('data-state');
 
-async function openPage(context, user) {
+async function openPage(context, user, viaForm = false) {
   const page = await context.newPage();
   const requests = [];
   page.on('request', (r) => requests.push(r.url()));
@@ -113,8 +114,18 @@ async function openPage(context, user) {
   await page.addInitScript(() => new MutationObserver((changes) => {
     for (const c of changes) for (const n of c.addedNodes) if (n.classList && n.classList.contains('toast')) window.reportToast(n.textContent);
   }).observe(document, { childList: true, subtree: true }));
-  await page.goto(`${PAGE_URL}/s/${SESSION}?user=${user}`);
+  if (viaForm) {
+    // GET /: pick a session and a name.
+    await page.goto(`${PAGE_URL}/`);
+    assert.equal(await page.locator('#join-screen h1').textContent(), 'Join a review');
+    await page.locator('#join-session').fill(SESSION);
+    await page.locator('#join-user').fill(user);
+    await page.locator('#join-form button[type="submit"]').click();
+  } else {
+    await page.goto(`${PAGE_URL}/s/${SESSION}?user=${user}`);
+  }
   await page.waitForSelector('#status[data-state="connected"]', { timeout: STEP });
+  assert.equal(await page.locator('#join-screen').isVisible(), false);
   return { page, requests, user };
 }
 
@@ -192,7 +203,7 @@ async function main() {
   try {
     say('browser', browser.version());
     const alice = await openPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), 'alice');
-    const bob = await openPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), 'bob');
+    const bob = await openPage(await browser.newContext({ viewport: { width: 1280, height: 800 } }), 'bob', true);
     const pages = [alice, bob];
     say('pages connected');
 
