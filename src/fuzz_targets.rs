@@ -310,3 +310,86 @@ pub fn log_frames(data: &[u8]) {
         let _ = Session::from_snapshot(&snapshot, limits);
     }
 }
+
+/// The web front end's HTTP/1.1 request-head parser
+/// (`grpc::web::request::parse_head`); the first byte picks the head limit
+/// (16 to 4096 bytes), the rest is the buffer. Total, and bounded: it never
+/// looks past the limit (the verdict on the buffer is the verdict on its
+/// first `limit` bytes); a parsed head ends in the blank line within the
+/// limit, its target is visible ASCII starting with `/`, bytes after it do
+/// not change it, and any shorter prefix is only incomplete.
+pub fn web_request(data: &[u8]) {
+    use crate::grpc::web::request::{ParseError, parse_head};
+    let Some((&limit, buffer)) = data.split_first() else {
+        return;
+    };
+    let limit = 16 + usize::from(limit) * 16;
+    let verdict = parse_head(buffer, limit);
+    if buffer.len() > limit {
+        assert_eq!(
+            verdict,
+            parse_head(&buffer[..limit], limit),
+            "looked past the limit"
+        );
+    }
+    match &verdict {
+        Ok(head) => {
+            assert!(head.head_len <= limit && head.head_len <= buffer.len());
+            assert!(buffer[..head.head_len].ends_with(b"\r\n\r\n"));
+            assert!(head.target.starts_with('/'));
+            assert!(head.target.bytes().all(|b| (0x21..0x7f).contains(&b)));
+            assert!(head.headers.len() <= crate::grpc::web::request::MAX_HEADERS);
+            let alone = parse_head(&buffer[..head.head_len], limit);
+            assert_eq!(alone.as_ref(), Ok(head), "bytes after the head changed it");
+            assert_eq!(
+                parse_head(&buffer[..head.head_len - 1], limit),
+                Err(ParseError::Incomplete),
+                "a head without its last byte is incomplete"
+            );
+        }
+        Err(ParseError::Incomplete) => assert!(buffer.len() < limit),
+        Err(_) => {}
+    }
+}
+
+/// gRPC-Web's framing (`grpc::web::framing`): the `-text` decoder is total
+/// on any bytes and what it decodes encodes and decodes back the same; any
+/// bytes encode to padded base64 that decodes back to them; a trailers
+/// frame built from `name: value` lines of the input (those that make a
+/// header) carries flag 0x80, its true length, and exactly the visible-ASCII
+/// entries, in order.
+pub fn web_framing(data: &[u8]) {
+    use crate::grpc::web::framing::{TRAILER_FLAG, decode_text, encode_text, trailers_frame};
+    if let Ok(decoded) = decode_text(data) {
+        assert!(decoded.len() <= data.len() / 4 * 3);
+        let again = encode_text(&decoded);
+        assert_eq!(decode_text(again.as_bytes()).as_ref(), Ok(&decoded));
+    }
+    let text = encode_text(data);
+    assert!(text.len().is_multiple_of(4));
+    assert_eq!(decode_text(text.as_bytes()).as_deref(), Ok(data));
+
+    let mut trailers = http::HeaderMap::new();
+    for line in data.split(|&b| b == b'\n').take(32) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        trailers.append(name, value);
+    }
+    let frame = trailers_frame(&trailers);
+    assert_eq!(frame[0], TRAILER_FLAG);
+    let length = u32::from_be_bytes(frame[1..5].try_into().expect("4 bytes")) as usize;
+    assert_eq!(length, frame.len() - 5);
+    let expected: String = trailers
+        .iter()
+        .filter(|(_, v)| v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)))
+        .map(|(n, v)| format!("{}: {}\r\n", n, v.to_str().expect("visible ASCII")))
+        .collect();
+    assert_eq!(&frame[5..], expected.as_bytes());
+}

@@ -4,6 +4,7 @@
 //! Layers, dependencies pointing down only:
 //! - [`cli`]: the commands (serve, join, watch, upload, snapshot, token, load, health).
 //! - [`app`]: the server assembled from one configuration, and its lifecycle.
+//! - [`web`]: the review page the server serves to browsers (embedded assets).
 //! - [`review`]: the domain — sessions, operational transformation, the registry.
 //! - [`grpc`]: the wire — gRPC framing on h2, status, metadata, server, client, TLS.
 
@@ -20,3 +21,4 @@ pub mod metrics;
 pub mod pb;
 pub mod review;
 pub mod store;
+pub mod web;

@@ -15,6 +15,8 @@ pub mod paths {
     pub const GET_SNAPSHOT: &str = "/codereview.v1.CodeReviewService/GetSnapshot";
     pub const WATCH_SESSION: &str = "/codereview.v1.CodeReviewService/WatchSession";
     pub const UPLOAD_FILES: &str = "/codereview.v1.CodeReviewService/UploadFiles";
+    pub const PARTICIPATE: &str = "/codereview.v1.CodeReviewService/Participate";
+    pub const SEND: &str = "/codereview.v1.CodeReviewService/Send";
 }
 
 /// `codereview.store.v1`: the durable log's records and snapshots

@@ -56,6 +56,11 @@ pub struct AppConfig {
     /// Durable sessions without participants are deleted after this long
     /// (default 24 h).
     pub session_retention: Duration,
+    /// Serve the review page and gRPC-Web on the gRPC port (default on).
+    pub web: bool,
+    /// Other origins whose pages may call gRPC-Web here (CORS), exactly
+    /// `scheme://host[:port]` (default none: the page's own origin only).
+    pub web_origins: Vec<String>,
 }
 
 /// The durable store's defaults, in `dir`.
@@ -84,6 +89,8 @@ impl Default for AppConfig {
             batch_bytes: DEFAULT_BATCH_BYTES,
             store: Some(default_store(PathBuf::from(DEFAULT_DATA_DIR))),
             session_retention: Duration::from_secs(24 * 3600),
+            web: true,
+            web_origins: Vec::new(),
         }
     }
 }
@@ -140,6 +147,12 @@ impl AppConfig {
                 server.max_recv_message_bytes
             ));
         }
+        for origin in &self.web_origins {
+            check_origin(origin)?;
+        }
+        if !self.web && !self.web_origins.is_empty() {
+            return Err("--web-origin needs the web front end: drop --no-web".into());
+        }
         if !self.addr.ip().is_loopback() && !self.insecure {
             if self.tls.is_none() {
                 return Err(format!(
@@ -157,5 +170,54 @@ impl AppConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// An origin as browsers send it: `http` or `https`, `://`, a host (and a
+/// port), nothing after.
+fn check_origin(origin: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "--web-origin {origin:?} is not an origin: expected scheme://host[:port], e.g. http://localhost:3000"
+        )
+    };
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let host_ok = !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_checked() {
+        for good in [
+            "http://localhost:3000",
+            "https://review.example.com",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(check_origin(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "localhost:3000",
+            "http://",
+            "http://a/b",
+            "*",
+            "null",
+            "ftp://a",
+            "http://a b",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
     }
 }

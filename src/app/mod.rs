@@ -1,5 +1,6 @@
 //! The server, assembled: one [`App`] built from one [`AppConfig`] (the
-//! registry, the review service, health, reflection, tokens, TLS, metrics),
+//! registry, the review service, health, reflection, tokens, TLS, metrics,
+//! the review page and gRPC-Web),
 //! and [`run`], which serves it on a listener until `shutdown` resolves and
 //! then drains. The binary (`codereview serve`) and the tests both call
 //! these, as mini-redis's binary and tests both call its `server::run`.
@@ -25,6 +26,7 @@ use crate::grpc::reflection;
 use crate::grpc::server::{Router, Server};
 use crate::grpc::shutdown::{Phase, ShutdownController};
 use crate::grpc::tls::{TlsReloader, TlsSource};
+use crate::grpc::web::WebConfig;
 use crate::log;
 use crate::metrics::{Metrics, http as metrics_http};
 use crate::pb::health::health_check_response::ServingStatus;
@@ -149,6 +151,12 @@ impl App {
         }
 
         let mut server = Server::new(config.server.clone(), router).observer(metrics.clone());
+        if config.web {
+            server = server.web(WebConfig {
+                assets: Arc::new(crate::web::asset),
+                allowed_origins: config.web_origins.clone(),
+            });
+        }
         metrics.attach(server.telemetry(), registry.clone());
         let mut reloader = None;
         if let Some(files) = &config.tls {
@@ -274,7 +282,8 @@ pub async fn run(
         auth = auth,
         interop = config.interop,
         reflection = config.reflection,
-        durable = config.store.is_some()
+        durable = config.store.is_some(),
+        web = config.web
     );
 
     tokio::pin!(shutdown);

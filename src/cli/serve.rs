@@ -32,6 +32,12 @@ pub struct ServeArgs {
     /// do not serve gRPC server reflection (on by default: it describes the API, without a token, as health answers)
     #[argh(switch)]
     pub no_reflection: bool,
+    /// do not serve the review page and gRPC-Web (on by default, on the same port: GET / in a browser)
+    #[argh(switch)]
+    pub no_web: bool,
+    /// another origin whose pages may call gRPC-Web here (CORS), e.g. http://localhost:3000; repeatable (default none: same origin only)
+    #[argh(option)]
+    pub web_origin: Vec<String>,
 
     /// PEM certificate chain: serve TLS (h2 over TLS 1.2/1.3)
     #[argh(option)]
@@ -295,6 +301,8 @@ impl ServeArgs {
             drain_timeout: self.drain_timeout,
             store,
             session_retention: self.session_retention,
+            web: !self.no_web,
+            web_origins: self.web_origin.clone(),
             ..AppConfig::default()
         };
         config.check()?;
@@ -470,6 +478,20 @@ mod tests {
             None
         );
         assert!(!config(&["--no-reflection"]).unwrap().reflection);
+        assert!(!config(&["--no-web"]).unwrap().web);
+        let origins = config(&[
+            "--web-origin",
+            "http://localhost:3000",
+            "--web-origin",
+            "https://review.example.com",
+        ])
+        .unwrap();
+        assert_eq!(
+            origins.web_origins,
+            ["http://localhost:3000", "https://review.example.com"]
+        );
+        assert!(config(&["--web-origin", "localhost:3000"]).is_err());
+        assert!(config(&["--no-web", "--web-origin", "http://a"]).is_err());
         assert_eq!(config(&["--data-dir", "none"]).unwrap().store, None);
         let dir = config(&["--data-dir", "/srv/reviews"])
             .unwrap()

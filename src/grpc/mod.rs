@@ -25,6 +25,7 @@ pub mod sniff;
 pub mod status;
 pub mod timeout;
 pub mod tls;
+pub mod web;
 
 pub use metadata::Metadata;
 pub use status::{Code, Status};

@@ -11,6 +11,7 @@
 //! - [`roles`]: roles as capabilities.
 //! - [`registry`]: the single task that owns every session.
 //! - [`service`]: the four RPCs on the wire layer.
+//! - [`web_service`]: the browser participant (Participate + Send).
 //! - [`replica`]: the client half of the OT (used by `join`).
 
 pub mod bridge;
@@ -33,6 +34,7 @@ pub mod service;
 pub mod session;
 pub mod upload;
 pub mod validate;
+pub mod web_service;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> i64 {

@@ -1,5 +1,6 @@
 //! `codereview.v1.CodeReviewService` on the wire layer: the four RPCs, each a
-//! thin adapter between a gRPC call and the registry.
+//! thin adapter between a gRPC call and the registry (and the browser's two,
+//! in [`super::web_service`], on the same participant loop).
 //!
 //! A session stream's task:
 //!
@@ -72,9 +73,9 @@ impl ServiceConfig {
     }
 }
 
-struct Service {
-    registry: RegistryHandle,
-    config: ServiceConfig,
+pub(super) struct Service {
+    pub(super) registry: RegistryHandle,
+    pub(super) config: ServiceConfig,
 }
 
 /// Registers the four RPCs on `router`.
@@ -95,20 +96,82 @@ pub fn register(router: &mut Router, registry: RegistryHandle, config: ServiceCo
         let s = s.clone();
         async move { s.watch(request, sink).await }
     });
-    let s = service;
+    let s = service.clone();
     router.client_streaming(UPLOAD_FILES, move |request| {
         let s = s.clone();
         async move { s.upload(request).await }
     });
+    super::web_service::register(router, service);
+}
+
+/// Where a participant's messages come from.
+pub(super) enum Inbox {
+    /// Its own CollaborativeSession stream.
+    Stream(Streaming<SessionMessage>),
+    /// The Send calls routed to it (a browser's Participate call).
+    Routed(tokio::sync::mpsc::Receiver<SessionMessage>),
+}
+
+impl Inbox {
+    /// The next message; `Ok(None)` when no more will come (a half-close).
+    /// Cancel-safe.
+    async fn next(&mut self) -> Result<Option<SessionMessage>, Status> {
+        match self {
+            Inbox::Stream(inbound) => inbound.message().await,
+            Inbox::Routed(routed) => Ok(routed.recv().await),
+        }
+    }
+
+    fn is_routed(&self) -> bool {
+        matches!(self, Inbox::Routed(_))
+    }
 }
 
 /// What a participant stream's closing log line reports.
 #[derive(Debug, Default)]
-struct StreamTrace {
+pub(super) struct StreamTrace {
     session_id: String,
     user_id: String,
     messages_in: u64,
     messages_out: u64,
+}
+
+impl StreamTrace {
+    /// The "participant stream closed" line.
+    pub(super) fn log_closed(
+        &self,
+        head: &RequestHead,
+        started: Instant,
+        result: &Result<Metadata, Status>,
+    ) {
+        self.log_closed_ids(head.connection_id, head.stream_id, started, result);
+    }
+
+    fn log_closed_ids(
+        &self,
+        conn: u64,
+        stream: u32,
+        started: Instant,
+        result: &Result<Metadata, Status>,
+    ) {
+        let status = match result {
+            Ok(_) => Status::ok(),
+            Err(status) => status.clone(),
+        };
+        log!(
+            Info,
+            "participant stream closed",
+            conn = conn,
+            stream = stream,
+            session_id = self.session_id.as_str(),
+            user_id = self.user_id.as_str(),
+            status = status.code().name(),
+            reason = status.message(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            messages_in = self.messages_in,
+            messages_out = self.messages_out,
+        );
+    }
 }
 
 /// Sends Leave when a member's stream task ends, however it ends.
@@ -124,7 +187,7 @@ impl Drop for LeaveGuard {
 }
 
 impl Service {
-    fn principal(&self, head: &RequestHead) -> Result<Principal, ReviewError> {
+    pub(super) fn principal(&self, head: &RequestHead) -> Result<Principal, ReviewError> {
         match head.extensions.get::<Principal>() {
             Some(principal) => Ok(principal.clone()),
             None if self.config.auth_required => Err(ReviewError::new(
@@ -150,23 +213,7 @@ impl Service {
         let (conn, stream) = (request.head().connection_id, request.head().stream_id);
         let mut trace = StreamTrace::default();
         let result = self.session_stream(request, sink, &mut trace).await;
-        let status = match &result {
-            Ok(_) => Status::ok(),
-            Err(status) => status.clone(),
-        };
-        log!(
-            Info,
-            "participant stream closed",
-            conn = conn,
-            stream = stream,
-            session_id = trace.session_id.as_str(),
-            user_id = trace.user_id.as_str(),
-            status = status.code().name(),
-            reason = status.message(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            messages_in = trace.messages_in,
-            messages_out = trace.messages_out,
-        );
+        trace.log_closed_ids(conn, stream, started, &result);
         result
     }
 
@@ -178,12 +225,32 @@ impl Service {
     ) -> Result<Metadata, Status> {
         let (head, mut inbound) = request.into_parts();
         let principal = self.principal(&head)?;
-        let limits = self.config.limits.clone();
         // Say at once that the stream is accepted; clients may wait for it.
         sink.send_headers()?;
         let Some(first) = inbound.message().await? else {
             return Ok(Metadata::new());
         };
+        let inbox = Inbox::Stream(inbound);
+        self.participant(&head, principal, first, inbox, sink, None, trace)
+            .await
+    }
+
+    /// A participant from its first message to its end: checks, join, then
+    /// its messages from `inbox` into the registry and its batches out to
+    /// `sink` (after `greeting`, when there is one). Shared by the bidi
+    /// stream and the browser's Participate call.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn participant(
+        &self,
+        head: &RequestHead,
+        principal: Principal,
+        first: SessionMessage,
+        mut inbox: Inbox,
+        mut sink: ResponseSink<SessionMessage>,
+        greeting: Option<SessionMessage>,
+        trace: &mut StreamTrace,
+    ) -> Result<Metadata, Status> {
+        let limits = self.config.limits.clone();
         let mut first = first;
         if first.user_id.is_empty()
             && let Some(subject) = &principal.subject
@@ -236,6 +303,9 @@ impl Service {
             member = member,
         );
         trace.messages_in = 1;
+        if let Some(greeting) = &greeting {
+            sink.queue(greeting);
+        }
         if let Some(message) = pending {
             self.registry.message(member, message).await?;
         }
@@ -260,8 +330,16 @@ impl Service {
                         }
                     }
                 }
-                flushed = sink.flush(), if sink.pending_bytes() > 0 => flushed?,
-                message = inbound.message() => {
+                // Writing, or (a browser's Participate call, which has no
+                // inbound half to end) watching for the client to leave.
+                written = async {
+                    if sink.pending_bytes() > 0 {
+                        sink.flush().await
+                    } else {
+                        Err(sink.cancelled().await)
+                    }
+                }, if sink.pending_bytes() > 0 || inbox.is_routed() => written?,
+                message = inbox.next() => {
                     let Some(message) = message? else {
                         // The client half-closed: it is done sending. Deliver
                         // what is already queued for it (once the log has it),

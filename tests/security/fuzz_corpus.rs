@@ -104,6 +104,16 @@ fn corpus_http_request() {
 }
 
 #[test]
+fn corpus_web_request() {
+    replay("web_request", fuzz_targets::web_request);
+}
+
+#[test]
+fn corpus_web_framing() {
+    replay("web_framing", fuzz_targets::web_framing);
+}
+
+#[test]
 fn corpus_inflate() {
     replay("inflate", fuzz_targets::inflate);
 }
@@ -728,6 +738,159 @@ mod seeds {
         ]
     }
 
+    /// The web_request target's input: the head limit's byte (16 + 16·b
+    /// bytes), then the request.
+    fn web_request_seeds() -> Seeds {
+        let at = |limit_byte: u8, text: &str| cat(&[&[limit_byte], text.as_bytes()]);
+        let post = "POST /codereview.v1.CodeReviewService/Participate HTTP/1.1\r\nHost: 127.0.0.1:50051\r\n\
+            Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nAccept: application/grpc-web+proto\r\n\
+            Origin: http://127.0.0.1:50051\r\nContent-Length: 42\r\n\r\n";
+        vec![
+            (
+                "get-page",
+                at(
+                    255,
+                    "GET /s/review-42?user=alice HTTP/1.1\r\nHost: 127.0.0.1:50051\r\nAccept: text/html\r\n\r\n",
+                ),
+            ),
+            ("post-grpc-web", at(255, post)),
+            (
+                "post-and-body",
+                cat(&[&[255], post.as_bytes(), &[0, 0, 0, 0, 37], b"body"]),
+            ),
+            ("post-over-limit", at(8, post)),
+            (
+                "preflight",
+                at(
+                    64,
+                    "OPTIONS /codereview.v1.CodeReviewService/Send HTTP/1.1\r\nHost: x\r\n\
+                Origin: http://review.test:8080\r\nAccess-Control-Request-Method: POST\r\n\
+                Access-Control-Request-Headers: content-type,x-grpc-web\r\n\r\n",
+                ),
+            ),
+            (
+                "http10-keep-alive",
+                at(16, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+            ),
+            (
+                "connection-close",
+                at(
+                    16,
+                    "GET /app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                ),
+            ),
+            (
+                "chunked",
+                at(
+                    16,
+                    "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                ),
+            ),
+            (
+                "two-lengths-agree",
+                at(
+                    16,
+                    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                ),
+            ),
+            (
+                "two-lengths-differ",
+                at(
+                    16,
+                    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                ),
+            ),
+            (
+                "length-list",
+                at(
+                    16,
+                    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
+                ),
+            ),
+            (
+                "length-sign",
+                at(
+                    16,
+                    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+                ),
+            ),
+            (
+                "length-huge",
+                at(
+                    16,
+                    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                ),
+            ),
+            (
+                "two-hosts",
+                at(16, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            ),
+            (
+                "folded",
+                at(16, "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"),
+            ),
+            (
+                "space-before-colon",
+                at(16, "GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
+            ),
+            ("bare-lf", at(16, "GET / HTTP/1.1\nHost: x\r\n\r\n")),
+            (
+                "bare-cr-in-value",
+                at(16, "GET / HTTP/1.1\r\nHost: x\ry\r\n\r\n"),
+            ),
+            (
+                "absolute-form",
+                at(16, "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ),
+            ("http2-version", at(16, "GET / HTTP/2.0\r\n\r\n")),
+            ("lowercase-method", at(16, "get / HTTP/1.1\r\n\r\n")),
+            (
+                "other-method",
+                at(16, "DELETE / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ),
+            ("incomplete", at(255, "GET / HTTP/1.1\r\nHost: x\r\n")),
+            (
+                "not-utf8-value",
+                cat(&[&[16], b"GET / HTTP/1.1\r\nHost: x\r\nX: \xff\xfe\r\n\r\n"]),
+            ),
+            (
+                "many-headers",
+                at(
+                    255,
+                    &format!("GET / HTTP/1.1\r\n{}\r\n", "a: b\r\n".repeat(70)),
+                ),
+            ),
+            ("empty", Vec::new()),
+        ]
+    }
+
+    /// The web_framing target's input: a `-text` body, and lines that make
+    /// the trailers.
+    fn web_framing_seeds() -> Seeds {
+        let s = |text: &str| text.as_bytes().to_vec();
+        vec![
+            ("text-body", s("AAAAAAcKBXJldmlldw==")),
+            ("text-concatenated-chunks", s("AAAAAAc=CgVyZXZpZXc=")),
+            ("text-bad-length", s("AAAAAAcKBXJldmlldw=")),
+            ("text-url-alphabet", s("AAAA-_-_")),
+            ("text-trailing-bits", s("AAB=")),
+            (
+                "trailers",
+                s("grpc-status: 0\ngrpc-message: ok\nx-custom: a b\n"),
+            ),
+            (
+                "trailers-not-ascii",
+                b"grpc-status: 13\ngrpc-message: caf\xc3\xa9\nx-tab:\ta\n".to_vec(),
+            ),
+            (
+                "trailers-bad-name",
+                s("Bad Name: x\n: empty\ngrpc-status: 5\n"),
+            ),
+            ("binary", vec![0x80, 0, 0, 0, 0x10, 0xff, 0x00]),
+            ("empty", Vec::new()),
+        ]
+    }
+
     fn gzip(data: &[u8], level: u32) -> Vec<u8> {
         use std::io::Write;
         let mut encoder =
@@ -902,6 +1065,8 @@ mod seeds {
             ("token", token_seeds()),
             ("sniff_opening", sniff_opening_seeds()),
             ("http_request", http_request_seeds()),
+            ("web_request", web_request_seeds()),
+            ("web_framing", web_framing_seeds()),
             ("inflate", inflate_seeds()),
             ("log_frames", log_frames_seeds()),
         ]
@@ -933,6 +1098,50 @@ fn seeds_are_meaningful() {
     let token = String::from_utf8(token).expect("a token is text");
     key.verify(&token, 1_000)
         .expect("the committed token verifies");
+    // The web_request seeds reach the verdicts they are named for.
+    use codereview::grpc::web::request::{ParseError, parse_head};
+    let web = |name: &str| {
+        let data = fs::read(corpus_dir("web_request").join(format!("seed-{name}")))
+            .unwrap_or_else(|e| panic!("seed-{name}: {e}"));
+        parse_head(&data[1..], 16 + usize::from(data[0]) * 16)
+    };
+    for name in [
+        "get-page",
+        "post-grpc-web",
+        "post-and-body",
+        "preflight",
+        "http10-keep-alive",
+        "connection-close",
+        "chunked",
+        "two-lengths-agree",
+        "length-list",
+        "other-method",
+        "not-utf8-value",
+    ] {
+        assert!(web(name).is_ok(), "seed-{name}: {:?}", web(name));
+    }
+    assert_eq!(web("post-over-limit"), Err(ParseError::TooLarge));
+    assert_eq!(web("incomplete"), Err(ParseError::Incomplete));
+    assert_eq!(web("http2-version"), Err(ParseError::Version));
+    assert_eq!(web("many-headers"), Err(ParseError::TooManyHeaders));
+    for name in [
+        "two-lengths-differ",
+        "length-sign",
+        "length-huge",
+        "two-hosts",
+        "folded",
+        "space-before-colon",
+        "bare-lf",
+        "bare-cr-in-value",
+        "absolute-form",
+        "lowercase-method",
+    ] {
+        assert!(
+            matches!(web(name), Err(ParseError::Malformed(_))),
+            "seed-{name}: {:?}",
+            web(name)
+        );
+    }
     for (name, message) in seeds::session_messages() {
         let data = fs::read(corpus_dir("session_message").join(format!("seed-{name}")))
             .unwrap_or_else(|e| panic!("seed-{name}: {e}"));

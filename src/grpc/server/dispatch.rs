@@ -89,6 +89,14 @@ pub(crate) async fn serve_stream(
     let stream_id = respond.stream_id().as_u32();
     let (parts, body) = request.into_parts();
 
+    if let Some(web) = &shared.web
+        && crate::grpc::web::h2::wants(&parts.method, &parts.headers)
+    {
+        let (web, tls) = (web.clone(), shared.tls_enabled());
+        crate::grpc::web::h2::serve(parts, body, respond, shared, web, connection, tls).await;
+        return;
+    }
+
     if let Err(refusal) = check_http(&parts.method, &parts.headers) {
         log!(
             Debug,

@@ -33,6 +33,8 @@ use super::observe::{NoopObserver, Observer, Telemetry};
 use super::shutdown::{Phase, ShutdownSignal};
 use super::sniff::{self, Opening, Prefixed};
 use super::tls::{PeerCertificates, TlsSource};
+use super::web::WebConfig;
+use super::web::loopback::Caller;
 use crate::log;
 
 /// Server settings. Each field's doc gives its default and why.
@@ -135,10 +137,22 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) router: Router,
     pub(crate) telemetry: Arc<Telemetry>,
-    outbound_budget: Arc<OutboundBudget>,
+    pub(crate) outbound_budget: Arc<OutboundBudget>,
     tls: Option<TlsSource>,
+    /// The page and gRPC-Web (None: HTTP/2 gRPC only).
+    pub(crate) web: Option<WebConfig>,
+    /// The server's shutdown, for connections opened inside it (gRPC-Web's
+    /// loopback).
+    pub(crate) shutdown: ShutdownSignal,
     connection_slots: Arc<Semaphore>,
-    next_connection_id: AtomicU64,
+    pub(crate) next_connection_id: AtomicU64,
+}
+
+impl Shared {
+    /// Whether connections are TLS (the TLS port takes nothing else).
+    pub(crate) fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
 }
 
 /// A configured server, ready to serve a listener.
@@ -147,6 +161,7 @@ pub struct Server {
     router: Router,
     telemetry: Arc<Telemetry>,
     tls: Option<TlsSource>,
+    web: Option<WebConfig>,
 }
 
 impl Server {
@@ -156,7 +171,15 @@ impl Server {
             router,
             telemetry: Telemetry::new(Arc::new(NoopObserver)),
             tls: None,
+            web: None,
         }
+    }
+
+    /// Also serves the page and gRPC-Web (see [`super::web`]) on the same
+    /// port: HTTP/1.1 on plaintext, HTTP/2 streams on either.
+    pub fn web(mut self, config: WebConfig) -> Self {
+        self.web = Some(config);
+        self
     }
 
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
@@ -189,6 +212,8 @@ impl Server {
             telemetry: self.telemetry,
             outbound_budget,
             tls: self.tls,
+            web: self.web,
+            shutdown: shutdown.clone(),
             next_connection_id: AtomicU64::new(1),
         });
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -350,12 +375,47 @@ async fn handle_socket(
                     )
                     .await;
                 }
-                Ok(Ok((Opening::Http1, _))) => {
-                    let _ = stream.write_all(sniff::HTTP1_ON_H2_RESPONSE).await;
-                    let _ = stream.shutdown().await;
-                }
+                Ok(Ok((Opening::Http1, prefix))) => match shared.web.clone() {
+                    Some(web) => {
+                        let caller = Caller {
+                            connection_id: id,
+                            peer: Some(peer),
+                            extensions,
+                        };
+                        super::web::http1::serve(
+                            Prefixed::new(prefix, stream),
+                            shared.clone(),
+                            web,
+                            caller,
+                            true,
+                            handshake_deadline,
+                        )
+                        .await;
+                    }
+                    None => {
+                        let _ = stream.write_all(sniff::HTTP1_ON_H2_RESPONSE).await;
+                        let _ = stream.shutdown().await;
+                    }
+                },
                 _ => {}
             }
+        }
+        (None, (Opening::Http1, prefix)) if shared.web.is_some() => {
+            let caller = Caller {
+                connection_id: id,
+                peer: Some(peer),
+                extensions: http::Extensions::new(),
+            };
+            let web = shared.web.clone().expect("checked");
+            super::web::http1::serve(
+                Prefixed::new(prefix, tcp),
+                shared.clone(),
+                web,
+                caller,
+                false,
+                handshake_deadline,
+            )
+            .await;
         }
         (_, (Opening::Http1, _)) => {
             shared.telemetry.observer.connection_rejected("http1");

@@ -11,6 +11,7 @@
 //! - [`process`]: the binary's client commands as processes;
 //! - [`peers`]: the Python (grpcio) and Node (grpc-js) peers;
 //! - [`tls`]: certificates made at test time, and tokens;
+//! - [`web`]: a gRPC-Web client on raw HTTP/1.1, as a browser sends it;
 //! - [`json`]: JSON (the binary's output, its logs) through the crate's own
 //!   parser.
 //!
@@ -31,6 +32,7 @@ pub mod process;
 pub mod proxy;
 pub mod server;
 pub mod tls;
+pub mod web;
 
 /// How long one expected message or event may take.
 pub const STEP: Duration = Duration::from_secs(5);

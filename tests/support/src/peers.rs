@@ -1,5 +1,6 @@
-//! Independent gRPC peers (Python grpcio, Node @grpc/grpc-js) for tests
-//! that prove our wire layer against other implementations.
+//! Independent gRPC peers (Python grpcio, Node @grpc/grpc-js, and a
+//! Chromium driven from Node) for tests that prove our wire layer against
+//! other implementations.
 //!
 //! Discovery: `CODEREVIEW_PYTHON` / `CODEREVIEW_NODE` name the interpreters
 //! (`scripts/test` sets them after `scripts/setup-peers`). A peer that is not
@@ -67,24 +68,52 @@ pub fn node() -> Option<Peer> {
     discover(Kind::Node, &["tests/node/node_modules/@grpc/grpc-js"], "")
 }
 
+/// The browser test's Node (with playwright-core and connect-web in
+/// tests/web/node_modules) and Chromium: `CODEREVIEW_CHROMIUM`, else
+/// Debian's /usr/bin/chromium (never a browser download); see [`python`].
+pub fn browser() -> Option<(Peer, PathBuf)> {
+    let node = discover(
+        Kind::Node,
+        &[
+            "tests/web/node_modules/playwright-core",
+            "tests/web/node_modules/@connectrpc/connect-web",
+        ],
+        "",
+    )?;
+    let chromium = std::env::var_os("CODEREVIEW_CHROMIUM")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    if !chromium.exists() {
+        return unusable(
+            "chromium",
+            &format!(
+                "{} is missing (apt-get install chromium)",
+                chromium.display()
+            ),
+        );
+    }
+    Some((node, chromium))
+}
+
 /// The peer if its interpreter runs `probe` (Python code; Node runs
 /// `--version`) and `paths` (from the root) exist.
 fn discover(kind: Kind, paths: &[&str], probe: &str) -> Option<Peer> {
-    let found = usable(kind, paths, probe);
-    match found {
+    match usable(kind, paths, probe) {
         Ok(program) => Some(Peer { kind, program }),
-        Err(reason) => {
-            let name = kind.name();
-            if std::env::var("CODEREVIEW_REQUIRE_PEERS").as_deref() == Ok("1") {
-                panic!(
-                    "CODEREVIEW_REQUIRE_PEERS=1 but the {name} peer is not usable: {reason}; \
-                     run scripts/setup-peers (or run the tests with scripts/test)"
-                );
-            }
-            eprintln!("skipping: {name} peer not set up (run scripts/test): {reason}");
-            None
-        }
+        Err(reason) => unusable(kind.name(), &reason),
     }
+}
+
+/// `None` after a note, or a panic when peers are required.
+fn unusable<T>(name: &str, reason: &str) -> Option<T> {
+    if std::env::var("CODEREVIEW_REQUIRE_PEERS").as_deref() == Ok("1") {
+        panic!(
+            "CODEREVIEW_REQUIRE_PEERS=1 but the {name} peer is not usable: {reason}; \
+             run scripts/setup-peers (or run the tests with scripts/test)"
+        );
+    }
+    eprintln!("skipping: {name} peer not set up (run scripts/test): {reason}");
+    None
 }
 
 fn usable(kind: Kind, paths: &[&str], probe: &str) -> Result<PathBuf, String> {
