@@ -801,14 +801,17 @@ mod seeds {
                     user_id: "ann".into(),
                     role: 1,
                     joined: true,
+                    stream: "i/1".into(),
                 }),
             ),
             record(
                 2,
-                Body::File(store::FileUploaded {
+                Body::Upload(store::Uploaded {
                     user_id: "ann".into(),
-                    file_path: "f.rs".into(),
-                    lines: vec!["fn main() {".into(), "}".into()],
+                    files: vec![store::UploadedFile {
+                        file_path: "f.rs".into(),
+                        lines: vec!["fn main() {".into(), "}".into()],
+                    }],
                 }),
             ),
             record(
@@ -824,7 +827,6 @@ mod seeds {
                         line: 1,
                         text: "    hello();".into(),
                     }),
-                    noop: false,
                 }),
             ),
             record(
@@ -855,6 +857,7 @@ mod seeds {
                     user_id: "ann".into(),
                     role: 1,
                     joined: false,
+                    stream: "i/1".into(),
                 }),
             ),
         ];
