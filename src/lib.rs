@@ -19,4 +19,5 @@ pub mod logging;
 pub mod metrics;
 pub mod pb;
 pub mod review;
+pub mod shared_log;
 pub mod store;

@@ -142,7 +142,6 @@ impl Session {
     /// (its lease expired). Several instances may propose the same LEFT;
     /// the log applies the first and ignores the rest.
     pub(super) fn reap(&mut self, now: Now, gone: &Departed, fx: &mut Effects) {
-        let this = format!("{}/", self.instance);
         let mut ghosts: Vec<(Text, Role, Text)> = self
             .roster
             .users()
@@ -151,7 +150,7 @@ impl Session {
                 let stream = u.stream.clone()?;
                 let instance = stream.rsplit_once('/').map_or(&*stream, |(i, _)| i);
                 let is_gone = match gone {
-                    Departed::AllButThis => !stream.starts_with(&this),
+                    Departed::AllButThis => true,
                     Departed::Instances(instances) => instances.contains(instance),
                 };
                 is_gone.then(|| (name.clone(), u.role, stream))

@@ -151,7 +151,8 @@ pub enum Input {
 /// Which processes' streams are gone.
 #[derive(Debug, Clone)]
 pub enum Departed {
-    /// Every process but this one (after a restart, with a local log).
+    /// Every stream not open in this process (after a restart, with a
+    /// local log: none is).
     AllButThis,
     /// These instances.
     Instances(BTreeSet<Text>),

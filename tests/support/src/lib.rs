@@ -29,6 +29,7 @@ pub mod payloads;
 pub mod peers;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod server;
 pub mod tls;
 
