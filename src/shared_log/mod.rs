@@ -116,6 +116,10 @@ pub struct Append {
     pub records: Vec<Vec<u8>>,
 }
 
+/// One session's part of a batch: what the append script answered (an
+/// error: the answer could not be read).
+pub type SessionAppended = (Text, Result<Appended, String>);
+
 /// What the registry asks of Redis.
 #[derive(Debug)]
 pub enum Job {
@@ -156,7 +160,7 @@ pub enum LoadError {
 pub enum Event {
     /// A batch's outcome, per session (an error: the answer could not be
     /// read for that session); Err: the batch did not run.
-    Appended(Result<Vec<(Text, Result<Appended, String>)>, String>),
+    Appended(Result<Vec<SessionAppended>, String>),
     Loaded {
         session: Text,
         result: Result<Stored, LoadError>,
@@ -178,17 +182,33 @@ pub enum Event {
 pub struct SharedLog {
     pub jobs: mpsc::UnboundedSender<Job>,
     pub events: mpsc::UnboundedReceiver<Event>,
+    /// Redis answered at start.
+    pub healthy: bool,
 }
 
-/// Connects (checking that Redis answers), takes this instance's lease and
-/// starts the worker, reader and subscriber tasks.
+/// Connects and takes this instance's lease, then starts the worker,
+/// reader and subscriber tasks. Redis not answering is no reason to fail:
+/// the log says why, `healthy` is false (readiness too), and the worker
+/// keeps trying; `Health(Ok)` comes when Redis answers. Only a URL that
+/// cannot work is an error.
 pub async fn open(config: SharedLogConfig) -> Result<SharedLog, String> {
     let client = config.client()?;
-    let mut conn = tasks::connect(&client, tasks::COMMAND_TIMEOUT)
-        .await
-        .map_err(|e| format!("Redis at {}: {e}", redacted(&config.url)))?;
-    let renewed = tasks::renew_lease(&mut conn, &config).await;
-    renewed.map_err(|e| format!("Redis at {}: {e}", redacted(&config.url)))?;
+    let connected = match tasks::connect(&client, tasks::COMMAND_TIMEOUT).await {
+        Ok(mut conn) => tasks::renew_lease(&mut conn, &config).await.map(|()| conn),
+        Err(error) => Err(error),
+    };
+    let (conn, healthy) = match connected {
+        Ok(conn) => (Some(conn), true),
+        Err(error) => {
+            crate::log!(
+                Error,
+                "Redis is unreachable: not ready until it answers (retrying)",
+                redis = redacted(&config.url).as_str(),
+                error = error.as_str()
+            );
+            (None, false)
+        }
+    };
     let (jobs, job_rx) = mpsc::unbounded_channel();
     let (event_tx, events) = mpsc::unbounded_channel();
     let (follow_tx, follow_rx) = watch::channel(BTreeMap::new());
@@ -198,9 +218,13 @@ pub async fn open(config: SharedLogConfig) -> Result<SharedLog, String> {
         event_tx.clone(),
     ));
     tokio::spawn(tasks::subscribe_loop(client.clone(), event_tx.clone()));
-    let worker = tasks::Worker::new(client, Some(conn), config, event_tx, follow_tx);
+    let worker = tasks::Worker::new(client, conn, healthy, config, event_tx, follow_tx);
     tokio::spawn(worker.run(job_rx));
-    Ok(SharedLog { jobs, events })
+    Ok(SharedLog {
+        jobs,
+        events,
+        healthy,
+    })
 }
 
 /// A query's outcome, with Redis errors as text.

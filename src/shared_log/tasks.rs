@@ -20,6 +20,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_BLOCK: Duration = Duration::from_secs(5);
 /// Entries per read.
 const READ_COUNT: usize = 1000;
+/// How often the lease is renewed (and Redis tried, while it fails).
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// Wait before connecting again after a failure.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
@@ -62,6 +64,7 @@ impl Worker {
     pub fn new(
         client: redis::Client,
         conn: Option<MultiplexedConnection>,
+        healthy: bool,
         config: SharedLogConfig,
         events: mpsc::UnboundedSender<Event>,
         follow: watch::Sender<BTreeMap<Text, u64>>,
@@ -72,14 +75,14 @@ impl Worker {
             config,
             events,
             follow,
-            healthy: true,
+            healthy,
         }
     }
 
     /// Runs jobs until the registry goes away, renewing the lease at a
     /// third of its time to live; then gives the lease up.
     pub async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        let mut lease = tokio::time::interval(self.config.lease_ttl / 3);
+        let mut lease = tokio::time::interval(LEASE_RETRY.min(self.config.lease_ttl / 3));
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

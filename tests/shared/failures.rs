@@ -116,3 +116,58 @@ async fn service_stops_while_redis_is_down_and_resumes_after() {
     let n = bob.send(comment("", 0, "after")).await;
     bob.ack_of(n).await;
 }
+
+/// The status line's code of `GET path` on the metrics listener.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    let _ = conn.read_to_string(&mut reply);
+    reply.split(' ').nth(1)?.parse().ok()
+}
+
+/// Redis down when `serve` starts: it says so, stays not ready (joins get
+/// UNAVAILABLE) and becomes ready by itself once Redis answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_means_not_ready_until_it_answers() {
+    let mut redis = RedisServer::start();
+    redis.stop(false);
+    let url = redis.url();
+    let server = ServerProcess::start(BINARY, &["--redis", &url, "--metrics-addr", "127.0.0.1:0"]);
+    let said = server.wait_for_msg(
+        "Redis is unreachable: not ready until it answers (retrying)",
+        WAIT,
+    );
+    assert!(
+        said.is_some(),
+        "serve does not say that Redis is unreachable"
+    );
+    let metrics = server.metrics.clone().expect("a metrics address");
+    assert_eq!(http_status(&metrics, "/readyz"), Some(503));
+    let addr = server.addr.parse().expect("an address");
+    let channel = kit::server::connect(&plaintext_endpoint(addr), None)
+        .await
+        .expect("connecting");
+    let refused =
+        Participant::try_join(&channel, None, kit::payloads::join_message("z", "ann")).await;
+    let status = refused.err().expect("no join without Redis");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    redis.start_again();
+    let deadline = std::time::Instant::now() + LONG;
+    while http_status(&metrics, "/readyz") != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready after Redis came up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut ann, _) = Participant::join(&channel, None, "z", "ann").await;
+    let n = ann.send(comment("", 0, "hello")).await;
+    ann.ack_of(n).await;
+}

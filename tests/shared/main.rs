@@ -7,6 +7,7 @@
 //! Each test starts its own `redis-server` (the Debian package; .ci/run
 //! installs it) on a free loopback port and stops it by pid.
 
+mod cli;
 mod failures;
 mod order;
 

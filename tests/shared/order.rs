@@ -6,10 +6,11 @@ use codereview::grpc::client::CallOptions;
 use codereview::pb::codereview::code_edit::Op;
 use codereview::pb::codereview::session_message::Payload;
 use codereview::pb::codereview::{Join, SessionMessage};
-use kit::LONG;
+use kit::participant::Next;
 use kit::participant::{Participant, get_snapshot, upload};
 use kit::payloads::{chunk, comment, join_message_with};
 use kit::redis::RedisServer;
+use kit::{LONG, STEP};
 
 use super::instance;
 
@@ -85,32 +86,39 @@ async fn three_instances_give_one_session_one_order() {
         .flat_map(|(_, own)| own.iter().copied())
         .max()
         .expect("acks");
-    // Each participant reads until it has every number up to the last.
+    // Each participant reads until it has every number up to the last
+    // (the inbox's log holds what came while it waited for its acks too).
     let mut seen: Vec<BTreeMap<u64, String>> = Vec::new();
     for (p, own) in &mut finished {
-        let mut events = BTreeMap::new();
-        let mut numbers: BTreeSet<u64> = own.clone();
         let floor = *own.iter().next().expect("acks");
         let deadline = tokio::time::Instant::now() + LONG;
-        while (floor..=last).any(|n| !numbers.contains(&n)) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} waits for events",
-                p.user
-            );
-            let m = p.recv().await;
-            if m.sequence == 0 || essence(&m).is_none() {
-                continue;
+        let user = p.user.clone();
+        loop {
+            let mut events = BTreeMap::new();
+            for m in p.inbox().log.iter().filter(|m| m.sequence >= floor) {
+                let Some(event) = essence(m) else { continue };
+                assert!(
+                    events.insert(m.sequence, event).is_none() && !own.contains(&m.sequence),
+                    "{user}: sequence {} delivered twice",
+                    m.sequence
+                );
+            }
+            let missing: Vec<u64> = (floor..=last)
+                .filter(|n| !own.contains(n) && !events.contains_key(n))
+                .collect();
+            if missing.is_empty() {
+                seen.push(events);
+                break;
             }
             assert!(
-                numbers.insert(m.sequence) || m.sequence < floor,
-                "{}: sequence {} delivered twice",
-                p.user,
-                m.sequence
+                tokio::time::Instant::now() < deadline,
+                "{} waits for events {missing:?}",
+                p.user
             );
-            events.insert(m.sequence, essence(&m).expect("an event"));
+            if let Next::End(status) = p.next_within(STEP).await {
+                panic!("{}: ended ({status}) while missing {missing:?}", p.user);
+            }
         }
-        seen.push(events);
     }
     // Where two participants saw the same number, they saw the same event.
     for (i, a) in seen.iter().enumerate() {
@@ -143,9 +151,27 @@ async fn three_instances_give_one_session_one_order() {
         "every insert applied once: {lines:?}"
     );
     assert_eq!(snapshots[0].comments.len(), 3 * EACH);
-    // The log in Redis is dense: one entry per record, numbered from 0.
-    let length = redis.command(&["XLEN", "codereview:{s}:log"]);
-    assert!(length.starts_with(':'), "{length}");
+    // The stream itself is dense: its ids are unique and increasing (a
+    // stream's rule), the first is record 0's and the last is record
+    // XLEN-1's, so no number is missing or taken twice.
+    let key = "codereview:{s}:log";
+    let length: u64 = redis
+        .command(&["XLEN", key])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("XLEN");
+    let first = redis.command(&["XRANGE", key, "-", "+", "COUNT", "1"]);
+    let last = redis.command(&["XREVRANGE", key, "+", "-", "COUNT", "1"]);
+    assert!(first.contains("\r\n0-1\r\n"), "{first}");
+    assert!(
+        last.contains(&format!("\r\n{}-1\r\n", length - 1)),
+        "{length}: {last}"
+    );
+    assert!(
+        length as usize > 6 * EACH,
+        "every message is a record: {length}"
+    );
 }
 
 /// A participant's stream on one instance, resumed on another after a

@@ -314,7 +314,10 @@ impl Registry {
                         "sessions are shared through Redis",
                         instance = &*instance
                     );
-                    self.shared = Some(replicas::Shared::new(log.jobs, instance));
+                    let mut shared = replicas::Shared::new(log.jobs, instance);
+                    shared.healthy = log.healthy;
+                    self.storage_ok.store(log.healthy, Ordering::Relaxed);
+                    self.shared = Some(shared);
                     shared_events = Some(log.events);
                 }
                 Err(error) => {

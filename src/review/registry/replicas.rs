@@ -296,7 +296,7 @@ impl Registry {
                 }
                 let input = Input::Ephemeral {
                     user: Text::from(news.user_id.as_str()),
-                    framed: news.framed.into(),
+                    framed: news.framed,
                 };
                 self.step(now, &session, input);
             }
