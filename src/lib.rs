@@ -20,5 +20,6 @@ pub mod logging;
 pub mod metrics;
 pub mod pb;
 pub mod review;
+pub mod shared_log;
 pub mod store;
 pub mod web;

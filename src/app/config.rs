@@ -12,6 +12,7 @@ use crate::grpc::server::ServerConfig;
 use crate::grpc::tls::ServerTlsFiles;
 use crate::review::limits::Limits;
 use crate::review::service::DEFAULT_BATCH_BYTES;
+use crate::shared_log::SharedLogConfig;
 use crate::store::StoreConfig;
 
 /// Where `serve` listens by default (plaintext, loopback only).
@@ -61,6 +62,9 @@ pub struct AppConfig {
     /// Other origins whose pages may call gRPC-Web here (CORS), exactly
     /// `scheme://host[:port]` (default none: the page's own origin only).
     pub web_origins: Vec<String>,
+    /// Share sessions with other instances through Redis (then `store` is
+    /// None: Redis keeps them). Default: none.
+    pub redis: Option<SharedLogConfig>,
 }
 
 /// The durable store's defaults, in `dir`.
@@ -91,6 +95,7 @@ impl Default for AppConfig {
             session_retention: Duration::from_secs(24 * 3600),
             web: true,
             web_origins: Vec::new(),
+            redis: None,
         }
     }
 }
@@ -108,6 +113,9 @@ impl AppConfig {
 
     /// Checks what the parts cannot check alone; the first problem found.
     pub fn check(&self) -> Result<(), String> {
+        if self.redis.is_some() && self.store.is_some() {
+            return Err("--redis keeps sessions in Redis: it does not go with --data-dir".into());
+        }
         let server = &self.server;
         if !(16_384..=16_777_215).contains(&server.max_frame_size) {
             return Err("--max-frame-size must be between 16KiB and 16MiB-1".into());

@@ -119,6 +119,7 @@ impl App {
         registry_config.observer = metrics.clone();
         registry_config.store = config.store.clone();
         registry_config.session_retention = config.session_retention;
+        registry_config.shared = config.redis.clone();
         let storage_ok = registry_config.storage_ok.clone();
         let mut service_config = ServiceConfig::new(registry_config.limits.clone());
         service_config.max_stream_duration = config.max_stream_duration;

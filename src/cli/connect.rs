@@ -14,10 +14,16 @@ use crate::grpc::compression::Encoding;
 use crate::grpc::tls::ClientTlsFiles;
 use crate::grpc::{Code, Metadata, Status};
 
+/// Where client commands connect by default.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
 /// The connection flags of a client command.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// The address this client connects to (the first of `addrs`).
     pub addr: String,
+    /// Every address given (`--addr` repeated: instances sharing sessions).
+    pub addrs: Vec<String>,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -135,6 +141,15 @@ pub struct Connector {
 }
 
 impl ClientOptions {
+    /// The same options for the `n`th address (round-robin over `addrs`).
+    pub fn at(&self, n: usize) -> ClientOptions {
+        let mut options = self.clone();
+        if !self.addrs.is_empty() {
+            options.addr = self.addrs[n % self.addrs.len()].clone();
+        }
+        options
+    }
+
     pub fn endpoint(&self) -> Result<Endpoint, ClientError> {
         Endpoint::parse(&self.addr).map_err(ClientError::setup)
     }
@@ -230,9 +245,9 @@ macro_rules! client_flags {
     ) => {
         $(#[$meta])*
         pub struct $name {
-            /// server address: http://HOST:PORT or https://HOST:PORT (default http://127.0.0.1:50051)
-            #[argh(option, default = "String::from(\"http://127.0.0.1:50051\")")]
-            pub addr: String,
+            /// server address: http://HOST:PORT or https://HOST:PORT (default http://127.0.0.1:50051); repeat it for instances that share sessions (load spreads participants over them, join tries the next when one fails)
+            #[argh(option)]
+            pub addr: Vec<String>,
             /// PEM CA certificate that signed the server's certificate (https)
             #[argh(option)]
             pub ca: Option<std::path::PathBuf>,
@@ -256,8 +271,13 @@ macro_rules! client_flags {
 
         impl $name {
             pub fn client_options(&self) -> crate::cli::connect::ClientOptions {
+                let addrs = match self.addr.is_empty() {
+                    true => vec![String::from(crate::cli::connect::DEFAULT_SERVER)],
+                    false => self.addr.clone(),
+                };
                 crate::cli::connect::ClientOptions {
-                    addr: self.addr.clone(),
+                    addr: addrs[0].clone(),
+                    addrs,
                     ca: self.ca.clone(),
                     cert: self.cert.clone(),
                     key: self.key.clone(),

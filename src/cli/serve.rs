@@ -16,6 +16,7 @@ use crate::grpc::tls::ServerTlsFiles;
 use crate::log;
 use crate::logging::{self, Format, Level};
 use crate::review::limits::Limits;
+use crate::shared_log::SharedLogConfig;
 use crate::store::StoreConfig;
 
 /// run the server (plaintext h2c on 127.0.0.1:50051 by default)
@@ -198,6 +199,15 @@ pub struct ServeArgs {
         from_str_fn(super::parse_duration)
     )]
     pub session_retention: Duration,
+    /// keep sessions in Redis, shared by every instance given the same URL: redis://HOST:PORT[/DB] or rediss:// (TLS); replaces --data-dir (default: none)
+    #[argh(option)]
+    pub redis: Option<String>,
+    /// a file holding the Redis password (instead of one in the --redis URL)
+    #[argh(option)]
+    pub redis_password_file: Option<PathBuf>,
+    /// PEM certificates to trust for rediss:// (default: the system's roots)
+    #[argh(option)]
+    pub redis_ca: Option<PathBuf>,
     /// disk the data dir may use; past it edits, comments and uploads get RESOURCE_EXHAUSTED, 0 = no budget (default 4GiB)
     #[argh(option, default = "4 << 30", from_str_fn(super::parse_bytes))]
     pub max_disk: usize,
@@ -279,7 +289,12 @@ impl ServeArgs {
             .clone()
             .or_else(|| env.data_dir.clone().filter(|d| !d.is_empty()))
             .unwrap_or_else(|| app::DEFAULT_DATA_DIR.to_owned());
+        let redis = self.redis_config()?;
+        if redis.is_some() && self.data_dir.is_some() {
+            return Err("--redis keeps sessions in Redis: it does not go with --data-dir".into());
+        }
         let store = match data_dir.as_str() {
+            _ if redis.is_some() => None,
             "none" => None,
             dir => Some(StoreConfig {
                 dir: PathBuf::from(dir),
@@ -303,10 +318,51 @@ impl ServeArgs {
             session_retention: self.session_retention,
             web: !self.no_web,
             web_origins: self.web_origin.clone(),
+            redis,
             ..AppConfig::default()
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// The Redis settings, with the password and CA files read.
+    fn redis_config(&self) -> Result<Option<SharedLogConfig>, String> {
+        let Some(url) = &self.redis else {
+            if self.redis_password_file.is_some() || self.redis_ca.is_some() {
+                return Err("--redis-password-file and --redis-ca go with --redis".into());
+            }
+            return Ok(None);
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(format!(
+                "--redis {}: expected redis://HOST:PORT[/DB] or rediss://…",
+                crate::shared_log::redacted(url)
+            ));
+        }
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+        };
+        let password = match &self.redis_password_file {
+            Some(path) => {
+                let bytes = read(path, "--redis-password-file")?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| "--redis-password-file: the password is not UTF-8".to_string())?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            None => None,
+        };
+        let ca_pem = match &self.redis_ca {
+            Some(path) => Some(read(path, "--redis-ca")?),
+            None => None,
+        };
+        Ok(Some(SharedLogConfig {
+            url: url.clone(),
+            password,
+            ca_pem,
+            instance: crate::shared_log::new_instance_name(),
+            retention: self.session_retention,
+            lease_ttl: Duration::from_secs(10),
+        }))
     }
 
     /// The address to bind: --addr, else 0.0.0.0:$PORT, else the default.

@@ -286,6 +286,51 @@ impl Document {
         Ok(Change(cost))
     }
 
+    /// Whether a line operation decided now fits the limits and `room`,
+    /// judged against the file as it is now. Where the edit lands in the
+    /// log, concurrent edits may have moved its line; its range is checked
+    /// there, and its growth is the same. O(1).
+    pub fn check_growth(
+        &self,
+        path: &str,
+        op: &LineOp,
+        limits: &Limits,
+        room: Room,
+    ) -> Result<(), ReviewError> {
+        let existing = self.files.get(path);
+        let lines = existing.map_or(&[][..], Vec::as_slice);
+        let new_len = match op {
+            LineOp::Replace { line, .. } => lines.len().max(*line as usize + 1),
+            LineOp::Insert { .. } => lines.len() + 1,
+            LineOp::Delete { .. } | LineOp::Noop | LineOp::ReplaceFile { .. } => return Ok(()),
+        };
+        if existing.is_none() && self.files.len() >= limits.max_files {
+            return Err(ReviewError::exhausted(format!(
+                "the session already has {} files (limit)",
+                limits.max_files
+            )));
+        }
+        if new_len > limits.max_lines_per_file {
+            return Err(ReviewError::exhausted(format!(
+                "{path} would have {new_len} lines; the limit is {}",
+                limits.max_lines_per_file
+            )));
+        }
+        let cost = Self::cost(path, lines, existing.is_none(), op);
+        if cost.encoded_added.saturating_sub(cost.encoded_removed) > room.encoded {
+            return Err(ReviewError::exhausted(format!(
+                "the session would hold more than {} bytes of content (limit; counted as a snapshot encodes it)",
+                limits.max_document_bytes
+            )));
+        }
+        if cost.memory_added.saturating_sub(cost.memory_removed) > room.memory {
+            return Err(ReviewError::exhausted(
+                "the server's memory budget is used up: the session cannot grow now",
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds a document from (path, lines) pairs, unchecked (tests, replicas).
     pub fn from_files(files: impl IntoIterator<Item = (Text, Vec<Text>)>) -> Self {
         let mut doc = Document::new();

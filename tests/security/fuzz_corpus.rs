@@ -964,14 +964,17 @@ mod seeds {
                     user_id: "ann".into(),
                     role: 1,
                     joined: true,
+                    stream: "i/1".into(),
                 }),
             ),
             record(
                 2,
-                Body::File(store::FileUploaded {
+                Body::Upload(store::Uploaded {
                     user_id: "ann".into(),
-                    file_path: "f.rs".into(),
-                    lines: vec!["fn main() {".into(), "}".into()],
+                    files: vec![store::UploadedFile {
+                        file_path: "f.rs".into(),
+                        lines: vec!["fn main() {".into(), "}".into()],
+                    }],
                 }),
             ),
             record(
@@ -987,7 +990,6 @@ mod seeds {
                         line: 1,
                         text: "    hello();".into(),
                     }),
-                    noop: false,
                 }),
             ),
             record(
@@ -1018,6 +1020,7 @@ mod seeds {
                     user_id: "ann".into(),
                     role: 1,
                     joined: false,
+                    stream: "i/1".into(),
                 }),
             ),
         ];

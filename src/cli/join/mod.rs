@@ -145,7 +145,12 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
     }
     // Every setup mistake (address, TLS files, token file) is reported now:
     // retrying cannot fix it.
-    let connector = args.client_options().prepare()?;
+    let options = args.client_options();
+    let connectors = (0..options.addrs.len())
+        .map(|n| options.at(n).prepare())
+        .collect::<Result<Vec<_>, _>>()?;
+    // Several --addr: a failed connection moves on to the next address.
+    let mut next_address = 0usize;
     let style = if args.json { Style::Json } else { Style::Human };
     let want_snapshot = args.snapshot;
     let mut me = Participant {
@@ -170,7 +175,8 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
     let mut attempt = 0u32;
     let mut last_error;
     loop {
-        match connect(&connector, &mut me).await {
+        let connector = &connectors[next_address % connectors.len()];
+        match connect(connector, &mut me).await {
             Ok(connection) => {
                 let ended = live(&mut me, connection, &mut stdin, &mut stdin_open).await;
                 // Only a connection that got as far as live events counts as
@@ -198,6 +204,11 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
             }
             Err(Ended::Fatal(error)) => return Err(error),
             Err(Ended::Reconnect { reason, .. }) => {
+                if !me.ever_caught_up && next_address + 1 < connectors.len() {
+                    // Never joined yet: try the other addresses first.
+                    next_address += 1;
+                    continue;
+                }
                 if !me.ever_caught_up {
                     // The first connection failed: say so at once. Backoff
                     // is for connections that were up.
@@ -210,6 +221,7 @@ pub async fn run(args: JoinArgs) -> Result<(), ClientError> {
         if me.quit_expired() || (me.quitting.is_some() && me.waiting() == 0) {
             return me.finish();
         }
+        next_address += 1;
         attempt += 1;
         if attempt > me.args.max_attempts {
             return Err(ClientError::runtime(format!(

@@ -157,8 +157,9 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
     // Connections first, so connection setup is not measured.
     let connections = total.div_ceil(args.streams_per_conn);
     let mut channels = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        channels.push(options.connect().await?);
+    // Several --addr: connections (and so participants) round-robin.
+    for n in 0..connections {
+        channels.push(options.at(n).connect().await?);
     }
     let started = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(total);

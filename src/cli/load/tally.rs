@@ -295,7 +295,11 @@ pub(super) fn summarize(
         && rate_limited == 0;
     eprintln!(
         "load: {} sessions x {} participants x {} {} messages against {}",
-        args.sessions, args.participants, args.messages, args.kind, options.addr
+        args.sessions,
+        args.participants,
+        args.messages,
+        args.kind,
+        options.addrs.join(",")
     );
     // Unpaced, sending only queues messages for the connection: how fast
     // that went says nothing. Paced, how long the sends took is the pacing.

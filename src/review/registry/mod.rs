@@ -36,12 +36,14 @@ use super::counters::{NoSessionObserver, SessionObserver};
 use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
-use super::session::{Done, Effects, Input, JoinRequest, Now, Session, UploadOutcome};
+use super::session::{Done, Effects, Input, JoinRequest, Now, Session};
 use crate::pb::store::Record;
+use crate::shared_log::{self, Event as SharedEvent, SharedLogConfig};
 use crate::store::{self, Event as StoreEvent, Job, StoreConfig, StoreHandle};
 
 mod budget;
 mod handle;
+mod replicas;
 
 use budget::{MemoryBudget, NEW_SESSION_ROOM, SHED_MIN_OUTBOX};
 use handle::{Command, PullMode};
@@ -65,6 +67,8 @@ pub struct RegistryConfig {
     pub session_retention: Duration,
     /// False while the store fails (readiness).
     pub storage_ok: Arc<AtomicBool>,
+    /// Share sessions with other instances through Redis (replaces `store`).
+    pub shared: Option<SharedLogConfig>,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -88,6 +92,7 @@ impl RegistryConfig {
             store: None,
             session_retention: Duration::from_secs(24 * 3600),
             storage_ok: Arc::new(AtomicBool::new(true)),
+            shared: None,
         }
     }
 }
@@ -139,8 +144,13 @@ pub fn spawn(config: RegistryConfig) -> (RegistryHandle, Startup) {
         store: None,
         retention: config.session_retention,
         storage_ok: config.storage_ok,
+        shared: None,
     };
-    tokio::spawn(registry.start(config.store, rx, pull_rx, config.tick, started));
+    let stores = Stores {
+        local: config.store,
+        shared: config.shared,
+    };
+    tokio::spawn(registry.start(stores, rx, pull_rx, config.tick, started));
     (RegistryHandle { tx, pulls }, startup)
 }
 
@@ -152,6 +162,22 @@ async fn recv_store(
         Some(events) => events.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Redis's next event (never, without Redis).
+async fn recv_shared(
+    events: &mut Option<mpsc::UnboundedReceiver<SharedEvent>>,
+) -> Option<SharedEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where sessions are kept (neither: in memory).
+struct Stores {
+    local: Option<StoreConfig>,
+    shared: Option<SharedLogConfig>,
 }
 
 /// A new session's epoch: random, non-zero, and below 2^53 so that every
@@ -174,6 +200,9 @@ struct MemberSlot {
     session: Text,
     ending: Option<oneshot::Sender<Ending>>,
     parked: Option<Parked>,
+    /// Shared mode: the member's JOINED has not landed yet; what it sends
+    /// meanwhile waits here.
+    held: Option<Vec<Command>>,
 }
 
 /// A stream waiting for its outbox.
@@ -192,6 +221,8 @@ struct SessionSlot {
     since_snapshot: u64,
     /// Unix ms of its last record (kept in snapshots).
     last_active: i64,
+    /// Shared mode: its traffic with the shared log.
+    replica: replicas::Replica,
 }
 
 /// The durable mode's bookkeeping.
@@ -257,21 +288,45 @@ struct Registry {
     /// In durable mode, how long an empty session is kept.
     retention: Duration,
     storage_ok: Arc<AtomicBool>,
+    /// Shared mode (sessions are replicas of logs in Redis).
+    shared: Option<replicas::Shared>,
 }
 
 impl Registry {
     /// Recovers the store (durable mode), says so, then serves.
     async fn start(
         mut self,
-        store: Option<StoreConfig>,
+        stores: Stores,
         rx: mpsc::Receiver<Command>,
         pulls: mpsc::Receiver<Command>,
         tick: Duration,
         started: oneshot::Sender<Result<RecoveryReport, String>>,
     ) {
         let mut events = None;
+        let mut shared_events = None;
         let mut report = RecoveryReport::default();
-        if let Some(config) = store {
+        if let Some(config) = stores.shared {
+            let instance = config.instance.clone();
+            match shared_log::open(config).await {
+                Ok(log) => {
+                    crate::log!(
+                        Info,
+                        "sessions are shared through Redis",
+                        instance = &*instance
+                    );
+                    let mut shared = replicas::Shared::new(log.jobs, instance);
+                    shared.healthy = log.healthy;
+                    self.storage_ok.store(log.healthy, Ordering::Relaxed);
+                    self.shared = Some(shared);
+                    shared_events = Some(log.events);
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                    return;
+                }
+            }
+        }
+        if let Some(config) = stores.local {
             let begun = std::time::Instant::now();
             let opened = tokio::task::spawn_blocking(move || store::open(config)).await;
             let (handle, recovered) = match opened {
@@ -298,7 +353,7 @@ impl Registry {
             self.flush_to_store();
         }
         let _ = started.send(Ok(report));
-        self.run(rx, pulls, tick, events).await;
+        self.run(rx, pulls, tick, events, shared_events).await;
     }
 
     /// Rebuilds the sessions the store holds; damaged ones are failed.
@@ -341,6 +396,7 @@ impl Registry {
                 memory: 0,
                 since_snapshot: found.records.len() as u64,
                 last_active,
+                replica: replicas::Replica::default(),
             };
             self.memory
                 .recount(&mut slot.memory, slot.session.memory_bytes());
@@ -367,6 +423,7 @@ impl Registry {
         mut pulls: mpsc::Receiver<Command>,
         tick: Duration,
         mut store_events: Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>>,
+        mut shared_events: Option<mpsc::UnboundedReceiver<SharedEvent>>,
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,6 +431,7 @@ impl Registry {
             tokio::select! {
                 biased;
                 Some(event) = recv_store(&mut store_events) => self.on_store_event(event),
+                Some(event) = recv_shared(&mut shared_events) => self.on_shared_event(event),
                 Some(pull) = pulls.recv() => self.handle(pull),
                 command = rx.recv() => match command {
                     Some(command) => self.handle(command),
@@ -382,6 +440,7 @@ impl Registry {
                 _ = ticker.tick() => self.tick(),
             }
             self.flush_to_store();
+            self.flush_shared();
         }
     }
 
@@ -396,6 +455,13 @@ impl Registry {
     }
 
     fn handle(&mut self, command: Command) {
+        // Shared mode: a command may wait for its session or its member.
+        if let Some(command) = self.shared_intercepts(command) {
+            self.dispatch(command);
+        }
+    }
+
+    fn dispatch(&mut self, command: Command) {
         let now = self.now();
         match command {
             Command::Join {
@@ -481,8 +547,24 @@ impl Registry {
                 files,
                 reply,
             } => {
-                let result = self.upload(now, session_id, user_id, role, files);
-                let _ = reply.send(result);
+                match self.upload(now, &session_id, user_id, role, files) {
+                    Ok(Done::Uploaded(outcome)) => {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    // Shared mode: answered when its record lands.
+                    Ok(Done::Nothing) if self.shared.is_some() => {
+                        self.await_upload(&session_id, reply)
+                    }
+                    Ok(Done::Nothing) => {
+                        let _ = reply.send(Err(ReviewError::new(
+                            ErrorKind::Unavailable,
+                            "the session went away during the upload",
+                        )));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
             }
             Command::Drain { deadline_ms } => {
                 self.draining = true;
@@ -517,6 +599,9 @@ impl Registry {
         let mut fx = slot.session.step(now, input);
         let result = fx.result.clone();
         let records = std::mem::take(&mut fx.records);
+        let proposals = std::mem::take(&mut fx.proposals);
+        let published = std::mem::take(&mut fx.published);
+        Self::share_effects(&mut self.shared, session_id, slot, proposals, published);
         match (&mut self.durability, records.last()) {
             // In memory: records are durable as soon as they are made.
             (None, _) => {
@@ -543,8 +628,9 @@ impl Registry {
         } else {
             slot.empty_since = None;
         }
+        let idle = slot.replica.is_idle();
         self.queue_records(session_id, records);
-        if empty && self.empty_ttl().is_zero() {
+        if empty && idle && self.empty_ttl().is_zero() {
             self.remove_session(session_id);
         }
         Some(result)
@@ -637,6 +723,10 @@ impl Registry {
             ));
         }
         let now = self.now();
+        if let Some((session, proposals)) = self.new_replica(now, session_id) {
+            self.adopt(now, session_id, session, proposals);
+            return Ok(());
+        }
         let session = Session::create(now, session_id.clone(), random_epoch(), self.limits.clone());
         let mut slot = SessionSlot {
             session,
@@ -644,6 +734,7 @@ impl Registry {
             memory: 0,
             since_snapshot: 0,
             last_active: now.unix_ms,
+            replica: replicas::Replica::default(),
         };
         self.memory
             .recount(&mut slot.memory, slot.session.memory_bytes());
@@ -657,6 +748,10 @@ impl Registry {
             return;
         };
         self.memory.release(slot.memory);
+        if let Some(shared) = self.shared.as_mut() {
+            // It stays in Redis (until its retention); here it is dropped.
+            shared.follow_changed = true;
+        }
         if let (Some(durability), Some(store)) = (self.durability.as_mut(), self.store.as_ref()) {
             durability.unwritten.retain(|(id, _)| id != session_id);
             durability.snapshot_wanted.remove(session_id);
@@ -883,9 +978,17 @@ impl Registry {
                 session: session_id.clone(),
                 ending: Some(ending_tx),
                 parked: None,
+                held: None,
             },
         );
-        match self.step_creating(now, session_id, create, input(member)) {
+        let input = input(member);
+        if self.shared.is_some()
+            && matches!(input, Input::Join(_))
+            && let Some(slot) = self.members.get_mut(&member)
+        {
+            slot.held = Some(Vec::new());
+        }
+        match self.step_creating(now, session_id, create, input) {
             Ok(_) => Ok(Membership { member, ending }),
             Err(error) => {
                 self.members.remove(&member);
@@ -897,24 +1000,18 @@ impl Registry {
     fn upload(
         &mut self,
         now: Now,
-        session_id: Text,
+        session_id: &Text,
         user_id: Text,
         role: super::roles::Role,
         files: Vec<(Text, Vec<Text>)>,
-    ) -> Result<UploadOutcome, ReviewError> {
+    ) -> Result<Done, ReviewError> {
         let proof = role.may_upload()?;
         let input = Input::Upload {
             user: user_id,
             files,
             proof,
         };
-        match self.step_creating(now, &session_id, Creation::Allowed, input)? {
-            Done::Uploaded(outcome) => Ok(outcome),
-            Done::Nothing => Err(ReviewError::new(
-                ErrorKind::Unavailable,
-                "the session went away during the upload",
-            )),
-        }
+        self.step_creating(now, session_id, Creation::Allowed, input)
     }
 
     fn pull(
@@ -996,12 +1093,14 @@ impl Registry {
         let now = self.now();
         self.step_all(now, |_| Input::Tick);
         self.snapshot_due();
+        self.shared_tick();
         let ttl = self.empty_ttl();
         let expired: Vec<Text> = self
             .sessions
             .iter()
             .filter(|(_, slot)| {
                 slot.session.is_empty()
+                    && slot.replica.is_idle()
                     && slot.empty_since.is_some_and(|since| since.elapsed() >= ttl)
             })
             .map(|(id, _)| id.clone())

@@ -7,6 +7,7 @@ use super::super::dedupe::Outcome;
 use super::super::ot::{self, FileOp, LineOp};
 use super::super::roles::{MayComment, MayEdit, MayMoveCursor};
 use super::super::validate::{CommentRequest, CursorRequest, EditRequest};
+use super::apply::APPLY_MAX_LINES;
 use super::log;
 use super::roster::VersionReading;
 use super::*;
@@ -15,8 +16,11 @@ use crate::pb::codereview::{
 };
 
 impl Session {
+    /// Decides an edit: this process's checks (storage, limits, memory) and
+    /// how to read its base version (what the stream has seen); the record
+    /// then goes to the log, which transforms and applies it where it lands.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn apply_edit(
+    pub(super) fn propose_edit(
         &mut self,
         now: Now,
         member: MemberId,
@@ -71,37 +75,34 @@ impl Session {
             // Untracked and too old: apply to the current document as is.
             base = current;
         }
+        self.doc
+            .check_growth(&edit.path, &edit.op, &self.limits, self.room())?;
         let op = FileOp {
-            path: self.doc.intern_path(edit.path),
+            path: edit.path,
             op: edit.op,
         };
-        let applied = self.edit_transition(user, base, incoming_wins, op.clone(), true)?;
-        self.log(
-            now,
-            Body::Edit(log::edit_record(
-                user,
-                client_sequence,
-                base,
-                incoming_wins,
-                &op,
-                applied.is_none(),
-            )),
-        );
-        self.announce_edit(now, Some(member), user, client_sequence, applied, fx);
+        let body = Body::Edit(log::edit_record(
+            user,
+            client_sequence,
+            base,
+            incoming_wins,
+            &op,
+        ));
+        self.propose(now, body, Author::Member(member), fx);
         Ok(())
     }
 
-    /// What an edit does to the state, live or replayed: transformed through
-    /// the user's bridge, applied (`checked`: within the limits; replaying,
-    /// whatever they are now), recorded in the operation log. Returns the
-    /// operation as applied, or None when a concurrent edit cancelled it.
+    /// What an edit does to the state where it lands in the log:
+    /// transformed through the user's bridge, applied (within the file: a
+    /// line that is gone refuses it), recorded in the operation log.
+    /// Returns the operation as applied, or None when a concurrent edit
+    /// cancelled it.
     pub(super) fn edit_transition(
         &mut self,
         user: &Text,
         base: i32,
         incoming_wins: bool,
         op: FileOp,
-        checked: bool,
     ) -> Result<Option<FileOp>, ReviewError> {
         let current = self.version;
         let window = self.limits.transform_window;
@@ -124,16 +125,9 @@ impl Session {
         let result = transformed.op.clone();
         let noop = result.is_noop();
         if !noop {
-            if checked {
-                let room = self.room();
-                self.doc.apply(&result, &self.limits, room)?;
-            } else {
-                self.doc
-                    .apply_unchecked(&result, self.limits.max_lines_per_file)
-                    .map_err(|ot::ApplyError::OutOfRange(why)| {
-                        ReviewError::new(ErrorKind::OutOfRange, why)
-                    })?;
-            }
+            self.doc.apply_unchecked(&result, APPLY_MAX_LINES).map_err(
+                |ot::ApplyError::OutOfRange(why)| ReviewError::new(ErrorKind::OutOfRange, why),
+            )?;
         }
         let version = (!noop).then_some(current + 1);
         if let Some(state) = self.roster.user_mut(user) {
@@ -229,8 +223,10 @@ impl Session {
         self.comments.reanchor(op, len);
     }
 
+    /// Decides a comment: this process's checks (storage, the comment
+    /// limit, budgets); where it lands the log checks its line and id.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn add_comment(
+    pub(super) fn propose_comment(
         &mut self,
         now: Now,
         member: MemberId,
@@ -247,47 +243,20 @@ impl Session {
                 self.limits.max_comments
             )));
         }
-        // A comment on a file must point at one of its lines, so that live
-        // replicas and snapshots agree on where it is.
-        if !request.path.is_empty() {
-            let Some(lines) = self.doc.file(&request.path) else {
-                return Err(ReviewError::new(
-                    ErrorKind::NotFound,
-                    format!("no file {:?} in this session", request.path),
-                ));
-            };
-            if request.line as usize >= lines.len() {
-                return Err(ReviewError::new(
-                    ErrorKind::OutOfRange,
-                    format!(
-                        "line {} is past the end of {} ({} lines, 0-based)",
-                        request.line,
-                        request.path,
-                        lines.len()
-                    ),
-                ));
-            }
-        }
-        let comment_id = if request.comment_id.is_empty() {
-            comments::server_comment_id(self.sequence + 1)
-        } else {
-            request.comment_id
-        };
-        if self.comments.contains_id(&comment_id) {
-            return Err(ReviewError::new(
-                ErrorKind::AlreadyExists,
-                format!("comment {comment_id:?} already exists"),
-            ));
-        }
         let comment = Comment {
-            comment_id: comment_id.clone(),
+            comment_id: request.comment_id,
             line_number: request.line as i32,
             text: request.text,
             file_path: request.path,
         };
+        // The id the server would give it, for the size estimate.
+        let mut sized = comment.clone();
+        if sized.comment_id.is_empty() {
+            sized.comment_id = comments::server_comment_id(self.sequence + 1);
+        }
         let entry = CommentEntry {
             user_id: user.to_string(),
-            comment: Some(comment.clone()),
+            comment: Some(sized),
             sequence: self.sequence + 1,
             timestamp: now.unix_ms,
         };
@@ -298,20 +267,13 @@ impl Session {
                 self.limits.max_document_bytes
             )));
         }
-        if Comments::memory_cost(&entry) > room.memory {
-            return Err(ReviewError::exhausted(
-                "the server's memory budget is used up: the session cannot grow now",
-            ));
-        }
-        self.log(
-            now,
-            Body::Comment(store::CommentAdded {
-                user_id: user.to_string(),
-                client_sequence,
-                comment: Some(comment.clone()),
-            }),
-        );
-        self.announce_comment(now, Some(member), user, client_sequence, comment, fx);
+        self.check_memory(Comments::memory_cost(&entry))?;
+        let body = Body::Comment(store::CommentAdded {
+            user_id: user.to_string(),
+            client_sequence,
+            comment: Some(comment),
+        });
+        self.propose(now, body, Author::Member(member), fx);
         Ok(())
     }
 
@@ -387,8 +349,9 @@ impl Session {
         }
     }
 
-    /// Replaces whole files (the author seeds the session). Atomic: either
-    /// every file is applied or none.
+    /// Decides an upload of whole files (the author seeds the session):
+    /// rate limits, and every file checked against the limits and budgets
+    /// together (all or none); the log applies it.
     pub(super) fn upload(
         &mut self,
         now: Now,
@@ -396,7 +359,7 @@ impl Session {
         files: Vec<(Text, Vec<Text>)>,
         _proof: MayUpload,
         fx: &mut Effects,
-    ) -> Result<UploadOutcome, ReviewError> {
+    ) -> Result<(), ReviewError> {
         self.check_writable()?;
         // An upload counts against its author's rate limits like messages:
         // one per file, and its bytes.
@@ -404,62 +367,40 @@ impl Session {
             .iter()
             .map(|(path, lines)| path.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>())
             .sum();
-        let limits = self.limits.clone();
-        self.roster
-            .ensure_user(user, Role::Author, now.at, self.version, &limits)?
-            .rate
-            .take(now.at, files.len().max(1), bytes, &limits)?;
-        let ops: Vec<FileOp> = files
-            .into_iter()
-            .map(|(path, lines)| FileOp {
-                path: self.doc.intern_path(path),
-                op: LineOp::ReplaceFile {
-                    lines: lines.into(),
-                },
-            })
-            .collect();
-        // Atomic: every file is checked (the files of an upload are
-        // distinct, so their costs add up) before any is applied.
-        let mut outcome = UploadOutcome::default();
+        self.take_rate(now, user, files.len().max(1), bytes)?;
         let mut room = self.room();
-        let mut changes = Vec::with_capacity(ops.len());
         let mut new_files = 0;
-        for op in &ops {
-            let change = self.doc.check(op, &self.limits, room, new_files)?;
+        for (path, lines) in &files {
+            let op = FileOp {
+                path: path.clone(),
+                op: LineOp::ReplaceFile {
+                    lines: lines.as_slice().into(),
+                },
+            };
+            let change = self.doc.check(&op, &self.limits, room, new_files)?;
             room.encoded -= change.encoded_growth();
             room.memory -= change.memory_growth();
-            if self.doc.file(&op.path).is_none() {
+            if self.doc.file(path).is_none() {
                 new_files += 1;
             }
-            changes.push(change);
-            if let LineOp::ReplaceFile { lines } = &op.op {
-                outcome.files += 1;
-                outcome.lines += lines.len() as u32;
-                outcome.bytes += lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
-            }
         }
-        if self.version.checked_add(ops.len() as i32).is_none() {
+        if self.version.checked_add(files.len() as i32).is_none() {
             return Err(ReviewError::exhausted(
                 "the session reached its last version",
             ));
         }
-        for (op, change) in ops.into_iter().zip(changes) {
-            let LineOp::ReplaceFile { lines } = &op.op else {
-                unreachable!("uploads replace files")
-            };
-            self.log(
-                now,
-                Body::File(store::FileUploaded {
-                    user_id: user.to_string(),
-                    file_path: op.path.to_string(),
+        let body = Body::Upload(store::Uploaded {
+            user_id: user.to_string(),
+            files: files
+                .into_iter()
+                .map(|(path, lines)| store::UploadedFile {
+                    file_path: path.to_string(),
                     lines: lines.iter().map(|l| l.to_string()).collect(),
-                }),
-            );
-            self.doc.apply_checked(&op, change);
-            outcome.sequence = self.announce_file(now, user, op, fx);
-        }
-        outcome.version = self.version;
-        Ok(outcome)
+                })
+                .collect(),
+        });
+        self.propose(now, body, Author::Uploader, fx);
+        Ok(())
     }
 
     /// A file replaced (live or replayed, once the document holds it): the

@@ -10,7 +10,7 @@ impl Session {
         let mut participants: Vec<Participant> = self
             .roster
             .users()
-            .filter(|(_, u)| u.live().is_some())
+            .filter(|(_, u)| u.present)
             .map(|(name, u)| Participant {
                 user_id: name.to_string(),
                 status: if u.idle {
@@ -135,5 +135,84 @@ impl Session {
             fx.closed.push((member, error.clone()));
         }
         self.overflowed.clear();
+    }
+
+    /// Users present through streams of processes that are gone leave: no
+    /// ghost stays in presence after a restart, or after an instance died
+    /// (its lease expired). Several instances may propose the same LEFT;
+    /// the log applies the first and ignores the rest.
+    pub(super) fn reap(&mut self, now: Now, gone: &Departed, fx: &mut Effects) {
+        let mut ghosts: Vec<(Text, Role, Text)> = self
+            .roster
+            .users()
+            .filter(|(_, u)| u.present && u.live().is_none())
+            .filter_map(|(name, u)| {
+                let stream = u.stream.clone()?;
+                let instance = stream.rsplit_once('/').map_or(&*stream, |(i, _)| i);
+                let is_gone = match gone {
+                    Departed::AllButThis => true,
+                    Departed::Instances(instances) => instances.contains(instance),
+                };
+                is_gone.then(|| (name.clone(), u.role, stream))
+            })
+            .collect();
+        ghosts.sort_by(|a, b| a.0.cmp(&b.0));
+        for (user, role, stream) in ghosts {
+            let body = Body::Presence(store::Presence {
+                user_id: user.to_string(),
+                role: role.to_wire() as i32,
+                joined: false,
+                stream: stream.to_string(),
+            });
+            self.propose(now, body, Author::Nobody, fx);
+        }
+    }
+
+    /// The instances whose streams make users present here (for the
+    /// registry's liveness checks).
+    pub fn remote_instances(&self) -> BTreeSet<Text> {
+        let this = format!("{}/", self.instance);
+        self.roster
+            .users()
+            .filter(|(_, u)| u.present && u.live().is_none())
+            .filter_map(|(_, u)| u.stream.as_ref())
+            .filter(|stream| !stream.starts_with(&this))
+            .filter_map(|stream| stream.rsplit_once('/').map(|(i, _)| Arc::from(i)))
+            .collect()
+    }
+
+    /// Another instance's ephemeral news: its members' cursors and idle
+    /// or active status, for every member here.
+    pub(super) fn receive_ephemeral(
+        &mut self,
+        now: Now,
+        user: Text,
+        framed: Bytes,
+        fx: &mut Effects,
+    ) {
+        let _ = now;
+        let header = crate::grpc::codec::HEADER_LEN;
+        let Some(message) = framed
+            .get(header..)
+            .and_then(|body| <SessionMessage as prost::Message>::decode(body).ok())
+        else {
+            return;
+        };
+        let (kind, counted) = match &message.payload {
+            Some(Payload::Cursor(cursor)) => {
+                if let Some(state) = self.roster.user_mut(&user) {
+                    state.cursor = Some(cursor.clone());
+                }
+                (EphemeralKind::Cursor, MessageKind::Cursor)
+            }
+            Some(Payload::Presence(update)) => {
+                if let Some(state) = self.roster.user_mut(&user) {
+                    state.idle = update.status == Presence::Idle as i32;
+                }
+                (EphemeralKind::Presence, MessageKind::Presence)
+            }
+            _ => return,
+        };
+        self.push_ephemeral(&user, kind, counted, framed, None, fx);
     }
 }

@@ -1,12 +1,12 @@
-//! The session's side of its durable log. Every essential state change
-//! makes a record (`proto/codereview/store/v1/store.proto`) before anything
-//! it causes is queued for a member; replaying the records rebuilds the
-//! state through the very transitions the live steps use (with no members
-//! to send to); a snapshot is the whole state at a log position.
+//! The session's side of its durable log: records
+//! (`proto/codereview/store/v1/store.proto`) and their conversions,
+//! recovery, and snapshots (the whole state at a log position). Every
+//! change of the log's state is a record, applied by `apply` the same way
+//! live, replayed, or landed from another instance:
 //!
 //! ```text
-//!  live:    check ─► transition ─► record ─► announce (history, outboxes gated)
-//!  replay:          transition ◄── record ─► announce (history; nobody to send to)
+//!  live:    decide ─► record ─► apply ─► announce (history, outboxes gated)
+//!  replay:            record ─► apply ─► announce (history; nobody to send to)
 //! ```
 //!
 //! The output gate: what a step queues waits until the records made so far
@@ -33,18 +33,17 @@ impl std::fmt::Display for ReplayError {
     }
 }
 
-fn damaged(what: impl Into<String>) -> ReplayError {
+pub(super) fn damaged(what: impl Into<String>) -> ReplayError {
     ReplayError(what.into())
 }
 
-/// An edit's record: its inputs and whether it was cancelled.
+/// An edit's record: what it is and what it was based on.
 pub(super) fn edit_record(
     user: &Text,
     client_sequence: u64,
     base: i32,
     incoming_wins: bool,
     op: &FileOp,
-    noop: bool,
 ) -> store::Edit {
     store::Edit {
         user_id: user.to_string(),
@@ -53,7 +52,6 @@ pub(super) fn edit_record(
         base,
         incoming_wins,
         op: Some(line_op_to_store(&op.op)),
-        noop,
     }
 }
 
@@ -73,7 +71,7 @@ fn line_op_to_store(op: &LineOp) -> store::LineOp {
     }
 }
 
-fn line_op_from_store(op: Option<&store::LineOp>) -> Result<LineOp, ReplayError> {
+pub(super) fn line_op_from_store(op: Option<&store::LineOp>) -> Result<LineOp, ReplayError> {
     let op = op.ok_or_else(|| damaged("an edit without its operation"))?;
     let text: Text = Arc::from(op.text.as_str());
     Ok(match WireOp::try_from(op.op) {
@@ -117,7 +115,7 @@ fn logged_op_from_store(op: &store::LoggedOp) -> Result<FileOp, ReplayError> {
     })
 }
 
-fn role_from_store(role: i32) -> Role {
+pub(super) fn role_from_store(role: i32) -> Role {
     match pb::Role::try_from(role) {
         Ok(pb::Role::Reviewer) => Role::Reviewer,
         Ok(pb::Role::Observer) => Role::Observer,
@@ -126,20 +124,6 @@ fn role_from_store(role: i32) -> Role {
 }
 
 impl Session {
-    /// Appends a record of a state change (not while replaying: then the
-    /// record is already in the log).
-    pub(super) fn log(&mut self, now: Now, body: Body) {
-        if self.replaying {
-            return;
-        }
-        self.records.push(Record {
-            index: self.next_index,
-            timestamp: now.unix_ms,
-            body: Some(body),
-        });
-        self.next_index += 1;
-    }
-
     /// The index the next record gets: how many records the log holds.
     pub fn next_index(&self) -> u64 {
         self.next_index
@@ -168,136 +152,23 @@ impl Session {
     /// Folds one record of the log into the state (recovery). Records must
     /// come in index order, without gaps.
     pub fn replay(&mut self, record: &Record) -> Result<(), ReplayError> {
-        if record.index != self.next_index {
-            return Err(damaged(format!(
-                "record {} where record {} was expected",
-                record.index, self.next_index
-            )));
-        }
         let now = Now {
             at: std::time::Instant::now(),
             unix_ms: record.timestamp,
         };
-        self.replaying = true;
-        let result = self.replay_body(now, record);
-        self.replaying = false;
-        self.next_index = record.index + 1;
-        self.durable_index = self.next_index;
-        result
-    }
-
-    fn replay_body(&mut self, now: Now, record: &Record) -> Result<(), ReplayError> {
-        let mut fx = Effects::default();
-        let body = record
-            .body
-            .as_ref()
-            .ok_or_else(|| damaged(format!("record {} is empty", record.index)))?;
-        let limits = self.limits.clone();
-        let user = |session: &mut Session, name: &str, role: Role| -> Result<Text, ReplayError> {
-            let name: Text = Arc::from(name);
-            session
-                .roster
-                .ensure_user(&name, role, now.at, session.version, &limits)
-                .map_err(|e| damaged(e.message))?;
-            Ok(name)
-        };
-        match body {
-            Body::Created(created) => {
-                if record.index != 0 || created.session_id != *self.id {
-                    return Err(damaged("a Created record that does not start this session"));
-                }
-                self.epoch = created.epoch;
-            }
-            Body::Presence(presence) => {
-                let role = role_from_store(presence.role);
-                let name = user(self, &presence.user_id, role)?;
-                if let Some(state) = self.roster.user_mut(&name) {
-                    state.role = role;
-                }
-                self.announce_presence_change(now, &name, None, role, presence.joined, &mut fx);
-            }
-            Body::Edit(edit) => {
-                let name = user(self, &edit.user_id, Role::Author)?;
-                let op = FileOp {
-                    path: self.doc.intern_path(Arc::from(edit.file_path.as_str())),
-                    op: line_op_from_store(edit.op.as_ref())?,
-                };
-                let applied = self
-                    .edit_transition(&name, edit.base, edit.incoming_wins, op, false)
-                    .map_err(|e| {
-                        damaged(format!(
-                            "edit {} does not apply: {}",
-                            record.index, e.message
-                        ))
-                    })?;
-                if applied.is_none() != edit.noop {
-                    return Err(damaged(format!(
-                        "edit {} came to something else when replayed",
-                        record.index
-                    )));
-                }
-                self.announce_edit(now, None, &name, edit.client_sequence, applied, &mut fx);
-            }
-            Body::Comment(added) => {
-                let name = user(self, &added.user_id, Role::Reviewer)?;
-                let comment = added
-                    .comment
-                    .clone()
-                    .ok_or_else(|| damaged("a comment record without its comment"))?;
-                self.announce_comment(now, None, &name, added.client_sequence, comment, &mut fx);
-            }
-            Body::File(file) => {
-                let name = user(self, &file.user_id, Role::Author)?;
-                let op = FileOp {
-                    path: self.doc.intern_path(Arc::from(file.file_path.as_str())),
-                    op: LineOp::ReplaceFile {
-                        lines: file.lines.iter().map(|l| Arc::from(l.as_str())).collect(),
-                    },
-                };
-                self.doc
-                    .apply_unchecked(&op, self.limits.max_lines_per_file)
-                    .map_err(|_| damaged("an upload that does not apply"))?;
-                self.announce_file(now, &name, op, &mut fx);
-            }
-            Body::Refused(refused) => {
-                let name = user(self, &refused.user_id, Role::Reviewer)?;
-                let error = ReviewError::from_code(refused.code, refused.message.clone());
-                self.remember(&name, refused.client_sequence, Outcome::Error(error));
-            }
-            Body::Deleted(_) => {
-                return Err(damaged(
-                    "a Deleted record is the store's, not the session's",
-                ));
-            }
-        }
-        Ok(())
+        self.apply_record(now, record, Author::Nobody).map(|_| ())
     }
 
     /// After a restart: the participants that were present have no stream
     /// any more. Their LEFT is recorded and broadcast (to nobody yet), so no
     /// ghost stays in presence.
     pub fn finish_recovery(&mut self, now: Now) -> Effects {
-        let mut fx = Effects::default();
-        let mut ghosts: Vec<(Text, Role)> = self
-            .roster
-            .users()
-            .filter(|(_, u)| u.present && u.live().is_none())
-            .map(|(name, u)| (name.clone(), u.role))
-            .collect();
-        ghosts.sort_by(|a, b| a.0.cmp(&b.0));
-        for (user, role) in ghosts {
-            self.log(
-                now,
-                Body::Presence(store::Presence {
-                    user_id: user.to_string(),
-                    role: role.to_wire() as i32,
-                    joined: false,
-                }),
-            );
-            self.announce_presence_change(now, &user, None, role, false, &mut fx);
-        }
-        fx.records = std::mem::take(&mut self.records);
-        fx
+        self.step(
+            now,
+            Input::Reap {
+                gone: Departed::AllButThis,
+            },
+        )
     }
 
     /// The whole state, at the last record made.
@@ -339,6 +210,8 @@ impl Session {
                     synced_to,
                     bridge_floor: floor,
                     present: u.present,
+                    stream: u.stream.as_deref().unwrap_or_default().to_string(),
+                    departed_at: u.departed_at,
                 }
             })
             .collect();
@@ -437,10 +310,11 @@ impl Session {
             }
             let state = session
                 .roster
-                .ensure_user(&name, role, now, snapshot.version, &limits)
-                .map_err(|e| damaged(e.message))?;
+                .ensure_user(&name, role, now, snapshot.version, &limits);
             state.role = role;
             state.present = user.present;
+            state.stream = (!user.stream.is_empty()).then(|| Arc::from(user.stream.as_str()));
+            state.departed_at = user.departed_at;
             state.dedupe =
                 Dedupe::restore(user.highest_client_sequence, user.forgotten_up_to, outcomes);
             state.bridge = Bridge::restore(bridge, user.synced_to, user.bridge_floor);

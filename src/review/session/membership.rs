@@ -25,35 +25,67 @@ pub(super) struct Joiner<'a> {
 }
 
 impl Session {
-    /// Adds a participant; on success its outbox holds Joined, the catch-up
-    /// and CAUGHT_UP.
-    pub(super) fn join(
+    /// A stream's identity in the log: unique across instances and
+    /// restarts.
+    pub(super) fn stream_of(&self, member: MemberId) -> Text {
+        Arc::from(format!("{}/{member}", self.instance))
+    }
+
+    /// Decides a participant's join (the session's room for one more) and
+    /// proposes its JOINED; the stream is added where that lands in the log
+    /// ([`Session::admit`]), and the answer is in `fx.result` then.
+    pub(super) fn join(&mut self, now: Now, request: JoinRequest, fx: &mut Effects) {
+        let present = self
+            .roster
+            .user(&request.user_id)
+            .is_some_and(|u| u.present);
+        if !present {
+            let participants = self.roster.users().filter(|(_, u)| u.present).count();
+            if participants >= self.limits.max_participants {
+                fx.result = Err(ReviewError::exhausted(format!(
+                    "session {} is full ({} participants)",
+                    self.id, self.limits.max_participants
+                )));
+                return;
+            }
+            if let Err(error) = self.roster.can_admit(&request.user_id, &self.limits) {
+                fx.result = Err(error);
+                return;
+            }
+        }
+        let body = Body::Presence(store::Presence {
+            user_id: request.user_id.to_string(),
+            role: request.role.to_wire() as i32,
+            joined: true,
+            stream: self.stream_of(request.member).to_string(),
+        });
+        self.propose(now, body, Author::Joiner(request), fx);
+    }
+
+    /// Adds a joiner's stream where its JOINED landed: `Joined`, the
+    /// catch-up and CAUGHT_UP go to its outbox. `joined_at` is the JOINED
+    /// event's sequence (None when the stream took over from another of
+    /// its user's: there was no event).
+    pub(super) fn admit(
         &mut self,
         now: Now,
         request: JoinRequest,
+        joined_at: Option<u64>,
         fx: &mut Effects,
-    ) -> Result<(), ReviewError> {
-        let takeover = self.roster.user(&request.user_id).and_then(|u| u.live());
-        if takeover.is_none() && self.roster.live_participants() >= self.limits.max_participants {
-            return Err(ReviewError::exhausted(format!(
-                "session {} is full ({} participants)",
-                self.id, self.limits.max_participants
-            )));
-        }
+    ) {
+        let version = self.version;
         let user = self.roster.ensure_user(
             &request.user_id,
             request.role,
             now.at,
-            self.version,
+            version,
             &self.limits,
-        )?;
-        user.role = request.role;
+        );
         let last_client_sequence = user.dedupe.highest();
         let member = Member::new(
             MemberKind::Participant(request.user_id.clone()),
             request.token,
         );
-        let mut joined_at = None;
         if let Some(old) = self.roster.attach(request.member, member, now.at) {
             fx.woken.remove(&old);
             fx.closed.push((
@@ -62,25 +94,6 @@ impl Session {
                     ErrorKind::Aborted,
                     "replaced by a newer stream of the same user",
                 ),
-            ));
-        } else {
-            // Everyone else hears of the join; the joiner learns its
-            // sequence number from Joined.
-            self.log(
-                now,
-                Body::Presence(store::Presence {
-                    user_id: request.user_id.to_string(),
-                    role: request.role.to_wire() as i32,
-                    joined: true,
-                }),
-            );
-            joined_at = Some(self.announce_presence_change(
-                now,
-                &request.user_id,
-                Some(request.member),
-                request.role,
-                true,
-                fx,
             ));
         }
         let joiner = Joiner {
@@ -105,7 +118,7 @@ impl Session {
             };
             member.versions = VersionReading::Tracked { known_from };
         }
-        Ok(())
+        fx.result = Ok(Done::Nothing);
     }
 
     /// Adds a read-only watcher.
@@ -258,7 +271,7 @@ impl Session {
                 let cursors: Vec<(Text, CursorPosition)> = self
                     .roster
                     .users()
-                    .filter(|(name, u)| u.live().is_some() && Some(*name) != user)
+                    .filter(|(name, u)| u.present && Some(*name) != user)
                     .filter_map(|(name, u)| u.cursor.clone().map(|c| (name.clone(), c)))
                     .collect();
                 for (name, cursor) in cursors {
@@ -287,10 +300,11 @@ impl Session {
         catchup
     }
 
-    /// Takes a member out; a participant's LEFT is broadcast if it was its
-    /// user's live stream.
+    /// Takes a member out; if it was its user's stream, its LEFT is
+    /// proposed (the log says whether it still is the user's current
+    /// stream where that lands).
     pub(super) fn remove_member(&mut self, now: Now, member: MemberId, fx: &mut Effects) {
-        let Some((_, detached)) = self.roster.detach(member, now.at) else {
+        let Some((_, detached)) = self.roster.detach(member) else {
             return;
         };
         fx.woken.remove(&member);
@@ -299,15 +313,13 @@ impl Session {
             live_role: Some(role),
         } = detached
         {
-            self.log(
-                now,
-                Body::Presence(store::Presence {
-                    user_id: user.to_string(),
-                    role: role.to_wire() as i32,
-                    joined: false,
-                }),
-            );
-            self.announce_presence_change(now, &user, Some(member), role, false, fx);
+            let body = Body::Presence(store::Presence {
+                user_id: user.to_string(),
+                role: role.to_wire() as i32,
+                joined: false,
+                stream: self.stream_of(member).to_string(),
+            });
+            self.propose(now, body, Author::Nobody, fx);
         }
     }
 

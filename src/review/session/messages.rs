@@ -31,32 +31,108 @@ impl Session {
         // never remembered, never logged.
         let idempotent = kind == MessageKind::Cursor;
         if let Err(error) = self.handle_inner(now, member, &user, message, fx) {
-            // A new number's outcome is logged and remembered (a refused
-            // resend or a skipped number leaves the record as it is).
+            // A new number's refusal is its outcome: logged, so that a resend
+            // (here or on another instance) is answered the same. A cursor
+            // is never remembered; a resend or a skipped number leaves the
+            // record as it is; and a refusal because the log cannot be
+            // written now is no outcome (the client resends it later).
             let is_new = self
                 .roster
                 .user(&user)
                 .is_some_and(|u| u.dedupe.check(client_sequence) == Verdict::New);
-            if idempotent {
+            let transient = error.kind == ErrorKind::Unavailable;
+            if idempotent || client_sequence == 0 || !is_new || transient {
                 let reply = self.error_message(now, client_sequence, &error);
                 self.send_message(member, &reply, fx);
                 return;
             }
-            if client_sequence != 0 && is_new {
-                self.log(
-                    now,
-                    Body::Refused(store::Refused {
-                        user_id: user.to_string(),
-                        client_sequence,
-                        code: error.code().as_i32(),
-                        message: error.message.clone(),
-                    }),
-                );
-            }
-            let reply = self.error_message(now, client_sequence, &error);
-            self.send_message(member, &reply, fx);
-            self.remember(&user, client_sequence, Outcome::Error(error));
+            let body = Body::Refused(store::Refused {
+                user_id: user.to_string(),
+                client_sequence,
+                code: error.code().as_i32(),
+                message: error.message.clone(),
+            });
+            self.propose(now, body, Author::Member(member), fx);
         }
+    }
+
+    /// Takes from a user's allowance here (created full on first use).
+    pub(super) fn take_rate(
+        &mut self,
+        now: Now,
+        user: &Text,
+        messages: usize,
+        bytes: usize,
+    ) -> Result<(), ReviewError> {
+        if self.limits.rate_per_second <= 0.0 {
+            return Ok(());
+        }
+        if !self.rates.contains_key(user) {
+            // One allowance per user the session keeps, and no more.
+            if self.rates.len() >= self.limits.max_participants.saturating_mul(2).max(1) {
+                let idle = self
+                    .rates
+                    .keys()
+                    .find(|name| self.roster.user(name).is_none_or(|u| u.live().is_none()))
+                    .cloned();
+                if let Some(idle) = idle {
+                    self.rates.remove(&idle);
+                }
+            }
+            self.rates
+                .insert(user.clone(), RateLimiter::new(&self.limits, now.at));
+        }
+        let limits = &self.limits;
+        self.rates
+            .get_mut(user)
+            .expect("inserted above")
+            .take(now.at, messages, bytes, limits)
+    }
+
+    /// The answer a number processed before gets (a resend: its outcome
+    /// again; one too old to tell: say so), or the refusal of a skipped one.
+    pub(super) fn answer_again(
+        &self,
+        now: Now,
+        user: &Text,
+        client_sequence: u64,
+        verdict: Verdict,
+    ) -> Result<SessionMessage, ReviewError> {
+        let payload = match verdict {
+            Verdict::New => unreachable!("only numbers processed before are answered again"),
+            Verdict::Resend(Outcome::Ack(ack)) => Payload::Ack(Ack {
+                duplicate: true,
+                ..ack
+            }),
+            Verdict::Resend(Outcome::Error(error)) => Payload::Error(pb::Error {
+                code: error.code().as_i32(),
+                message: error.message,
+                client_sequence,
+            }),
+            Verdict::Forgotten => {
+                let error = ReviewError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "client_sequence {client_sequence} is older than the last {REMEMBERED_OUTCOMES} \
+                         outcomes remembered: whether it was applied is unknown; take a snapshot"
+                    ),
+                );
+                Payload::Error(pb::Error {
+                    code: error.code().as_i32(),
+                    message: error.message,
+                    client_sequence,
+                })
+            }
+            Verdict::Skipped { highest } => {
+                return Err(ReviewError::invalid(format!(
+                    "client_sequence {client_sequence} was never processed and is not above your highest ({highest}): \
+                     client sequence numbers must increase; nothing was applied"
+                )));
+            }
+        };
+        let mut reply = self.message(now, user, payload);
+        reply.client_sequence = client_sequence;
+        Ok(reply)
     }
 
     pub(super) fn remember(&mut self, user: &Text, client_sequence: u64, outcome: Outcome) {
@@ -73,14 +149,11 @@ impl Session {
         message: ClientMessage,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
-        let limits = self.limits.clone();
+        // Rate limits: messages and bytes per user.
+        self.take_rate(now, user, 1, message.action.content_bytes())?;
         let Some((_, state, _)) = self.roster.participant_mut(member) else {
             return Ok(());
         };
-        // Rate limits: messages and bytes per user.
-        state
-            .rate
-            .take(now.at, 1, message.action.content_bytes(), &limits)?;
         // A number at or below the highest processed one: a resend (answer
         // it again), or a number that was skipped (refuse it: numbers must
         // increase), or one too old to tell (say so).
@@ -90,41 +163,8 @@ impl Session {
         } else {
             state.dedupe.check(client_sequence)
         };
-        let reply = match verdict {
-            Verdict::New => None,
-            Verdict::Resend(Outcome::Ack(ack)) => Some(Payload::Ack(Ack {
-                duplicate: true,
-                ..ack
-            })),
-            Verdict::Resend(Outcome::Error(error)) => Some(Payload::Error(pb::Error {
-                code: error.code().as_i32(),
-                message: error.message,
-                client_sequence,
-            })),
-            Verdict::Forgotten => {
-                let error = ReviewError::new(
-                    ErrorKind::FailedPrecondition,
-                    format!(
-                        "client_sequence {client_sequence} is older than the last {REMEMBERED_OUTCOMES} \
-                         outcomes remembered: whether it was applied is unknown; take a snapshot"
-                    ),
-                );
-                Some(Payload::Error(pb::Error {
-                    code: error.code().as_i32(),
-                    message: error.message,
-                    client_sequence,
-                }))
-            }
-            Verdict::Skipped { highest } => {
-                return Err(ReviewError::invalid(format!(
-                    "client_sequence {client_sequence} was never processed and is not above your highest ({highest}): \
-                     client sequence numbers must increase; nothing was applied"
-                )));
-            }
-        };
-        if let Some(reply) = reply {
-            let mut reply = self.message(now, user, reply);
-            reply.client_sequence = client_sequence;
+        if verdict != Verdict::New {
+            let reply = self.answer_again(now, user, client_sequence, verdict)?;
             self.send_message(member, &reply, fx);
             return Ok(());
         }
@@ -159,11 +199,11 @@ impl Session {
             }
             Action::Edit(edit) => {
                 let proof = role.may_edit()?;
-                self.apply_edit(now, member, user, edit, client_sequence, proof, fx)
+                self.propose_edit(now, member, user, edit, client_sequence, proof, fx)
             }
             Action::Comment(comment) => {
                 let proof = role.may_comment()?;
-                self.add_comment(now, member, user, comment, client_sequence, proof, fx)
+                self.propose_comment(now, member, user, comment, client_sequence, proof, fx)
             }
             Action::Cursor(cursor) => {
                 let proof = role.may_move_cursor()?;

@@ -5,10 +5,32 @@
 //! end and why, the answer to the input). Every step ends settled (members
 //! over their outbox bound ended). Tests drive it directly.
 //!
+//! Two halves, so that several processes can hold replicas of one session
+//! whose log lives elsewhere (Redis), and all of them fold it identically:
+//!
+//! ```text
+//!  input ─► decide (this process: rate limits, roles, memory, storage,
+//!           │       what the stream has seen) ─► proposal (a log record)
+//!           │                                        │ local log: at once
+//!           │                                        │ shared log: once appended
+//!           ▼                                        ▼
+//!   immediate replies                      apply (deterministic: the same
+//!   (resends, cursors)                     record at the same position gives
+//!                                          every replica the same state)
+//! ```
+//!
+//! Only [`Session::apply_record`] (and what it calls) changes the log's
+//! state; decisions read it. With a local log a proposal is applied at
+//! once (its output gated until the record is durable); with a shared log
+//! ([`Session::share`]) proposals wait in [`Effects::proposals`] until the
+//! registry has appended them, then are applied where they landed, after
+//! whatever other instances appended first.
+//!
 //! Where things live: [`roster`] (users and live streams, and the invariant
 //! between them), `membership` (joining, catch-up, leaving), `messages`
 //! (rate limits, resends, dispatch), `edits` (edits, comments, cursors,
-//! uploads), `lifecycle` (snapshots, time, tokens, drain).
+//! uploads), `apply` (records into state), `lifecycle` (snapshots, time,
+//! tokens, drain, departed instances).
 //!
 //! A participant's life (one per user; a user has at most one live stream):
 //!
@@ -30,7 +52,7 @@
 //! applied twice; a participant whose essential backlog exceeds the outbox
 //! bound is ended with RESOURCE_EXHAUSTED instead of slowing anyone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,6 +66,7 @@ use super::history::{AckInfo, History, LoggedEvent};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
 use super::outbox::{EphemeralKey, EphemeralKind};
+use super::rate::RateLimiter;
 use super::roles::{MayUpload, Role};
 use super::validate::{ClientMessage, JoinOptions};
 use crate::grpc::codec::encode_message;
@@ -53,6 +76,7 @@ use crate::pb::codereview::{
 use crate::pb::store::{self, Record, record::Body};
 use roster::{Member, Roster};
 
+mod apply;
 mod edits;
 mod lifecycle;
 mod log;
@@ -116,6 +140,51 @@ pub enum Input {
     },
     /// End every member with `error` (the drain deadline passed).
     CloseAll { error: ReviewError },
+    /// Users present through streams of processes that are gone (a
+    /// restart, an instance whose lease expired) leave.
+    Reap { gone: Departed },
+    /// Another instance's ephemeral news (a cursor, idle or active): a
+    /// framed `SessionMessage` for every member here.
+    Ephemeral { user: Text, framed: Bytes },
+}
+
+/// Which processes' streams are gone.
+#[derive(Debug, Clone)]
+pub enum Departed {
+    /// Every stream not open in this process (after a restart, with a
+    /// local log: none is).
+    AllButThis,
+    /// These instances.
+    Instances(BTreeSet<Text>),
+}
+
+/// Who waits for a proposal's outcome.
+#[derive(Debug)]
+pub enum Author {
+    /// Nobody here: another instance's record, a replayed one, the server's.
+    Nobody,
+    /// A member's message: its stream gets the acknowledgement or the error.
+    Member(MemberId),
+    /// A join: the member is added where the record lands (its catch-up
+    /// starts there), or refused (the answer is in [`Effects::result`]).
+    Joiner(JoinRequest),
+    /// An upload: the answer is in [`Effects::result`].
+    Uploader,
+}
+
+/// A record decided here, waiting for its place in the log.
+#[derive(Debug)]
+pub struct Proposal {
+    pub timestamp: i64,
+    pub body: Body,
+    pub author: Author,
+}
+
+/// Ephemeral news for the other instances (shared log only).
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub user: Text,
+    pub framed: Bytes,
 }
 
 /// What a step did that the registry must act on.
@@ -133,6 +202,11 @@ pub struct Effects {
     /// Log records the step made, in order: what it queued for members
     /// waits until they are durable (see [`Session::mark_durable`]).
     pub records: Vec<Record>,
+    /// With a shared log: records decided and not applied yet, in order
+    /// (the registry appends them, then applies them where they landed).
+    pub proposals: Vec<Proposal>,
+    /// With a shared log: ephemeral news for the other instances.
+    pub published: Vec<Published>,
 }
 
 impl Default for Effects {
@@ -143,6 +217,8 @@ impl Default for Effects {
             finished: Vec::new(),
             result: Ok(Done::Nothing),
             records: Vec::new(),
+            proposals: Vec::new(),
+            published: Vec::new(),
         }
     }
 }
@@ -225,8 +301,18 @@ pub struct Session {
     durable_index: u64,
     /// Records made by the step in progress (the registry takes them).
     records: Vec<Record>,
-    /// Rebuilding from the log: state changes make no new records.
-    replaying: bool,
+    /// This process's name in stream identities ("<instance>/<member>").
+    instance: Text,
+    /// The log is shared with other instances: proposals wait to be
+    /// appended before they are applied.
+    shared: bool,
+    /// Proposals of the step in progress (shared log).
+    proposals: Vec<Proposal>,
+    /// Ephemeral news of the step in progress (shared log).
+    published: Vec<Published>,
+    /// Each user's allowance here (not the log's: every instance limits
+    /// the streams it serves).
+    rates: HashMap<Text, RateLimiter>,
 }
 
 /// A summary for metrics and tests.
@@ -249,6 +335,7 @@ const MEMBER_MEMORY: usize = 512;
 const EVENT_MEMORY: usize = 64;
 const OP_MEMORY: usize = 64;
 const OUTCOME_MEMORY: usize = 96;
+const RATE_MEMORY: usize = 96;
 
 impl Session {
     pub fn new(id: Text, epoch: u64, limits: Arc<Limits>) -> Session {
@@ -271,30 +358,63 @@ impl Session {
             next_index: 0,
             durable_index: 0,
             records: Vec::new(),
-            replaying: false,
+            instance: Arc::from("local"),
+            shared: false,
+            proposals: Vec::new(),
+            published: Vec::new(),
+            rates: HashMap::new(),
         }
+    }
+
+    /// Names this process in the stream identities the log records (unique
+    /// across instances and restarts).
+    pub fn set_instance(&mut self, instance: Text) {
+        self.instance = instance;
+    }
+
+    /// The log is shared: from now on proposals wait in
+    /// [`Effects::proposals`] until the registry has appended them.
+    pub fn share(&mut self) {
+        self.shared = true;
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// A new session: its log starts with a `Created` record.
     pub fn create(now: Now, id: Text, epoch: u64, limits: Arc<Limits>) -> Session {
-        let mut session = Session::new(id.clone(), epoch, limits);
-        session.log(
+        let mut session = Session::new(id, epoch, limits);
+        // The record stays pending: the first step's effects carry it.
+        let mut pending = Effects::default();
+        session.propose(
             now,
-            Body::Created(store::Created {
-                session_id: id.to_string(),
-                epoch,
-            }),
+            session.creation_body(epoch),
+            Author::Nobody,
+            &mut pending,
         );
         session
+    }
+
+    fn creation_body(&self, epoch: u64) -> Body {
+        Body::Created(store::Created {
+            session_id: self.id.to_string(),
+            epoch,
+        })
+    }
+
+    /// Proposes the `Created` record that starts the log (with a shared
+    /// log, the registry appends it only where the log is still empty).
+    pub fn propose_creation(&mut self, now: Now, epoch: u64, fx: &mut Effects) {
+        self.propose(now, self.creation_body(epoch), Author::Nobody, fx);
+        self.collect(fx);
     }
 
     /// Handles one input; the session is settled afterwards.
     pub fn step(&mut self, now: Now, input: Input) -> Effects {
         let mut fx = Effects::default();
         match input {
-            Input::Join(request) => {
-                fx.result = self.join(now, request, &mut fx).map(|()| Done::Nothing)
-            }
+            Input::Join(request) => self.join(now, request, &mut fx),
             Input::Watch {
                 member,
                 options,
@@ -318,9 +438,9 @@ impl Session {
                 self.refresh_token(now, member, token, &mut fx)
             }
             Input::Upload { user, files, proof } => {
-                fx.result = self
-                    .upload(now, &user, files, proof, &mut fx)
-                    .map(Done::Uploaded)
+                if let Err(error) = self.upload(now, &user, files, proof, &mut fx) {
+                    fx.result = Err(error);
+                }
             }
             Input::Tick => self.tick(now, &mut fx),
             Input::Drain { deadline_ms } => self.announce_drain(now, deadline_ms, &mut fx),
@@ -332,10 +452,19 @@ impl Session {
                 }
             }
             Input::CloseAll { error } => self.close_all(now, &error, &mut fx),
+            Input::Reap { gone } => self.reap(now, &gone, &mut fx),
+            Input::Ephemeral { user, framed } => self.receive_ephemeral(now, user, framed, &mut fx),
         }
         self.settle(now, &mut fx);
-        fx.records = std::mem::take(&mut self.records);
+        self.collect(&mut fx);
         fx
+    }
+
+    /// Hands what the step made to the registry.
+    fn collect(&mut self, fx: &mut Effects) {
+        fx.records.append(&mut self.records);
+        fx.proposals.append(&mut self.proposals);
+        fx.published.append(&mut self.published);
     }
 
     pub fn id(&self) -> &Text {
@@ -389,7 +518,8 @@ impl Session {
             .map(|(_, u)| {
                 USER_MEMORY + u.bridge.len() * OP_MEMORY + u.dedupe.len() * OUTCOME_MEMORY
             })
-            .sum();
+            .sum::<usize>()
+            + self.rates.len() * RATE_MEMORY;
         let outboxes: usize = self
             .roster
             .members()
@@ -426,8 +556,11 @@ impl Session {
         self.memory_room = bytes;
     }
 
-    /// Room left for content: the session's content budget and the memory
-    /// budget.
+    /// Room left for a change decided now: the session's content budget
+    /// and the process-wide memory budget. Limits are this process's to
+    /// enforce when it decides; the log applies what was decided whatever
+    /// the limits are where it lands (a restart with other limits, another
+    /// instance), so nothing acknowledged is ever refused on replay.
     fn room(&self) -> Room {
         Room {
             encoded: self
@@ -436,6 +569,17 @@ impl Session {
                 .saturating_sub(self.doc.encoded_bytes() + self.comments.encoded_bytes()),
             memory: self.memory_room,
         }
+    }
+
+    /// Refuses a change that would need more memory than the process-wide
+    /// budget has room for (an estimate, decided before the record exists).
+    fn check_memory(&self, bytes: usize) -> Result<(), ReviewError> {
+        if bytes > self.memory_room {
+            return Err(ReviewError::exhausted(
+                "the server's memory budget is used up: the session cannot grow now",
+            ));
+        }
+        Ok(())
     }
 
     /// Takes up to `max_bytes` of a member's outbox (its stream writes them).
@@ -602,6 +746,25 @@ impl Session {
     ) {
         let counted = MessageKind::of(Some(&payload));
         let framed = encode_message(&self.message(now, user, payload));
+        if self.shared {
+            self.published.push(Published {
+                user: user.clone(),
+                framed: framed.clone(),
+            });
+        }
+        self.push_ephemeral(user, kind, counted, framed, except, fx);
+    }
+
+    /// Queues an ephemeral message for every member here but `except`.
+    fn push_ephemeral(
+        &mut self,
+        user: &Text,
+        kind: EphemeralKind,
+        counted: MessageKind,
+        framed: Bytes,
+        except: Option<MemberId>,
+        fx: &mut Effects,
+    ) {
         let key = EphemeralKey {
             user: user.clone(),
             kind,

@@ -18,27 +18,36 @@ use super::super::error::ReviewError;
 use super::super::ids::Text;
 use super::super::limits::Limits;
 use super::super::outbox::Outbox;
-use super::super::rate::RateLimiter;
 use super::super::roles::Role;
 use super::{MemberId, TokenWindow};
 use crate::pb::codereview::CursorPosition;
 
 /// What the session keeps of a user (participant) across its streams.
+///
+/// `role`, `present`, `stream`, `departed_at`, `dedupe` and `bridge` are
+/// the log's: every replica of the session holds the same values, and
+/// snapshots keep them. `live`, `idle`, `last_activity` and `cursor` are
+/// this process's view (its own streams, ephemeral news).
 #[derive(Debug)]
 pub(super) struct UserState {
     pub role: Role,
-    /// The user's stream, if one is open (see the module invariant).
+    /// The user's stream in this process, if one is open (see the module
+    /// invariant).
     live: Option<MemberId>,
-    /// Joined and not left, as the log says (a live stream, or, while the
-    /// log is replayed after a restart, one that was live before it).
+    /// Joined and not left, as the log says (a stream here or in another
+    /// instance, or, while the log is replayed after a restart, one that was
+    /// live before it).
     pub present: bool,
+    /// The stream that made the user present ("<instance>/<member>").
+    pub stream: Option<Text>,
+    /// The index of the record that made the user leave (0: never left):
+    /// the oldest departure makes room first when the table is full.
+    pub departed_at: u64,
     pub idle: bool,
     pub last_activity: Instant,
-    pub departed_at: Option<Instant>,
     pub dedupe: Dedupe,
     pub bridge: Bridge,
     pub cursor: Option<CursorPosition>,
-    pub rate: RateLimiter,
 }
 
 impl UserState {
@@ -103,6 +112,12 @@ pub(super) enum Detached {
         user: Text,
         live_role: Option<Role>,
     },
+}
+
+/// How many user records a session keeps: its participants and as many
+/// departed ones (for their resumes).
+fn user_capacity(limits: &Limits) -> usize {
+    limits.max_participants.saturating_mul(2).max(1)
 }
 
 #[derive(Debug, Default)]
@@ -179,8 +194,27 @@ impl Roster {
         Some((name.clone(), user, m))
     }
 
-    /// The user's record, created (with a full rate allowance) if it is new;
-    /// the record departed longest ago makes room when the table is full.
+    /// Whether a user could get a record now: it has one, the table has
+    /// room, or a departed user's record can make room (decided before a
+    /// join is proposed).
+    pub fn can_admit(&self, name: &str, limits: &Limits) -> Result<(), ReviewError> {
+        if self.users.contains_key(name)
+            || self.users.len() < user_capacity(limits)
+            || self.users.values().any(|u| !u.present && u.live.is_none())
+        {
+            Ok(())
+        } else {
+            Err(ReviewError::exhausted(
+                "too many participants in this session",
+            ))
+        }
+    }
+
+    /// The user's record, created if it is new; the record of the user who
+    /// departed longest ago makes room when the table is full (decided by
+    /// the log alone, so every replica evicts the same user). Applying the
+    /// log never refuses: when nobody can make room the table grows past
+    /// its capacity (joins are refused before that, see [`Roster::can_admit`]).
     pub fn ensure_user(
         &mut self,
         name: &Text,
@@ -188,47 +222,40 @@ impl Roster {
         now: Instant,
         version: i32,
         limits: &Limits,
-    ) -> Result<&mut UserState, ReviewError> {
+    ) -> &mut UserState {
         if !self.users.contains_key(name) {
-            self.make_room_for_user(limits)?;
+            self.make_room_for_user(limits);
             self.users.insert(
                 name.clone(),
                 UserState {
                     role,
                     live: None,
                     present: false,
+                    stream: None,
+                    departed_at: 0,
                     idle: false,
                     last_activity: now,
-                    departed_at: None,
                     dedupe: Dedupe::default(),
                     bridge: Bridge::new(version),
                     cursor: None,
-                    rate: RateLimiter::new(limits, now),
                 },
             );
         }
-        Ok(self.users.get_mut(name).expect("inserted above"))
+        self.users.get_mut(name).expect("inserted above")
     }
 
-    fn make_room_for_user(&mut self, limits: &Limits) -> Result<(), ReviewError> {
-        let capacity = limits.max_participants.saturating_mul(2).max(1);
-        if self.users.len() < capacity {
-            return Ok(());
+    fn make_room_for_user(&mut self, limits: &Limits) {
+        if self.users.len() < user_capacity(limits) {
+            return;
         }
         let oldest = self
             .users
             .iter()
-            .filter(|(_, u)| u.live.is_none())
-            .min_by_key(|(_, u)| u.departed_at)
+            .filter(|(_, u)| !u.present && u.live.is_none())
+            .min_by_key(|(name, u)| (u.departed_at, *name))
             .map(|(name, _)| name.clone());
-        match oldest {
-            Some(name) => {
-                self.users.remove(&name);
-                Ok(())
-            }
-            None => Err(ReviewError::exhausted(
-                "too many participants in this session",
-            )),
+        if let Some(name) = oldest {
+            self.users.remove(&name);
         }
     }
 
@@ -249,7 +276,6 @@ impl Roster {
                 let replaced = user.live.replace(id);
                 user.idle = false;
                 user.last_activity = now;
-                user.departed_at = None;
                 match replaced {
                     Some(old) => {
                         self.members.remove(&old);
@@ -265,7 +291,7 @@ impl Roster {
     }
 
     /// Takes a stream out.
-    pub fn detach(&mut self, id: MemberId, now: Instant) -> Option<(Member, Detached)> {
+    pub fn detach(&mut self, id: MemberId) -> Option<(Member, Detached)> {
         let member = self.members.remove(&id)?;
         let detached = match &member.kind {
             MemberKind::Watcher => {
@@ -277,7 +303,6 @@ impl Roster {
                 let live_role = match user {
                     Some(user) if user.live == Some(id) => {
                         user.live = None;
-                        user.departed_at = Some(now);
                         self.live_participants -= 1;
                         Some(user.role)
                     }

@@ -30,6 +30,7 @@ pub mod payloads;
 pub mod peers;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod server;
 pub mod tls;
 pub mod web;

@@ -1,0 +1,236 @@
+//! One total order per session across instances.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use codereview::grpc::client::CallOptions;
+use codereview::pb::codereview::code_edit::Op;
+use codereview::pb::codereview::session_message::Payload;
+use codereview::pb::codereview::{Join, SessionMessage};
+use kit::participant::Next;
+use kit::participant::{Participant, get_snapshot, upload};
+use kit::payloads::{chunk, comment, join_message_with};
+use kit::redis::RedisServer;
+use kit::{LONG, STEP};
+
+use super::instance;
+
+/// What an essential event says, for comparing replicas (None: not one).
+fn essence(m: &SessionMessage) -> Option<String> {
+    let what = match m.payload.as_ref()? {
+        Payload::Edit(e) => format!(
+            "edit {} {} {:?} v{}",
+            e.file_path, e.line_number, e.content, e.version
+        ),
+        Payload::Comment(c) => format!(
+            "comment {} {} {:?} {}",
+            c.file_path, c.line_number, c.text, c.comment_id
+        ),
+        Payload::Presence(p) => format!("presence {}", p.status),
+        Payload::File(f) => format!("file {} v{}", f.file_path, f.version),
+        _ => return None,
+    };
+    Some(format!("{}: {what}", m.user_id))
+}
+
+/// Three instances, a participant on each, all sending edits to the same
+/// line and comments as fast as they can: every sequence number is given
+/// once (acknowledged to its author, delivered to the other two), every
+/// participant sees the same event at the same number, and the three
+/// instances' snapshots are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_give_one_session_one_order() {
+    const EACH: usize = 30;
+    let redis = RedisServer::start();
+    let servers = [
+        instance(&redis).await,
+        instance(&redis).await,
+        instance(&redis).await,
+    ];
+    upload(
+        &servers[0].channel().await,
+        CallOptions::default(),
+        &[chunk("s", "f.txt", "base\n")],
+    )
+    .await
+    .expect("an upload");
+    let users = ["ann", "bob", "cy"];
+    let mut participants = Vec::new();
+    for (server, user) in servers.iter().zip(users) {
+        let (p, _) = Participant::join(&server.channel().await, None, "s", user).await;
+        participants.push(p);
+    }
+    let mut tasks = Vec::new();
+    for mut p in participants {
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..EACH {
+                let text = format!("{}-{i}", p.user);
+                sent.push(p.edit(Op::Insert, "f.txt", 0, &text).await);
+                sent.push(p.send(comment("f.txt", 0, &text)).await);
+            }
+            let mut own = BTreeSet::new();
+            for n in sent {
+                let ack = p.ack_of(n).await;
+                assert!(!ack.duplicate, "{}: {ack:?}", p.user);
+                own.insert(ack.sequence);
+            }
+            (p, own)
+        }));
+    }
+    let mut finished = Vec::new();
+    for task in tasks {
+        finished.push(task.await.expect("a participant"));
+    }
+    let last = finished
+        .iter()
+        .flat_map(|(_, own)| own.iter().copied())
+        .max()
+        .expect("acks");
+    // Each participant reads until it has every number up to the last
+    // (the inbox's log holds what came while it waited for its acks too).
+    let mut seen: Vec<BTreeMap<u64, String>> = Vec::new();
+    for (p, own) in &mut finished {
+        let floor = *own.iter().next().expect("acks");
+        let deadline = tokio::time::Instant::now() + LONG;
+        let user = p.user.clone();
+        loop {
+            let mut events = BTreeMap::new();
+            for m in p.inbox().log.iter().filter(|m| m.sequence >= floor) {
+                let Some(event) = essence(m) else { continue };
+                assert!(
+                    events.insert(m.sequence, event).is_none() && !own.contains(&m.sequence),
+                    "{user}: sequence {} delivered twice",
+                    m.sequence
+                );
+            }
+            let missing: Vec<u64> = (floor..=last)
+                .filter(|n| !own.contains(n) && !events.contains_key(n))
+                .collect();
+            if missing.is_empty() {
+                seen.push(events);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} waits for events {missing:?}",
+                p.user
+            );
+            if let Next::End(status) = p.next_within(STEP).await {
+                panic!("{}: ended ({status}) while missing {missing:?}", p.user);
+            }
+        }
+    }
+    // Where two participants saw the same number, they saw the same event.
+    for (i, a) in seen.iter().enumerate() {
+        for b in seen.iter().skip(i + 1) {
+            for (n, event) in a {
+                if let Some(other) = b.get(n) {
+                    assert_eq!(event, other, "sequence {n}");
+                }
+            }
+        }
+    }
+    let mut snapshots = Vec::new();
+    for server in &servers {
+        let mut snapshot = get_snapshot(&server.channel().await, None, "s")
+            .await
+            .expect("a snapshot");
+        snapshot
+            .participants
+            .sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        snapshots.push(snapshot);
+    }
+    assert_eq!(snapshots[0].files, snapshots[1].files);
+    assert_eq!(snapshots[0].files, snapshots[2].files);
+    assert_eq!(snapshots[0].comments, snapshots[1].comments);
+    assert_eq!(snapshots[0].comments, snapshots[2].comments);
+    let lines = &snapshots[0].files[0].lines;
+    assert_eq!(
+        lines.len(),
+        3 * EACH + 1,
+        "every insert applied once: {lines:?}"
+    );
+    assert_eq!(snapshots[0].comments.len(), 3 * EACH);
+    // The stream itself is dense: its ids are unique and increasing (a
+    // stream's rule), the first is record 0's and the last is record
+    // XLEN-1's, so no number is missing or taken twice.
+    let key = "codereview:{s}:log";
+    let length: u64 = redis
+        .command(&["XLEN", key])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("XLEN");
+    let first = redis.command(&["XRANGE", key, "-", "+", "COUNT", "1"]);
+    let last = redis.command(&["XREVRANGE", key, "+", "-", "COUNT", "1"]);
+    assert!(first.contains("\r\n0-1\r\n"), "{first}");
+    assert!(
+        last.contains(&format!("\r\n{}-1\r\n", length - 1)),
+        "{length}: {last}"
+    );
+    assert!(
+        length as usize > 6 * EACH,
+        "every message is a record: {length}"
+    );
+}
+
+/// A participant's stream on one instance, resumed on another after a
+/// drop: it gets exactly what it missed; a resend of a message that was
+/// acknowledged on the first instance is acknowledged again as a
+/// duplicate on the second, never applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_and_a_resend_work_on_another_instance() {
+    let redis = RedisServer::start();
+    let one = instance(&redis).await;
+    let two = instance(&redis).await;
+    let (mut ann, joined) = Participant::join(&one.channel().await, None, "r", "ann").await;
+    let (mut bob, _) = Participant::join(&two.channel().await, None, "r", "bob").await;
+    let n = ann.send(comment("", 0, "first")).await;
+    let first = ann.ack_of(n).await;
+    bob.recv_matching(|m| matches!(&m.payload, Some(Payload::Comment(c)) if c.text == "first"))
+        .await;
+    let epoch = joined.joined.session_epoch;
+    ann.cancel();
+    // Bob writes while Ann is away.
+    for text in ["while away 1", "while away 2"] {
+        let n = bob.send(comment("", 0, text)).await;
+        bob.ack_of(n).await;
+    }
+    let resume = Join {
+        resume_after_sequence: Some(first.sequence),
+        session_epoch: epoch,
+        ..Join::default()
+    };
+    let (mut ann, catch_up) = Participant::try_join(
+        &two.channel().await,
+        None,
+        join_message_with("r", "ann", resume),
+    )
+    .await
+    .expect("ann resumes on the other instance");
+    let missed: Vec<String> = catch_up
+        .messages
+        .iter()
+        .filter_map(|m| match &m.payload {
+            Some(Payload::Comment(c)) => Some(c.text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(missed, ["while away 1", "while away 2"]);
+    // The resend of the first comment, with its number.
+    ann.set_next_client_sequence(n);
+    let again = ann.send(comment("", 0, "first")).await;
+    assert_eq!(again, n);
+    let ack = ann.ack_of(n).await;
+    assert!(ack.duplicate, "{ack:?}");
+    assert_eq!(ack.sequence, first.sequence);
+    let snapshot = get_snapshot(&one.channel().await, None, "r")
+        .await
+        .expect("a snapshot");
+    let firsts = snapshot
+        .comments
+        .iter()
+        .filter(|c| c.comment.as_ref().is_some_and(|c| c.text == "first"))
+        .count();
+    assert_eq!(firsts, 1);
+}
