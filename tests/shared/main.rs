@@ -20,8 +20,14 @@ use kit::server::{TestServer, loopback};
 
 /// An in-process instance sharing sessions through `redis`.
 async fn instance(redis: &RedisServer) -> TestServer {
+    instance_with(redis, |_| {}).await
+}
+
+/// An instance with settings of its own.
+async fn instance_with(redis: &RedisServer, adjust: impl FnOnce(&mut AppConfig)) -> TestServer {
     TestServer::start(loopback(|config: &mut AppConfig| {
         config.redis = Some(shared_config(redis));
+        adjust(config);
     }))
     .await
 }

@@ -12,7 +12,8 @@ use kit::payloads::{chunk, comment, join_message_with};
 use kit::redis::RedisServer;
 use kit::{LONG, STEP};
 
-use super::instance;
+use super::{instance, instance_with};
+use codereview::app::AppConfig;
 
 /// What an essential event says, for comparing replicas (None: not one).
 fn essence(m: &SessionMessage) -> Option<String> {
@@ -233,4 +234,52 @@ async fn a_resume_and_a_resend_work_on_another_instance() {
         .filter(|c| c.comment.as_ref().is_some_and(|c| c.text == "first"))
         .count();
     assert_eq!(firsts, 1);
+}
+
+/// Every few thousand records a snapshot goes to Redis and the stream is
+/// trimmed behind it (keeping its last entry); an instance that has never
+/// seen the session rebuilds it from that snapshot and the tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
+    const EDITS: usize = 4300;
+    let redis = RedisServer::start();
+    let unlimited = |config: &mut AppConfig| config.limits.rate_per_second = 0.0;
+    let writer = instance_with(&redis, unlimited).await;
+    let (mut ann, _) = Participant::join(&writer.channel().await, None, "big", "ann").await;
+    let mut last = 0;
+    for i in 0..EDITS {
+        last = ann.edit(Op::Insert, "f.txt", i as i32, &format!("line {i}")).await;
+        if i % 200 == 199 {
+            ann.ack_of(last).await;
+        }
+    }
+    ann.ack_of(last).await;
+    let key = "codereview:{big}:log";
+    let deadline = tokio::time::Instant::now() + LONG;
+    let stored = loop {
+        let index = redis.command(&["HGET", "codereview:{big}:snap", "index"]);
+        if !index.starts_with("$-1") {
+            break index;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot in Redis");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let length: usize = redis
+        .command(&["XLEN", key])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("XLEN");
+    assert!(length < EDITS, "trimmed: {length} entries left ({stored:?})");
+    // A fresh instance loads it: the same document.
+    let reader = instance(&redis).await;
+    let (_bob, _) = Participant::join(&reader.channel().await, None, "big", "bob").await;
+    let from_writer = get_snapshot(&writer.channel().await, None, "big")
+        .await
+        .expect("a snapshot");
+    let from_reader = get_snapshot(&reader.channel().await, None, "big")
+        .await
+        .expect("a snapshot");
+    assert_eq!(from_reader.files, from_writer.files);
+    assert_eq!(from_reader.files[0].lines.len(), EDITS);
 }

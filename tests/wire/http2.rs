@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
-use crate::{interop_server, server_config};
+use crate::{grpc_only_server, interop_server, server_config};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -88,7 +88,7 @@ fn frames_of(conn: &Conn, stream_id: u32) -> Vec<&Frame> {
 /// Sends `headers` (with END_STREAM), expects a single HEADERS frame ending
 /// the stream with `status`, then a good call on the same connection.
 async fn http_refusal(headers: Vec<(String, String)>, status: &str) -> Vec<(String, String)> {
-    let server = interop_server(server_config()).await;
+    let server = grpc_only_server(server_config()).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open(&headers, true).await;
     let events = conn.collect_stream(id).await;
@@ -795,7 +795,7 @@ async fn read_to_close(tcp: &mut TcpStream, wait: Duration) -> Vec<u8> {
 
 #[tokio::test]
 async fn http1_request_gets_505_and_close() {
-    let server = interop_server(server_config()).await;
+    let server = grpc_only_server(server_config()).await;
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

@@ -27,3 +27,14 @@ fn interop_config(server: ServerConfig) -> AppConfig {
 async fn interop_server(server: ServerConfig) -> TestServer {
     TestServer::start(interop_config(server)).await
 }
+
+/// The interop server with `--no-web`: only native gRPC on the port (what
+/// HTTP/1.1 and GETs get without the page and gRPC-Web; with them, the web
+/// tests say what they get).
+async fn grpc_only_server(server: ServerConfig) -> TestServer {
+    TestServer::start(AppConfig {
+        web: false,
+        ..interop_config(server)
+    })
+    .await
+}
