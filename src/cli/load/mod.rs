@@ -136,6 +136,8 @@ const SHARED_FILE: &str = "load/review.rs";
 
 /// What every participant task shares.
 struct Plan {
+    /// Session ids are this and the session's number (`load-RUN-0`, ...).
+    session_prefix: String,
     kind: Kind,
     messages: usize,
     participants: usize,
@@ -251,6 +253,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
     let total = args.sessions * args.participants;
     let run_id = format!("{:08x}", rand32());
     let plan = Arc::new(Plan {
+        session_prefix: format!("load-{run_id}-"),
         kind,
         messages: args.messages,
         participants: args.participants,
@@ -281,7 +284,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
             let who = Who {
                 session,
                 index: participant,
-                session_id: format!("load-{run_id}-{session}"),
+                session_id: format!("{}{session}", plan.session_prefix),
                 user: format!("p{participant}"),
             };
             let started = started.clone();
@@ -578,6 +581,7 @@ mod tests {
 
     fn plan(kind: Kind, payload: usize) -> Plan {
         Plan {
+            session_prefix: "load-test-".to_owned(),
             kind,
             messages: 10,
             participants: 2,

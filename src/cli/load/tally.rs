@@ -389,6 +389,7 @@ pub(super) fn summarize(
         .str("type", "load")
         .boolean("ok", ok)
         .str("kind", &args.kind)
+        .str("session_prefix", &plan.session_prefix)
         .uint("sessions", args.sessions as u64)
         .uint("participants", args.participants as u64)
         .uint("messages", args.messages as u64)
