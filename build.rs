@@ -19,9 +19,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin");
     prost_build::Config::new()
-        .protoc_executable(protoc)
+        .protoc_executable(protoc.clone())
         .file_descriptor_set_path(descriptors)
         .bytes(["."])
         .compile_protos(&protos, &["proto"])?;
+    // The durable format: internal, so kept out of the reflected set. Its
+    // imports are the package generated above.
+    let store = "proto/codereview/store/v1/store.proto";
+    println!("cargo:rerun-if-changed={store}");
+    prost_build::Config::new()
+        .protoc_executable(protoc)
+        .bytes(["."])
+        .extern_path(".codereview.v1", "crate::pb::codereview")
+        .compile_protos(&[store], &["proto"])?;
     Ok(())
 }

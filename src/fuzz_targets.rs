@@ -1,6 +1,6 @@
 //! The bodies of the cargo-fuzz targets (fuzz/fuzz_targets/*.rs call these),
 //! kept in the library so that `cargo test` replays every committed corpus
-//! file through exactly the same code (tests/fuzz_corpus.rs). Each function
+//! file through exactly the same code (tests/security/fuzz_corpus.rs). Each function
 //! takes arbitrary bytes, must never panic except on a violated invariant,
 //! and checks the invariant it names.
 
@@ -264,4 +264,49 @@ pub fn inflate(data: &[u8]) {
         frame.payload
     };
     assert_eq!(back, inflated, "round trip changed the message");
+}
+
+/// The durable log's reader on arbitrary bytes (a segment a crash or a bad
+/// disk left): frames are found without panics, each within the bytes; what
+/// they hold folds into sessions without panics (damage gives errors, never
+/// unbounded allocation); a snapshot decoded from the bytes loads or is
+/// refused.
+pub fn log_frames(data: &[u8]) {
+    use crate::review::ids::Text;
+    use crate::review::limits::Limits;
+    use crate::review::session::{Now, Session};
+    use crate::store::{self, WalContents, frame};
+    use std::sync::Arc;
+
+    let scan = frame::scan(data, 1 << 20);
+    assert!(scan.valid_len <= data.len());
+    for found in &scan.frames {
+        assert!(found.offset + frame::HEADER_LEN + found.payload.len() <= data.len());
+    }
+    let limits = Arc::new(Limits {
+        max_lines_per_file: 1000,
+        ..Limits::default()
+    });
+    let now = Now {
+        at: std::time::Instant::now(),
+        unix_ms: 0,
+    };
+    let mut wal = WalContents::default();
+    wal.add_segment(data, &mut []);
+    for (id, records) in &wal.records {
+        let mut session = Session::new(Text::from(id.as_str()), 0, limits.clone());
+        for record in records {
+            if session.replay(record).is_err() {
+                break;
+            }
+        }
+        let _ = session.finish_recovery(now);
+        let snapshot = session.to_snapshot(0);
+        let again =
+            Session::from_snapshot(&snapshot, limits.clone()).expect("our own snapshot loads");
+        assert_eq!(again.to_snapshot(0), snapshot);
+    }
+    if let Ok(snapshot) = store::decode_snapshot(data) {
+        let _ = Session::from_snapshot(&snapshot, limits);
+    }
 }

@@ -19,3 +19,4 @@ pub mod logging;
 pub mod metrics;
 pub mod pb;
 pub mod review;
+pub mod store;

@@ -6,6 +6,24 @@ pub mod codereview {
     include!(concat!(env!("OUT_DIR"), "/codereview.v1.rs"));
 }
 
+/// The service and method paths of `codereview.v1.CodeReviewService` (as in
+/// `proto/codereview/v1/codereview.proto`): what clients call and the server
+/// registers.
+pub mod paths {
+    pub const SERVICE_NAME: &str = "codereview.v1.CodeReviewService";
+    pub const COLLABORATIVE_SESSION: &str = "/codereview.v1.CodeReviewService/CollaborativeSession";
+    pub const GET_SNAPSHOT: &str = "/codereview.v1.CodeReviewService/GetSnapshot";
+    pub const WATCH_SESSION: &str = "/codereview.v1.CodeReviewService/WatchSession";
+    pub const UPLOAD_FILES: &str = "/codereview.v1.CodeReviewService/UploadFiles";
+}
+
+/// `codereview.store.v1`: the durable log's records and snapshots
+/// (internal; see `crate::store`).
+#[allow(clippy::all, missing_docs)]
+pub mod store {
+    include!(concat!(env!("OUT_DIR"), "/codereview.store.v1.rs"));
+}
+
 /// `grpc.health.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod health {

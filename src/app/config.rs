@@ -11,9 +11,15 @@ use std::time::Duration;
 use crate::grpc::server::ServerConfig;
 use crate::grpc::tls::ServerTlsFiles;
 use crate::review::limits::Limits;
+use crate::review::service::DEFAULT_BATCH_BYTES;
+use crate::store::StoreConfig;
 
 /// Where `serve` listens by default (plaintext, loopback only).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+
+/// Where sessions are kept by default (relative to the working directory;
+/// `$CODEREVIEW_DATA_DIR` or `--data-dir` name another place).
+pub const DEFAULT_DATA_DIR: &str = "codereview-data";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
@@ -41,6 +47,24 @@ pub struct AppConfig {
     pub max_stream_duration: Option<Duration>,
     /// On shutdown, how long streams may take to finish (default 10 s).
     pub drain_timeout: Duration,
+    /// The most a stream takes from its outbox per write (default 256 KiB;
+    /// no flag: tests lower it to make a reader fall behind sooner).
+    pub batch_bytes: usize,
+    /// Keep sessions durable here (default: the `codereview-data` dir;
+    /// None: in memory, lost at exit).
+    pub store: Option<StoreConfig>,
+    /// Durable sessions without participants are deleted after this long
+    /// (default 24 h).
+    pub session_retention: Duration,
+}
+
+/// The durable store's defaults, in `dir`.
+pub fn default_store(dir: PathBuf) -> StoreConfig {
+    StoreConfig {
+        dir,
+        segment_bytes: 64 << 20,
+        max_disk_bytes: 4 << 30,
+    }
 }
 
 impl Default for AppConfig {
@@ -57,16 +81,20 @@ impl Default for AppConfig {
             metrics_addr: None,
             max_stream_duration: Some(Duration::from_secs(24 * 3600)),
             drain_timeout: Duration::from_secs(10),
+            batch_bytes: DEFAULT_BATCH_BYTES,
+            store: Some(default_store(PathBuf::from(DEFAULT_DATA_DIR))),
+            session_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
 
 impl AppConfig {
     /// A configuration for an in-process server on `127.0.0.1:0` (tests,
-    /// embedding): the defaults, on loopback.
+    /// embedding): the defaults, on loopback, in memory.
     pub fn loopback() -> Self {
         AppConfig {
             addr: "127.0.0.1:0".parse().expect("valid"),
+            store: None,
             ..AppConfig::default()
         }
     }

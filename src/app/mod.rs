@@ -29,13 +29,13 @@ use crate::log;
 use crate::metrics::{Metrics, http as metrics_http};
 use crate::pb::health::health_check_response::ServingStatus;
 use crate::review::error::{ErrorKind, ReviewError};
-use crate::review::registry::{self, RegistryConfig, RegistryHandle};
+use crate::review::registry::{self, RegistryConfig, RegistryHandle, Startup};
 use crate::review::service::{self, ServiceConfig};
 
 pub mod config;
 pub mod fd_limit;
 
-pub use config::{AppConfig, DEFAULT_ADDR};
+pub use config::{AppConfig, DEFAULT_ADDR, DEFAULT_DATA_DIR, default_store};
 
 /// Why the app could not start, or stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,10 @@ pub struct App {
     reloader: Option<Arc<TlsReloader>>,
     auth: bool,
     ready: Arc<AtomicBool>,
+    /// False while the store fails.
+    storage_ok: Arc<AtomicBool>,
+    /// Resolves once the registry has recovered the store.
+    startup: Startup,
 }
 
 impl App {
@@ -111,19 +115,23 @@ impl App {
 
         let mut registry_config = RegistryConfig::new(config.limits.clone());
         registry_config.observer = metrics.clone();
+        registry_config.store = config.store.clone();
+        registry_config.session_retention = config.session_retention;
+        let storage_ok = registry_config.storage_ok.clone();
         let mut service_config = ServiceConfig::new(registry_config.limits.clone());
         service_config.max_stream_duration = config.max_stream_duration;
+        service_config.batch_bytes = config.batch_bytes;
         if let Some(authenticator) = &authenticator {
             service_config.auth_required = true;
             service_config.verifier = Some(authenticator.clone());
         }
-        let registry = registry::spawn(registry_config);
+        let (registry, startup) = registry::spawn(registry_config);
 
         let health = HealthReporter::new();
         let mut router = Router::new();
         health.register(&mut router);
         service::register(&mut router, registry.clone(), service_config);
-        health.set(service::SERVICE_NAME, ServingStatus::Serving);
+        health.set(crate::pb::paths::SERVICE_NAME, ServingStatus::Serving);
         if config.interop {
             crate::interop::register(&mut router);
             health.set("grpc.testing.TestService", ServingStatus::Serving);
@@ -166,6 +174,8 @@ impl App {
             metrics_listener,
             reloader,
             ready: Arc::new(AtomicBool::new(false)),
+            storage_ok,
+            startup,
         })
     }
 
@@ -191,22 +201,25 @@ impl App {
             .and_then(|l| l.local_addr().ok())
     }
 
-    /// Whether the app answers readiness checks as ready (serving, not
-    /// draining).
-    pub fn readiness(&self) -> Arc<AtomicBool> {
-        self.ready.clone()
+    /// Whether the app answers readiness checks as ready: recovered and
+    /// serving, storage working, not draining.
+    pub fn readiness(&self) -> metrics_http::Readiness {
+        let (ready, storage) = (self.ready.clone(), self.storage_ok.clone());
+        Arc::new(move || ready.load(Ordering::Relaxed) && storage.load(Ordering::Relaxed))
     }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves (to the reason, for
 /// the log), then drains: readiness and health go false, clients get GOAWAY
 /// and a GOING_AWAY notice, streams have the drain timeout to finish, then
-/// are ended with UNAVAILABLE.
+/// are ended with UNAVAILABLE. Before serving, the stored sessions are
+/// recovered (readiness stays false until then; connections wait).
 pub async fn run(
     listener: TcpListener,
     app: App,
     shutdown: impl Future<Output = &'static str>,
 ) -> Result<(), AppError> {
+    let readiness = app.readiness();
     let App {
         config,
         server,
@@ -217,6 +230,8 @@ pub async fn run(
         reloader,
         auth,
         ready,
+        storage_ok: _,
+        startup,
     } = app;
     let local = listener
         .local_addr()
@@ -225,8 +240,29 @@ pub async fn run(
         if let Ok(bound) = listener.local_addr() {
             log!(Info, "metrics listening", addr = bound.to_string().as_str());
         }
-        tokio::spawn(metrics_http::serve(listener, metrics, ready.clone()))
+        tokio::spawn(metrics_http::serve(listener, metrics, readiness))
     });
+    let report = startup
+        .await
+        .map_err(|_| AppError::Serving("the registry stopped while starting".into()))?
+        .map_err(|error| {
+            AppError::Setup(format!(
+                "cannot open the data dir: {error} (give --data-dir DIR for a writable directory, \
+                 or --data-dir none to keep sessions in memory only)"
+            ))
+        })?;
+    if let Some(store) = &config.store {
+        log!(
+            Info,
+            "sessions recovered",
+            data_dir = store.dir.display().to_string().as_str(),
+            sessions = report.sessions as u64,
+            failed_sessions = report.failed_sessions as u64,
+            records = report.records as u64,
+            torn_bytes = report.torn_bytes,
+            elapsed_ms = report.elapsed.as_millis() as u64
+        );
+    }
     let (controller, signal) = ShutdownController::new();
     let mut server_task = tokio::spawn(server.serve(listener, signal));
     ready.store(true, Ordering::Relaxed);
@@ -237,7 +273,8 @@ pub async fn run(
         tls = reloader.is_some(),
         auth = auth,
         interop = config.interop,
-        reflection = config.reflection
+        reflection = config.reflection,
+        durable = config.store.is_some()
     );
 
     tokio::pin!(shutdown);

@@ -223,7 +223,6 @@ pub fn set_bearer(metadata: &mut Metadata, token: &str) -> Result<(), ClientErro
 
 /// The argh flag block shared by client commands, as a macro so each command
 /// keeps one flat struct (argh has no flattening).
-#[macro_export]
 macro_rules! client_flags {
     (
         $(#[$meta:meta])*
@@ -256,8 +255,8 @@ macro_rules! client_flags {
         }
 
         impl $name {
-            pub fn client_options(&self) -> $crate::cli::connect::ClientOptions {
-                $crate::cli::connect::ClientOptions {
+            pub fn client_options(&self) -> crate::cli::connect::ClientOptions {
+                crate::cli::connect::ClientOptions {
                     addr: self.addr.clone(),
                     ca: self.ca.clone(),
                     cert: self.cert.clone(),
@@ -271,3 +270,4 @@ macro_rules! client_flags {
         }
     };
 }
+pub(crate) use client_flags;

@@ -11,7 +11,7 @@ use crate::pb::health::{
     HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
 };
 
-crate::client_flags! {
+crate::cli::connect::client_flags! {
     /// check a server's health (exit 0 only when SERVING)
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "health")]

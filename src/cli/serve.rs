@@ -16,6 +16,7 @@ use crate::grpc::tls::ServerTlsFiles;
 use crate::log;
 use crate::logging::{self, Format, Level};
 use crate::review::limits::Limits;
+use crate::store::StoreConfig;
 
 /// run the server (plaintext h2c on 127.0.0.1:50051 by default)
 #[derive(FromArgs, Debug)]
@@ -151,7 +152,7 @@ pub struct ServeArgs {
         from_str_fn(super::parse_duration)
     )]
     pub idle_after: Duration,
-    /// how long an empty session is kept for resumes (default 60s)
+    /// in memory (--data-dir none), how long an empty session is kept for resumes (default 60s)
     #[argh(
         option,
         default = "Duration::from_secs(60)",
@@ -181,6 +182,23 @@ pub struct ServeArgs {
     )]
     pub max_stream_duration: Duration,
 
+    /// where sessions are kept durably, or "none" to keep them in memory only (default codereview-data; $CODEREVIEW_DATA_DIR when set)
+    #[argh(option)]
+    pub data_dir: Option<String>,
+    /// durable sessions without participants are deleted after this long (default 24h)
+    #[argh(
+        option,
+        default = "Duration::from_secs(86_400)",
+        from_str_fn(super::parse_duration)
+    )]
+    pub session_retention: Duration,
+    /// disk the data dir may use; past it edits, comments and uploads get RESOURCE_EXHAUSTED, 0 = no budget (default 4GiB)
+    #[argh(option, default = "4 << 30", from_str_fn(super::parse_bytes))]
+    pub max_disk: usize,
+    /// size at which a log segment is closed and a new one begun (default 64MiB)
+    #[argh(option, default = "64 << 20", from_str_fn(super::parse_bytes))]
+    pub log_segment_bytes: usize,
+
     /// log level: error, warn, info, debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -193,8 +211,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The whole configuration from the flags (`port_env`: `$PORT`).
-    pub fn config(&self, port_env: Option<&str>) -> Result<AppConfig, String> {
+    /// The whole configuration from the flags and the environment.
+    pub fn config(&self, env: &Environment) -> Result<AppConfig, String> {
         let to_u32 = |name: &str, value: usize| {
             u32::try_from(value).map_err(|_| format!("--{name} is too large"))
         };
@@ -250,8 +268,21 @@ impl ServeArgs {
             (None, None) => None,
             _ => return Err("--tls-cert and --tls-key go together".into()),
         };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or_else(|| env.data_dir.clone().filter(|d| !d.is_empty()))
+            .unwrap_or_else(|| app::DEFAULT_DATA_DIR.to_owned());
+        let store = match data_dir.as_str() {
+            "none" => None,
+            dir => Some(StoreConfig {
+                dir: PathBuf::from(dir),
+                segment_bytes: self.log_segment_bytes as u64,
+                max_disk_bytes: self.max_disk as u64,
+            }),
+        };
         let config = AppConfig {
-            addr: self.bind_addr(port_env)?,
+            addr: self.bind_addr(env.port.as_deref())?,
             server,
             limits,
             tls,
@@ -262,6 +293,9 @@ impl ServeArgs {
             metrics_addr: self.metrics_addr,
             max_stream_duration: Some(self.max_stream_duration).filter(|d| !d.is_zero()),
             drain_timeout: self.drain_timeout,
+            store,
+            session_retention: self.session_retention,
+            ..AppConfig::default()
         };
         config.check()?;
         Ok(config)
@@ -277,6 +311,24 @@ impl ServeArgs {
         text.parse().map_err(|_| {
             format!("bad listen address {text:?}: expected HOST:PORT, e.g. 127.0.0.1:50051")
         })
+    }
+}
+
+/// What `serve` reads from its environment.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `$PORT`: listen on 0.0.0.0:$PORT when --addr is not given.
+    pub port: Option<String>,
+    /// `$CODEREVIEW_DATA_DIR`: the data dir when --data-dir is not given.
+    pub data_dir: Option<String>,
+}
+
+impl Environment {
+    pub fn read() -> Self {
+        Environment {
+            port: std::env::var("PORT").ok(),
+            data_dir: std::env::var("CODEREVIEW_DATA_DIR").ok(),
+        }
     }
 }
 
@@ -306,9 +358,7 @@ async fn serve(args: ServeArgs) -> Result<(), AppError> {
         .ok_or_else(|| setup("--log-format must be json or text".into()))?;
     logging::init(level, format);
 
-    let config = args
-        .config(std::env::var("PORT").ok().as_deref())
-        .map_err(setup)?;
+    let config = args.config(&Environment::read()).map_err(setup)?;
     let addr = config.addr;
     let app = App::build(config).await?;
     let listener = TcpListener::bind(addr)
@@ -372,7 +422,7 @@ mod tests {
 
     #[test]
     fn flags_become_configuration() {
-        let config = |extra: &[&str]| args(extra).config(None);
+        let config = |extra: &[&str]| args(extra).config(&Environment::default());
         let a = config(&[
             "--max-frame-size",
             "64KiB",
@@ -420,13 +470,36 @@ mod tests {
             None
         );
         assert!(!config(&["--no-reflection"]).unwrap().reflection);
+        assert_eq!(config(&["--data-dir", "none"]).unwrap().store, None);
+        let dir = config(&["--data-dir", "/srv/reviews"])
+            .unwrap()
+            .store
+            .unwrap()
+            .dir;
+        assert_eq!(dir, PathBuf::from("/srv/reviews"));
+        let env = Environment {
+            data_dir: Some("/var/lib/cr".into()),
+            ..Environment::default()
+        };
+        assert_eq!(
+            args(&[]).config(&env).unwrap().store.unwrap().dir,
+            PathBuf::from("/var/lib/cr")
+        );
+        assert_eq!(
+            args(&["--data-dir", "none"]).config(&env).unwrap().store,
+            None,
+            "the flag wins over the environment"
+        );
     }
 
     /// The defaults are written once, in the configuration types: the flags'
     /// defaults (argh needs its own) must be exactly those.
     #[test]
     fn the_flags_defaults_are_the_configurations_defaults() {
-        assert_eq!(args(&[]).config(None).unwrap(), AppConfig::default());
+        assert_eq!(
+            args(&[]).config(&Environment::default()).unwrap(),
+            AppConfig::default()
+        );
     }
 
     /// Each flag's help says its default: it must be the real one.

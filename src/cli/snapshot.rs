@@ -6,9 +6,9 @@ use super::connect::ClientError;
 use super::render::{snapshot_json, snapshot_text};
 use crate::grpc::client::CallOptions;
 use crate::pb::codereview::{Snapshot, SnapshotRequest};
-use crate::review::service::GET_SNAPSHOT;
+use crate::pb::paths::GET_SNAPSHOT;
 
-crate::client_flags! {
+crate::cli::connect::client_flags! {
     /// print a session's snapshot: files, comments, participants, cursors
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "snapshot")]

@@ -10,12 +10,12 @@ use super::connect::ClientError;
 use crate::grpc::Status;
 use crate::grpc::client::{CallOptions, ClientCall};
 use crate::pb::codereview::{FileChunk, UploadSummary};
-use crate::review::service::UPLOAD_FILES;
+use crate::pb::paths::UPLOAD_FILES;
 
 /// Chunk size: well below the 4 MiB message limit, large enough to be cheap.
 const CHUNK: usize = 64 * 1024;
 
-crate::client_flags! {
+crate::cli::connect::client_flags! {
     /// upload files under review into a session (the author seeds it)
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "upload")]

@@ -7,9 +7,9 @@ use super::connect::ClientError;
 use super::render::{Style, event_line};
 use crate::grpc::client::CallOptions;
 use crate::pb::codereview::{SessionMessage, WatchRequest};
-use crate::review::service::WATCH_SESSION;
+use crate::pb::paths::WATCH_SESSION;
 
-crate::client_flags! {
+crate::cli::connect::client_flags! {
     /// follow a session read-only, one line per event
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "watch")]

@@ -4,7 +4,6 @@
 //! /healthz and /readyz, one request per connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,8 +73,11 @@ pub fn parse_request(buffer: &[u8]) -> Result<RequestHead<'_>, HttpError> {
     Ok(RequestHead { method, path })
 }
 
+/// Whether the server is ready (serving, storage working, not draining).
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Serves the metrics endpoints until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -104,7 +106,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
 async fn answer(
     mut stream: TcpStream,
     metrics: &Metrics,
-    ready: &AtomicBool,
+    ready: &Readiness,
 ) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -144,9 +146,7 @@ async fn answer(
                 metrics.render().await,
             ),
             "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-            "/readyz" if ready.load(Ordering::Relaxed) => {
-                ("200 OK", "text/plain", "ready\n".to_owned())
-            }
+            "/readyz" if ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
             "/readyz" => (
                 "503 Service Unavailable",
                 "text/plain",

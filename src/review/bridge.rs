@@ -76,6 +76,13 @@ impl OpLog {
         }
     }
 
+    /// Every operation logged, oldest first: (version, author, operation).
+    pub fn entries(&self) -> impl Iterator<Item = (i32, Option<&Text>, &FileOp)> {
+        self.ops
+            .iter()
+            .map(|o| (o.version, o.author.as_ref(), &o.op))
+    }
+
     /// The oldest version still logged (`current + 1` when empty).
     pub fn oldest(&self, current: i32) -> i32 {
         self.ops.front().map_or(current + 1, |o| o.version)
@@ -146,6 +153,28 @@ impl Bridge {
         self.entries.is_empty()
     }
 
+    /// The bridge's parts (for snapshots): entries, synced_to, floor.
+    pub fn parts(&self) -> (impl Iterator<Item = &(i32, FileOp)>, i32, i32) {
+        (self.entries.iter(), self.synced_to, self.floor)
+    }
+
+    /// A bridge as a snapshot kept it.
+    pub fn restore(entries: Vec<(i32, FileOp)>, synced_to: i32, floor: i32) -> Bridge {
+        Bridge {
+            entries: entries.into(),
+            synced_to,
+            floor,
+        }
+    }
+
+    /// Whether an edit based on `base` can be transformed (see
+    /// [`Bridge::sync`]), without changing anything.
+    pub fn can_sync(&self, base: i32, current: i32, log: &OpLog) -> bool {
+        let bridge_ok = base >= self.floor || base >= self.synced_to;
+        let log_ok = base.max(self.synced_to) + 1 >= log.oldest(current);
+        bridge_ok && log_ok
+    }
+
     /// Makes the bridge hold exactly the operations `user` had not seen at
     /// `base` up to `current`, or says the base is too old for that.
     pub fn sync(
@@ -158,9 +187,7 @@ impl Bridge {
     ) -> Result<(), TooOld> {
         // Transformable if the bridge still holds what follows `base` up to
         // `synced_to`, and the log holds what follows that.
-        let bridge_ok = base >= self.floor || base >= self.synced_to;
-        let log_ok = base.max(self.synced_to) + 1 >= log.oldest(current);
-        if !(bridge_ok && log_ok) {
+        if !self.can_sync(base, current, log) {
             return Err(TooOld);
         }
         while self.entries.front().is_some_and(|(v, _)| *v <= base) {

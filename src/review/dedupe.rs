@@ -63,6 +63,25 @@ impl Dedupe {
         self.outcomes.is_empty()
     }
 
+    /// The outcomes remembered, oldest first (for snapshots).
+    pub fn outcomes(&self) -> impl Iterator<Item = &(u64, Outcome)> {
+        self.outcomes.iter()
+    }
+
+    /// The highest number whose outcome is forgotten (for snapshots).
+    pub fn forgotten_up_to(&self) -> u64 {
+        self.forgotten_up_to
+    }
+
+    /// A dedupe state as a snapshot kept it.
+    pub fn restore(highest: u64, forgotten_up_to: u64, outcomes: Vec<(u64, Outcome)>) -> Dedupe {
+        Dedupe {
+            highest,
+            outcomes: outcomes.into(),
+            forgotten_up_to,
+        }
+    }
+
     pub fn check(&self, client_sequence: u64) -> Verdict {
         if client_sequence == 0 || client_sequence > self.highest {
             return Verdict::New;

@@ -191,6 +191,33 @@ impl Document {
         Ok(())
     }
 
+    /// Applies `op` whatever the byte budgets: replaying the log, what was
+    /// accepted once is applied again (budgets may have changed since). A
+    /// file is still never made longer than `max_lines` (a damaged record
+    /// must not make the replay allocate without bound).
+    pub fn apply_unchecked(&mut self, op: &FileOp, max_lines: usize) -> Result<(), ApplyError> {
+        if op.is_noop() {
+            return Ok(());
+        }
+        let lines = self.files.get(&op.path).map_or(&[][..], Vec::as_slice);
+        ot::check(lines.len(), &op.op)?;
+        let new_len = match &op.op {
+            LineOp::Replace { line, .. } => lines.len().max(*line as usize + 1),
+            LineOp::Insert { .. } => lines.len() + 1,
+            LineOp::ReplaceFile { lines } => lines.len(),
+            LineOp::Delete { .. } | LineOp::Noop => 0,
+        };
+        if new_len > max_lines {
+            return Err(ApplyError::OutOfRange(format!(
+                "{} would have {new_len} lines, over the limit of {max_lines} (--max-lines)",
+                op.path
+            )));
+        }
+        let cost = Self::cost(&op.path, lines, !self.files.contains_key(&op.path), &op.op);
+        self.apply_checked(op, Change(cost));
+        Ok(())
+    }
+
     /// Applies an operation [`Document::check`] accepted (nothing changed
     /// in between).
     pub fn apply_checked(&mut self, op: &FileOp, change: Change) {

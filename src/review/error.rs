@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Aborted,
     /// Going away: reconnect and resume.
     Unavailable,
+    /// The session's stored log is damaged: it cannot be served.
+    DataLoss,
 }
 
 /// A domain error with a message for the participant.
@@ -66,7 +68,27 @@ impl ReviewError {
             ErrorKind::Unauthenticated => Code::Unauthenticated,
             ErrorKind::Aborted => Code::Aborted,
             ErrorKind::Unavailable => Code::Unavailable,
+            ErrorKind::DataLoss => Code::DataLoss,
         }
+    }
+
+    /// The error a stored outcome names (the inverse of [`ReviewError::code`];
+    /// codes the domain does not use read as INVALID_ARGUMENT).
+    pub fn from_code(code: i32, message: impl Into<String>) -> Self {
+        let kind = match Code::from_i32(code) {
+            Code::PermissionDenied => ErrorKind::PermissionDenied,
+            Code::OutOfRange => ErrorKind::OutOfRange,
+            Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+            Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+            Code::NotFound => ErrorKind::NotFound,
+            Code::AlreadyExists => ErrorKind::AlreadyExists,
+            Code::Unauthenticated => ErrorKind::Unauthenticated,
+            Code::Aborted => ErrorKind::Aborted,
+            Code::Unavailable => ErrorKind::Unavailable,
+            Code::DataLoss => ErrorKind::DataLoss,
+            _ => ErrorKind::InvalidArgument,
+        };
+        ReviewError::new(kind, message)
     }
 
     pub fn to_status(&self) -> Status {

@@ -32,11 +32,7 @@ use crate::pb::codereview::{
     FileChunk, SessionMessage, Snapshot, SnapshotRequest, UploadSummary, WatchRequest,
 };
 
-pub const COLLABORATIVE_SESSION: &str = "/codereview.v1.CodeReviewService/CollaborativeSession";
-pub const GET_SNAPSHOT: &str = "/codereview.v1.CodeReviewService/GetSnapshot";
-pub const WATCH_SESSION: &str = "/codereview.v1.CodeReviewService/WatchSession";
-pub const UPLOAD_FILES: &str = "/codereview.v1.CodeReviewService/UploadFiles";
-pub const SERVICE_NAME: &str = "codereview.v1.CodeReviewService";
+use crate::pb::paths::{COLLABORATIVE_SESSION, GET_SNAPSHOT, UPLOAD_FILES, WATCH_SESSION};
 
 /// How long a half-closed participant's queued messages may take to deliver.
 const HALF_CLOSE_FLUSH: Duration = Duration::from_secs(5);
@@ -45,6 +41,9 @@ const HALF_CLOSE_FLUSH: Duration = Duration::from_secs(5);
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Principal, ReviewError>;
 }
+
+/// How much a stream takes from its outbox per write, by default.
+pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
 
 /// The service's settings.
 #[derive(Clone)]
@@ -66,7 +65,7 @@ impl ServiceConfig {
         ServiceConfig {
             limits,
             max_stream_duration: Some(Duration::from_secs(24 * 3600)),
-            batch_bytes: 256 * 1024,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             auth_required: false,
             verifier: None,
         }
@@ -265,12 +264,25 @@ impl Service {
                 message = inbound.message() => {
                     let Some(message) = message? else {
                         // The client half-closed: it is done sending. Deliver
-                        // what is already queued for it, then end with OK
-                        // (it leaves when this task ends).
-                        for framed in self.registry.take_now(member, usize::MAX).await {
-                            sink.queue_framed(framed);
-                        }
-                        let _ = tokio::time::timeout(HALF_CLOSE_FLUSH, sink.flush()).await;
+                        // what is already queued for it (once the log has it),
+                        // then end with OK (it leaves when this task ends).
+                        let flushed = tokio::time::timeout(HALF_CLOSE_FLUSH, async {
+                            let rest = self.registry.take_all(member).await;
+                            // A batch the pending pull was answered with
+                            // before that came first.
+                            if let Some(mut earlier) = pull.take()
+                                && let Ok(batch) = earlier.try_recv()
+                            {
+                                for framed in batch {
+                                    sink.queue_framed(framed);
+                                }
+                            }
+                            for framed in rest {
+                                sink.queue_framed(framed);
+                            }
+                            sink.flush().await
+                        });
+                        let _ = flushed.await;
                         return Ok(Metadata::new());
                     };
                     trace.messages_in += 1;

@@ -47,8 +47,8 @@ use crate::pb::codereview::{
     Join, PresenceUpdate, SessionMessage, presence_update::Status as Presence,
     session_message::Payload,
 };
+use crate::pb::paths::COLLABORATIVE_SESSION;
 use crate::review::replica::Replica;
-use crate::review::service::COLLABORATIVE_SESSION;
 
 mod commands;
 mod participant;
@@ -57,7 +57,7 @@ use commands::random_u64;
 pub use commands::{Command, backoff_delay, parse_command};
 use participant::Participant;
 
-crate::client_flags! {
+crate::cli::connect::client_flags! {
     /// join a session as a participant: commands on stdin, events on stdout
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "join")]

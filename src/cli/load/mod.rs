@@ -45,10 +45,10 @@ use crate::pb::codereview::{
     CodeEdit, Comment, CursorPosition, Join, PresenceUpdate, SessionMessage,
     code_edit::Op as EditOp, presence_update::Status as Presence, session_message::Payload,
 };
-use crate::review::service::COLLABORATIVE_SESSION;
+use crate::pb::paths::COLLABORATIVE_SESSION;
 use tally::{Report, Seen};
 
-crate::client_flags! {
+crate::cli::connect::client_flags! {
     /// drive a server with sessions of participants and check delivery
     #[derive(FromArgs, Debug)]
     #[argh(subcommand, name = "load")]

@@ -40,6 +40,10 @@ pub struct RegistryStats {
     pub content_bytes: usize,
     /// The memory budget's count (every session's estimate).
     pub memory_bytes: usize,
+    /// Sessions not served because their stored log is damaged.
+    pub failed_sessions: usize,
+    /// Disk used by the store (segments and snapshots; 0 in memory).
+    pub disk_bytes: u64,
     pub parked_pulls: usize,
 }
 
@@ -71,7 +75,7 @@ pub(super) enum Command {
         member: MemberId,
         max_bytes: usize,
         /// Park until something is pending (else answer at once, maybe empty).
-        wait: bool,
+        mode: PullMode,
         reply: oneshot::Sender<Vec<Bytes>>,
     },
     Leave {
@@ -83,7 +87,7 @@ pub(super) enum Command {
     },
     Snapshot {
         session_id: Text,
-        reply: oneshot::Sender<Option<Snapshot>>,
+        reply: oneshot::Sender<Result<Option<Snapshot>, ReviewError>>,
     },
     Upload {
         session_id: Text,
@@ -101,6 +105,15 @@ pub(super) enum Command {
     Stats {
         reply: oneshot::Sender<RegistryStats>,
     },
+}
+
+/// What a pull waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PullMode {
+    /// The next batch that may go (up to `max_bytes`).
+    Next,
+    /// Everything queued, once all of it may go.
+    All,
 }
 
 /// The registry's address; cheap to clone.
@@ -199,7 +212,7 @@ impl RegistryHandle {
             .send(Command::Pull {
                 member,
                 max_bytes,
-                wait: true,
+                mode: PullMode::Next,
                 reply,
             })
             .await
@@ -207,12 +220,13 @@ impl RegistryHandle {
         Ok(rx)
     }
 
-    /// Takes what is pending for the member now (empty if nothing is).
-    pub async fn take_now(&self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
+    /// Takes everything queued for the member, once all of it may go (what
+    /// waits for the durable log is waited for).
+    pub async fn take_all(&self, member: MemberId) -> Vec<Bytes> {
         self.ask(|reply| Command::Pull {
             member,
-            max_bytes,
-            wait: false,
+            max_bytes: usize::MAX,
+            mode: PullMode::All,
             reply,
         })
         .await
@@ -245,7 +259,7 @@ impl RegistryHandle {
 
     pub async fn snapshot(&self, session_id: Text) -> Result<Option<Snapshot>, ReviewError> {
         self.ask(|reply| Command::Snapshot { session_id, reply })
-            .await
+            .await?
     }
 
     pub async fn upload(

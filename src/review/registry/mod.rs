@@ -7,6 +7,15 @@
 //! keeps the memory budget, and removes empty sessions after their linger
 //! time. It holds no session logic of its own.
 //!
+//! Durable mode (a data dir): at start it rebuilds every session from the
+//! store (snapshot, then the records after it). Each step's records go to
+//! the store's writer thread; while one batch is being made durable, the
+//! records of the next turns accumulate, so one fsync covers all of them
+//! (group commit). What a step queued for members is released when its
+//! records are durable (the output gate). Sessions are snapshotted every
+//! few thousand records and when an old log segment waits for them, and
+//! deleted after `--session-retention` without participants.
+//!
 //! ```text
 //!  stream task ──Join/Message/Reject/Leave──►┐
 //!  stream task ──Pull(max bytes)────────────►│ registry ──Input──► Session::step
@@ -14,8 +23,9 @@
 //!  stream task ◄──Ending (closed/finished)───┘
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,12 +37,14 @@ use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
 use super::session::{Done, Effects, Input, JoinRequest, Now, Session, UploadOutcome};
+use crate::pb::store::Record;
+use crate::store::{self, Event as StoreEvent, Job, StoreConfig, StoreHandle};
 
 mod budget;
 mod handle;
 
 use budget::{MemoryBudget, NEW_SESSION_ROOM, SHED_MIN_OUTBOX};
-use handle::Command;
+use handle::{Command, PullMode};
 pub use handle::{Ending, Membership, RegistryHandle, RegistryStats};
 
 /// Settings of the registry task.
@@ -46,6 +58,13 @@ pub struct RegistryConfig {
     /// Period of idle and token checks and of removing empty sessions
     /// (default 1 s).
     pub tick: Duration,
+    /// Keep sessions durable in this store (None: in memory only).
+    pub store: Option<StoreConfig>,
+    /// In durable mode, how long a session without participants is kept
+    /// before it is deleted, from memory and disk (default 24 h).
+    pub session_retention: Duration,
+    /// False while the store fails (readiness).
+    pub storage_ok: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RegistryConfig {
@@ -54,6 +73,7 @@ impl std::fmt::Debug for RegistryConfig {
             .field("limits", &self.limits)
             .field("inbox_capacity", &self.inbox_capacity)
             .field("tick", &self.tick)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -65,35 +85,81 @@ impl RegistryConfig {
             observer: Arc::new(NoSessionObserver),
             inbox_capacity: 4096,
             tick: Duration::from_secs(1),
+            store: None,
+            session_retention: Duration::from_secs(24 * 3600),
+            storage_ok: Arc::new(AtomicBool::new(true)),
         }
     }
 }
 
-/// Starts the registry task.
-pub fn spawn(config: RegistryConfig) -> RegistryHandle {
+/// What recovery found (for the log, and the app's readiness).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub sessions: usize,
+    pub failed_sessions: usize,
+    pub records: usize,
+    pub torn_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Resolves once the registry serves (recovery done), or with why it
+/// cannot start.
+pub type Startup = oneshot::Receiver<Result<RecoveryReport, String>>;
+
+/// A session is snapshotted after this many records (the log behind the
+/// snapshot can then be deleted).
+const SNAPSHOT_EVERY: u64 = 4096;
+
+/// After a failed append, how long before the batch is sent again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Starts the registry task; the [`Startup`] resolves once it serves
+/// (after recovering the store, in durable mode).
+pub fn spawn(config: RegistryConfig) -> (RegistryHandle, Startup) {
     let (tx, rx) = mpsc::channel(config.inbox_capacity);
     let (pulls, pull_rx) = mpsc::channel(config.inbox_capacity);
+    let (started, startup) = oneshot::channel();
     let registry = Registry {
         memory: MemoryBudget::new(config.limits.max_memory_bytes),
         limits: config.limits,
         draining: false,
         observer: config.observer,
         sessions: HashMap::new(),
+        failed: HashMap::new(),
         members: HashMap::new(),
         next_member: 1,
         started: Instant::now(),
         started_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
+        durability: config.store.as_ref().map(|store| Durability {
+            max_disk_bytes: store.max_disk_bytes,
+            ..Durability::default()
+        }),
+        store: None,
+        retention: config.session_retention,
+        storage_ok: config.storage_ok,
     };
-    tokio::spawn(registry.run(rx, pull_rx, config.tick));
-    RegistryHandle { tx, pulls }
+    tokio::spawn(registry.start(config.store, rx, pull_rx, config.tick, started));
+    (RegistryHandle { tx, pulls }, startup)
 }
 
+/// The store's next event (never, in memory mode).
+async fn recv_store(
+    events: &mut Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>>,
+) -> Option<StoreEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A new session's epoch: random, non-zero, and below 2^53 so that every
+/// client language (JavaScript numbers, JSON readers) holds it exactly.
 fn random_epoch() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    u64::from_le_bytes(bytes).max(1)
+    (u64::from_le_bytes(bytes) & ((1 << 53) - 1)).max(1)
 }
 
 /// Whether adding a member may create its session.
@@ -107,7 +173,14 @@ enum Creation {
 struct MemberSlot {
     session: Text,
     ending: Option<oneshot::Sender<Ending>>,
-    parked: Option<(oneshot::Sender<Vec<Bytes>>, usize)>,
+    parked: Option<Parked>,
+}
+
+/// A stream waiting for its outbox.
+struct Parked {
+    reply: oneshot::Sender<Vec<Bytes>>,
+    max_bytes: usize,
+    mode: PullMode,
 }
 
 struct SessionSlot {
@@ -115,6 +188,53 @@ struct SessionSlot {
     empty_since: Option<Instant>,
     /// The session's memory as last counted in the budget.
     memory: usize,
+    /// Records made since the last snapshot (durable mode).
+    since_snapshot: u64,
+    /// Unix ms of its last record (kept in snapshots).
+    last_active: i64,
+}
+
+/// The durable mode's bookkeeping.
+#[derive(Debug, Default)]
+struct Durability {
+    /// Records made and not yet sent to the store, per session, in order.
+    unwritten: Vec<(Text, Vec<Record>)>,
+    /// A batch is being made durable.
+    in_flight: bool,
+    /// The store failed: nothing is sent again before this.
+    retry_at: Option<Instant>,
+    failing: Option<String>,
+    /// Sessions to snapshot as soon as all their records are durable.
+    snapshot_wanted: BTreeSet<Text>,
+    disk_bytes: u64,
+    max_disk_bytes: u64,
+}
+
+impl Durability {
+    /// Why content writes are refused now, if they are.
+    fn refusal(&self) -> Option<ReviewError> {
+        if let Some(failing) = &self.failing {
+            return Some(ReviewError::new(
+                ErrorKind::Unavailable,
+                format!("storage is failing, nothing can be written now: {failing}"),
+            ));
+        }
+        if self.max_disk_bytes > 0 && self.disk_bytes >= self.max_disk_bytes {
+            return Some(ReviewError::exhausted(format!(
+                "the server's disk budget ({} bytes, --max-disk) is used up",
+                self.max_disk_bytes
+            )));
+        }
+        None
+    }
+
+    /// Adds records after what waits already (one entry per session).
+    fn queue(&mut self, session_id: &Text, records: Vec<Record>) {
+        match self.unwritten.iter_mut().find(|(id, _)| id == session_id) {
+            Some((_, pending)) => pending.extend(records),
+            None => self.unwritten.push((session_id.clone(), records)),
+        }
+    }
 }
 
 /// The task's state.
@@ -124,25 +244,136 @@ struct Registry {
     draining: bool,
     observer: Arc<dyn SessionObserver>,
     sessions: HashMap<Text, SessionSlot>,
+    /// Sessions whose stored log is damaged: they answer DATA_LOSS.
+    failed: HashMap<Text, String>,
     members: HashMap<MemberId, MemberSlot>,
     memory: MemoryBudget,
     next_member: MemberId,
     started: Instant,
     started_unix_ms: i64,
+    /// Durable mode (None: in memory).
+    durability: Option<Durability>,
+    store: Option<StoreHandle>,
+    /// In durable mode, how long an empty session is kept.
+    retention: Duration,
+    storage_ok: Arc<AtomicBool>,
 }
 
 impl Registry {
+    /// Recovers the store (durable mode), says so, then serves.
+    async fn start(
+        mut self,
+        store: Option<StoreConfig>,
+        rx: mpsc::Receiver<Command>,
+        pulls: mpsc::Receiver<Command>,
+        tick: Duration,
+        started: oneshot::Sender<Result<RecoveryReport, String>>,
+    ) {
+        let mut events = None;
+        let mut report = RecoveryReport::default();
+        if let Some(config) = store {
+            let begun = std::time::Instant::now();
+            let opened = tokio::task::spawn_blocking(move || store::open(config)).await;
+            let (handle, recovered) = match opened {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(error)) => {
+                    let _ = started.send(Err(error.0));
+                    return;
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error.to_string()));
+                    return;
+                }
+            };
+            report.torn_bytes = recovered.torn_bytes;
+            report.records = recovered.frames;
+            let (handle, store_events) = handle.split();
+            if let Some(d) = self.durability.as_mut() {
+                d.disk_bytes = handle.disk_bytes;
+            }
+            self.store = Some(handle);
+            self.load(recovered, &mut report);
+            report.elapsed = begun.elapsed();
+            events = Some(store_events);
+            self.flush_to_store();
+        }
+        let _ = started.send(Ok(report));
+        self.run(rx, pulls, tick, events).await;
+    }
+
+    /// Rebuilds the sessions the store holds; damaged ones are failed.
+    fn load(&mut self, recovered: store::Recovered, report: &mut RecoveryReport) {
+        let now = self.now();
+        for found in recovered.sessions {
+            let id = Text::from(found.session_id.as_str());
+            if let Some(damage) = found.damage {
+                self.fail_session(&id, damage);
+                continue;
+            }
+            let rebuilt = match &found.snapshot {
+                Some(snapshot) => Session::from_snapshot(snapshot, self.limits.clone()),
+                None => Ok(Session::new(id.clone(), 0, self.limits.clone())),
+            };
+            let rebuilt = rebuilt.and_then(|mut session| {
+                for record in &found.records {
+                    session.replay(record)?;
+                }
+                Ok(session)
+            });
+            let mut session = match rebuilt {
+                Ok(session) if session.next_index() > 0 => session,
+                Ok(_) => continue, // nothing of it survived
+                Err(error) => {
+                    self.fail_session(&id, error.0);
+                    continue;
+                }
+            };
+            let last_active = found
+                .records
+                .last()
+                .map(|r| r.timestamp)
+                .or(found.snapshot.as_ref().map(|s| s.last_active))
+                .unwrap_or(now.unix_ms);
+            let fx = session.finish_recovery(now);
+            let mut slot = SessionSlot {
+                session,
+                empty_since: Some(Instant::now()),
+                memory: 0,
+                since_snapshot: found.records.len() as u64,
+                last_active,
+            };
+            self.memory
+                .recount(&mut slot.memory, slot.session.memory_bytes());
+            self.sessions.insert(id.clone(), slot);
+            self.queue_records(&id, fx.records);
+            report.sessions += 1;
+        }
+        report.failed_sessions = self.failed.len();
+    }
+
+    fn fail_session(&mut self, id: &Text, why: String) {
+        crate::log!(
+            Error,
+            "session damaged in storage: it is not served",
+            session_id = &**id,
+            error = why.as_str()
+        );
+        self.failed.insert(id.clone(), why);
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut pulls: mpsc::Receiver<Command>,
         tick: Duration,
+        mut store_events: Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>>,
     ) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
+                Some(event) = recv_store(&mut store_events) => self.on_store_event(event),
                 Some(pull) = pulls.recv() => self.handle(pull),
                 command = rx.recv() => match command {
                     Some(command) => self.handle(command),
@@ -150,6 +381,7 @@ impl Registry {
                 },
                 _ = ticker.tick() => self.tick(),
             }
+            self.flush_to_store();
         }
     }
 
@@ -222,9 +454,9 @@ impl Registry {
             Command::Pull {
                 member,
                 max_bytes,
-                wait,
+                mode,
                 reply,
-            } => self.pull(member, max_bytes, wait, reply),
+            } => self.pull(member, max_bytes, mode, reply),
             Command::Leave { member } => {
                 self.step_member(now, member, Input::Leave { member });
                 self.members.remove(&member);
@@ -233,7 +465,13 @@ impl Registry {
                 self.step_member(now, member, Input::RefreshToken { member, token });
             }
             Command::Snapshot { session_id, reply } => {
-                let snapshot = self.sessions.get(&session_id).map(|s| s.session.snapshot());
+                let snapshot = match self.failed.get(&session_id) {
+                    Some(why) => Err(ReviewError::new(
+                        ErrorKind::DataLoss,
+                        format!("session {session_id:?} is damaged in storage: {why}"),
+                    )),
+                    None => Ok(self.sessions.get(&session_id).map(|s| s.session.snapshot())),
+                };
                 let _ = reply.send(snapshot);
             }
             Command::Upload {
@@ -272,10 +510,24 @@ impl Registry {
         session_id: &Text,
         input: Input,
     ) -> Option<Result<Done, ReviewError>> {
+        let refusal = self.durability.as_ref().and_then(Durability::refusal);
         let slot = self.sessions.get_mut(session_id)?;
         slot.session.set_memory_room(self.memory.room());
-        let fx = slot.session.step(now, input);
+        slot.session.set_write_refusal(refusal);
+        let mut fx = slot.session.step(now, input);
         let result = fx.result.clone();
+        let records = std::mem::take(&mut fx.records);
+        match (&mut self.durability, records.last()) {
+            // In memory: records are durable as soon as they are made.
+            (None, _) => {
+                slot.session.mark_durable(slot.session.next_index());
+            }
+            (Some(_), Some(last)) => {
+                slot.since_snapshot += records.len() as u64;
+                slot.last_active = last.timestamp;
+            }
+            (Some(_), None) => {}
+        }
         Self::carry_out(
             &mut self.members,
             slot,
@@ -283,14 +535,17 @@ impl Registry {
             &*self.observer,
             &mut self.memory,
         );
-        if slot.session.is_empty() {
-            if self.limits.session_linger.is_zero() {
-                self.remove_session(session_id);
-            } else if slot.empty_since.is_none() {
+        let empty = slot.session.is_empty();
+        if empty {
+            if slot.empty_since.is_none() {
                 slot.empty_since = Some(Instant::now());
             }
         } else {
             slot.empty_since = None;
+        }
+        self.queue_records(session_id, records);
+        if empty && self.empty_ttl().is_zero() {
+            self.remove_session(session_id);
         }
         Some(result)
     }
@@ -340,11 +595,8 @@ impl Registry {
             }
         }
         for member in fx.woken {
-            if let Some(slot) = members.get_mut(&member)
-                && session.has_pending(member)
-                && let Some((reply, max_bytes)) = slot.parked.take()
-            {
-                let _ = reply.send(session.take(member, max_bytes));
+            if let Some(slot) = members.get_mut(&member) {
+                Self::answer_parked(slot, session, member);
             }
         }
     }
@@ -355,6 +607,8 @@ impl Registry {
             members: self.members.len(),
             parked_pulls: self.members.values().filter(|m| m.parked.is_some()).count(),
             memory_bytes: self.memory.used(),
+            failed_sessions: self.failed.len(),
+            disk_bytes: self.durability.as_ref().map_or(0, |d| d.disk_bytes),
             ..RegistryStats::default()
         };
         for slot in self.sessions.values() {
@@ -382,11 +636,14 @@ impl Registry {
                 "the server's memory budget is used up: no new sessions now",
             ));
         }
-        let session = Session::new(session_id.clone(), random_epoch(), self.limits.clone());
+        let now = self.now();
+        let session = Session::create(now, session_id.clone(), random_epoch(), self.limits.clone());
         let mut slot = SessionSlot {
             session,
             empty_since: None,
             memory: 0,
+            since_snapshot: 0,
+            last_active: now.unix_ms,
         };
         self.memory
             .recount(&mut slot.memory, slot.session.memory_bytes());
@@ -394,14 +651,175 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes a session from memory and, in durable mode, from the store.
     fn remove_session(&mut self, session_id: &Text) {
-        if let Some(slot) = self.sessions.remove(session_id) {
-            self.memory.release(slot.memory);
+        let Some(slot) = self.sessions.remove(session_id) else {
+            return;
+        };
+        self.memory.release(slot.memory);
+        if let (Some(durability), Some(store)) = (self.durability.as_mut(), self.store.as_ref()) {
+            durability.unwritten.retain(|(id, _)| id != session_id);
+            durability.snapshot_wanted.remove(session_id);
+            store.send(Job::Delete {
+                session: session_id.clone(),
+                epoch: slot.session.epoch(),
+            });
         }
     }
 
-    /// Feeds an input to a session, creating it first when `create` allows;
-    /// a session created for an input that failed is removed again.
+    /// How long a session without members is kept: its linger time in
+    /// memory, its retention when durable.
+    fn empty_ttl(&self) -> Duration {
+        if self.durability.is_some() {
+            self.retention
+        } else {
+            self.limits.session_linger
+        }
+    }
+
+    /// Keeps a step's records for the next batch to the store.
+    fn queue_records(&mut self, session_id: &Text, records: Vec<Record>) {
+        if let Some(durability) = self.durability.as_mut()
+            && !records.is_empty()
+        {
+            durability.queue(session_id, records);
+        }
+    }
+
+    /// Sends what accumulated to the store, unless a batch is in flight
+    /// (then it all goes together when that one is durable: group commit).
+    fn flush_to_store(&mut self) {
+        let (Some(durability), Some(store)) = (self.durability.as_mut(), self.store.as_ref())
+        else {
+            return;
+        };
+        if durability.in_flight
+            || durability.unwritten.is_empty()
+            || durability.retry_at.is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        let batch = std::mem::take(&mut durability.unwritten);
+        durability.in_flight = store.send(Job::Append(batch));
+    }
+
+    /// The store made something durable (or failed to).
+    fn on_store_event(&mut self, event: StoreEvent) {
+        match event {
+            StoreEvent::Appended {
+                result,
+                durable,
+                batch,
+                pinning,
+                disk_bytes,
+            } => {
+                let Some(durability) = self.durability.as_mut() else {
+                    return;
+                };
+                durability.in_flight = false;
+                durability.disk_bytes = disk_bytes;
+                match result {
+                    Ok(()) => {
+                        if durability.failing.take().is_some() {
+                            crate::log!(Info, "storage works again: writes resume");
+                            self.storage_ok.store(true, Ordering::Relaxed);
+                        }
+                        durability.retry_at = None;
+                        for session in pinning {
+                            durability
+                                .snapshot_wanted
+                                .insert(Text::from(session.as_str()));
+                        }
+                        for (session_id, up_to) in durable {
+                            self.release(&session_id, up_to);
+                        }
+                    }
+                    Err(error) => {
+                        if durability.failing.is_none() {
+                            crate::log!(
+                                Error,
+                                "storage failing: nothing more is acknowledged until a write succeeds",
+                                error = error.as_str()
+                            );
+                        }
+                        durability.failing = Some(error);
+                        durability.retry_at = Some(Instant::now() + STORE_RETRY);
+                        self.storage_ok.store(false, Ordering::Relaxed);
+                        // The failed batch goes first next time, in order.
+                        let later = std::mem::take(&mut durability.unwritten);
+                        durability.unwritten = batch;
+                        for (id, records) in later {
+                            durability.queue(&id, records);
+                        }
+                    }
+                }
+                self.snapshot_due();
+            }
+            StoreEvent::Snapshotted {
+                session,
+                result,
+                disk_bytes,
+            }
+            | StoreEvent::Deleted {
+                session,
+                result,
+                disk_bytes,
+            } => {
+                if let Some(durability) = self.durability.as_mut() {
+                    durability.disk_bytes = disk_bytes;
+                }
+                if let Err(error) = result {
+                    crate::log!(
+                        Error,
+                        "storage: a snapshot or a delete failed",
+                        session_id = session.as_str(),
+                        error = error.as_str()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Records of `session_id` below `up_to` are durable: what waited for
+    /// them goes to the members.
+    fn release(&mut self, session_id: &Text, up_to: u64) {
+        let Some(slot) = self.sessions.get_mut(session_id) else {
+            return;
+        };
+        for member in slot.session.mark_durable(up_to) {
+            if let Some(m) = self.members.get_mut(&member) {
+                Self::answer_parked(m, &mut slot.session, member);
+            }
+        }
+    }
+
+    /// Snapshots the sessions that are due (enough records, or pinning an
+    /// old log segment) and have nothing waiting to be durable.
+    fn snapshot_due(&mut self) {
+        let (Some(durability), Some(store)) = (self.durability.as_mut(), self.store.as_ref())
+        else {
+            return;
+        };
+        let mut done = Vec::new();
+        for (id, slot) in &mut self.sessions {
+            let wanted = durability.snapshot_wanted.contains(id);
+            if !(wanted || slot.since_snapshot >= SNAPSHOT_EVERY) {
+                continue;
+            }
+            let session = &slot.session;
+            let waiting = durability.unwritten.iter().any(|(u, _)| u == id);
+            if waiting || session.durable_index() < session.next_index() {
+                continue;
+            }
+            store.send(Job::Snapshot(session.to_snapshot(slot.last_active)));
+            slot.since_snapshot = 0;
+            done.push(id.clone());
+        }
+        for id in done {
+            durability.snapshot_wanted.remove(&id);
+        }
+    }
+
     fn step_creating(
         &mut self,
         now: Now,
@@ -409,6 +827,12 @@ impl Registry {
         create: Creation,
         input: Input,
     ) -> Result<Done, ReviewError> {
+        if let Some(why) = self.failed.get(session_id) {
+            return Err(ReviewError::new(
+                ErrorKind::DataLoss,
+                format!("session {session_id:?} is damaged in storage and cannot be served: {why}"),
+            ));
+        }
         let created = !self.sessions.contains_key(session_id);
         if created {
             if let Creation::Refused(why) = create {
@@ -497,7 +921,7 @@ impl Registry {
         &mut self,
         member: MemberId,
         max_bytes: usize,
-        wait: bool,
+        mode: PullMode,
         reply: oneshot::Sender<Vec<Bytes>>,
     ) {
         let Some(slot) = self.members.get_mut(&member) else {
@@ -506,17 +930,38 @@ impl Registry {
         let Some(session) = self.sessions.get_mut(&slot.session) else {
             return;
         };
-        if session.session.has_pending(member) {
+        if Self::can_answer(&session.session, member, mode) {
             let batch = session.session.take(member, max_bytes);
             // Taking shrinks only the outbox: count it without a recount.
             let taken: usize = batch.iter().map(Bytes::len).sum();
             let counted = session.memory.saturating_sub(taken);
             self.memory.recount(&mut session.memory, counted);
             let _ = reply.send(batch);
-        } else if wait {
-            slot.parked = Some((reply, max_bytes));
         } else {
-            let _ = reply.send(Vec::new());
+            slot.parked = Some(Parked {
+                reply,
+                max_bytes,
+                mode,
+            });
+        }
+    }
+
+    /// Whether a pull in `mode` can be answered now.
+    fn can_answer(session: &Session, member: MemberId, mode: PullMode) -> bool {
+        match mode {
+            PullMode::Next => session.has_pending(member),
+            PullMode::All => session.all_ready(member),
+        }
+    }
+
+    /// Answers a member's parked pull if it can be answered now.
+    fn answer_parked(slot: &mut MemberSlot, session: &mut Session, member: MemberId) {
+        if let Some(parked) = slot.parked.take() {
+            if Self::can_answer(session, member, parked.mode) {
+                let _ = parked.reply.send(session.take(member, parked.max_bytes));
+            } else {
+                slot.parked = Some(parked);
+            }
         }
     }
 
@@ -545,20 +990,19 @@ impl Registry {
         }
     }
 
-    /// Periodic work for every session, then removal of the sessions empty
-    /// for their linger time.
+    /// Periodic work for every session, snapshots that are due, then
+    /// removal of the sessions empty for their linger (or retention) time.
     fn tick(&mut self) {
         let now = self.now();
         self.step_all(now, |_| Input::Tick);
-        let linger = self.limits.session_linger;
+        self.snapshot_due();
+        let ttl = self.empty_ttl();
         let expired: Vec<Text> = self
             .sessions
             .iter()
             .filter(|(_, slot)| {
                 slot.session.is_empty()
-                    && slot
-                        .empty_since
-                        .is_some_and(|since| since.elapsed() >= linger)
+                    && slot.empty_since.is_some_and(|since| since.elapsed() >= ttl)
             })
             .map(|(id, _)| id.clone())
             .collect();

@@ -4,9 +4,10 @@
 
 use super::super::comments;
 use super::super::dedupe::Outcome;
-use super::super::ot::{FileOp, LineOp};
+use super::super::ot::{self, FileOp, LineOp};
 use super::super::roles::{MayComment, MayEdit, MayMoveCursor};
 use super::super::validate::{CommentRequest, CursorRequest, EditRequest};
+use super::log;
 use super::roster::VersionReading;
 use super::*;
 use crate::pb::codereview::{
@@ -25,6 +26,7 @@ impl Session {
         _proof: MayEdit,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
+        self.check_writable()?;
         let current = self.version;
         if current == i32::MAX {
             return Err(ReviewError::exhausted(
@@ -45,7 +47,7 @@ impl Session {
         };
         // A tracked base is what the client saw; an untracked edit is based
         // on what the server delivered to it, and wins ties (last writer).
-        let (base, incoming_wins) = if tracked {
+        let (mut base, incoming_wins) = if tracked {
             (edit.base_version, false)
         } else {
             (sender.outbox.delivered_version().min(current), true)
@@ -56,11 +58,7 @@ impl Session {
                 format!("edit based on version {base}, but the session is at version {current}"),
             ));
         }
-        if state
-            .bridge
-            .sync(user, base, current, &self.ops, window)
-            .is_err()
-        {
+        if !state.bridge.can_sync(base, current, &self.ops) {
             if tracked {
                 return Err(ReviewError::new(
                     ErrorKind::FailedPrecondition,
@@ -71,50 +69,116 @@ impl Session {
                 ));
             }
             // Untracked and too old: apply to the current document as is.
-            state
-                .bridge
-                .sync(user, current, current, &self.ops, window)
-                .expect("the current version is never too old");
+            base = current;
         }
         let op = FileOp {
             path: self.doc.intern_path(edit.path),
             op: edit.op,
         };
+        let applied = self.edit_transition(user, base, incoming_wins, op.clone(), true)?;
+        self.log(
+            now,
+            Body::Edit(log::edit_record(
+                user,
+                client_sequence,
+                base,
+                incoming_wins,
+                &op,
+                applied.is_none(),
+            )),
+        );
+        self.announce_edit(now, Some(member), user, client_sequence, applied, fx);
+        Ok(())
+    }
+
+    /// What an edit does to the state, live or replayed: transformed through
+    /// the user's bridge, applied (`checked`: within the limits; replaying,
+    /// whatever they are now), recorded in the operation log. Returns the
+    /// operation as applied, or None when a concurrent edit cancelled it.
+    pub(super) fn edit_transition(
+        &mut self,
+        user: &Text,
+        base: i32,
+        incoming_wins: bool,
+        op: FileOp,
+        checked: bool,
+    ) -> Result<Option<FileOp>, ReviewError> {
+        let current = self.version;
+        let window = self.limits.transform_window;
+        let Some(state) = self.roster.user_mut(user) else {
+            return Err(ReviewError::invalid(format!("no participant {user}")));
+        };
+        state
+            .bridge
+            .sync(user, base, current, &self.ops, window)
+            .map_err(|_| {
+                ReviewError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!("edit based on version {base} is too old to transform"),
+                )
+            })?;
         let transformed = state.bridge.transform(op, incoming_wins);
         if transformed.was_concurrent {
             self.counters.edits_transformed += 1;
         }
-        let op = transformed.op.clone();
-        let noop = op.is_noop();
+        let result = transformed.op.clone();
+        let noop = result.is_noop();
         if !noop {
-            let room = self.room();
-            self.doc.apply(&op, &self.limits, room)?;
+            if checked {
+                let room = self.room();
+                self.doc.apply(&result, &self.limits, room)?;
+            } else {
+                self.doc
+                    .apply_unchecked(&result, self.limits.max_lines_per_file)
+                    .map_err(|ot::ApplyError::OutOfRange(why)| {
+                        ReviewError::new(ErrorKind::OutOfRange, why)
+                    })?;
+            }
         }
         let version = (!noop).then_some(current + 1);
         if let Some(state) = self.roster.user_mut(user) {
             state.bridge.commit(transformed, version);
         }
         if noop {
-            let info = AckInfo {
-                client_sequence,
-                version: current,
-                comment_id: String::new(),
-            };
-            let ack = self.ack_message(now, user, &info, 0, false, true);
-            self.send_message(member, &ack, fx);
-            self.remember_ack(user, client_sequence, &ack);
-            return Ok(());
+            return Ok(None);
         }
         self.version += 1;
-        let version = self.version;
         self.ops.push(
-            version,
+            self.version,
             Some(user.clone()),
-            op.clone(),
+            result.clone(),
             window,
             self.limits.history_bytes,
         );
-        self.reanchor_comments(&op);
+        self.reanchor_comments(&result);
+        Ok(Some(result))
+    }
+
+    /// Tells everyone of an edit (its author gets the acknowledgement), or
+    /// its author that it was cancelled; remembers the outcome.
+    pub(super) fn announce_edit(
+        &mut self,
+        now: Now,
+        member: Option<MemberId>,
+        user: &Text,
+        client_sequence: u64,
+        applied: Option<FileOp>,
+        fx: &mut Effects,
+    ) {
+        let Some(op) = applied else {
+            let info = AckInfo {
+                client_sequence,
+                version: self.version,
+                comment_id: String::new(),
+            };
+            let ack = self.ack_message(now, user, &info, 0, false, true);
+            if let Some(member) = member {
+                self.send_message(member, &ack, fx);
+            }
+            self.remember_ack(user, client_sequence, &ack);
+            return;
+        };
+        let version = self.version;
         let (line_number, content, wire_op) = match &op.op {
             LineOp::Replace { line, text } => (*line, text.to_string(), WireOp::Replace),
             LineOp::Insert { line, text } => (*line, text.to_string(), WireOp::Insert),
@@ -135,7 +199,7 @@ impl Session {
         };
         let origin = Origin::Participant {
             user,
-            member: Some(member),
+            member,
             ack: Some(info.clone()),
         };
         let sequence = self.broadcast(now, origin, payload, fx);
@@ -143,7 +207,6 @@ impl Session {
             let ack = self.ack_message(now, user, &info, sequence, false, false);
             self.remember_ack(user, client_sequence, &ack);
         }
-        Ok(())
     }
 
     pub(super) fn remember_ack(
@@ -177,6 +240,7 @@ impl Session {
         _proof: MayComment,
         fx: &mut Effects,
     ) -> Result<(), ReviewError> {
+        self.check_writable()?;
         if self.comments.len() >= self.limits.max_comments {
             return Err(ReviewError::exhausted(format!(
                 "the session has {} comments (limit)",
@@ -239,24 +303,50 @@ impl Session {
                 "the server's memory budget is used up: the session cannot grow now",
             ));
         }
+        self.log(
+            now,
+            Body::Comment(store::CommentAdded {
+                user_id: user.to_string(),
+                client_sequence,
+                comment: Some(comment.clone()),
+            }),
+        );
+        self.announce_comment(now, Some(member), user, client_sequence, comment, fx);
+        Ok(())
+    }
+
+    /// Adds a comment (live or replayed), tells everyone (its author gets
+    /// the acknowledgement) and remembers the outcome.
+    pub(super) fn announce_comment(
+        &mut self,
+        now: Now,
+        member: Option<MemberId>,
+        user: &Text,
+        client_sequence: u64,
+        comment: Comment,
+        fx: &mut Effects,
+    ) {
         let info = AckInfo {
             client_sequence,
             version: self.version,
-            comment_id,
+            comment_id: comment.comment_id.clone(),
         };
         let origin = Origin::Participant {
             user,
-            member: Some(member),
+            member,
             ack: Some(info.clone()),
         };
-        let sequence = self.broadcast(now, origin, Payload::Comment(comment), fx);
-        debug_assert_eq!(sequence, entry.sequence);
-        self.comments.push(entry);
+        let sequence = self.broadcast(now, origin, Payload::Comment(comment.clone()), fx);
+        self.comments.push(CommentEntry {
+            user_id: user.to_string(),
+            comment: Some(comment),
+            sequence,
+            timestamp: now.unix_ms,
+        });
         if client_sequence != 0 {
             let ack = self.ack_message(now, user, &info, sequence, false, false);
             self.remember_ack(user, client_sequence, &ack);
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -294,7 +384,6 @@ impl Session {
             };
             let ack = self.ack_message(now, user, &info, 0, false, false);
             self.send_message(member, &ack, fx);
-            self.remember_ack(user, client_sequence, &ack);
         }
     }
 
@@ -308,6 +397,7 @@ impl Session {
         _proof: MayUpload,
         fx: &mut Effects,
     ) -> Result<UploadOutcome, ReviewError> {
+        self.check_writable()?;
         // An upload counts against its author's rate limits like messages:
         // one per file, and its bytes.
         let bytes: usize = files
@@ -353,40 +443,61 @@ impl Session {
                 "the session reached its last version",
             ));
         }
-        for (op, change) in ops.iter().zip(changes) {
-            self.doc.apply_checked(op, change);
-        }
-        for op in ops {
-            self.version += 1;
-            let version = self.version;
-            // An upload is nobody's pending edit: every user's bridge gets it.
-            // Transforms only need to know the file was replaced, not with
-            // what, so the log keeps no copy of the lines.
-            let replaced = FileOp {
-                path: op.path.clone(),
-                op: LineOp::ReplaceFile {
-                    lines: Arc::from([]),
-                },
-            };
-            self.ops.push(
-                version,
-                None,
-                replaced,
-                self.limits.transform_window,
-                self.limits.history_bytes,
-            );
-            self.reanchor_comments(&op);
+        for (op, change) in ops.into_iter().zip(changes) {
             let LineOp::ReplaceFile { lines } = &op.op else {
-                unreachable!()
+                unreachable!("uploads replace files")
             };
-            let payload = Payload::File(FileContent {
-                file_path: op.path.to_string(),
-                lines: lines.iter().map(|l| l.to_string()).collect(),
-                version,
-            });
-            outcome.sequence = self.broadcast(now, Origin::Server { user_id: user }, payload, fx);
+            self.log(
+                now,
+                Body::File(store::FileUploaded {
+                    user_id: user.to_string(),
+                    file_path: op.path.to_string(),
+                    lines: lines.iter().map(|l| l.to_string()).collect(),
+                }),
+            );
+            self.doc.apply_checked(&op, change);
+            outcome.sequence = self.announce_file(now, user, op, fx);
         }
         outcome.version = self.version;
         Ok(outcome)
+    }
+
+    /// A file replaced (live or replayed, once the document holds it): the
+    /// operation log, comments, and the event for everyone.
+    pub(super) fn announce_file(
+        &mut self,
+        now: Now,
+        user: &Text,
+        op: FileOp,
+        fx: &mut Effects,
+    ) -> u64 {
+        self.version += 1;
+        let version = self.version;
+        // An upload is nobody's pending edit: every user's bridge gets it.
+        // Transforms only need to know the file was replaced, not with
+        // what, so the log keeps no copy of the lines.
+        let replaced = FileOp {
+            path: op.path.clone(),
+            op: LineOp::ReplaceFile {
+                lines: Arc::from([]),
+            },
+        };
+        self.ops.push(
+            version,
+            None,
+            replaced,
+            self.limits.transform_window,
+            self.limits.history_bytes,
+        );
+        self.reanchor_comments(&op);
+        let LineOp::ReplaceFile { lines } = &op.op else {
+            unreachable!("uploads replace files")
+        };
+        let payload = Payload::File(FileContent {
+            file_path: op.path.to_string(),
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            version,
+        });
+        self.broadcast(now, Origin::Server { user_id: user }, payload, fx)
     }
 }

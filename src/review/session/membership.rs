@@ -64,18 +64,24 @@ impl Session {
                 ),
             ));
         } else {
-            let payload = Payload::Presence(PresenceUpdate {
-                status: Presence::Joined as i32,
-                role: request.role.to_wire() as i32,
-            });
             // Everyone else hears of the join; the joiner learns its
             // sequence number from Joined.
-            let origin = Origin::Participant {
-                user: &request.user_id,
-                member: Some(request.member),
-                ack: None,
-            };
-            joined_at = Some(self.broadcast(now, origin, payload, fx));
+            self.log(
+                now,
+                Body::Presence(store::Presence {
+                    user_id: request.user_id.to_string(),
+                    role: request.role.to_wire() as i32,
+                    joined: true,
+                }),
+            );
+            joined_at = Some(self.announce_presence_change(
+                now,
+                &request.user_id,
+                Some(request.member),
+                request.role,
+                true,
+                fx,
+            ));
         }
         let joiner = Joiner {
             member: request.member,
@@ -257,6 +263,7 @@ impl Session {
                     .collect();
                 for (name, cursor) in cursors {
                     let framed = encode_message(&self.message(now, &name, Payload::Cursor(cursor)));
+                    let gate = self.next_index;
                     if let Some(m) = self.roster.member_mut(member) {
                         m.outbox.push_ephemeral(
                             EphemeralKey {
@@ -264,6 +271,7 @@ impl Session {
                                 kind: EphemeralKind::Cursor,
                             },
                             framed,
+                            gate,
                         );
                     }
                 }
@@ -291,16 +299,47 @@ impl Session {
             live_role: Some(role),
         } = detached
         {
-            let payload = Payload::Presence(PresenceUpdate {
-                status: Presence::Left as i32,
-                role: role.to_wire() as i32,
-            });
-            let origin = Origin::Participant {
-                user: &user,
-                member: Some(member),
-                ack: None,
-            };
-            self.broadcast(now, origin, payload, fx);
+            self.log(
+                now,
+                Body::Presence(store::Presence {
+                    user_id: user.to_string(),
+                    role: role.to_wire() as i32,
+                    joined: false,
+                }),
+            );
+            self.announce_presence_change(now, &user, Some(member), role, false, fx);
         }
+    }
+
+    /// A participant joined or left (live or replayed): marks it present
+    /// or not, and tells everyone but its own stream. Returns the event's
+    /// sequence number.
+    pub(super) fn announce_presence_change(
+        &mut self,
+        now: Now,
+        user: &Text,
+        member: Option<MemberId>,
+        role: Role,
+        joined: bool,
+        fx: &mut Effects,
+    ) -> u64 {
+        if let Some(state) = self.roster.user_mut(user) {
+            state.present = joined;
+        }
+        let status = if joined {
+            Presence::Joined
+        } else {
+            Presence::Left
+        };
+        let payload = Payload::Presence(PresenceUpdate {
+            status: status as i32,
+            role: role.to_wire() as i32,
+        });
+        let origin = Origin::Participant {
+            user,
+            member,
+            ack: None,
+        };
+        self.broadcast(now, origin, payload, fx)
     }
 }

@@ -27,11 +27,34 @@ impl Session {
             _ => MessageKind::Other,
         };
         self.counters.received[kind as usize] += 1;
+        // Cursor moves are idempotent (latest wins): never deduplicated,
+        // never remembered, never logged.
+        let idempotent = kind == MessageKind::Cursor;
         if let Err(error) = self.handle_inner(now, member, &user, message, fx) {
+            // A new number's outcome is logged and remembered (a refused
+            // resend or a skipped number leaves the record as it is).
+            let is_new = self
+                .roster
+                .user(&user)
+                .is_some_and(|u| u.dedupe.check(client_sequence) == Verdict::New);
+            if idempotent {
+                let reply = self.error_message(now, client_sequence, &error);
+                self.send_message(member, &reply, fx);
+                return;
+            }
+            if client_sequence != 0 && is_new {
+                self.log(
+                    now,
+                    Body::Refused(store::Refused {
+                        user_id: user.to_string(),
+                        client_sequence,
+                        code: error.code().as_i32(),
+                        message: error.message.clone(),
+                    }),
+                );
+            }
             let reply = self.error_message(now, client_sequence, &error);
             self.send_message(member, &reply, fx);
-            // Only a new number's outcome is remembered (remember ignores
-            // the others: a refused resend or skipped number stays as is).
             self.remember(&user, client_sequence, Outcome::Error(error));
         }
     }
@@ -62,7 +85,12 @@ impl Session {
         // it again), or a number that was skipped (refuse it: numbers must
         // increase), or one too old to tell (say so).
         let client_sequence = message.client_sequence;
-        let reply = match state.dedupe.check(client_sequence) {
+        let verdict = if matches!(message.action, Action::Cursor(_)) {
+            Verdict::New
+        } else {
+            state.dedupe.check(client_sequence)
+        };
+        let reply = match verdict {
             Verdict::New => None,
             Verdict::Resend(Outcome::Ack(ack)) => Some(Payload::Ack(Ack {
                 duplicate: true,

@@ -50,10 +50,12 @@ use crate::grpc::codec::encode_message;
 use crate::pb::codereview::{
     self as pb, Ack, Notice, SessionMessage, notice::Kind as NoticeKind, session_message::Payload,
 };
+use crate::pb::store::{self, Record, record::Body};
 use roster::{Member, Roster};
 
 mod edits;
 mod lifecycle;
+mod log;
 mod membership;
 mod messages;
 mod roster;
@@ -128,6 +130,9 @@ pub struct Effects {
     /// The answer to the input: whether a join, watch or upload was
     /// accepted (other inputs answer their members through outboxes).
     pub result: Result<Done, ReviewError>,
+    /// Log records the step made, in order: what it queued for members
+    /// waits until they are durable (see [`Session::mark_durable`]).
+    pub records: Vec<Record>,
 }
 
 impl Default for Effects {
@@ -137,6 +142,7 @@ impl Default for Effects {
             closed: Vec::new(),
             finished: Vec::new(),
             result: Ok(Done::Nothing),
+            records: Vec::new(),
         }
     }
 }
@@ -205,11 +211,22 @@ pub struct Session {
     /// Memory the process-wide budget lets this session grow by (set by the
     /// registry before each input; unlimited until then).
     memory_room: usize,
+    /// Why content cannot be written now (storage failing, disk budget
+    /// used up), if it cannot: edits, comments and uploads get this error.
+    write_refusal: Option<ReviewError>,
     /// Members over their outbox bound, to be ended by `settle`.
     overflowed: Vec<MemberId>,
     counters: Counters,
     /// The member whose catch-up is being queued (exempt from the bound).
     catching_up: Option<MemberId>,
+    /// The index the session's next log record gets (records so far).
+    next_index: u64,
+    /// Records below this index are durable: what waits for them may go.
+    durable_index: u64,
+    /// Records made by the step in progress (the registry takes them).
+    records: Vec<Record>,
+    /// Rebuilding from the log: state changes make no new records.
+    replaying: bool,
 }
 
 /// A summary for metrics and tests.
@@ -247,10 +264,28 @@ impl Session {
             ops: OpLog::default(),
             limits,
             memory_room: usize::MAX,
+            write_refusal: None,
             overflowed: Vec::new(),
             counters: Counters::default(),
             catching_up: None,
+            next_index: 0,
+            durable_index: 0,
+            records: Vec::new(),
+            replaying: false,
         }
+    }
+
+    /// A new session: its log starts with a `Created` record.
+    pub fn create(now: Now, id: Text, epoch: u64, limits: Arc<Limits>) -> Session {
+        let mut session = Session::new(id.clone(), epoch, limits);
+        session.log(
+            now,
+            Body::Created(store::Created {
+                session_id: id.to_string(),
+                epoch,
+            }),
+        );
+        session
     }
 
     /// Handles one input; the session is settled afterwards.
@@ -299,6 +334,7 @@ impl Session {
             Input::CloseAll { error } => self.close_all(now, &error, &mut fx),
         }
         self.settle(now, &mut fx);
+        fx.records = std::mem::take(&mut self.records);
         fx
     }
 
@@ -371,6 +407,19 @@ impl Session {
             + outboxes
     }
 
+    /// Refuses (or allows again) content writes: edits, comments, uploads.
+    pub fn set_write_refusal(&mut self, refusal: Option<ReviewError>) {
+        self.write_refusal = refusal;
+    }
+
+    /// The refusal content writes get now, if any.
+    fn check_writable(&self) -> Result<(), ReviewError> {
+        match &self.write_refusal {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// How much the process-wide memory budget lets this session grow by
     /// while it handles the next input.
     pub fn set_memory_room(&mut self, bytes: usize) {
@@ -393,14 +442,22 @@ impl Session {
     pub fn take(&mut self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
         self.roster
             .member_mut(member)
-            .map(|m| m.outbox.take(max_bytes))
+            .map(|m| m.outbox.take(max_bytes, self.durable_index))
             .unwrap_or_default()
     }
 
+    /// Whether the member has a message it may take now (past the gate).
     pub fn has_pending(&self, member: MemberId) -> bool {
         self.roster
             .member(member)
-            .is_some_and(|m| m.outbox.has_pending())
+            .is_some_and(|m| m.outbox.has_ready(self.durable_index))
+    }
+
+    /// Whether everything queued for the member may be taken now.
+    pub fn all_ready(&self, member: MemberId) -> bool {
+        self.roster
+            .member(member)
+            .is_none_or(|m| m.outbox.all_ready(self.durable_index))
     }
 
     pub fn has_member(&self, member: MemberId) -> bool {
@@ -443,12 +500,13 @@ impl Session {
         fx: &mut Effects,
     ) {
         let limit = self.limits.outbox_bytes;
+        let gate = self.next_index;
         if let Some(m) = self.roster.member_mut(member) {
             if self.catching_up == Some(member) {
-                m.outbox.push_catch_up(framed, version);
+                m.outbox.push_catch_up(framed, version, gate);
                 self.counters.sent[kind as usize] += 1;
                 fx.woken.insert(member);
-            } else if m.outbox.push(framed, version, limit).is_err() {
+            } else if m.outbox.push(framed, version, gate, limit).is_err() {
                 self.overflowed.push(member);
             } else {
                 self.counters.sent[kind as usize] += 1;
@@ -548,9 +606,12 @@ impl Session {
             user: user.clone(),
             kind,
         };
+        let gate = self.next_index;
         for (id, member) in self.roster.members_mut() {
             if Some(id) != except {
-                member.outbox.push_ephemeral(key.clone(), framed.clone());
+                member
+                    .outbox
+                    .push_ephemeral(key.clone(), framed.clone(), gate);
                 self.counters.sent[counted as usize] += 1;
                 fx.woken.insert(id);
             }

@@ -29,6 +29,9 @@ pub(super) struct UserState {
     pub role: Role,
     /// The user's stream, if one is open (see the module invariant).
     live: Option<MemberId>,
+    /// Joined and not left, as the log says (a live stream, or, while the
+    /// log is replayed after a restart, one that was live before it).
+    pub present: bool,
     pub idle: bool,
     pub last_activity: Instant,
     pub departed_at: Option<Instant>,
@@ -193,6 +196,7 @@ impl Roster {
                 UserState {
                     role,
                     live: None,
+                    present: false,
                     idle: false,
                     last_activity: now,
                     departed_at: None,

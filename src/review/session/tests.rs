@@ -43,16 +43,38 @@ struct Harness {
     start: Instant,
     elapsed: Duration,
     next_member: MemberId,
+    /// Every record the session made, in order (its durable log).
+    log: Vec<Record>,
 }
 
 impl Harness {
     fn new(limits: Limits) -> Self {
+        let start = Instant::now();
+        let now = Now {
+            at: start,
+            unix_ms: 1_000_000,
+        };
         Harness {
-            session: Session::new(Arc::from("s"), 7, Arc::new(limits)),
-            start: Instant::now(),
+            session: Session::create(now, Arc::from("s"), 7, Arc::new(limits)),
+            start,
             elapsed: Duration::ZERO,
             next_member: 1,
+            log: Vec::new(),
         }
+    }
+
+    /// The session rebuilt from its log alone (as after a restart), and
+    /// from a snapshot of that: both must hold exactly the same state.
+    fn assert_log_rebuilds_the_state(&self) {
+        let limits = self.session.limits.clone();
+        let mut rebuilt = Session::new(Arc::from("s"), 0, limits.clone());
+        for record in &self.log {
+            rebuilt.replay(record).expect("the log replays");
+        }
+        let live = self.session.to_snapshot(0);
+        assert_eq!(rebuilt.to_snapshot(0), live, "replayed log == live state");
+        let restored = Session::from_snapshot(&live, limits).expect("the snapshot loads");
+        assert_eq!(restored.to_snapshot(0), live, "snapshot round trip");
     }
 
     fn now(&self) -> Now {
@@ -83,9 +105,13 @@ impl Harness {
         member
     }
 
+    /// One step, its records taken as durable at once (as in memory).
     fn step(&mut self, input: Input) -> Effects {
         let now = self.now();
-        self.session.step(now, input)
+        let fx = self.session.step(now, input);
+        self.log.extend(fx.records.iter().cloned());
+        self.session.mark_durable(self.session.next_index());
+        fx
     }
 
     fn send(&mut self, member: MemberId, client_sequence: u64, action: Action) -> Effects {
@@ -208,6 +234,7 @@ fn presence_join_leave_and_idle() {
         matches!(&left[0].payload, Some(Payload::Presence(p)) if p.status == Presence::Left as i32)
     );
     assert_eq!(h.session.stats().participants, 1);
+    h.assert_log_rebuilds_the_state();
 }
 
 #[test]
@@ -327,6 +354,7 @@ fn resends_are_acknowledged_but_never_applied_twice() {
     assert_eq!((acks[1].0, acks[1].1, acks[1].2), (5, acks[0].1, true));
     assert_eq!(h.session.document().file("a.rs").unwrap().len(), 1);
     assert_eq!(h.drain(bob).len(), 1, "bob sees the edit once");
+    h.assert_log_rebuilds_the_state();
 }
 
 #[test]
@@ -629,6 +657,7 @@ fn uploads_replace_files_and_concurrent_edits_to_them_lapse() {
         h.session.document().file("a.rs").unwrap(),
         &[text("new1"), text("new2")]
     );
+    h.assert_log_rebuilds_the_state();
 }
 
 #[test]
@@ -694,6 +723,7 @@ fn comments_follow_their_lines() {
             .iter()
             .any(|m| matches!(&m.payload, Some(Payload::Error(e)) if e.code == 6))
     );
+    h.assert_log_rebuilds_the_state();
 }
 
 // ----- the simulator -----
@@ -778,6 +808,7 @@ fn article_clients_concurrent_replaces_are_all_applied_and_broadcast() {
         "bob 5",
         "the last writer wins"
     );
+    h.assert_log_rebuilds_the_state();
 }
 
 /// An article client's edit is based on what it was sent: an insert it has
@@ -823,6 +854,7 @@ fn article_clients_edits_are_based_on_what_was_delivered() {
         "shifted past the insert alice had not seen: {lines:?}"
     );
     assert_eq!(&*lines[3], "", "{lines:?}");
+    h.assert_log_rebuilds_the_state();
 }
 
 /// A new stream of a user who was here before (a new process: not a
@@ -977,6 +1009,7 @@ fn comments_past_the_end_or_on_missing_files_are_refused() {
         .map(|c| c.comment.as_ref().unwrap().line_number)
         .collect();
     assert_eq!(snapshot, lines, "live and snapshot agree");
+    h.assert_log_rebuilds_the_state();
 }
 
 /// Client-chosen ids live apart from the server's `c<sequence>` ids: a
@@ -998,6 +1031,7 @@ fn client_comment_ids_cannot_squat_the_servers() {
         })
         .collect();
     assert_eq!(got, vec!["mine", "error 6", "c3"]);
+    h.assert_log_rebuilds_the_state();
 }
 
 /// client_sequence numbers: a lower number never processed is refused
@@ -1023,16 +1057,25 @@ fn skipped_client_sequences_are_refused_not_dropped() {
     assert_eq!(&*h.session.document().file("f.txt").unwrap()[0], "five");
     // A number whose outcome is no longer remembered is answered as such.
     for n in 0..300u64 {
-        h.send(
-            ann,
-            10 + n,
-            Action::Cursor(CursorRequest {
-                path: "f.txt".into(),
-                line: 0,
-                column: 0,
-            }),
-        );
+        h.send(ann, 10 + n, comment_on("", 0, ""));
     }
+    // Cursor moves are idempotent: numbered ones are acknowledged but not
+    // remembered, and a resend moves the cursor again.
+    let cursor = || {
+        Action::Cursor(CursorRequest {
+            path: "f.txt".into(),
+            line: 0,
+            column: 0,
+        })
+    };
+    h.send(ann, 400, cursor());
+    h.send(ann, 400, cursor());
+    let acks = h
+        .drain(ann)
+        .into_iter()
+        .filter(|m| matches!(&m.payload, Some(Payload::Ack(a)) if a.client_sequence == 400 && !a.duplicate))
+        .count();
+    assert_eq!(acks, 2);
     h.drain(ann);
     h.send(ann, 5, replace(0, "five, much later"));
     let replies = h.drain(ann);
@@ -1040,6 +1083,7 @@ fn skipped_client_sequences_are_refused_not_dropped() {
         matches!(payloads(&replies)[0], Payload::Error(e) if e.code == 9 && e.message.contains("unknown")),
         "{replies:?}"
     );
+    h.assert_log_rebuilds_the_state();
 }
 
 /// A resume without an epoch (0) says nothing about which incarnation of
@@ -1432,6 +1476,7 @@ impl Sim {
                 self.deliver(i, usize::MAX);
             }
         }
+        self.h.assert_log_rebuilds_the_state();
     }
 }
 

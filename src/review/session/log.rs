@@ -1,0 +1,479 @@
+//! The session's side of its durable log. Every essential state change
+//! makes a record (`proto/codereview/store/v1/store.proto`) before anything
+//! it causes is queued for a member; replaying the records rebuilds the
+//! state through the very transitions the live steps use (with no members
+//! to send to); a snapshot is the whole state at a log position.
+//!
+//! ```text
+//!  live:    check ─► transition ─► record ─► announce (history, outboxes gated)
+//!  replay:          transition ◄── record ─► announce (history; nobody to send to)
+//! ```
+//!
+//! The output gate: what a step queues waits until the records made so far
+//! are durable ([`Session::mark_durable`]), so nothing is acknowledged or
+//! broadcast that a crash could take back.
+
+use std::collections::VecDeque;
+
+use super::super::bridge::Bridge;
+use super::super::dedupe::{Dedupe, Outcome};
+use super::super::history::LoggedEvent;
+use super::super::ot::{FileOp, LineOp};
+use super::*;
+use crate::pb::codereview::{FileContent, code_edit::Op as WireOp};
+
+/// Why a record or a snapshot could not be folded into a session: the log
+/// is damaged, or does not belong where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayError(pub String);
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn damaged(what: impl Into<String>) -> ReplayError {
+    ReplayError(what.into())
+}
+
+/// An edit's record: its inputs and whether it was cancelled.
+pub(super) fn edit_record(
+    user: &Text,
+    client_sequence: u64,
+    base: i32,
+    incoming_wins: bool,
+    op: &FileOp,
+    noop: bool,
+) -> store::Edit {
+    store::Edit {
+        user_id: user.to_string(),
+        client_sequence,
+        file_path: op.path.to_string(),
+        base,
+        incoming_wins,
+        op: Some(line_op_to_store(&op.op)),
+        noop,
+    }
+}
+
+fn line_op_to_store(op: &LineOp) -> store::LineOp {
+    let (op, line, text) = match op {
+        LineOp::Replace { line, text } => (WireOp::Replace, *line, text.to_string()),
+        LineOp::Insert { line, text } => (WireOp::Insert, *line, text.to_string()),
+        LineOp::Delete { line } => (WireOp::Delete, *line, String::new()),
+        LineOp::ReplaceFile { .. } | LineOp::Noop => {
+            unreachable!("only line operations are stored as such")
+        }
+    };
+    store::LineOp {
+        op: op as i32,
+        line,
+        text,
+    }
+}
+
+fn line_op_from_store(op: Option<&store::LineOp>) -> Result<LineOp, ReplayError> {
+    let op = op.ok_or_else(|| damaged("an edit without its operation"))?;
+    let text: Text = Arc::from(op.text.as_str());
+    Ok(match WireOp::try_from(op.op) {
+        Ok(WireOp::Replace) => LineOp::Replace {
+            line: op.line,
+            text,
+        },
+        Ok(WireOp::Insert) => LineOp::Insert {
+            line: op.line,
+            text,
+        },
+        Ok(WireOp::Delete) => LineOp::Delete { line: op.line },
+        Err(_) => return Err(damaged(format!("an unknown edit operation {}", op.op))),
+    })
+}
+
+fn logged_op_to_store(version: i32, author: Option<&Text>, op: &FileOp) -> store::LoggedOp {
+    let replaced = matches!(op.op, LineOp::ReplaceFile { .. });
+    store::LoggedOp {
+        version,
+        author: author.map(|a| a.to_string()).unwrap_or_default(),
+        file_path: op.path.to_string(),
+        op: (!replaced && !op.is_noop()).then(|| line_op_to_store(&op.op)),
+        file_replaced: replaced,
+    }
+}
+
+fn logged_op_from_store(op: &store::LoggedOp) -> Result<FileOp, ReplayError> {
+    let line_op = if op.file_replaced {
+        LineOp::ReplaceFile {
+            lines: Arc::from([]),
+        }
+    } else if op.op.is_none() {
+        LineOp::Noop
+    } else {
+        line_op_from_store(op.op.as_ref())?
+    };
+    Ok(FileOp {
+        path: Arc::from(op.file_path.as_str()),
+        op: line_op,
+    })
+}
+
+fn role_from_store(role: i32) -> Role {
+    match pb::Role::try_from(role) {
+        Ok(pb::Role::Reviewer) => Role::Reviewer,
+        Ok(pb::Role::Observer) => Role::Observer,
+        _ => Role::Author,
+    }
+}
+
+impl Session {
+    /// Appends a record of a state change (not while replaying: then the
+    /// record is already in the log).
+    pub(super) fn log(&mut self, now: Now, body: Body) {
+        if self.replaying {
+            return;
+        }
+        self.records.push(Record {
+            index: self.next_index,
+            timestamp: now.unix_ms,
+            body: Some(body),
+        });
+        self.next_index += 1;
+    }
+
+    /// The index the next record gets: how many records the log holds.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Records below this index are durable.
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index
+    }
+
+    /// Records below `index` are durable now. Returns the members with
+    /// messages that may go now (wake their streams).
+    pub fn mark_durable(&mut self, index: u64) -> Vec<MemberId> {
+        if index <= self.durable_index {
+            return Vec::new();
+        }
+        self.durable_index = index.min(self.next_index);
+        let durable = self.durable_index;
+        self.roster
+            .members()
+            .filter(|(_, m)| m.outbox.has_ready(durable))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Folds one record of the log into the state (recovery). Records must
+    /// come in index order, without gaps.
+    pub fn replay(&mut self, record: &Record) -> Result<(), ReplayError> {
+        if record.index != self.next_index {
+            return Err(damaged(format!(
+                "record {} where record {} was expected",
+                record.index, self.next_index
+            )));
+        }
+        let now = Now {
+            at: std::time::Instant::now(),
+            unix_ms: record.timestamp,
+        };
+        self.replaying = true;
+        let result = self.replay_body(now, record);
+        self.replaying = false;
+        self.next_index = record.index + 1;
+        self.durable_index = self.next_index;
+        result
+    }
+
+    fn replay_body(&mut self, now: Now, record: &Record) -> Result<(), ReplayError> {
+        let mut fx = Effects::default();
+        let body = record
+            .body
+            .as_ref()
+            .ok_or_else(|| damaged(format!("record {} is empty", record.index)))?;
+        let limits = self.limits.clone();
+        let user = |session: &mut Session, name: &str, role: Role| -> Result<Text, ReplayError> {
+            let name: Text = Arc::from(name);
+            session
+                .roster
+                .ensure_user(&name, role, now.at, session.version, &limits)
+                .map_err(|e| damaged(e.message))?;
+            Ok(name)
+        };
+        match body {
+            Body::Created(created) => {
+                if record.index != 0 || created.session_id != *self.id {
+                    return Err(damaged("a Created record that does not start this session"));
+                }
+                self.epoch = created.epoch;
+            }
+            Body::Presence(presence) => {
+                let role = role_from_store(presence.role);
+                let name = user(self, &presence.user_id, role)?;
+                if let Some(state) = self.roster.user_mut(&name) {
+                    state.role = role;
+                }
+                self.announce_presence_change(now, &name, None, role, presence.joined, &mut fx);
+            }
+            Body::Edit(edit) => {
+                let name = user(self, &edit.user_id, Role::Author)?;
+                let op = FileOp {
+                    path: self.doc.intern_path(Arc::from(edit.file_path.as_str())),
+                    op: line_op_from_store(edit.op.as_ref())?,
+                };
+                let applied = self
+                    .edit_transition(&name, edit.base, edit.incoming_wins, op, false)
+                    .map_err(|e| {
+                        damaged(format!(
+                            "edit {} does not apply: {}",
+                            record.index, e.message
+                        ))
+                    })?;
+                if applied.is_none() != edit.noop {
+                    return Err(damaged(format!(
+                        "edit {} came to something else when replayed",
+                        record.index
+                    )));
+                }
+                self.announce_edit(now, None, &name, edit.client_sequence, applied, &mut fx);
+            }
+            Body::Comment(added) => {
+                let name = user(self, &added.user_id, Role::Reviewer)?;
+                let comment = added
+                    .comment
+                    .clone()
+                    .ok_or_else(|| damaged("a comment record without its comment"))?;
+                self.announce_comment(now, None, &name, added.client_sequence, comment, &mut fx);
+            }
+            Body::File(file) => {
+                let name = user(self, &file.user_id, Role::Author)?;
+                let op = FileOp {
+                    path: self.doc.intern_path(Arc::from(file.file_path.as_str())),
+                    op: LineOp::ReplaceFile {
+                        lines: file.lines.iter().map(|l| Arc::from(l.as_str())).collect(),
+                    },
+                };
+                self.doc
+                    .apply_unchecked(&op, self.limits.max_lines_per_file)
+                    .map_err(|_| damaged("an upload that does not apply"))?;
+                self.announce_file(now, &name, op, &mut fx);
+            }
+            Body::Refused(refused) => {
+                let name = user(self, &refused.user_id, Role::Reviewer)?;
+                let error = ReviewError::from_code(refused.code, refused.message.clone());
+                self.remember(&name, refused.client_sequence, Outcome::Error(error));
+            }
+            Body::Deleted(_) => {
+                return Err(damaged(
+                    "a Deleted record is the store's, not the session's",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: the participants that were present have no stream
+    /// any more. Their LEFT is recorded and broadcast (to nobody yet), so no
+    /// ghost stays in presence.
+    pub fn finish_recovery(&mut self, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        let mut ghosts: Vec<(Text, Role)> = self
+            .roster
+            .users()
+            .filter(|(_, u)| u.present && u.live().is_none())
+            .map(|(name, u)| (name.clone(), u.role))
+            .collect();
+        ghosts.sort_by(|a, b| a.0.cmp(&b.0));
+        for (user, role) in ghosts {
+            self.log(
+                now,
+                Body::Presence(store::Presence {
+                    user_id: user.to_string(),
+                    role: role.to_wire() as i32,
+                    joined: false,
+                }),
+            );
+            self.announce_presence_change(now, &user, None, role, false, &mut fx);
+        }
+        fx.records = std::mem::take(&mut self.records);
+        fx
+    }
+
+    /// The whole state, at the last record made.
+    pub fn to_snapshot(&self, last_active: i64) -> store::Snapshot {
+        let mut users: Vec<store::User> = self
+            .roster
+            .users()
+            .map(|(name, u)| {
+                let (entries, synced_to, floor) = u.bridge.parts();
+                store::User {
+                    user_id: name.to_string(),
+                    role: u.role.to_wire() as i32,
+                    outcomes: u
+                        .dedupe
+                        .outcomes()
+                        .map(|(n, outcome)| match outcome {
+                            Outcome::Ack(ack) => store::Outcome {
+                                client_sequence: *n,
+                                ack: Some(ack.clone()),
+                                refused: None,
+                            },
+                            Outcome::Error(error) => store::Outcome {
+                                client_sequence: *n,
+                                ack: None,
+                                refused: Some(store::Refused {
+                                    user_id: String::new(),
+                                    client_sequence: *n,
+                                    code: error.code().as_i32(),
+                                    message: error.message.clone(),
+                                }),
+                            },
+                        })
+                        .collect(),
+                    highest_client_sequence: u.dedupe.highest(),
+                    forgotten_up_to: u.dedupe.forgotten_up_to(),
+                    bridge: entries
+                        .map(|(v, op)| logged_op_to_store(*v, None, op))
+                        .collect(),
+                    synced_to,
+                    bridge_floor: floor,
+                    present: u.present,
+                }
+            })
+            .collect();
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        store::Snapshot {
+            index: self.next_index.saturating_sub(1),
+            session_id: self.id.to_string(),
+            epoch: self.epoch,
+            sequence: self.sequence,
+            version: self.version,
+            files: self
+                .doc
+                .files()
+                .map(|(path, lines)| FileContent {
+                    file_path: path.to_string(),
+                    lines: lines.iter().map(|l| l.to_string()).collect(),
+                    version: 0,
+                })
+                .collect(),
+            comments: self.comments.entries().to_vec(),
+            users,
+            ops: self
+                .ops
+                .entries()
+                .map(|(v, author, op)| logged_op_to_store(v, author, op))
+                .collect(),
+            history: self
+                .history
+                .iter()
+                .map(|e| store::HistoryEvent {
+                    sequence: e.sequence,
+                    version: e.version,
+                    author: e.author.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+                    has_author: e.author.is_some(),
+                    ack: e.ack.as_ref().map(|a| pb::Ack {
+                        client_sequence: a.client_sequence,
+                        version: a.version,
+                        comment_id: a.comment_id.clone(),
+                        ..pb::Ack::default()
+                    }),
+                    framed: e.framed.clone(),
+                })
+                .collect(),
+            last_active,
+            empty: self.roster.users().all(|(_, u)| !u.present),
+        }
+    }
+
+    /// A session as a snapshot kept it; the records after it are replayed
+    /// on top.
+    pub fn from_snapshot(
+        snapshot: &store::Snapshot,
+        limits: Arc<Limits>,
+    ) -> Result<Session, ReplayError> {
+        let mut session = Session::new(
+            Arc::from(snapshot.session_id.as_str()),
+            snapshot.epoch,
+            limits.clone(),
+        );
+        session.sequence = snapshot.sequence;
+        session.version = snapshot.version;
+        session.doc = Document::from_files(snapshot.files.iter().map(|f| {
+            (
+                Arc::from(f.file_path.as_str()),
+                f.lines.iter().map(|l| Arc::from(l.as_str())).collect(),
+            )
+        }));
+        for entry in &snapshot.comments {
+            if entry.comment.is_none() {
+                return Err(damaged("a snapshot comment without its comment"));
+            }
+            session.comments.push(entry.clone());
+        }
+        let now = std::time::Instant::now();
+        for user in &snapshot.users {
+            let name: Text = Arc::from(user.user_id.as_str());
+            let role = role_from_store(user.role);
+            let mut outcomes = Vec::with_capacity(user.outcomes.len());
+            for outcome in &user.outcomes {
+                let value = match (&outcome.ack, &outcome.refused) {
+                    (Some(ack), None) => Outcome::Ack(ack.clone()),
+                    (None, Some(r)) => {
+                        Outcome::Error(ReviewError::from_code(r.code, r.message.clone()))
+                    }
+                    _ => {
+                        return Err(damaged(
+                            "a snapshot outcome that is neither an ack nor a refusal",
+                        ));
+                    }
+                };
+                outcomes.push((outcome.client_sequence, value));
+            }
+            let mut bridge = Vec::with_capacity(user.bridge.len());
+            for op in &user.bridge {
+                bridge.push((op.version, logged_op_from_store(op)?));
+            }
+            let state = session
+                .roster
+                .ensure_user(&name, role, now, snapshot.version, &limits)
+                .map_err(|e| damaged(e.message))?;
+            state.role = role;
+            state.present = user.present;
+            state.dedupe =
+                Dedupe::restore(user.highest_client_sequence, user.forgotten_up_to, outcomes);
+            state.bridge = Bridge::restore(bridge, user.synced_to, user.bridge_floor);
+        }
+        for op in &snapshot.ops {
+            let author = (!op.author.is_empty()).then(|| Arc::from(op.author.as_str()));
+            session.ops.push(
+                op.version,
+                author,
+                logged_op_from_store(op)?,
+                limits.transform_window,
+                usize::MAX,
+            );
+        }
+        let mut history: VecDeque<LoggedEvent> = VecDeque::new();
+        for event in &snapshot.history {
+            history.push_back(LoggedEvent {
+                sequence: event.sequence,
+                version: event.version,
+                author: event.has_author.then(|| Arc::from(event.author.as_str())),
+                ack: event.ack.as_ref().map(|a| AckInfo {
+                    client_sequence: a.client_sequence,
+                    version: a.version,
+                    comment_id: a.comment_id.clone(),
+                }),
+                framed: event.framed.clone(),
+            });
+        }
+        for event in history {
+            session.history.push(event);
+        }
+        session.next_index = snapshot.index + 1;
+        session.durable_index = session.next_index;
+        Ok(session)
+    }
+}

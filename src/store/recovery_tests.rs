@@ -1,0 +1,219 @@
+//! Recovery from real logs: a session's records written as the writer
+//! writes them, then cut or damaged on disk, then opened again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+use crate::pb::store::Record;
+use crate::review::ids::Text;
+use crate::review::limits::Limits;
+use crate::review::ot::LineOp;
+use crate::review::roles::Role;
+use crate::review::session::{Input, JoinRequest, Now, Session};
+use crate::review::validate::{Action, ClientMessage, EditRequest, JoinOptions};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "codereview-store-{label}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix_ms: 1_700_000_000_000,
+    }
+}
+
+/// A session that made `edits` edits; its records and its final state.
+fn session_log(id: &str, edits: usize) -> (Vec<Record>, Vec<Snapshot>) {
+    let limits = Arc::new(Limits {
+        rate_per_second: 0.0,
+        ..Limits::default()
+    });
+    let mut session = Session::create(now(), Text::from(id), 42, limits);
+    let mut records = Vec::new();
+    let mut states = Vec::new();
+    let mut step = |session: &mut Session, input: Input| {
+        let fx = session.step(now(), input);
+        session.mark_durable(session.next_index());
+        for record in fx.records {
+            records.push(record);
+            states.push(session.to_snapshot(0));
+        }
+    };
+    step(
+        &mut session,
+        Input::Join(JoinRequest {
+            member: 1,
+            user_id: Text::from("ann"),
+            role: Role::Author,
+            options: JoinOptions::default(),
+            token: None,
+        }),
+    );
+    for i in 0..edits {
+        let message = ClientMessage {
+            client_sequence: i as u64 + 1,
+            action: Action::Edit(EditRequest {
+                path: Text::from("f.txt"),
+                op: LineOp::Insert {
+                    line: 0,
+                    text: Text::from(format!("line {i}").as_str()),
+                },
+                base_version: i as i32,
+            }),
+        };
+        step(&mut session, Input::Message { member: 1, message });
+    }
+    (records, states)
+}
+
+fn config(dir: &TempDir) -> StoreConfig {
+    StoreConfig {
+        dir: dir.0.clone(),
+        segment_bytes: 64 << 20,
+        max_disk_bytes: 0,
+    }
+}
+
+/// Writes `bytes` as the data dir's only segment.
+fn write_segment(dir: &TempDir, bytes: &[u8]) -> PathBuf {
+    fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join(segment_name(1));
+    fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The session rebuilt from what recovery found.
+fn rebuilt(found: &RecoveredSession) -> Result<Session, String> {
+    let limits = Arc::new(Limits::default());
+    let mut session = match &found.snapshot {
+        Some(s) => Session::from_snapshot(s, limits).map_err(|e| e.0)?,
+        None => Session::new(Text::from(found.session_id.as_str()), 0, limits),
+    };
+    for record in &found.records {
+        session.replay(record).map_err(|e| e.0)?;
+    }
+    Ok(session)
+}
+
+/// Cut anywhere inside its last record, a log recovers to exactly the state
+/// after the record before, and the file is cut back to the good bytes.
+#[test]
+fn a_log_torn_at_every_byte_of_its_last_record_recovers_the_records_before() {
+    let (records, states) = session_log("s", 3);
+    let mut bytes = Vec::new();
+    encode_entries(&mut bytes, "s", &records[..records.len() - 1]);
+    let good = bytes.len();
+    encode_entries(&mut bytes, "s", &records[records.len() - 1..]);
+    for cut in good..bytes.len() {
+        let dir = TempDir::new("torn");
+        let path = write_segment(&dir, &bytes[..cut]);
+        let (_handle, recovered) = open(config(&dir)).unwrap();
+        assert_eq!(recovered.torn_bytes, (cut - good) as u64, "cut at {cut}");
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            good as u64,
+            "cut at {cut}"
+        );
+        assert_eq!(recovered.sessions.len(), 1);
+        let session = rebuilt(&recovered.sessions[0]).unwrap();
+        assert_eq!(
+            session.to_snapshot(0),
+            states[states.len() - 2],
+            "cut at {cut}: the state before the last record"
+        );
+    }
+}
+
+/// A flipped bit in a record in the middle fails that session alone: the
+/// other session in the same log is rebuilt whole.
+#[test]
+fn a_flipped_bit_in_a_middle_record_fails_its_session_alone() {
+    let (damaged, _) = session_log("damaged", 3);
+    let (healthy, healthy_states) = session_log("healthy", 3);
+    let mut bytes = Vec::new();
+    for i in 0..damaged.len().max(healthy.len()) {
+        if let Some(r) = damaged.get(i) {
+            encode_entries(&mut bytes, "damaged", std::slice::from_ref(r));
+        }
+        if let Some(r) = healthy.get(i) {
+            encode_entries(&mut bytes, "healthy", std::slice::from_ref(r));
+        }
+    }
+    // The damaged session's third record: flip one bit of its payload.
+    let scan = frame::scan(&bytes, MAX_FRAME);
+    let target = scan
+        .frames
+        .iter()
+        .filter(|f| f.session_key == frame::session_key("damaged"))
+        .nth(2)
+        .unwrap();
+    let at = target.offset + frame::HEADER_LEN + target.payload.len() / 2;
+    let mut flipped = bytes.clone();
+    flipped[at] ^= 0x04;
+    let dir = TempDir::new("flipped");
+    write_segment(&dir, &flipped);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    assert_eq!(recovered.torn_bytes, 0);
+    let by_id = |id: &str| {
+        recovered
+            .sessions
+            .iter()
+            .find(|s| s.session_id == id)
+            .unwrap()
+    };
+    assert!(
+        by_id("damaged").damage.is_some(),
+        "the damaged session is failed"
+    );
+    let healthy = by_id("healthy");
+    assert!(healthy.damage.is_none());
+    assert_eq!(
+        rebuilt(healthy).unwrap().to_snapshot(0),
+        *healthy_states.last().unwrap()
+    );
+}
+
+/// A snapshot and the records after it rebuild the state; the records it
+/// covers are not needed.
+#[test]
+fn a_snapshot_plus_the_tail_rebuilds_the_state() {
+    let (records, states) = session_log("s", 5);
+    let dir = TempDir::new("snapshot");
+    fs::create_dir_all(dir.0.join("snapshots")).unwrap();
+    let at = 3;
+    fs::write(
+        dir.0.join("snapshots").join(snapshot_name("s")),
+        encode_snapshot(&states[at]),
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    encode_entries(&mut bytes, "s", &records[at + 1..]);
+    write_segment(&dir, &bytes);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    let found = &recovered.sessions[0];
+    assert_eq!(found.snapshot.as_ref().unwrap().index, at as u64);
+    assert_eq!(
+        rebuilt(found).unwrap().to_snapshot(0),
+        *states.last().unwrap()
+    );
+}
