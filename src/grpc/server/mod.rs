@@ -3,11 +3,12 @@
 //! (sniffing, TLS handshake in the connection's own task under a timeout).
 //!
 //! Module map: `connection` runs one HTTP/2 connection (`preface` watches its
-//! opening), `dispatch` one stream, `router` maps paths to handlers, `call` is
+//! opening, `coalesce` gathers its writes), `dispatch` one stream, `router` maps paths to handlers, `call` is
 //! what a handler sees, `budget` bounds the outbound bytes of all connections.
 
 pub mod budget;
 pub mod call;
+pub mod coalesce;
 pub mod connection;
 pub mod dispatch;
 pub mod preface;
