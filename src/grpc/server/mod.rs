@@ -4,7 +4,8 @@
 //!
 //! Module map: `connection` runs one HTTP/2 connection (`preface` watches its
 //! opening, `coalesce` gathers its writes), `dispatch` one stream, `router` maps paths to handlers, `call` is
-//! what a handler sees, `budget` bounds the outbound bytes of all connections.
+//! what a handler sees, `budget` bounds the outbound bytes of all connections, `shared_compression`
+//! compresses a broadcast once for all its recipients.
 
 pub mod budget;
 pub mod call;
@@ -13,6 +14,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod preface;
 pub mod router;
+pub mod shared_compression;
 
 use std::io;
 use std::net::SocketAddr;
