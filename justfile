@@ -33,6 +33,12 @@ bench-opt-levels *levels:
 bench-load:
     scripts/bench-load
 
+# Our server against a plain tonic server of the same proto (bench/): a ratio
+# table in markdown. `just bench-peer short` for a quick check, `sizes` for
+# the static binaries only; ROUNDS=N to change the rounds (full: 3)
+bench-peer mode="full":
+    scripts/bench-peer {{ mode }}
+
 # Development CA, server and client certificates into certs/dev/
 certs:
     certs/gen.sh

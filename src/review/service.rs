@@ -311,14 +311,18 @@ impl Service {
         }
         let batch_bytes = self.config.batch_bytes;
         let mut pull = Some(self.registry.pull(member, batch_bytes).await?);
+        // Made once: a timer registered anew on every pass of the loop
+        // costs a lock on the timer wheel each time (and one to drop it).
         let stream_deadline = self.config.max_stream_duration.map(|d| Instant::now() + d);
+        let too_long = sleep_until_opt(stream_deadline);
+        tokio::pin!(too_long);
         loop {
             tokio::select! {
                 biased;
                 end = &mut ending => return finish(end),
                 // Before input: a client that never stops sending must not
                 // outlive its time.
-                _ = sleep_until_opt(stream_deadline) => {
+                _ = &mut too_long => {
                     return Err(stream_too_long().into());
                 }
                 batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
@@ -457,6 +461,8 @@ impl Service {
         };
         sink.send_headers()?;
         let stream_deadline = self.config.max_stream_duration.map(|d| Instant::now() + d);
+        let too_long = sleep_until_opt(stream_deadline);
+        tokio::pin!(too_long);
         let batch_bytes = self.config.batch_bytes;
         loop {
             if sink.pending_bytes() > 0 {
@@ -477,7 +483,7 @@ impl Service {
                     }
                 }
                 status = sink.cancelled() => return Err(status),
-                _ = sleep_until_opt(stream_deadline) => {
+                _ = &mut too_long => {
                     return Err(stream_too_long().into());
                 }
             }

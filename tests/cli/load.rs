@@ -127,6 +127,81 @@ fn one_stream_per_connection() {
     );
 }
 
+/// Issue 15: what load sends is what clients send. `--kind mix` takes
+/// edits, comments and cursors in turn; with `--extended` the edits are
+/// an OT client's: inserts into the one file the session shares, based on
+/// the latest version the participant knows (so the server transforms the
+/// concurrent ones), and every participant ends knowing the final version.
+/// Texts are `--payload` bytes. `--server-pid` reports the server's CPU and
+/// RSS. (Before: no mix, each participant replaced lines of a file of its
+/// own, texts were the padding plus the marker, no server figures.)
+#[test]
+fn mixed_extended_load_edits_one_file_and_reports_the_server() {
+    let server = ServerProcess::start(BIN, &["--rate-limit", "0"]);
+    let pid = server.pid().to_string();
+    let (out, report) = load(
+        &server,
+        &[
+            "--sessions",
+            "2",
+            "--participants",
+            "3",
+            "--messages",
+            "90",
+            "--kind",
+            "mix",
+            "--extended",
+            "--payload",
+            "100",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    let context = out.describe();
+    assert_eq!(report["ok"], true, "{context}");
+    // Each sends 30 edits, 30 comments, 30 cursors; the 60 edits and
+    // comments reach the 2 others.
+    assert_eq!(report["expected"].u64(), 2 * 3 * 60 * 2, "{context}");
+    assert_eq!(
+        report["delivered_essential"].u64(),
+        2 * 3 * 60 * 2,
+        "{context}"
+    );
+    assert_eq!(report["final_version"].i64(), 3 * 30, "{context}");
+    assert!(report["server_rss_peak"].u64() > 0, "{context}");
+    assert!(report["server_rss_end"].u64() > 0, "{context}");
+    assert!(report["server_cpu_s"].f64() >= 0.0, "{context}");
+    assert!(
+        report["cpu_per_million_deliveries"].f64() >= 0.0,
+        "{context}"
+    );
+    let stderr = out.stderr_lines();
+    assert!(
+        stderr[1].contains(" (720 edits and comments of 720 expected, the rest cursors) in "),
+        "{context}"
+    );
+    assert!(stderr[4].starts_with("  server: "), "{context}");
+    // The session (kept after its participants left) has one file of all
+    // 90 inserted lines, each a 100-byte text.
+    let session = format!("{}0", report["session_prefix"].str());
+    let snapshot = server.snapshot(&session);
+    let files = snapshot["files"].object();
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["load/review.rs"],
+        "{snapshot}"
+    );
+    let lines = files["load/review.rs"].strings();
+    assert_eq!(lines.len(), 90, "{snapshot}");
+    assert!(lines.iter().all(|l| l.len() == 100), "{snapshot}");
+    let comments = snapshot["comments"].array();
+    assert_eq!(comments.len(), 90, "{snapshot}");
+    assert!(
+        comments.iter().all(|c| c["text"].str().len() == 100),
+        "{snapshot}"
+    );
+}
+
 /// A load run that overflows a 2 KiB outbox: 1.5 KB events, unpaced.
 fn overflowing_load() -> (ServerProcess, Output, Json) {
     // A 2 KiB outbox cannot hold two 1.5 KB events: whoever falls behind by
@@ -250,7 +325,7 @@ fn bad_arguments_and_refused_connections_are_one_line() {
         ),
         (
             &["--addr", &url, "--kind", "dance"],
-            "codereview load: --kind must be edit, comment or cursor, got \"dance\"",
+            "codereview load: --kind must be edit, comment, cursor or mix, got \"dance\"",
             2,
         ),
         (

@@ -4,8 +4,9 @@
 //! Every message carries its sender's index and send time. Every receiver
 //! checks: no loss (edits and comments: each other sender's indices arrive
 //! exactly once, in order; cursors coalesce by design, so only order and the
-//! final position are checked), no duplicate, per-sender order, and that its
-//! own messages never come back as remote. A message the server refused for
+//! final position are checked), no duplicate, per-sender order (of edits and
+//! comments, and of cursors, each apart), and that its own messages never
+//! come back as remote. A message the server refused for
 //! its rate limit is counted as such, apart: it was never broadcast, so it
 //! is not lost (see [`tally`]). It reports delivered messages per second
 //! (from the start to the last delivery: sends only queue, so a send rate
@@ -14,7 +15,19 @@
 //!
 //! By default it sends only the article's fields (the first message is a
 //! PresenceUpdate JOINED), so it works against any server of that proto.
+//!
+//! What it sends, as a client would: a comment's text and an edit's line
+//! are `--payload` bytes (the marker, then words). `--kind mix` interleaves
+//! edits, comments and cursors (in turn). Edits replace lines of the
+//! sender's own file; with `--extended` they are what an OT client sends
+//! instead: inserts into one file the whole session edits, at lines of the
+//! document as the sender knows it, based on the latest version it knows
+//! (from Joined, its acknowledgements and the edits it received), so the
+//! server really transforms concurrent edits.
+//!
+//! `--server-pid` adds what the server process spent ([`server_usage`]).
 
+mod server_usage;
 mod tally;
 
 use std::collections::HashSet;
@@ -30,7 +43,7 @@ use super::connect::{ClientError, describe};
 use crate::grpc::client::{CallOptions, Channel};
 use crate::pb::codereview::{
     CodeEdit, Comment, CursorPosition, Join, PresenceUpdate, SessionMessage,
-    presence_update::Status as Presence, session_message::Payload,
+    code_edit::Op as EditOp, presence_update::Status as Presence, session_message::Payload,
 };
 use crate::pb::paths::COLLABORATIVE_SESSION;
 use tally::{Report, Seen};
@@ -56,10 +69,10 @@ crate::cli::connect::client_flags! {
         /// participant streams sharing one connection (default 8)
         #[argh(option, default = "8")]
         pub streams_per_conn: usize,
-        /// bytes of padding in each message (default 64)
+        /// bytes of each comment's text and edit's line: a marker, then words (default 64; never fewer than the marker's 20 or so)
         #[argh(option, default = "64")]
         pub payload: usize,
-        /// what to send: edit, comment or cursor (default edit)
+        /// what to send: edit, comment, cursor or mix (the three in turn) (default edit)
         #[argh(option, default = "String::from(\"edit\")")]
         pub kind: String,
         /// use the protocol's extensions too (Join, client sequence numbers)
@@ -68,22 +81,70 @@ crate::cli::connect::client_flags! {
         /// how long to wait for deliveries after the last send (default 15s)
         #[argh(option, default = "Duration::from_secs(15)", from_str_fn(super::parse_duration))]
         pub drain: Duration,
+        /// the server's process id (on this machine): report its CPU time and RSS during the run
+        #[argh(option)]
+        pub server_pid: Option<u32>,
     }
 }
 
+/// What a run sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Edit,
     Comment,
     Cursor,
+    /// Edits, comments and cursors in turn.
+    Mix,
 }
+
+/// What one message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Edit,
+    Comment,
+    Cursor,
+}
+
+impl Kind {
+    /// What message `index` of a sender is.
+    fn of(self, index: u64) -> Sent {
+        match self {
+            Kind::Edit => Sent::Edit,
+            Kind::Comment => Sent::Comment,
+            Kind::Cursor => Sent::Cursor,
+            Kind::Mix => [Sent::Edit, Sent::Comment, Sent::Cursor][(index % 3) as usize],
+        }
+    }
+
+    /// How many of a sender's `messages` are essential (edits and comments:
+    /// each must arrive).
+    fn essential(self, messages: u64) -> u64 {
+        (0..messages)
+            .filter(|&i| self.of(i) != Sent::Cursor)
+            .count() as u64
+    }
+
+    /// The index of a sender's last cursor, which must arrive (the others
+    /// may coalesce).
+    fn last_cursor(self, messages: u64) -> Option<u64> {
+        (0..messages).rev().find(|&i| self.of(i) == Sent::Cursor)
+    }
+}
+
+/// The file every participant of a session edits with `--extended`.
+const SHARED_FILE: &str = "load/review.rs";
 
 /// What every participant task shares.
 struct Plan {
+    /// Session ids are this and the session's number (`load-RUN-0`, ...).
+    session_prefix: String,
     kind: Kind,
     messages: usize,
     participants: usize,
     rate: f64,
+    /// Bytes of a message's text.
+    payload: usize,
+    /// Words to fill a text up to `payload` bytes.
     padding: String,
     extended: bool,
     drain: Duration,
@@ -92,6 +153,8 @@ struct Plan {
     /// Per participant (session × participants + index): how many of its
     /// messages the server refused for its rate limit.
     refused: Vec<AtomicU64>,
+    /// The server process under watch (`--server-pid`).
+    server: Option<server_usage::Watch>,
 }
 
 impl Plan {
@@ -105,9 +168,52 @@ impl Plan {
 /// for.
 const RECHECK: Duration = Duration::from_millis(50);
 
+/// A message's text: the marker (index and send time), then words up to
+/// `payload` bytes in all.
 fn marker(plan: &Plan, index: usize) -> String {
     let nanos = plan.origin.elapsed().as_nanos() as u64;
-    format!("{index} {nanos} {}", plan.padding)
+    let mut text = format!("{index} {nanos}");
+    if plan.payload > text.len() + 1 {
+        let room = plan.payload - text.len() - 1;
+        text.push(' ');
+        text.push_str(&plan.padding[..room]);
+    }
+    text
+}
+
+/// `bytes` of review-like words (ASCII, so any prefix is a whole string).
+fn padding(bytes: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "this", "could", "return", "early", "when", "the", "buffer", "is", "empty;", "rename",
+        "it", "and", "add", "a", "test", "here.",
+    ];
+    let mut text = String::with_capacity(bytes + 8);
+    let mut state = 0x2545_f491u32;
+    while text.len() < bytes {
+        // A small LCG picks the words: varied like text, the same every run.
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        text.push_str(WORDS[(state >> 16) as usize % WORDS.len()]);
+        text.push(' ');
+    }
+    text.truncate(bytes);
+    text
+}
+
+/// Where an extended participant inserts its message `index`: a line of the
+/// document as it knows it (`lines`: 0 to `lines` are valid; at `lines`
+/// appends), spread over the file so that concurrent edits meet.
+fn insert_line(index: usize, participant: usize, lines: u64) -> u64 {
+    (index as u64 * 7919 + participant as u64 * 104_729) % (lines + 1)
+}
+
+/// What a participant knows of the session's document.
+#[derive(Debug, Default, Clone, Copy)]
+struct DocView {
+    /// The latest version it saw (Joined, acknowledgements, edits).
+    version: i32,
+    /// Edits of the others it received: with its own, the lines of the
+    /// shared file it knows (every extended edit inserts one).
+    others_edits: u64,
 }
 
 /// (sender's index, send time in ns since the origin) from a marker.
@@ -123,9 +229,10 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         "edit" => Kind::Edit,
         "comment" => Kind::Comment,
         "cursor" => Kind::Cursor,
+        "mix" => Kind::Mix,
         other => {
             return Err(ClientError::setup(format!(
-                "--kind must be edit, comment or cursor, got {other:?}"
+                "--kind must be edit, comment, cursor or mix, got {other:?}"
             )));
         }
     };
@@ -138,20 +245,27 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
             "need --sessions >= 1, --participants >= 2, --messages >= 1, --streams-per-conn >= 1",
         ));
     }
+    let server = match args.server_pid {
+        Some(pid) => Some(server_usage::Watch::start(pid).map_err(ClientError::setup)?),
+        None => None,
+    };
     let options = args.client_options();
     let total = args.sessions * args.participants;
     let run_id = format!("{:08x}", rand32());
     let plan = Arc::new(Plan {
+        session_prefix: format!("load-{run_id}-"),
         kind,
         messages: args.messages,
         participants: args.participants,
         rate: args.rate,
-        padding: "x".repeat(args.payload),
+        payload: args.payload,
+        padding: padding(args.payload),
         extended: args.extended,
         drain: args.drain,
         origin: Instant::now(),
         start: Arc::new(Barrier::new(total)),
         refused: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        server,
     });
 
     // Connections first, so connection setup is not measured.
@@ -171,7 +285,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
             let who = Who {
                 session,
                 index: participant,
-                session_id: format!("load-{run_id}-{session}"),
+                session_id: format!("{}{session}", plan.session_prefix),
                 user: format!("p{participant}"),
             };
             let started = started.clone();
@@ -192,6 +306,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         }
     }
     let measured_from = started.load(Ordering::Relaxed);
+    let usage = plan.server.as_ref().and_then(server_usage::Watch::finish);
     // A plaintext run against a TLS port fails in every participant: say why
     // once, as every command does.
     let mut notes = Vec::new();
@@ -208,6 +323,7 @@ pub async fn run(args: LoadArgs) -> Result<bool, ClientError> {
         &mut reports,
         &plan,
         measured_from,
+        usage,
         notes,
     ))
 }
@@ -276,7 +392,7 @@ async fn participant_task(
     }
     // Wait until every other participant of the session has joined.
     let mut joined: HashSet<String> = HashSet::new();
-    let mut version = 0i32;
+    let mut view = DocView::default();
     let join_deadline = Instant::now() + Duration::from_secs(30);
     while joined.len() + 1 < plan.participants {
         let next = tokio::time::timeout_at(join_deadline, call.message::<SessionMessage>()).await;
@@ -289,7 +405,7 @@ async fn participant_task(
                     joined.insert(m.user_id.clone());
                 }
                 if let Some(Payload::Joined(j)) = &m.payload {
-                    version = j.version;
+                    view.version = j.version;
                 }
             }
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
@@ -308,13 +424,19 @@ async fn participant_task(
             }
         }
     }
-    plan.start.wait().await;
+    if plan.start.wait().await.is_leader()
+        && let Some(server) = &plan.server
+    {
+        server.mark_start();
+    }
     let begin = plan.origin.elapsed().as_nanos() as u64;
     started.fetch_max(begin, Ordering::Relaxed);
 
     let (mut sender, mut receiver) = call.split();
     let mut next_index = 0usize;
     let mut client_sequence = 1u64;
+    // Edits sent (extended: lines this participant inserted).
+    let mut own_edits = 0u64;
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
     let mut next_send = Instant::now();
     let mut seen = Seen::default();
@@ -340,21 +462,32 @@ async fn participant_task(
                     break;
                 }
                 let text = marker(&plan, next_index);
-                let payload = match plan.kind {
-                    Kind::Edit => Payload::Edit(CodeEdit {
+                let payload = match plan.kind.of(next_index as u64) {
+                    Sent::Edit if plan.extended => {
+                        let lines = view.others_edits + own_edits;
+                        own_edits += 1;
+                        Payload::Edit(CodeEdit {
+                            file_path: SHARED_FILE.to_owned(),
+                            line_number: insert_line(next_index, who.index, lines) as i32,
+                            content: text,
+                            version: view.version,
+                            op: EditOp::Insert as i32,
+                        })
+                    }
+                    Sent::Edit => Payload::Edit(CodeEdit {
                         file_path: format!("load/{user}"),
                         line_number: next_index as i32,
                         content: text,
-                        version,
-                        op: 0,
+                        version: view.version,
+                        op: EditOp::Replace as i32,
                     }),
-                    Kind::Comment => Payload::Comment(Comment {
+                    Sent::Comment => Payload::Comment(Comment {
                         comment_id: String::new(),
                         line_number: next_index as i32,
                         text,
                         file_path: String::new(),
                     }),
-                    Kind::Cursor => Payload::Cursor(CursorPosition {
+                    Sent::Cursor => Payload::Cursor(CursorPosition {
                         file_path: format!("load/{user}"),
                         line: next_index as i32,
                         column: (plan.origin.elapsed().as_millis() as i64).min(i32::MAX as i64)
@@ -403,7 +536,7 @@ async fn participant_task(
             }
             received = receiver.message::<SessionMessage>() => match received {
                 Ok(Some(m)) => {
-                    tally::check(&plan, &who, &m, &mut seen, &mut report, &mut version);
+                    tally::check(&plan, &who, &m, &mut seen, &mut report, &mut view);
                 }
                 Ok(None) => {
                     report.error(format!("{user}: the server ended the stream early"));
@@ -427,11 +560,12 @@ async fn participant_task(
     sender.close_send();
     let finish = async {
         while let Ok(Some(m)) = receiver.message::<SessionMessage>().await {
-            tally::check(&plan, &who, &m, &mut seen, &mut report, &mut version);
+            tally::check(&plan, &who, &m, &mut seen, &mut report, &mut view);
         }
     };
     let _ = tokio::time::timeout(plan.drain, finish).await;
     report.seen = seen;
+    report.version = view.version;
     report
 }
 
@@ -446,10 +580,68 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 mod tests {
     use super::*;
 
+    fn plan(kind: Kind, payload: usize) -> Plan {
+        Plan {
+            session_prefix: "load-test-".to_owned(),
+            kind,
+            messages: 10,
+            participants: 2,
+            rate: 0.0,
+            payload,
+            padding: padding(payload),
+            extended: false,
+            drain: Duration::ZERO,
+            origin: Instant::now(),
+            start: Arc::new(Barrier::new(1)),
+            refused: Vec::new(),
+            server: None,
+        }
+    }
+
     #[test]
     fn markers_round_trip() {
         assert_eq!(parse_marker("12 3456 xxxx"), Some((12, 3456)));
         assert_eq!(parse_marker("12 3456"), Some((12, 3456)));
         assert_eq!(parse_marker("nope"), None);
+        let text = marker(&plan(Kind::Comment, 100), 7);
+        assert_eq!(parse_marker(&text).map(|m| m.0), Some(7));
+    }
+
+    /// A text is as long as asked (it was the padding alone, plus the
+    /// marker), never shorter than its marker, and reads like words.
+    #[tokio::test]
+    async fn texts_have_the_requested_size() {
+        for payload in [0, 5, 16, 64, 1024, 1500] {
+            let text = marker(&plan(Kind::Comment, payload), 123);
+            let marker_only = text.split(' ').take(2).collect::<Vec<_>>().join(" ");
+            assert_eq!(text.len(), payload.max(marker_only.len()), "{text:?}");
+            assert!(!text.is_empty());
+        }
+        let text = marker(&plan(Kind::Comment, 200), 1);
+        assert!(text.contains("the ") && !text.contains("xx"), "{text}");
+    }
+
+    #[test]
+    fn a_mix_interleaves_and_ends_on_a_known_cursor() {
+        let kinds: Vec<Sent> = (0..4).map(|i| Kind::Mix.of(i)).collect();
+        assert_eq!(kinds, [Sent::Edit, Sent::Comment, Sent::Cursor, Sent::Edit]);
+        assert_eq!(Kind::Mix.essential(200), 134);
+        assert_eq!(Kind::Mix.last_cursor(200), Some(197));
+        assert_eq!(Kind::Mix.last_cursor(2), None);
+        assert_eq!(Kind::Comment.essential(200), 200);
+        assert_eq!(Kind::Cursor.essential(200), 0);
+        assert_eq!(Kind::Cursor.last_cursor(200), Some(199));
+    }
+
+    #[test]
+    fn inserts_stay_within_the_known_document() {
+        for lines in 0..50 {
+            for index in 0..50 {
+                assert!(insert_line(index, index % 7, lines) <= lines);
+            }
+        }
+        // Spread over the file, not all at one line.
+        let spread: HashSet<u64> = (0..20).map(|i| insert_line(i, 1, 100)).collect();
+        assert!(spread.len() > 10);
     }
 }

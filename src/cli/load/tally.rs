@@ -13,7 +13,8 @@ use std::collections::HashMap;
 
 use tokio::time::Instant;
 
-use super::{Kind, LoadArgs, Plan, Who, parse_marker};
+use super::server_usage::Usage;
+use super::{DocView, Kind, LoadArgs, Plan, Sent, Who, parse_marker};
 use crate::cli::connect::ClientOptions;
 use crate::cli::histogram::Histogram;
 use crate::cli::render::JsonObject;
@@ -26,6 +27,8 @@ pub(super) struct Report {
     pub(super) who: Who,
     pub(super) sent: u64,
     pub(super) delivered: u64,
+    /// Of those, edits and comments (the rest are cursors).
+    pub(super) delivered_essential: u64,
     pub(super) errors: u64,
     pub(super) duplicated: u64,
     pub(super) reordered: u64,
@@ -40,6 +43,8 @@ pub(super) struct Report {
     pub(super) send_finished: Option<Instant>,
     pub(super) last_receive: Option<Instant>,
     pub(super) seen: Seen,
+    /// The latest document version it knew at the end.
+    pub(super) version: i32,
 }
 
 impl Report {
@@ -64,12 +69,29 @@ pub(super) struct Seen {
     from: HashMap<usize, FromSender>,
 }
 
+/// What arrived from one sender: its edits and comments, and apart its
+/// cursors (which may coalesce, and so may be overtaken).
 #[derive(Debug, Default, Clone, Copy)]
 struct FromSender {
+    essential: Track,
+    cursor: Track,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Track {
     /// The highest index received.
-    last: u64,
+    last: Option<u64>,
     /// Messages received in order (duplicates and late ones not counted).
     count: u64,
+}
+
+impl FromSender {
+    fn track(&mut self, sent: Sent) -> &mut Track {
+        match sent {
+            Sent::Cursor => &mut self.cursor,
+            Sent::Edit | Sent::Comment => &mut self.essential,
+        }
+    }
 }
 
 impl Seen {
@@ -78,16 +100,15 @@ impl Seen {
     /// received, since they coalesce).
     pub(super) fn complete(&self, plan: &Plan, who: &Who) -> bool {
         let messages = plan.messages as u64;
+        let essential = plan.kind.essential(messages);
+        let last_cursor = plan.kind.last_cursor(messages);
         (0..plan.participants)
             .filter(|&sender| sender != who.index)
             .all(|sender| {
-                let from = self.from.get(&sender).copied();
-                match plan.kind {
-                    Kind::Cursor => from.is_some_and(|f| f.last + 1 == messages),
-                    Kind::Edit | Kind::Comment => {
-                        from.map_or(0, |f| f.count) + plan.refused(who.session, sender) >= messages
-                    }
-                }
+                let from = self.from.get(&sender).copied().unwrap_or_default();
+                let refused = plan.refused(who.session, sender);
+                from.essential.count + refused >= essential
+                    && last_cursor.is_none_or(|last| from.cursor.last == Some(last))
             })
     }
 }
@@ -104,30 +125,35 @@ pub(super) fn check(
     message: &SessionMessage,
     seen: &mut Seen,
     report: &mut Report,
-    version: &mut i32,
+    view: &mut DocView,
 ) {
     let user = &who.user;
-    let (index, sent_at) = match &message.payload {
+    let sends = |sent: Sent| plan.kind == Kind::Mix || plan.kind.of(0) == sent;
+    let (index, sent_at, sent) = match &message.payload {
         Some(Payload::Edit(e)) => {
-            *version = (*version).max(e.version);
-            if plan.kind != Kind::Edit {
+            view.version = view.version.max(e.version);
+            if message.user_id != *user {
+                view.others_edits += 1;
+            }
+            if !sends(Sent::Edit) {
                 return;
             }
             match parse_marker(&e.content) {
-                Some(m) => m,
+                Some((index, at)) => (index, at, Sent::Edit),
                 None => return,
             }
         }
-        Some(Payload::Comment(c)) if plan.kind == Kind::Comment => match parse_marker(&c.text) {
-            Some(m) => m,
+        Some(Payload::Comment(c)) if sends(Sent::Comment) => match parse_marker(&c.text) {
+            Some((index, at)) => (index, at, Sent::Comment),
             None => return,
         },
-        Some(Payload::Cursor(c)) if plan.kind == Kind::Cursor => {
+        Some(Payload::Cursor(c)) if sends(Sent::Cursor) => {
             let ms = u64::try_from(c.column).unwrap_or(0);
-            (u64::try_from(c.line).unwrap_or(u64::MAX), ms * 1_000_000)
+            let index = u64::try_from(c.line).unwrap_or(u64::MAX);
+            (index, ms * 1_000_000, Sent::Cursor)
         }
         Some(Payload::Ack(a)) => {
-            *version = (*version).max(a.version);
+            view.version = view.version.max(a.version);
             return;
         }
         Some(Payload::Error(e)) => {
@@ -167,34 +193,33 @@ pub(super) fn check(
     };
     report.delivered += 1;
     report.last_receive = Some(Instant::now());
-    let now_nanos = plan.origin.elapsed().as_nanos() as u64;
-    report
-        .latency
-        .record(now_nanos.saturating_sub(sent_at) / 1000);
-    match seen.from.get_mut(&sender) {
-        Some(from) if index <= from.last => {
-            if index == from.last {
+    // A cursor's send time is in milliseconds: its latency counts only in
+    // a run of cursors alone.
+    if sent != Sent::Cursor || plan.kind == Kind::Cursor {
+        let now_nanos = plan.origin.elapsed().as_nanos() as u64;
+        report
+            .latency
+            .record(now_nanos.saturating_sub(sent_at) / 1000);
+    }
+    if sent != Sent::Cursor {
+        report.delivered_essential += 1;
+    }
+    let track = seen.from.entry(sender).or_default().track(sent);
+    match track.last {
+        Some(last) if index <= last => {
+            if index == last {
                 report.duplicated += 1;
             } else {
                 report.reordered += 1;
             }
             report.violation(format!(
-                "{user} got {}'s message {index} after {}",
-                message.user_id, from.last
+                "{user} got {}'s message {index} after {last}",
+                message.user_id
             ));
         }
-        Some(from) => {
-            from.last = index;
-            from.count += 1;
-        }
-        None => {
-            seen.from.insert(
-                sender,
-                FromSender {
-                    last: index,
-                    count: 1,
-                },
-            );
+        _ => {
+            track.last = Some(index);
+            track.count += 1;
         }
     }
 }
@@ -203,21 +228,21 @@ pub(super) fn check(
 /// final then): messages neither received nor refused.
 fn lost(plan: &Plan, report: &mut Report) -> u64 {
     let messages = plan.messages as u64;
+    let essential = plan.kind.essential(messages);
+    let last_cursor = plan.kind.last_cursor(messages);
     let mut lost = 0;
     let me = report.who.index;
     for sender in (0..plan.participants).filter(|&s| s != me) {
-        let from = report.seen.from.get(&sender).copied();
+        let from = report.seen.from.get(&sender).copied().unwrap_or_default();
         let refused = plan.refused(report.who.session, sender);
-        let missing = match plan.kind {
-            // Coalesced: only the final position must arrive (and with
-            // refusals, which one was final cannot be told).
-            Kind::Cursor => u64::from(refused == 0 && from.is_none_or(|f| f.last + 1 < messages)),
-            Kind::Edit | Kind::Comment => {
-                messages.saturating_sub(from.map_or(0, |f| f.count) + refused)
-            }
-        };
+        // Cursors coalesce: only the final position must arrive (and with
+        // refusals, which one was final cannot be told).
+        let final_cursor_missing = last_cursor
+            .is_some_and(|last| refused == 0 && from.cursor.last.is_none_or(|l| l < last));
+        let missing = essential.saturating_sub(from.essential.count + refused)
+            + u64::from(final_cursor_missing);
         if missing > 0 {
-            let got = from.map_or(0, |f| f.count);
+            let got = from.essential.count + from.cursor.count;
             let refused = if refused > 0 {
                 format!(" ({refused} refused by the rate limit)")
             } else {
@@ -241,11 +266,14 @@ pub(super) fn summarize(
     reports: &mut [Report],
     plan: &Plan,
     measured_from: u64,
+    usage: Option<Usage>,
     notes: Vec<String>,
 ) -> bool {
     let mut latency = Histogram::new();
     let mut sent = 0;
     let mut delivered = 0;
+    let mut delivered_essential = 0;
+    let mut final_version = i32::MAX;
     let mut errors = 0;
     let mut lost_total = 0;
     let mut duplicated = 0;
@@ -262,6 +290,8 @@ pub(super) fn summarize(
         latency.merge(&r.latency);
         sent += r.sent;
         delivered += r.delivered;
+        delivered_essential += r.delivered_essential;
+        final_version = final_version.min(r.version);
         errors += r.errors;
         duplicated += r.duplicated;
         reordered += r.reordered;
@@ -278,11 +308,12 @@ pub(super) fn summarize(
         }
     }
     let others = (args.participants - 1) as u64;
-    let expected = if plan.kind == Kind::Cursor {
+    let essential = plan.kind.essential(args.messages as u64);
+    let expected = if essential == 0 {
         0
     } else {
-        (args.sessions * args.participants) as u64 * others * args.messages as u64
-            - rate_limited * others
+        ((args.sessions * args.participants) as u64 * others * essential)
+            .saturating_sub(rate_limited * others)
     };
     let send_seconds = last_send.saturating_sub(measured_from) as f64 / 1e9;
     let receive_seconds = (last_receive.saturating_sub(measured_from) as f64 / 1e9).max(1e-9);
@@ -311,8 +342,15 @@ pub(super) fn summarize(
     } else {
         format!("sent {sent}")
     };
+    let of_expected = if plan.kind == Kind::Mix {
+        format!(
+            " ({delivered_essential} edits and comments of {expected} expected, the rest cursors)"
+        )
+    } else {
+        format!(" of {expected} expected")
+    };
     eprintln!(
-        "  {sent_line}; delivered {delivered} of {expected} expected in {receive_seconds:.3}s ({delivered_per_second:.0}/s)"
+        "  {sent_line}; delivered {delivered}{of_expected} in {receive_seconds:.3}s ({delivered_per_second:.0}/s)"
     );
     eprintln!(
         "  latency p50 {}us p99 {}us p999 {}us max {}us",
@@ -340,10 +378,22 @@ pub(super) fn summarize(
     for note in &notes {
         eprintln!("  {note}");
     }
-    let line = JsonObject::new()
+    let cpu_per_million = usage.map(|u| u.cpu_seconds / (delivered.max(1) as f64) * 1e6);
+    if let (Some(usage), Some(per_million)) = (usage, cpu_per_million) {
+        eprintln!(
+            "  server: {:.2} CPU-seconds ({per_million:.2} per 1M deliveries), RSS peak {} KiB, at the end {} KiB",
+            usage.cpu_seconds,
+            usage.rss_peak / 1024,
+            usage.rss_end / 1024
+        );
+    } else if args.server_pid.is_some() {
+        eprintln!("  server: its process was gone at the end; no CPU or RSS figures");
+    }
+    let mut line = JsonObject::new()
         .str("type", "load")
         .boolean("ok", ok)
         .str("kind", &args.kind)
+        .str("session_prefix", &plan.session_prefix)
         .uint("sessions", args.sessions as u64)
         .uint("participants", args.participants as u64)
         .uint("messages", args.messages as u64)
@@ -351,8 +401,10 @@ pub(super) fn summarize(
         .uint("streams_per_conn", args.streams_per_conn as u64)
         .uint("sent", sent)
         .uint("delivered", delivered)
+        .uint("delivered_essential", delivered_essential)
         .uint("expected", expected)
         .num("send_seconds", round3(send_seconds))
+        .num("receive_seconds", round3(receive_seconds))
         .num("delivered_per_second", round3(delivered_per_second))
         .raw(
             "latency_us",
@@ -369,8 +421,19 @@ pub(super) fn summarize(
         .uint("duplicated", duplicated)
         .uint("reordered", reordered)
         .uint("echoed", echoed)
-        .uint("rate_limited", rate_limited)
-        .finish();
+        .uint("rate_limited", rate_limited);
+    if args.extended && matches!(plan.kind, Kind::Edit | Kind::Mix) {
+        // The latest document version every participant knew at the end.
+        line = line.int("final_version", i64::from(final_version));
+    }
+    if let (Some(usage), Some(per_million)) = (usage, cpu_per_million) {
+        line = line
+            .num("server_cpu_s", round3(usage.cpu_seconds))
+            .uint("server_rss_peak", usage.rss_peak)
+            .uint("server_rss_end", usage.rss_end)
+            .num("cpu_per_million_deliveries", round3(per_million));
+    }
+    let line = line.finish();
     println!("{line}");
     ok
 }

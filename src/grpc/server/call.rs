@@ -32,6 +32,7 @@ use crate::grpc::outbound::{OutboundQueue, WriteError};
 use crate::grpc::status::Status;
 
 use super::budget::{AccountedChunk, ConnectionAccount};
+use super::shared_compression;
 
 /// Everything known about a call before its first message.
 #[derive(Debug)]
@@ -247,7 +248,7 @@ impl SinkCore {
     }
 
     pub(crate) fn queue(&mut self, framed: Bytes) {
-        let framed = compression::compress_framed(framed, self.response_encoding);
+        let framed = shared_compression::compress_framed(framed, self.response_encoding);
         self.account.queued(framed.len());
         self.pending.push(framed);
     }

@@ -26,6 +26,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::Shared;
 use super::budget::{AccountedChunk, ConnectionAccount};
+use super::coalesce::CoalescedWrites;
 use super::dispatch::serve_stream;
 use super::preface::PrefaceWatch;
 use crate::grpc::shutdown::{Phase, ShutdownSignal};
@@ -90,7 +91,7 @@ pub(crate) async fn serve_connection<T>(
     // h2's handshake ends with the client's magic; the watch tells when its
     // SETTINGS frame has followed, which the handshake deadline also covers.
     let settings_seen = Arc::new(AtomicBool::new(false));
-    let io = PrefaceWatch::new(io, settings_seen.clone());
+    let io = CoalescedWrites::new(PrefaceWatch::new(io, settings_seen.clone()));
     let handshake = config.h2_builder().handshake::<_, AccountedChunk>(io);
     let mut conn = match tokio::time::timeout_at(handshake_deadline, handshake).await {
         Ok(Ok(conn)) => conn,
@@ -129,10 +130,22 @@ pub(crate) async fn serve_connection<T>(
     let mut draining = false;
     let mut drain_signal = shutdown.clone();
     let mut close_signal = shutdown;
+    // The loop wakes for every frame h2 reads or writes: what it waits for
+    // besides h2 is made once, not per wake (a timer or a notification
+    // registered and dropped on each pass costs a lock each time).
+    let handshake_expired = sleep_until(handshake_deadline);
+    let idle = sleep_until(info.last_activity() + idle_timeout);
+    let shed = info.outbound.shed_requested();
+    let drain = drain_signal.reached(Phase::Draining);
+    let close = close_signal.reached(Phase::Closing);
+    tokio::pin!(handshake_expired, idle, shed, drain, close);
     loop {
         let idle_at = info.last_activity() + idle_timeout;
+        if idle.deadline() != idle_at {
+            idle.as_mut().reset(idle_at);
+        }
         tokio::select! {
-            _ = sleep_until(handshake_deadline), if awaiting_settings => {
+            _ = &mut handshake_expired, if awaiting_settings => {
                 if settings_seen.load(Ordering::Relaxed) {
                     awaiting_settings = false;
                     continue;
@@ -142,7 +155,7 @@ pub(crate) async fn serve_connection<T>(
                 close_at_once(&mut conn, Reason::SETTINGS_TIMEOUT);
                 break;
             }
-            _ = info.outbound.shed_requested() => {
+            _ = &mut shed => {
                 // The shedder logged and counted it. Waiting for the GOAWAY
                 // to be written would keep what the connection holds: its
                 // peer is the one not reading.
@@ -159,11 +172,11 @@ pub(crate) async fn serve_connection<T>(
                 }
                 None => break,
             },
-            _ = drain_signal.reached(Phase::Draining), if !draining => {
+            _ = &mut drain, if !draining => {
                 conn.graceful_shutdown();
                 draining = true;
             }
-            _ = close_signal.reached(Phase::Closing) => {
+            _ = &mut close => {
                 close_now(&mut conn).await;
                 break;
             }
@@ -178,7 +191,7 @@ pub(crate) async fn serve_connection<T>(
                 close_now(&mut conn).await;
                 break;
             }
-            _ = sleep_until(idle_at), if !draining => {
+            _ = &mut idle, if !draining => {
                 if info.active_streams.load(Ordering::Relaxed) == 0 && !conn.has_streams() {
                     if info.last_activity() + idle_timeout <= Instant::now() {
                         log!(Debug, "closing idle connection", conn = info.id);
@@ -199,18 +212,23 @@ pub(crate) async fn serve_connection<T>(
 
 /// Queues GOAWAY with `reason` and writes what the socket takes right now,
 /// without waiting; the caller then drops the connection.
-fn close_at_once<T>(conn: &mut h2::server::Connection<T, AccountedChunk>, reason: Reason)
-where
+fn close_at_once<T>(
+    conn: &mut h2::server::Connection<CoalescedWrites<T>, AccountedChunk>,
+    reason: Reason,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     conn.abrupt_shutdown(reason);
     let waker = std::task::Waker::noop();
-    let _ = conn.poll_closed(&mut std::task::Context::from_waker(waker));
+    // Twice: a flush yields once before it writes (see `coalesce`).
+    for _ in 0..2 {
+        let _ = conn.poll_closed(&mut std::task::Context::from_waker(waker));
+    }
 }
 
 /// Sends GOAWAY and gives h2 a moment to write it (the peer may not be
 /// reading: never wait long).
-async fn close_now<T>(conn: &mut h2::server::Connection<T, AccountedChunk>)
+async fn close_now<T>(conn: &mut h2::server::Connection<CoalescedWrites<T>, AccountedChunk>)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {

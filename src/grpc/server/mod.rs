@@ -3,15 +3,18 @@
 //! (sniffing, TLS handshake in the connection's own task under a timeout).
 //!
 //! Module map: `connection` runs one HTTP/2 connection (`preface` watches its
-//! opening), `dispatch` one stream, `router` maps paths to handlers, `call` is
-//! what a handler sees, `budget` bounds the outbound bytes of all connections.
+//! opening, `coalesce` gathers its writes), `dispatch` one stream, `router` maps paths to handlers, `call` is
+//! what a handler sees, `budget` bounds the outbound bytes of all connections, `shared_compression`
+//! compresses a broadcast once for all its recipients.
 
 pub mod budget;
 pub mod call;
+pub mod coalesce;
 pub mod connection;
 pub mod dispatch;
 pub mod preface;
 pub mod router;
+pub mod shared_compression;
 
 use std::io;
 use std::net::SocketAddr;

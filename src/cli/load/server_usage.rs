@@ -1,0 +1,153 @@
+//! What the server process spent during a load run, read from Linux's
+//! `/proc/PID` when `load --server-pid PID` is given: CPU seconds (utime +
+//! stime of `/proc/PID/stat`, the delta from the start of the measurement to
+//! the end) and resident memory (`VmRSS` of `/proc/PID/status`, sampled
+//! every [`SAMPLE_EVERY`] during the run for its peak, and at the end).
+//!
+//! The parsers are pure functions of the files' text; only [`Watch`] reads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How often the RSS is sampled for its peak.
+pub(super) const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// Clock ticks per second of utime and stime: `USER_HZ`, which Linux fixes
+/// at 100 for user space on every architecture it exports `/proc` to.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// utime + stime in clock ticks from the text of `/proc/PID/stat`. The
+/// command name (field 2) is in parentheses and may hold spaces, so fields
+/// are counted after its closing parenthesis.
+pub(super) fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_ascii_whitespace();
+    // After the name: state (3), ppid (4), ..., utime (14), stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// `VmRSS` in bytes from the text of `/proc/PID/status`.
+pub(super) fn rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut words = line["VmRSS:".len()..].split_ascii_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next()? == "kB").then_some(kib * 1024)
+}
+
+fn read_cpu(pid: u32) -> Option<u64> {
+    cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn read_rss(pid: u32) -> Option<u64> {
+    rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// What was measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Usage {
+    pub(super) cpu_seconds: f64,
+    pub(super) rss_peak: u64,
+    pub(super) rss_end: u64,
+}
+
+/// A server process under watch: its CPU ticks at the start of the
+/// measurement, and a task sampling its RSS.
+pub(super) struct Watch {
+    pid: u32,
+    start_ticks: AtomicU64,
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+}
+
+impl Watch {
+    /// Starts watching `pid`; fails when its `/proc` files cannot be read.
+    pub(super) fn start(pid: u32) -> Result<Watch, String> {
+        let (Some(ticks), Some(rss)) = (read_cpu(pid), read_rss(pid)) else {
+            return Err(format!(
+                "--server-pid {pid}: cannot read /proc/{pid}/stat and /proc/{pid}/status \
+                 (no such process here, or not Linux)"
+            ));
+        };
+        let peak = Arc::new(AtomicU64::new(rss));
+        let done = Arc::new(AtomicBool::new(false));
+        let (sampled, stop) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = read_rss(pid) {
+                    sampled.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+        });
+        Ok(Watch {
+            pid,
+            start_ticks: AtomicU64::new(ticks),
+            peak,
+            done,
+        })
+    }
+
+    /// The measurement starts now (every participant has joined): the CPU
+    /// spent on connecting and joining is left out.
+    pub(super) fn mark_start(&self) {
+        if let Some(ticks) = read_cpu(self.pid) {
+            self.start_ticks.store(ticks, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops sampling; what the server spent since the start. None when the
+    /// process is gone.
+    pub(super) fn finish(&self) -> Option<Usage> {
+        self.done.store(true, Ordering::Relaxed);
+        let ticks = read_cpu(self.pid)?;
+        let rss_end = read_rss(self.pid)?;
+        let spent = ticks.saturating_sub(self.start_ticks.load(Ordering::Relaxed));
+        Some(Usage {
+            cpu_seconds: spent as f64 / TICKS_PER_SECOND,
+            rss_peak: self.peak.load(Ordering::Relaxed).max(rss_end),
+            rss_end,
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_after_the_name() {
+        let stat = "4242 (code review) S 1 4242 4242 0 -1 4194560 7000 0 0 0 \
+                    153 47 0 0 20 0 3 0 98765 123456789 2048 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(200));
+        assert_eq!(
+            cpu_ticks("4242 (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 5 6"),
+            Some(23)
+        );
+        assert_eq!(cpu_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn rss_is_read_in_bytes() {
+        let status = "Name:\tcodereview\nVmPeak:\t  9000 kB\nVmRSS:\t    5120 kB\nThreads:\t3\n";
+        assert_eq!(rss_bytes(status), Some(5120 * 1024));
+        assert_eq!(rss_bytes("Name:\tx\n"), None);
+        assert_eq!(rss_bytes("VmRSS:\t12 MB\n"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_read() {
+        let pid = std::process::id();
+        assert!(read_cpu(pid).is_some());
+        assert!(read_rss(pid).is_some_and(|rss| rss > 0));
+    }
+}
