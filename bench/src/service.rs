@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::code_review_service_server::CodeReviewService;
 use crate::pb::{
-    FileChunk, SessionMessage, Snapshot, SnapshotRequest, UploadSummary, WatchRequest,
-    session_message::Payload,
+    FileChunk, ParticipateRequest, SendReply, SendRequest, SessionMessage, Snapshot,
+    SnapshotRequest, UploadSummary, WatchRequest, session_message::Payload,
 };
 use crate::session::Session;
 
@@ -63,6 +63,24 @@ impl Peer {
 impl CodeReviewService for Peer {
     type CollaborativeSessionStream = MessageStream;
     type WatchSessionStream = MessageStream;
+    type ParticipateStream = MessageStream;
+
+    /// The browser participant's calls are ours only (not the article's):
+    /// the peer does not offer them.
+    async fn participate(
+        &self,
+        _request: Request<ParticipateRequest>,
+    ) -> Result<Response<Self::ParticipateStream>, Status> {
+        Err(Status::unimplemented(
+            "the tonic peer has no browser participant",
+        ))
+    }
+
+    async fn send(&self, _request: Request<SendRequest>) -> Result<Response<SendReply>, Status> {
+        Err(Status::unimplemented(
+            "the tonic peer has no browser participant",
+        ))
+    }
 
     async fn collaborative_session(
         &self,

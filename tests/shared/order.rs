@@ -248,7 +248,9 @@ async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
     let (mut ann, _) = Participant::join(&writer.channel().await, None, "big", "ann").await;
     let mut last = 0;
     for i in 0..EDITS {
-        last = ann.edit(Op::Insert, "f.txt", i as i32, &format!("line {i}")).await;
+        last = ann
+            .edit(Op::Insert, "f.txt", i as i32, &format!("line {i}"))
+            .await;
         if i % 200 == 199 {
             ann.ack_of(last).await;
         }
@@ -261,7 +263,10 @@ async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
         if !index.starts_with("$-1") {
             break index;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no snapshot in Redis");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot in Redis"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     let length: usize = redis
@@ -270,7 +275,10 @@ async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
         .trim()
         .parse()
         .expect("XLEN");
-    assert!(length < EDITS, "trimmed: {length} entries left ({stored:?})");
+    assert!(
+        length < EDITS,
+        "trimmed: {length} entries left ({stored:?})"
+    );
     // A fresh instance loads it: the same document.
     let reader = instance(&redis).await;
     let (_bob, _) = Participant::join(&reader.channel().await, None, "big", "bob").await;
