@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use kit::json::Json;
 use kit::peers;
 
 use crate::BIN;
@@ -41,12 +42,11 @@ fn load_checks_pass_against_the_articles_server() {
             "load --kind {kind} failed:\n{stdout}\n{stderr}"
         );
         let last = stdout.lines().last().unwrap_or("");
-        assert!(last.contains("\"ok\":true"), "{last}");
+        let report = Json::parse(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+        assert_eq!(report["ok"], true, "{last}");
         if kind != "cursor" {
-            assert!(
-                last.contains("\"delivered\":1200,\"expected\":1200"),
-                "{last}"
-            );
+            assert_eq!(report["delivered"].u64(), 1200, "{last}");
+            assert_eq!(report["expected"].u64(), 1200, "{last}");
         }
     }
 }

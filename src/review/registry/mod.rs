@@ -225,6 +225,18 @@ struct SessionSlot {
     replica: replicas::Replica,
 }
 
+impl SessionSlot {
+    /// Notes since when the session has had no members; whether it has none.
+    fn note_emptiness(&mut self) -> bool {
+        let empty = self.session.is_empty();
+        self.empty_since = match empty {
+            true => self.empty_since.or(Some(Instant::now())),
+            false => None,
+        };
+        empty
+    }
+}
+
 /// The durable mode's bookkeeping.
 #[derive(Debug, Default)]
 struct Durability {
@@ -620,14 +632,7 @@ impl Registry {
             &*self.observer,
             &mut self.memory,
         );
-        let empty = slot.session.is_empty();
-        if empty {
-            if slot.empty_since.is_none() {
-                slot.empty_since = Some(Instant::now());
-            }
-        } else {
-            slot.empty_since = None;
-        }
+        let empty = slot.note_emptiness();
         let idle = slot.replica.is_idle();
         self.queue_records(session_id, records);
         if empty && idle && self.empty_ttl().is_zero() {

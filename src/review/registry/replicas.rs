@@ -554,10 +554,7 @@ impl Registry {
             &*self.observer,
             &mut self.memory,
         );
-        slot.empty_since = match slot.session.is_empty() {
-            true => slot.empty_since.or(Some(Instant::now())),
-            false => None,
-        };
+        slot.note_emptiness();
         if let Some(member) = joiner {
             admitted.push(member);
         }
