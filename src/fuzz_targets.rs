@@ -393,3 +393,39 @@ pub fn web_framing(data: &[u8]) {
         .collect();
     assert_eq!(&frame[5..], expected.as_bytes());
 }
+
+/// What Redis holds is input too (another process, another version, a
+/// damaged or foreign key): a RESP reply, parsed by the redis crate, read
+/// as each reply the shared log reads. Never panics; every record read
+/// sits at its entry's id, and every session read names its stream's key.
+pub fn redis_replies(data: &[u8]) {
+    use crate::shared_log::{keys, reply};
+    use redis::Value;
+    let Ok(value) = redis::parse_redis_value(data) else {
+        return;
+    };
+    if let (Ok(records), Value::Array(items)) = (reply::entries(&value), &value) {
+        assert_eq!(records.len(), items.len());
+        for (record, item) in records.iter().zip(items) {
+            let Value::Array(parts) = item else {
+                panic!("an entry read from a non-array");
+            };
+            let id = match &parts[0] {
+                Value::BulkString(id) => id.clone(),
+                Value::SimpleString(id) => id.clone().into_bytes(),
+                other => panic!("an id read from {other:?}"),
+            };
+            assert_eq!(id, keys::entry_id(record.index).into_bytes());
+        }
+    }
+    let _ = reply::appended(&value);
+    let _ = reply::stored(&value);
+    if let Ok(streams) = reply::read(&value) {
+        for (session, _) in streams {
+            assert_eq!(
+                keys::session_of_log(keys::log(&session).as_bytes()),
+                Some(session.as_str())
+            );
+        }
+    }
+}

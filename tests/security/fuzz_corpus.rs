@@ -123,6 +123,11 @@ fn corpus_log_frames() {
     replay("log_frames", fuzz_targets::log_frames);
 }
 
+#[test]
+fn corpus_redis_replies() {
+    replay("redis_replies", fuzz_targets::redis_replies);
+}
+
 /// The seed generator: meaningful, small inputs for each target.
 mod seeds {
     use codereview::auth::jwt::{Claims, Key, Sessions};
@@ -1057,6 +1062,74 @@ mod seeds {
         ]
     }
 
+    /// RESP: a bulk string, an integer, an array of encoded items.
+    fn bulk(bytes: &[u8]) -> Vec<u8> {
+        let mut out = format!("${}\r\n", bytes.len()).into_bytes();
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    fn array(items: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", items.len()).into_bytes();
+        for item in items {
+            out.extend_from_slice(item);
+        }
+        out
+    }
+
+    fn int(n: i64) -> Vec<u8> {
+        format!(":{n}\r\n").into_bytes()
+    }
+
+    fn redis_replies_seeds() -> Seeds {
+        use codereview::pb::store::{self, Record, record::Body};
+        use prost::Message;
+        let record = |index: u64| Record {
+            index,
+            timestamp: 1,
+            body: Some(Body::Created(store::Created {
+                session_id: "s".into(),
+                epoch: 7,
+            })),
+        };
+        let entry = |id: &str, index: u64| {
+            array(&[
+                bulk(id.as_bytes()),
+                array(&[bulk(b"r"), bulk(&record(index).encode_to_vec())]),
+            ])
+        };
+        let entries = array(&[entry("0-1", 0), entry("1-1", 1)]);
+        let snapshot = store::Snapshot {
+            index: 4,
+            session_id: "s".into(),
+            epoch: 7,
+            ..Default::default()
+        };
+        vec![
+            ("entries", entries.clone()),
+            ("misplaced", array(&[entry("3-1", 4)])),
+            ("foreign-id", array(&[entry("1700000000000-0", 0)])),
+            ("landed", array(&[int(-1)])),
+            ("behind", array(&[int(2), entries.clone()])),
+            ("lost", array(&[int(0)])),
+            (
+                "load",
+                array(&[bulk(b"5"), bulk(&snapshot.encode_to_vec()), entries.clone()]),
+            ),
+            (
+                "load-empty",
+                array(&[b"$-1\r\n".to_vec(), b"$-1\r\n".to_vec(), array(&[])]),
+            ),
+            (
+                "read",
+                array(&[array(&[bulk(b"codereview:{s}:log"), entries])]),
+            ),
+            ("nil", b"*-1\r\n".to_vec()),
+            ("error", b"-ERR no\r\n".to_vec()),
+        ]
+    }
+
     pub fn all() -> Vec<(&'static str, Seeds)> {
         vec![
             ("codec", codec_seeds()),
@@ -1072,6 +1145,7 @@ mod seeds {
             ("web_framing", web_framing_seeds()),
             ("inflate", inflate_seeds()),
             ("log_frames", log_frames_seeds()),
+            ("redis_replies", redis_replies_seeds()),
         ]
     }
 }
