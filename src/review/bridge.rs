@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use super::document::line_memory;
 use super::ids::Text;
-use super::ot::{self, FileOp, LineOp};
+use super::ot::{self, FileOp, LineOp, Shape};
 
 /// What an operation in the log holds on to (its text), for the byte bound.
 fn op_bytes(op: &FileOp) -> usize {
@@ -128,8 +128,8 @@ pub struct Bridge {
 #[derive(Debug)]
 pub struct Transformed {
     pub op: FileOp,
-    /// The bridge entries the edit met, with the form the edit had then.
-    met: Vec<(usize, FileOp)>,
+    /// The bridge entries the edit met, with the shape the edit had then.
+    met: Vec<(usize, Shape)>,
     incoming_wins: bool,
     /// Whether any operation was transformed into the edit.
     pub was_concurrent: bool,
@@ -213,11 +213,15 @@ impl Bridge {
     pub fn transform(&self, mut op: FileOp, incoming_wins: bool) -> Transformed {
         let mut met = Vec::new();
         for (index, (_, applied)) in self.entries.iter().enumerate() {
+            if op.is_noop() {
+                // Cancelled: it changes nothing that follows, nor is changed.
+                break;
+            }
             if !ot::same_file(&op, applied) {
                 continue;
             }
-            let next = ot::transform(&op, applied, incoming_wins);
-            met.push((index, std::mem::replace(&mut op, next)));
+            met.push((index, op.op.shape()));
+            ot::transform_in_place(&mut op.op, applied.op.shape(), incoming_wins);
         }
         Transformed {
             op,
@@ -231,8 +235,8 @@ impl Bridge {
     /// entries it met now apply after it.
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
         for (index, before) in transformed.met {
-            let entry = &mut self.entries[index].1;
-            *entry = ot::transform(entry, &before, !transformed.incoming_wins);
+            let entry = &mut self.entries[index].1.op;
+            ot::transform_in_place(entry, before, !transformed.incoming_wins);
         }
         if let Some(version) = version {
             self.synced_to = version;

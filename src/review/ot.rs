@@ -43,29 +43,6 @@ impl FileOp {
     pub fn is_noop(&self) -> bool {
         self.op == LineOp::Noop
     }
-
-    fn with_op(&self, op: LineOp) -> FileOp {
-        FileOp {
-            path: self.path.clone(),
-            op,
-        }
-    }
-
-    fn with_line(&self, line: u32) -> FileOp {
-        let op = match &self.op {
-            LineOp::Replace { text, .. } => LineOp::Replace {
-                line,
-                text: text.clone(),
-            },
-            LineOp::Insert { text, .. } => LineOp::Insert {
-                line,
-                text: text.clone(),
-            },
-            LineOp::Delete { .. } => LineOp::Delete { line },
-            other => other.clone(),
-        };
-        self.with_op(op)
-    }
 }
 
 /// Whether two operations concern the same file (a pointer comparison first:
@@ -74,49 +51,82 @@ pub fn same_file(a: &FileOp, b: &FileOp) -> bool {
     Arc::ptr_eq(&a.path, &b.path) || a.path == b.path
 }
 
+/// What a transform against an operation reads of it: its kind and line,
+/// never its text. Copying a shape costs nothing, so transforming an edit
+/// through hundreds of concurrent ones copies no text and no path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Replace(u32),
+    Insert(u32),
+    Delete(u32),
+    ReplaceFile,
+    Noop,
+}
+
+impl LineOp {
+    pub fn shape(&self) -> Shape {
+        match self {
+            LineOp::Replace { line, .. } => Shape::Replace(*line),
+            LineOp::Insert { line, .. } => Shape::Insert(*line),
+            LineOp::Delete { line } => Shape::Delete(*line),
+            LineOp::ReplaceFile { .. } => Shape::ReplaceFile,
+            LineOp::Noop => Shape::Noop,
+        }
+    }
+}
+
 /// Rewrites `a` to apply after `b`. `a_wins` decides ties in `a`'s favour.
 pub fn transform(a: &FileOp, b: &FileOp, a_wins: bool) -> FileOp {
-    if !same_file(a, b) {
-        return a.clone();
+    let mut out = a.clone();
+    if same_file(a, b) {
+        transform_in_place(&mut out.op, b.op.shape(), a_wins);
     }
+    out
+}
+
+/// [`transform`] on the same file, in place: `a` is rewritten to apply after
+/// an operation shaped `b`. Only a line number changes, or `a` becomes a
+/// no-op; nothing is allocated.
+pub fn transform_in_place(a: &mut LineOp, b: Shape, a_wins: bool) {
     use LineOp::*;
-    match (&a.op, &b.op) {
-        (Noop, _) | (_, Noop) => a.clone(),
-        (ReplaceFile { .. }, ReplaceFile { .. }) => {
-            if a_wins {
-                a.clone()
-            } else {
-                a.with_op(Noop)
-            }
-        }
-        (ReplaceFile { .. }, _) => a.clone(),
+    let cancelled = match (&mut *a, b) {
+        (Noop, _) | (_, Shape::Noop) => false,
+        (ReplaceFile { .. }, Shape::ReplaceFile) => !a_wins,
+        (ReplaceFile { .. }, _) => false,
         // The file was replaced wholesale: edits to its old content lapse.
-        (_, ReplaceFile { .. }) => a.with_op(Noop),
-        (Insert { line: q, .. }, Insert { line: p, .. }) => {
-            let shifted = q > p || (q == p && !a_wins);
-            a.with_line(if shifted { q + 1 } else { *q })
+        (_, Shape::ReplaceFile) => true,
+        (Insert { line: q, .. }, Shape::Insert(p)) => {
+            if *q > p || (*q == p && !a_wins) {
+                *q += 1;
+            }
+            false
         }
-        (Delete { line: q } | Replace { line: q, .. }, Insert { line: p, .. }) => {
-            a.with_line(if q >= p { q + 1 } else { *q })
+        (Delete { line: q } | Replace { line: q, .. }, Shape::Insert(p)) => {
+            if *q >= p {
+                *q += 1;
+            }
+            false
         }
-        (Insert { line: q, .. }, Delete { line: p }) => a.with_line(if q > p { q - 1 } else { *q }),
-        (Delete { line: q } | Replace { line: q, .. }, Delete { line: p }) => {
-            if q == p {
-                a.with_op(Noop)
-            } else if q > p {
-                a.with_line(q - 1)
+        (Insert { line: q, .. }, Shape::Delete(p)) => {
+            if *q > p {
+                *q -= 1;
+            }
+            false
+        }
+        (Delete { line: q } | Replace { line: q, .. }, Shape::Delete(p)) => {
+            // Its line is gone: cancelled; below it: moves up.
+            if *q > p {
+                *q -= 1;
+                false
             } else {
-                a.clone()
+                *q == p
             }
         }
-        (Insert { .. } | Delete { .. }, Replace { .. }) => a.clone(),
-        (Replace { line: q, .. }, Replace { line: p, .. }) => {
-            if q == p && !a_wins {
-                a.with_op(Noop)
-            } else {
-                a.clone()
-            }
-        }
+        (Insert { .. } | Delete { .. }, Shape::Replace(_)) => false,
+        (Replace { line: q, .. }, Shape::Replace(p)) => *q == p && !a_wins,
+    };
+    if cancelled {
+        *a = Noop;
     }
 }
 
