@@ -115,6 +115,10 @@ pub type Startup = oneshot::Receiver<Result<RecoveryReport, String>>;
 /// snapshot can then be deleted).
 const SNAPSHOT_EVERY: u64 = 4096;
 
+/// The most commands one turn of the registry handles after the one that
+/// woke it (then store events and ticks get their turn).
+const TURN_COMMANDS: usize = 256;
+
 /// After a failed append, how long before the batch is sent again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -145,6 +149,7 @@ pub fn spawn(config: RegistryConfig) -> (RegistryHandle, Startup) {
         retention: config.session_retention,
         storage_ok: config.storage_ok,
         shared: None,
+        woken: Vec::new(),
     };
     let stores = Stores {
         local: config.store,
@@ -302,6 +307,8 @@ struct Registry {
     storage_ok: Arc<AtomicBool>,
     /// Shared mode (sessions are replicas of logs in Redis).
     shared: Option<replicas::Shared>,
+    /// Members whose parked pull may be answered at the end of this turn.
+    woken: Vec<MemberId>,
 }
 
 impl Registry {
@@ -451,9 +458,37 @@ impl Registry {
                 },
                 _ = ticker.tick() => self.tick(),
             }
+            // What else waits is handled in the same turn (pulls first), up
+            // to a bound so that store events and ticks are not starved.
+            for _ in 0..TURN_COMMANDS {
+                let next = pulls.try_recv().or_else(|_| rx.try_recv());
+                let Ok(command) = next else { break };
+                self.handle(command);
+            }
+            self.answer_woken();
             self.flush_to_store();
             self.flush_shared();
         }
+    }
+
+    /// Answers the parked pulls of the members the turn queued messages
+    /// for, once each at the end of the turn: a member gets everything the
+    /// turn's commands made for it in one batch (one wake of its stream and
+    /// one write, rather than one per message).
+    fn answer_woken(&mut self) {
+        let mut woken = std::mem::take(&mut self.woken);
+        for member in woken.drain(..) {
+            let Some(m) = self.members.get_mut(&member) else {
+                continue;
+            };
+            if m.parked.is_none() {
+                continue;
+            }
+            if let Some(slot) = self.sessions.get_mut(&m.session) {
+                Self::answer_parked(m, &mut slot.session, member);
+            }
+        }
+        self.woken = woken;
     }
 
     /// The time: monotonic, and Unix time derived from it (so paused test
@@ -631,6 +666,7 @@ impl Registry {
             fx,
             &*self.observer,
             &mut self.memory,
+            &mut self.woken,
         );
         let empty = slot.note_emptiness();
         let idle = slot.replica.is_idle();
@@ -664,6 +700,7 @@ impl Registry {
         fx: Effects,
         observer: &dyn SessionObserver,
         memory: &mut MemoryBudget,
+        woken: &mut Vec<MemberId>,
     ) {
         memory.recount(&mut slot.memory, slot.session.memory_bytes());
         let session = &mut slot.session;
@@ -685,11 +722,8 @@ impl Registry {
                 let _ = ending.send(Ending::Finished);
             }
         }
-        for member in fx.woken {
-            if let Some(slot) = members.get_mut(&member) {
-                Self::answer_parked(slot, session, member);
-            }
-        }
+        // Answered at the end of the turn (see `answer_woken`).
+        woken.extend(fx.woken);
     }
 
     fn stats(&self) -> RegistryStats {
@@ -886,11 +920,8 @@ impl Registry {
         let Some(slot) = self.sessions.get_mut(session_id) else {
             return;
         };
-        for member in slot.session.mark_durable(up_to) {
-            if let Some(m) = self.members.get_mut(&member) {
-                Self::answer_parked(m, &mut slot.session, member);
-            }
-        }
+        // Answered at the end of the turn (see `answer_woken`).
+        self.woken.extend(slot.session.mark_durable(up_to));
     }
 
     /// Snapshots the sessions that are due (enough records, or pinning an

@@ -553,6 +553,7 @@ impl Registry {
             fx,
             &*self.observer,
             &mut self.memory,
+            &mut self.woken,
         );
         slot.note_emptiness();
         if let Some(member) = joiner {
