@@ -308,100 +308,28 @@ async fn handle_socket(
                 http::Extensions::new(),
                 shared.outbound_budget.open(id),
             ));
-            serve_connection(
+            // Boxed: the task stays as small as the path it takes.
+            Box::pin(serve_connection(
                 Prefixed::new(prefix, tcp),
                 shared.clone(),
                 info,
                 shutdown,
                 handshake_deadline,
-            )
+            ))
             .await;
         }
         (Some(tls), (Opening::Tls, prefix)) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-            let accepted = timeout_at(
+            // Boxed: a plaintext connection's task holds no TLS state.
+            Box::pin(serve_tls(
+                tls.current(),
+                Prefixed::new(prefix, tcp),
+                peer,
+                id,
+                shared.clone(),
+                shutdown,
                 handshake_deadline,
-                acceptor.accept(Prefixed::new(prefix, tcp)),
-            )
+            ))
             .await;
-            let mut stream = match accepted {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    log!(
-                        Info,
-                        "TLS handshake failed",
-                        conn = id,
-                        peer = peer.to_string().as_str(),
-                        error = error.to_string().as_str()
-                    );
-                    shared
-                        .telemetry
-                        .observer
-                        .connection_rejected("tls_handshake");
-                    shared.telemetry.observer.connection_closed(id);
-                    return;
-                }
-                Err(_) => {
-                    log!(
-                        Info,
-                        "TLS handshake timed out",
-                        conn = id,
-                        peer = peer.to_string().as_str()
-                    );
-                    shared
-                        .telemetry
-                        .observer
-                        .connection_rejected("tls_handshake_timeout");
-                    shared.telemetry.observer.connection_closed(id);
-                    return;
-                }
-            };
-            let mut extensions = http::Extensions::new();
-            if let Some(certs) = stream.get_ref().1.peer_certificates() {
-                extensions.insert(PeerCertificates(Arc::new(certs.to_vec())));
-            }
-            // Inside TLS, only HTTP/2 is spoken.
-            match timeout_at(handshake_deadline, sniff::sniff(&mut stream)).await {
-                Ok(Ok((Opening::Http2, prefix))) => {
-                    let info = Arc::new(ConnectionInfo::new(
-                        id,
-                        Some(peer),
-                        extensions,
-                        shared.outbound_budget.open(id),
-                    ));
-                    serve_connection(
-                        Prefixed::new(prefix, stream),
-                        shared.clone(),
-                        info,
-                        shutdown,
-                        handshake_deadline,
-                    )
-                    .await;
-                }
-                Ok(Ok((Opening::Http1, prefix))) => match shared.web.clone() {
-                    Some(web) => {
-                        let caller = Caller {
-                            connection_id: id,
-                            peer: Some(peer),
-                            extensions,
-                        };
-                        super::web::http1::serve(
-                            Prefixed::new(prefix, stream),
-                            shared.clone(),
-                            web,
-                            caller,
-                            true,
-                            handshake_deadline,
-                        )
-                        .await;
-                    }
-                    None => {
-                        let _ = stream.write_all(sniff::HTTP1_ON_H2_RESPONSE).await;
-                        let _ = stream.shutdown().await;
-                    }
-                },
-                _ => {}
-            }
         }
         (None, (Opening::Http1, prefix)) if shared.web.is_some() => {
             let caller = Caller {
@@ -410,14 +338,14 @@ async fn handle_socket(
                 extensions: http::Extensions::new(),
             };
             let web = shared.web.clone().expect("checked");
-            super::web::http1::serve(
+            Box::pin(super::web::http1::serve(
                 Prefixed::new(prefix, tcp),
                 shared.clone(),
                 web,
                 caller,
                 false,
                 handshake_deadline,
-            )
+            ))
             .await;
         }
         (_, (Opening::Http1, _)) => {
@@ -481,4 +409,96 @@ async fn handle_socket(
         }
     }
     shared.telemetry.observer.connection_closed(id);
+}
+
+/// A TLS connection after its first bytes: the handshake, then HTTP/2 (or
+/// the browser's HTTP/1.1) inside it, within the handshake deadline.
+async fn serve_tls(
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    tcp: Prefixed<TcpStream>,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared>,
+    shutdown: ShutdownSignal,
+    handshake_deadline: Instant,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let accepted = timeout_at(handshake_deadline, acceptor.accept(tcp)).await;
+    let mut stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            log!(
+                Info,
+                "TLS handshake failed",
+                conn = id,
+                peer = peer.to_string().as_str(),
+                error = error.to_string().as_str()
+            );
+            shared
+                .telemetry
+                .observer
+                .connection_rejected("tls_handshake");
+            return; // handle_socket notes the close
+        }
+        Err(_) => {
+            log!(
+                Info,
+                "TLS handshake timed out",
+                conn = id,
+                peer = peer.to_string().as_str()
+            );
+            shared
+                .telemetry
+                .observer
+                .connection_rejected("tls_handshake_timeout");
+            return; // handle_socket notes the close
+        }
+    };
+    let mut extensions = http::Extensions::new();
+    if let Some(certs) = stream.get_ref().1.peer_certificates() {
+        extensions.insert(PeerCertificates(Arc::new(certs.to_vec())));
+    }
+    // Inside TLS, only HTTP/2 is spoken.
+    match timeout_at(handshake_deadline, sniff::sniff(&mut stream)).await {
+        Ok(Ok((Opening::Http2, prefix))) => {
+            let info = Arc::new(ConnectionInfo::new(
+                id,
+                Some(peer),
+                extensions,
+                shared.outbound_budget.open(id),
+            ));
+            // Boxed: the task stays as small as the path it takes.
+            Box::pin(serve_connection(
+                Prefixed::new(prefix, stream),
+                shared.clone(),
+                info,
+                shutdown,
+                handshake_deadline,
+            ))
+            .await;
+        }
+        Ok(Ok((Opening::Http1, prefix))) => match shared.web.clone() {
+            Some(web) => {
+                let caller = Caller {
+                    connection_id: id,
+                    peer: Some(peer),
+                    extensions,
+                };
+                Box::pin(super::web::http1::serve(
+                    Prefixed::new(prefix, stream),
+                    shared.clone(),
+                    web,
+                    caller,
+                    true,
+                    handshake_deadline,
+                ))
+                .await;
+            }
+            None => {
+                let _ = stream.write_all(sniff::HTTP1_ON_H2_RESPONSE).await;
+                let _ = stream.shutdown().await;
+            }
+        },
+        _ => {}
+    }
 }

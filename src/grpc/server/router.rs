@@ -217,11 +217,10 @@ impl Router {
         self.insert(
             path,
             Arc::new(move |call: Call| {
-                let handler = handler.clone();
-                Box::pin(async move {
-                    let (head, inbound, sink) = call.split::<Req, Resp>();
-                    handler(Request::new(head, inbound), sink).await
-                })
+                // The handler's own future, boxed as it is: an async block
+                // around it would also hold the call it was made from.
+                let (head, inbound, sink) = call.split::<Req, Resp>();
+                Box::pin(handler(Request::new(head, inbound), sink))
             }),
         );
         self
