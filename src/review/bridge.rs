@@ -21,6 +21,7 @@
 //! the user's last edit, found by binary search.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::document::line_memory;
 use super::ids::Text;
@@ -107,15 +108,34 @@ impl OpLog {
     }
 }
 
+impl Entry {
+    fn of(version: i32, op: &FileOp) -> Entry {
+        Entry {
+            version,
+            path: op.path.clone(),
+            shape: op.op.shape(),
+        }
+    }
+}
+
 /// An edit's base is older than what the bridge and log still hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooOld;
 
+/// A bridge entry: what transforms read of an operation (its file, kind and
+/// line, not its text), so walking a long bridge touches little memory.
+#[derive(Debug, Clone)]
+struct Entry {
+    version: i32,
+    path: Text,
+    shape: Shape,
+}
+
 /// One user's bridge (see the module doc).
 #[derive(Debug, Clone)]
 pub struct Bridge {
-    /// (version, operation transformed past the user's later edits).
-    entries: VecDeque<(i32, FileOp)>,
+    /// Operations transformed past the user's later edits, by version.
+    entries: VecDeque<Entry>,
     /// Every other user's operation up to this version is in `entries` (or
     /// was dropped as seen).
     synced_to: i32,
@@ -153,15 +173,27 @@ impl Bridge {
         self.entries.is_empty()
     }
 
-    /// The bridge's parts (for snapshots): entries, synced_to, floor.
-    pub fn parts(&self) -> (impl Iterator<Item = &(i32, FileOp)>, i32, i32) {
-        (self.entries.iter(), self.synced_to, self.floor)
+    /// The bridge's parts (for snapshots): entries, synced_to, floor. An
+    /// entry's operation has its file, kind and line; its text is empty (a
+    /// bridge never applies what it holds, it only transforms by it).
+    pub fn parts(&self) -> (impl Iterator<Item = (i32, FileOp)> + '_, i32, i32) {
+        let entries = self.entries.iter().map(|e| {
+            let op = FileOp {
+                path: e.path.clone(),
+                op: e.shape.without_text(),
+            };
+            (e.version, op)
+        });
+        (entries, self.synced_to, self.floor)
     }
 
     /// A bridge as a snapshot kept it.
     pub fn restore(entries: Vec<(i32, FileOp)>, synced_to: i32, floor: i32) -> Bridge {
         Bridge {
-            entries: entries.into(),
+            entries: entries
+                .into_iter()
+                .map(|(version, op)| Entry::of(version, &op))
+                .collect(),
             synced_to,
             floor,
         }
@@ -190,18 +222,19 @@ impl Bridge {
         if !self.can_sync(base, current, log) {
             return Err(TooOld);
         }
-        while self.entries.front().is_some_and(|(v, _)| *v <= base) {
+        while self.entries.front().is_some_and(|e| e.version <= base) {
             self.entries.pop_front();
         }
         for logged in log.after(base.max(self.synced_to)) {
             if logged.author.as_ref() != Some(user) {
-                self.entries.push_back((logged.version, logged.op.clone()));
+                self.entries
+                    .push_back(Entry::of(logged.version, &logged.op));
             }
         }
         self.synced_to = current;
         while self.entries.len() > window.max(1) {
-            if let Some((dropped, _)) = self.entries.pop_front() {
-                self.floor = dropped;
+            if let Some(dropped) = self.entries.pop_front() {
+                self.floor = dropped.version;
             }
         }
         Ok(())
@@ -211,18 +244,24 @@ impl Bridge {
     /// the entries on its file. `incoming_wins` breaks ties in the edit's
     /// favour (last writer wins) instead of the applied operations'.
     pub fn transform(&self, mut op: FileOp, incoming_wins: bool) -> Transformed {
+        // Cost: one pass over the entries (the operations concurrent with
+        // the edit, at most the transform window), none of it allocating
+        // but `met`. Inherent to OT: an edit is transformed past everything
+        // it did not see.
         let mut met = Vec::new();
-        for (index, (_, applied)) in self.entries.iter().enumerate() {
-            if op.is_noop() {
+        let mut shape = op.op.shape();
+        for (index, applied) in self.entries.iter().enumerate() {
+            if shape == Shape::Noop {
                 // Cancelled: it changes nothing that follows, nor is changed.
                 break;
             }
-            if !ot::same_file(&op, applied) {
+            if !(Arc::ptr_eq(&op.path, &applied.path) || op.path == applied.path) {
                 continue;
             }
-            met.push((index, op.op.shape()));
-            ot::transform_in_place(&mut op.op, applied.op.shape(), incoming_wins);
+            met.push((index, shape));
+            shape = ot::transform_shape(shape, applied.shape, incoming_wins);
         }
+        ot::set_shape(&mut op.op, shape);
         Transformed {
             op,
             was_concurrent: !self.entries.is_empty(),
@@ -235,8 +274,8 @@ impl Bridge {
     /// entries it met now apply after it.
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
         for (index, before) in transformed.met {
-            let entry = &mut self.entries[index].1.op;
-            ot::transform_in_place(entry, before, !transformed.incoming_wins);
+            let entry = &mut self.entries[index].shape;
+            *entry = ot::transform_shape(*entry, before, !transformed.incoming_wins);
         }
         if let Some(version) = version {
             self.synced_to = version;

@@ -63,6 +63,28 @@ pub enum Shape {
     Noop,
 }
 
+impl Shape {
+    /// An operation of this shape with empty text (what a bridge keeps).
+    pub fn without_text(self) -> LineOp {
+        let empty = || Text::from("");
+        match self {
+            Shape::Replace(line) => LineOp::Replace {
+                line,
+                text: empty(),
+            },
+            Shape::Insert(line) => LineOp::Insert {
+                line,
+                text: empty(),
+            },
+            Shape::Delete(line) => LineOp::Delete { line },
+            Shape::ReplaceFile => LineOp::ReplaceFile {
+                lines: Arc::from(Vec::new()),
+            },
+            Shape::Noop => LineOp::Noop,
+        }
+    }
+}
+
 impl LineOp {
     pub fn shape(&self) -> Shape {
         match self {
@@ -88,45 +110,49 @@ pub fn transform(a: &FileOp, b: &FileOp, a_wins: bool) -> FileOp {
 /// an operation shaped `b`. Only a line number changes, or `a` becomes a
 /// no-op; nothing is allocated.
 pub fn transform_in_place(a: &mut LineOp, b: Shape, a_wins: bool) {
-    use LineOp::*;
-    let cancelled = match (&mut *a, b) {
-        (Noop, _) | (_, Shape::Noop) => false,
-        (ReplaceFile { .. }, Shape::ReplaceFile) => !a_wins,
-        (ReplaceFile { .. }, _) => false,
+    set_shape(a, transform_shape(a.shape(), b, a_wins));
+}
+
+/// Gives `a` the line (or the cancellation) of `shape`, a transform of its
+/// own shape.
+pub fn set_shape(a: &mut LineOp, shape: Shape) {
+    match shape {
+        Shape::Noop => *a = LineOp::Noop,
+        Shape::Replace(to) | Shape::Insert(to) | Shape::Delete(to) => match a {
+            LineOp::Replace { line, .. }
+            | LineOp::Insert { line, .. }
+            | LineOp::Delete { line } => *line = to,
+            LineOp::ReplaceFile { .. } | LineOp::Noop => {}
+        },
+        Shape::ReplaceFile => {}
+    }
+}
+
+/// The transform on shapes alone (both on the same file): what `a` becomes
+/// after `b`. Its kind never changes; its line moves, or it is cancelled.
+pub fn transform_shape(a: Shape, b: Shape, a_wins: bool) -> Shape {
+    use Shape::*;
+    match (a, b) {
+        (Noop, _) | (_, Noop) => a,
+        (ReplaceFile, ReplaceFile) if !a_wins => Noop,
+        (ReplaceFile, _) => a,
         // The file was replaced wholesale: edits to its old content lapse.
-        (_, Shape::ReplaceFile) => true,
-        (Insert { line: q, .. }, Shape::Insert(p)) => {
-            if *q > p || (*q == p && !a_wins) {
-                *q += 1;
-            }
-            false
-        }
-        (Delete { line: q } | Replace { line: q, .. }, Shape::Insert(p)) => {
-            if *q >= p {
-                *q += 1;
-            }
-            false
-        }
-        (Insert { line: q, .. }, Shape::Delete(p)) => {
-            if *q > p {
-                *q -= 1;
-            }
-            false
-        }
-        (Delete { line: q } | Replace { line: q, .. }, Shape::Delete(p)) => {
-            // Its line is gone: cancelled; below it: moves up.
-            if *q > p {
-                *q -= 1;
-                false
-            } else {
-                *q == p
-            }
-        }
-        (Insert { .. } | Delete { .. }, Shape::Replace(_)) => false,
-        (Replace { line: q, .. }, Shape::Replace(p)) => *q == p && !a_wins,
-    };
-    if cancelled {
-        *a = Noop;
+        (_, ReplaceFile) => Noop,
+        (Insert(q), Insert(p)) if q > p || (q == p && !a_wins) => Insert(q + 1),
+        (Insert(_), Insert(_)) => a,
+        (Delete(q), Insert(p)) if q >= p => Delete(q + 1),
+        (Replace(q), Insert(p)) if q >= p => Replace(q + 1),
+        (Delete(_) | Replace(_), Insert(_)) => a,
+        (Insert(q), Delete(p)) if q > p => Insert(q - 1),
+        (Insert(_), Delete(_)) => a,
+        // Its line is gone: cancelled; below it: moves up.
+        (Delete(q) | Replace(q), Delete(p)) if q == p => Noop,
+        (Delete(q), Delete(p)) if q > p => Delete(q - 1),
+        (Replace(q), Delete(p)) if q > p => Replace(q - 1),
+        (Delete(_) | Replace(_), Delete(_)) => a,
+        (Insert(_) | Delete(_), Replace(_)) => a,
+        (Replace(q), Replace(p)) if q == p && !a_wins => Noop,
+        (Replace(_), Replace(_)) => a,
     }
 }
 

@@ -205,7 +205,7 @@ impl Session {
                     highest_client_sequence: u.dedupe.highest(),
                     forgotten_up_to: u.dedupe.forgotten_up_to(),
                     bridge: entries
-                        .map(|(v, op)| logged_op_to_store(*v, None, op))
+                        .map(|(v, op)| logged_op_to_store(v, None, &op))
                         .collect(),
                     synced_to,
                     bridge_floor: floor,
