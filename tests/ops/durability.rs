@@ -406,3 +406,58 @@ async fn a_restart_with_100_sessions_keeps_them_as_they_were() {
         assert_eq!(after.sequence, 1000);
     }
 }
+
+/// A session that made more than 4096 records is snapshotted on disk as its
+/// records become durable (the registry tracks which sessions are due), and a
+/// restart after SIGKILL rebuilds it, snapshot plus tail, as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_session_is_snapshotted_and_rebuilt_from_its_snapshot() {
+    let dir = TempDir::new("long-session");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let data = dir.path().to_str().unwrap().to_owned();
+    let args = [
+        "--addr",
+        addr.as_str(),
+        "--data-dir",
+        data.as_str(),
+        "--rate-limit",
+        "0",
+        "--max-comments",
+        "10000",
+    ];
+    let mut server = ServerProcess::start(BIN, &args);
+    let conn = link(&server.addr).await;
+    let first = join_message_with("long", "ann", Join::default());
+    let (mut p, _) = Participant::try_join(conn.clone(), None, first)
+        .await
+        .unwrap();
+    let mut last = 0;
+    for i in 0..4200 {
+        last = p.queue(comment(format!("long {i}")));
+    }
+    p.flush().await;
+    p.outcome(last).await.ack();
+    p.close_send();
+    let _ = p.until_end().await;
+    let snapshot_file = dir
+        .path()
+        .join("snapshots")
+        .join(store::snapshot_name("long"));
+    let deadline = Instant::now() + WAIT;
+    while !snapshot_file.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot of a session with 4202 records"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = get_snapshot(conn.clone(), None, "long").await.unwrap();
+    kill_9(&mut server);
+    let server = ServerProcess::start(BIN, &args);
+    let after = get_snapshot(link(&server.addr).await, None, "long")
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    assert_eq!(after.sequence, 4202);
+}

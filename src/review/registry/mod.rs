@@ -247,12 +247,17 @@ impl SessionSlot {
 struct Durability {
     /// Records made and not yet sent to the store, per session, in order.
     unwritten: Vec<(Text, Vec<Record>)>,
+    /// Where each session's entry in `unwritten` is (a step finds its own
+    /// without a scan: the cost per message does not grow with the server).
+    unwritten_at: HashMap<Text, usize>,
     /// A batch is being made durable.
     in_flight: bool,
     /// The store failed: nothing is sent again before this.
     retry_at: Option<Instant>,
     failing: Option<String>,
-    /// Sessions to snapshot as soon as all their records are durable.
+    /// Sessions to snapshot as soon as all their records are durable (old
+    /// log segments wait for them, or they made enough records): the only
+    /// ones a durable batch's end looks at.
     snapshot_wanted: BTreeSet<Text>,
     disk_bytes: u64,
     max_disk_bytes: u64,
@@ -278,9 +283,35 @@ impl Durability {
 
     /// Adds records after what waits already (one entry per session).
     fn queue(&mut self, session_id: &Text, records: Vec<Record>) {
-        match self.unwritten.iter_mut().find(|(id, _)| id == session_id) {
-            Some((_, pending)) => pending.extend(records),
-            None => self.unwritten.push((session_id.clone(), records)),
+        match self.unwritten_at.get(session_id) {
+            Some(&at) => self.unwritten[at].1.extend(records),
+            None => {
+                self.unwritten_at
+                    .insert(session_id.clone(), self.unwritten.len());
+                self.unwritten.push((session_id.clone(), records));
+            }
+        }
+    }
+
+    /// Takes what waits to be written (one entry per session, in order).
+    fn take_unwritten(&mut self) -> Vec<(Text, Vec<Record>)> {
+        self.unwritten_at.clear();
+        std::mem::take(&mut self.unwritten)
+    }
+
+    fn is_unwritten(&self, session_id: &Text) -> bool {
+        self.unwritten_at.contains_key(session_id)
+    }
+
+    /// Forgets what a removed session had not written.
+    fn drop_unwritten(&mut self, session_id: &Text) {
+        if self.unwritten_at.remove(session_id).is_some() {
+            let rest = self.take_unwritten();
+            for (id, records) in rest {
+                if &id != session_id {
+                    self.queue(&id, records);
+                }
+            }
         }
     }
 }
@@ -419,6 +450,11 @@ impl Registry {
             };
             self.memory
                 .recount(&mut slot.memory, slot.session.memory_bytes());
+            if let Some(durability) = self.durability.as_mut()
+                && slot.since_snapshot >= SNAPSHOT_EVERY
+            {
+                durability.snapshot_wanted.insert(id.clone());
+            }
             self.sessions.insert(id.clone(), slot);
             self.queue_records(&id, fx.records);
             report.sessions += 1;
@@ -654,9 +690,14 @@ impl Registry {
             (None, _) => {
                 slot.session.mark_durable(slot.session.next_index());
             }
-            (Some(_), Some(last)) => {
+            (Some(durability), Some(last)) => {
                 slot.since_snapshot += records.len() as u64;
                 slot.last_active = last.timestamp;
+                if slot.since_snapshot >= SNAPSHOT_EVERY
+                    && !durability.snapshot_wanted.contains(session_id)
+                {
+                    durability.snapshot_wanted.insert(session_id.clone());
+                }
             }
             (Some(_), None) => {}
         }
@@ -792,7 +833,7 @@ impl Registry {
             shared.follow_changed = true;
         }
         if let (Some(durability), Some(store)) = (self.durability.as_mut(), self.store.as_ref()) {
-            durability.unwritten.retain(|(id, _)| id != session_id);
+            durability.drop_unwritten(session_id);
             durability.snapshot_wanted.remove(session_id);
             store.send(Job::Delete {
                 session: session_id.clone(),
@@ -833,7 +874,7 @@ impl Registry {
         {
             return;
         }
-        let batch = std::mem::take(&mut durability.unwritten);
+        let batch = durability.take_unwritten();
         durability.in_flight = store.send(Job::Append(batch));
     }
 
@@ -880,9 +921,8 @@ impl Registry {
                         durability.retry_at = Some(Instant::now() + STORE_RETRY);
                         self.storage_ok.store(false, Ordering::Relaxed);
                         // The failed batch goes first next time, in order.
-                        let later = std::mem::take(&mut durability.unwritten);
-                        durability.unwritten = batch;
-                        for (id, records) in later {
+                        let later = durability.take_unwritten();
+                        for (id, records) in batch.into_iter().chain(later) {
                             durability.queue(&id, records);
                         }
                     }
@@ -932,14 +972,13 @@ impl Registry {
             return;
         };
         let mut done = Vec::new();
-        for (id, slot) in &mut self.sessions {
-            let wanted = durability.snapshot_wanted.contains(id);
-            if !(wanted || slot.since_snapshot >= SNAPSHOT_EVERY) {
+        for id in &durability.snapshot_wanted {
+            let Some(slot) = self.sessions.get_mut(id) else {
+                done.push(id.clone());
                 continue;
-            }
+            };
             let session = &slot.session;
-            let waiting = durability.unwritten.iter().any(|(u, _)| u == id);
-            if waiting || session.durable_index() < session.next_index() {
+            if durability.is_unwritten(id) || session.durable_index() < session.next_index() {
                 continue;
             }
             store.send(Job::Snapshot(session.to_snapshot(slot.last_active)));
