@@ -28,9 +28,23 @@ pub fn is_server_comment_id(id: &str) -> bool {
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The sequence number in an id exactly as [`server_comment_id`] writes it
+/// (no leading zeros), if it is one.
+fn server_id_sequence(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix('c')?;
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Comments {
+    /// In the order posted, so by increasing sequence.
     entries: Vec<CommentEntry>,
+    /// The ids clients chose. A server id names the entry of its sequence
+    /// (found by binary search), so the server's own comments, most of
+    /// them, cost no index entry.
     ids: HashSet<String>,
     /// For each file path, the indexes of its comments in `entries`.
     by_file: HashMap<String, Vec<usize>>,
@@ -52,7 +66,20 @@ impl Comments {
     }
 
     pub fn contains_id(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        self.ids.contains(id) || self.server_named(id)
+    }
+
+    /// Whether `id` is a server id naming one of the comments.
+    fn server_named(&self, id: &str) -> bool {
+        let Some(sequence) = server_id_sequence(id) else {
+            return false;
+        };
+        self.entries
+            .binary_search_by_key(&sequence, |e| e.sequence)
+            .is_ok_and(|at| {
+                let comment = self.entries[at].comment.as_ref();
+                comment.is_some_and(|c| c.comment_id == id)
+            })
     }
 
     /// Encoded snapshot bytes of the comments (the content budget's measure).
@@ -83,13 +110,23 @@ impl Comments {
     /// Adds a comment whose id is not taken (the caller checked).
     pub fn push(&mut self, entry: CommentEntry) {
         let comment = entry.comment.as_ref().expect("an entry holds a comment");
-        debug_assert!(!self.ids.contains(&comment.comment_id));
-        self.ids.insert(comment.comment_id.clone());
+        debug_assert!(!self.contains_id(&comment.comment_id));
+        debug_assert!(
+            self.entries
+                .last()
+                .is_none_or(|e| e.sequence < entry.sequence)
+        );
+        if server_id_sequence(&comment.comment_id) != Some(entry.sequence) {
+            self.ids.insert(comment.comment_id.clone());
+        }
         if !comment.file_path.is_empty() {
-            self.by_file
-                .entry(comment.file_path.clone())
-                .or_default()
-                .push(self.entries.len());
+            match self.by_file.get_mut(&comment.file_path) {
+                Some(indexes) => indexes.push(self.entries.len()),
+                None => {
+                    let indexes = vec![self.entries.len()];
+                    self.by_file.insert(comment.file_path.clone(), indexes);
+                }
+            }
         }
         self.encoded += Self::encoded_cost(&entry);
         self.memory += Self::memory_cost(&entry);
@@ -152,7 +189,7 @@ mod tests {
     use prost::Message;
     use std::sync::Arc;
 
-    fn entry(id: &str, path: &str, line: i32) -> CommentEntry {
+    fn entry(sequence: u64, id: &str, path: &str, line: i32) -> CommentEntry {
         CommentEntry {
             user_id: "ann".into(),
             comment: Some(Comment {
@@ -161,7 +198,7 @@ mod tests {
                 text: "looks good".into(),
                 file_path: path.into(),
             }),
-            sequence: 12,
+            sequence,
             timestamp: 1_700_000_000_000,
         }
     }
@@ -179,8 +216,8 @@ mod tests {
     #[test]
     fn encoded_cost_bounds_the_snapshot_wherever_the_line_moves() {
         let mut comments = Comments::default();
-        comments.push(entry("c1", "a.rs", 0));
-        comments.push(entry("mine", "", 3));
+        comments.push(entry(1, "c1", "a.rs", 0));
+        comments.push(entry(2, "mine", "", 3));
         let mut snapshot = Snapshot {
             comments: comments.entries().to_vec(),
             ..Snapshot::default()
@@ -195,8 +232,8 @@ mod tests {
     #[test]
     fn reanchoring_touches_only_the_file_changed() {
         let mut comments = Comments::default();
-        comments.push(entry("c1", "a.rs", 2));
-        comments.push(entry("c2", "b.rs", 2));
+        comments.push(entry(1, "c1", "a.rs", 2));
+        comments.push(entry(2, "c2", "b.rs", 2));
         let op = FileOp {
             path: Arc::from("a.rs"),
             op: LineOp::Insert {
@@ -213,5 +250,24 @@ mod tests {
         assert_eq!(lines, vec![3, 2]);
         assert!(comments.contains_id("c2"));
         assert!(!comments.contains_id("c3"));
+    }
+
+    #[test]
+    fn server_ids_are_found_by_their_sequence_and_client_ids_by_index() {
+        let mut comments = Comments::default();
+        comments.push(entry(5, "c5", "a.rs", 0));
+        comments.push(entry(7, "mine", "a.rs", 0));
+        // A client id of the server's form from before that form was
+        // refused: indexed, not taken for the comment of sequence 3.
+        comments.push(entry(9, "c3", "a.rs", 0));
+        assert!(comments.contains_id("c5"));
+        assert!(comments.contains_id("mine"));
+        assert!(comments.contains_id("c3"));
+        assert!(!comments.contains_id("c7"), "sequence 7 has another id");
+        assert!(!comments.contains_id("c9"), "sequence 9 has another id");
+        assert!(!comments.contains_id("c05"));
+        assert!(!comments.contains_id("c6"));
+        assert!(!comments.contains_id("c18446744073709551616"));
+        assert_eq!(comments.ids.len(), 2, "the server's own id is not indexed");
     }
 }

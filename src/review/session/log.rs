@@ -279,10 +279,18 @@ impl Session {
                 f.lines.iter().map(|l| Arc::from(l.as_str())).collect(),
             )
         }));
+        let mut previous = None;
         for entry in &snapshot.comments {
-            if entry.comment.is_none() {
+            let Some(comment) = &entry.comment else {
                 return Err(damaged("a snapshot comment without its comment"));
+            };
+            if previous.is_some_and(|p| p >= entry.sequence) {
+                return Err(damaged("snapshot comments out of order"));
             }
+            if session.comments.contains_id(&comment.comment_id) {
+                return Err(damaged("two snapshot comments with one id"));
+            }
+            previous = Some(entry.sequence);
             session.comments.push(entry.clone());
         }
         let now = std::time::Instant::now();
