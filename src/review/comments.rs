@@ -135,7 +135,11 @@ impl Comments {
 
     /// Moves the comments of the file `op` changed with their lines; a
     /// comment whose line went away stays at the nearest line. `len` is the
-    /// file's length after `op`. O(comments on that file).
+    /// file's length after `op`. O(comments on that file) per applied edit:
+    /// the one per-edit cost that grows with the session, bounded by
+    /// `--max-comments` (2000 by default) and only for the edited file; it
+    /// is what keeps every comment on its line for everybody, and a lazier
+    /// scheme would move the same cost to every snapshot and late join.
     pub fn reanchor(&mut self, op: &FileOp, len: usize) {
         let Some(indexes) = self.by_file.get(&*op.path) else {
             return;
