@@ -1,4 +1,5 @@
-# The shipped image: the static binary and nothing else.
+# The shipped image: the static server-only binary and nothing else (`serve`;
+# the client commands are in `scripts/dist --full`, not in the image).
 #   scripts/dist            # or: just dist
 #   docker build -t codereview .
 #   docker run -p 8080:8080 -e PORT=8080 -v codereview-data:/data codereview --insecure   # TLS terminated in front
@@ -14,7 +15,7 @@
 # (scale-to-zero edge runtimes) sessions last as long as the instance. To keep
 # them in memory only, pass --data-dir none.
 FROM scratch
-COPY target/x86_64-unknown-linux-gnu/dist/codereview /codereview
+COPY target/x86_64-unknown-linux-gnu/dist/codereview-server /codereview
 COPY --chown=65532:65532 docker/data /data
 USER 65532:65532
 ENV PORT=50051

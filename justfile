@@ -17,9 +17,10 @@ test *args:
 ci:
     .ci/run
 
-# Build the stripped, statically linked binary (dist profile); prints its path last
-dist:
-    scripts/dist
+# Build the stripped, statically linked binary (dist profile): the container's
+# server-only one, or every command with `just dist --full`; prints its path last
+dist *args:
+    scripts/dist {{ args }}
 
 # Size, cold start and idle RSS of the dist binary (the README's figures)
 bench:

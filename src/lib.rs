@@ -2,7 +2,8 @@
 //! gRPC, in one small static binary.
 //!
 //! Layers, dependencies pointing down only:
-//! - [`cli`]: the commands (serve, join, watch, upload, snapshot, token, load, health).
+//! - [`cli`]: the commands (serve, join, watch, upload, snapshot, token, load, health;
+//!   all but serve need the default `client` feature).
 //! - [`app`]: the server assembled from one configuration, and its lifecycle.
 //! - [`web`]: the review page the server serves to browsers (embedded assets).
 //! - [`review`]: the domain — sessions, operational transformation, the registry.

@@ -7,18 +7,35 @@
 //! command ran and failed (a connection, a server's refusal, a failed check);
 //! [`EXIT_USAGE`] (2) a usage or setup error (flags, files, addresses): nothing
 //! was attempted, and running it again unchanged cannot help.
+//!
+//! `serve` is always built. The client commands (join, watch, upload,
+//! snapshot, load, token, health) and what only they use come with the
+//! `client` feature (on by default); the container's server-only binary is
+//! built without it (`scripts/dist`).
 
-pub mod connect;
-pub mod health;
-pub mod histogram;
-pub mod join;
-pub mod load;
-pub mod render;
 pub mod serve;
+
+#[cfg(feature = "client")]
+pub mod connect;
+#[cfg(feature = "client")]
+pub mod health;
+#[cfg(feature = "client")]
+pub mod histogram;
+#[cfg(feature = "client")]
+pub mod join;
+#[cfg(feature = "client")]
+pub mod load;
+#[cfg(feature = "client")]
+pub mod render;
+#[cfg(feature = "client")]
 pub mod snapshot;
+#[cfg(feature = "client")]
 pub mod tls_probe;
+#[cfg(feature = "client")]
 pub mod token;
+#[cfg(feature = "client")]
 pub mod upload;
+#[cfg(feature = "client")]
 pub mod watch;
 
 use std::time::Duration;
@@ -86,12 +103,19 @@ pub fn parse(args: &[&str]) -> Result<Cli, i32> {
 #[allow(clippy::large_enum_variant)] // parsed once at startup
 pub enum Command {
     Serve(serve::ServeArgs),
+    #[cfg(feature = "client")]
     Join(join::JoinArgs),
+    #[cfg(feature = "client")]
     Watch(watch::WatchArgs),
+    #[cfg(feature = "client")]
     Upload(upload::UploadArgs),
+    #[cfg(feature = "client")]
     Snapshot(snapshot::SnapshotArgs),
+    #[cfg(feature = "client")]
     Load(load::LoadArgs),
+    #[cfg(feature = "client")]
     Token(token::TokenArgs),
+    #[cfg(feature = "client")]
     Health(health::HealthArgs),
 }
 
@@ -113,6 +137,7 @@ pub fn run(cli: Cli) -> i32 {
         };
         match command {
             Command::Serve(args) => serve::run(args).await,
+            #[cfg(feature = "client")]
             Command::Health(args) => {
                 let options = args.client_options();
                 match health::run(args).await {
@@ -121,27 +146,33 @@ pub fn run(cli: Cli) -> i32 {
                     Err(error) => report("health", Err(tls_probe::explain(&options, error).await)),
                 }
             }
+            #[cfg(feature = "client")]
             Command::Join(args) => {
                 let options = args.client_options();
                 let result = join::run(args).await;
                 report("join", explained(&options, result).await)
             }
+            #[cfg(feature = "client")]
             Command::Watch(args) => {
                 let options = args.client_options();
                 let result = watch::run(args).await;
                 report("watch", explained(&options, result).await)
             }
+            #[cfg(feature = "client")]
             Command::Upload(args) => {
                 let options = args.client_options();
                 let result = upload::run(args).await;
                 report("upload", explained(&options, result).await)
             }
+            #[cfg(feature = "client")]
             Command::Snapshot(args) => {
                 let options = args.client_options();
                 let result = snapshot::run(args).await;
                 report("snapshot", explained(&options, result).await)
             }
+            #[cfg(feature = "client")]
             Command::Token(args) => report("token", token::run(args)),
+            #[cfg(feature = "client")]
             Command::Load(args) => match load::run(args).await {
                 Ok(true) => 0,
                 Ok(false) => EXIT_FAILURE,
@@ -156,6 +187,7 @@ pub fn run(cli: Cli) -> i32 {
 
 /// A client command's result, its failure explained when a plaintext
 /// connection met a TLS port.
+#[cfg(feature = "client")]
 async fn explained(
     options: &connect::ClientOptions,
     result: Result<(), connect::ClientError>,
@@ -167,6 +199,7 @@ async fn explained(
 }
 
 /// Prints a client command's failure as one line; returns the exit status.
+#[cfg(feature = "client")]
 fn report(command: &str, result: Result<(), connect::ClientError>) -> i32 {
     match result {
         Ok(()) => 0,

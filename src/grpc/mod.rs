@@ -9,6 +9,7 @@
 //! [`server::ResponseSink`] → [`outbound`] (capacity, coalescing) → h2.
 
 pub mod base64;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod codec;
 pub mod compression;
