@@ -28,11 +28,20 @@ use super::codec::HEADER_LEN;
 /// and every request of our client.
 pub const ACCEPT_ENCODING: &str = "gzip, identity";
 
-/// Messages below this many bytes go uncompressed even to a peer that accepts
-/// gzip: cursors, acks and single edits are tens of bytes, where gzip's 18
-/// bytes of framing and the CPU buy nothing; snapshots, uploads and replayed
-/// files are kilobytes to megabytes and shrink several times (README "Tools").
+/// Messages below this many bytes go uncompressed even by a sender that
+/// chose gzip (`--compress`): cursors, acks and single edits are tens of
+/// bytes, where gzip's 18 bytes of framing and the CPU buy nothing.
 pub const COMPRESS_THRESHOLD: usize = 1024;
+
+/// What the server compresses unasked, for a peer that accepts gzip: only
+/// messages of at least this many bytes. Live events (cursors, acks, edits,
+/// comments: a comment or a line is at most 4 KiB by default) are where a
+/// server spends its time, and compressing a 1 KiB comment costs about 40 us
+/// of CPU to save well under 1 KiB (`scripts/bench-peer`, 1 KiB comments to
+/// 50 sessions x 4: 40k msgs/s compressed, 308k not). Snapshots, uploads'
+/// replies and files replayed to late joiners are tens of kilobytes to
+/// megabytes and shrink several times (README "Tools").
+pub const RESPONSE_COMPRESS_THRESHOLD: usize = 8 * 1024;
 
 /// The deflate level of what we send. Measured on this crate's own sources
 /// (1.1 MB, `cargo test --release --lib -- --ignored --nocapture

@@ -15,7 +15,7 @@ use std::sync::{Mutex, PoisonError};
 use bytes::Bytes;
 
 use crate::grpc::codec::HEADER_LEN;
-use crate::grpc::compression::{self, COMPRESS_THRESHOLD, Encoding};
+use crate::grpc::compression::{self, Encoding, RESPONSE_COMPRESS_THRESHOLD};
 
 /// How many compressed messages are kept.
 const KEPT: usize = 16;
@@ -28,13 +28,14 @@ type Recent = VecDeque<(Encoding, Bytes, Bytes)>;
 
 static RECENT: Mutex<Recent> = Mutex::new(VecDeque::new());
 
-/// [`compression::compress_framed`], done once for bytes queued to many
-/// streams.
+/// A message as the server sends it: [`compression::compress_framed`] for
+/// one of at least [`RESPONSE_COMPRESS_THRESHOLD`] bytes (smaller ones go
+/// as they are), done once for bytes queued to many streams.
 pub fn compress_framed(framed: Bytes, encoding: Encoding) -> Bytes {
-    if encoding == Encoding::Identity
-        || framed.len() < HEADER_LEN + COMPRESS_THRESHOLD
-        || framed.len() > MAX_SHARED_LEN
-    {
+    if encoding == Encoding::Identity || framed.len() < HEADER_LEN + RESPONSE_COMPRESS_THRESHOLD {
+        return framed;
+    }
+    if framed.len() > MAX_SHARED_LEN {
         return compression::compress_framed(framed, encoding);
     }
     let same = |(kept_encoding, kept, _): &&(Encoding, Bytes, Bytes)| {
@@ -62,7 +63,7 @@ mod tests {
     use crate::grpc::codec::frame_payload;
 
     fn comment(n: usize) -> Bytes {
-        let text = format!("review note {n}: ").repeat(200);
+        let text = format!("review note {n}: ").repeat(600);
         frame_payload(text.as_bytes())
     }
 
@@ -86,7 +87,8 @@ mod tests {
             compress_framed(framed.clone(), Encoding::Identity).as_ptr(),
             framed.as_ptr()
         );
-        let small = frame_payload(b"hi");
+        // Below the response threshold: a live event, even a long comment.
+        let small = frame_payload("a long comment ".repeat(200).as_bytes());
         assert_eq!(
             compress_framed(small.clone(), Encoding::Gzip).as_ptr(),
             small.as_ptr()
