@@ -74,6 +74,11 @@ impl Comments {
         let Some(sequence) = server_id_sequence(id) else {
             return false;
         };
+        // A new comment's id names the next sequence, past every comment:
+        // answered without touching the list.
+        if self.entries.last().is_none_or(|e| e.sequence < sequence) {
+            return false;
+        }
         self.entries
             .binary_search_by_key(&sequence, |e| e.sequence)
             .is_ok_and(|at| {
