@@ -74,9 +74,13 @@ impl OutboundQueue {
                 break;
             };
             let n = front.len().min(max - out.len());
-            out.extend_from_slice(&front.split_to(n));
-            if front.is_empty() {
+            out.extend_from_slice(&front[..n]);
+            // A whole message is dropped; a part moves its start (a split
+            // would make the message's buffer shared: an allocation).
+            if n == front.len() {
                 self.pending.pop_front();
+            } else {
+                front.advance(n);
             }
         }
         self.len -= out.len();
