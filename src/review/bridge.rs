@@ -21,7 +21,6 @@
 //! the user's last edit, found by binary search.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use super::document::line_memory;
 use super::ids::Text;
@@ -255,7 +254,7 @@ impl Bridge {
                 // Cancelled: it changes nothing that follows, nor is changed.
                 break;
             }
-            if !(Arc::ptr_eq(&op.path, &applied.path) || op.path == applied.path) {
+            if !ot::same_path(&op.path, &applied.path) {
                 continue;
             }
             met.push((index, shape));

@@ -45,10 +45,15 @@ impl FileOp {
     }
 }
 
-/// Whether two operations concern the same file (a pointer comparison first:
-/// sessions intern their paths).
+/// Whether two operations concern the same file.
 pub fn same_file(a: &FileOp, b: &FileOp) -> bool {
-    Arc::ptr_eq(&a.path, &b.path) || a.path == b.path
+    same_path(&a.path, &b.path)
+}
+
+/// Whether two paths are one (a pointer comparison first: sessions intern
+/// their paths).
+pub fn same_path(a: &Text, b: &Text) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// What a transform against an operation reads of it: its kind and line,
@@ -101,16 +106,12 @@ impl LineOp {
 pub fn transform(a: &FileOp, b: &FileOp, a_wins: bool) -> FileOp {
     let mut out = a.clone();
     if same_file(a, b) {
-        transform_in_place(&mut out.op, b.op.shape(), a_wins);
+        set_shape(
+            &mut out.op,
+            transform_shape(a.op.shape(), b.op.shape(), a_wins),
+        );
     }
     out
-}
-
-/// [`transform`] on the same file, in place: `a` is rewritten to apply after
-/// an operation shaped `b`. Only a line number changes, or `a` becomes a
-/// no-op; nothing is allocated.
-pub fn transform_in_place(a: &mut LineOp, b: Shape, a_wins: bool) {
-    set_shape(a, transform_shape(a.shape(), b, a_wins));
 }
 
 /// Gives `a` the line (or the cancellation) of `shape`, a transform of its
