@@ -19,7 +19,33 @@ const COMMENT_MEMORY_OVERHEAD: usize = 256;
 
 /// The server's id for a comment posted by the event `sequence`.
 pub fn server_comment_id(sequence: u64) -> String {
-    format!("c{sequence}")
+    // By hand: `format!` costs several times as much, once per comment.
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = sequence;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut id = String::with_capacity(1 + digits.len() - start);
+    id.push('c');
+    id.extend(digits[start..].iter().map(|&d| char::from(d)));
+    id
+}
+
+/// The length of [`server_comment_id`]`(sequence)`.
+pub fn server_comment_id_len(sequence: u64) -> usize {
+    let mut digits = 1;
+    let mut rest = sequence / 10;
+    while rest != 0 {
+        digits += 1;
+        rest /= 10;
+    }
+    1 + digits
 }
 
 /// Whether `id` has the form of the server's ids (`c` and digits).
@@ -100,16 +126,11 @@ impl Comments {
     /// An entry's share of a snapshot, whatever line it moves to later (a
     /// line number takes at most 5 bytes).
     pub fn encoded_cost(entry: &CommentEntry) -> usize {
-        field_len(entry.encoded_len_bound())
+        EntrySize::of(entry).encoded_cost()
     }
 
     pub fn memory_cost(entry: &CommentEntry) -> usize {
-        let strings = entry.user_id.len()
-            + entry
-                .comment
-                .as_ref()
-                .map_or(0, |c| c.comment_id.len() + c.text.len() + c.file_path.len());
-        strings + COMMENT_MEMORY_OVERHEAD
+        EntrySize::of(entry).memory_cost()
     }
 
     /// Adds a comment whose id is not taken (the caller checked).
@@ -167,26 +188,51 @@ impl Comments {
 
 /// An upper bound of an entry's encoded length that holds whatever line its
 /// comment is moved to.
-trait EncodedLenBound {
-    fn encoded_len_bound(&self) -> usize;
+/// The lengths that decide an entry's costs: what a comment would cost can
+/// be asked before the entry is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntrySize {
+    pub user_id: usize,
+    /// The comment's id, text and file path (None: an entry without one).
+    pub comment: Option<[usize; 3]>,
+    pub sequence: u64,
 }
 
-impl EncodedLenBound for CommentEntry {
-    fn encoded_len_bound(&self) -> usize {
-        let comment = self.comment.as_ref().map_or(0, |c| {
+impl EntrySize {
+    pub fn of(entry: &CommentEntry) -> EntrySize {
+        EntrySize {
+            user_id: entry.user_id.len(),
+            comment: entry
+                .comment
+                .as_ref()
+                .map(|c| [c.comment_id.len(), c.text.len(), c.file_path.len()]),
+            sequence: entry.sequence,
+        }
+    }
+
+    /// The entry's share of a snapshot, whatever line it moves to later (a
+    /// line number takes at most 5 bytes).
+    pub fn encoded_cost(&self) -> usize {
+        let comment = self.comment.map_or(0, |texts| {
             let mut len = 0;
-            for text in [&c.comment_id, &c.text, &c.file_path] {
-                if !text.is_empty() {
-                    len += field_len(text.len());
+            for text in texts {
+                if text != 0 {
+                    len += field_len(text);
                 }
             }
             len + 1 + 5 // line_number, at its largest
         });
         let mut len = field_len(comment);
-        if !self.user_id.is_empty() {
-            len += field_len(self.user_id.len());
+        if self.user_id != 0 {
+            len += field_len(self.user_id);
         }
-        len + 1 + varint_len(self.sequence as usize) + 1 + 10 // sequence, timestamp
+        // sequence, timestamp
+        field_len(len + 1 + varint_len(self.sequence as usize) + 1 + 10)
+    }
+
+    pub fn memory_cost(&self) -> usize {
+        let strings = self.user_id + self.comment.map_or(0, |texts| texts.iter().sum());
+        strings + COMMENT_MEMORY_OVERHEAD
     }
 }
 
@@ -220,6 +266,16 @@ mod tests {
         assert!(!is_server_comment_id("c12a"));
         assert!(!is_server_comment_id("mine-1"));
         assert!(!is_server_comment_id("C12"));
+    }
+
+    #[test]
+    fn server_ids_are_c_and_the_decimal_sequence() {
+        for sequence in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            let id = server_comment_id(sequence);
+            assert_eq!(id, format!("c{sequence}"));
+            assert_eq!(server_comment_id_len(sequence), id.len());
+            assert_eq!(server_id_sequence(&id), Some(sequence));
+        }
     }
 
     #[test]

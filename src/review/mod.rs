@@ -7,6 +7,7 @@
 //! - [`dedupe`], [`rate`]: client sequence numbers, rate limits.
 //! - [`session`]: one session as a sans-IO state machine.
 //! - [`outbox`], [`history`]: per-participant queues and the replay log.
+//! - [`envelope`]: a server event encoded from borrowed parts.
 //! - [`validate`]: what a client may send (pure).
 //! - [`roles`]: roles as capabilities.
 //! - [`registry`]: the single task that owns every session.
@@ -19,6 +20,7 @@ pub mod comments;
 pub mod counters;
 pub mod dedupe;
 pub mod document;
+pub mod envelope;
 pub mod error;
 pub mod history;
 pub mod ids;

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::counters::{NoSessionObserver, SessionObserver};
 use super::error::{ErrorKind, ReviewError};
-use super::ids::{MemberId, Text};
+use super::ids::{MemberId, MemberMap, Text};
 use super::limits::Limits;
 use super::session::{Done, Effects, Input, JoinRequest, Now, Session};
 use crate::pb::store::Record;
@@ -135,7 +135,7 @@ pub fn spawn(config: RegistryConfig) -> (RegistryHandle, Startup) {
         observer: config.observer,
         sessions: HashMap::new(),
         failed: HashMap::new(),
-        members: HashMap::new(),
+        members: MemberMap::default(),
         next_member: 1,
         started: Instant::now(),
         started_unix_ms: SystemTime::now()
@@ -325,7 +325,7 @@ struct Registry {
     sessions: HashMap<Text, SessionSlot>,
     /// Sessions whose stored log is damaged: they answer DATA_LOSS.
     failed: HashMap<Text, String>,
-    members: HashMap<MemberId, MemberSlot>,
+    members: MemberMap<MemberSlot>,
     memory: MemoryBudget,
     next_member: MemberId,
     started: Instant,
@@ -513,6 +513,9 @@ impl Registry {
     /// one write, rather than one per message).
     fn answer_woken(&mut self) {
         let mut woken = std::mem::take(&mut self.woken);
+        // A member woken by several commands of the turn is answered once.
+        woken.sort_unstable();
+        woken.dedup();
         for member in woken.drain(..) {
             let Some(m) = self.members.get_mut(&member) else {
                 continue;
@@ -687,9 +690,7 @@ impl Registry {
         Self::share_effects(&mut self.shared, session_id, slot, proposals, published);
         match (&mut self.durability, records.last()) {
             // In memory: records are durable as soon as they are made.
-            (None, _) => {
-                slot.session.mark_durable(slot.session.next_index());
-            }
+            (None, _) => slot.session.mark_all_durable(),
             (Some(durability), Some(last)) => {
                 slot.since_snapshot += records.len() as u64;
                 slot.last_active = last.timestamp;
@@ -736,7 +737,7 @@ impl Registry {
     /// Carries out what a session reported, and brings the memory budget's
     /// count of the session up to date.
     fn carry_out(
-        members: &mut HashMap<MemberId, MemberSlot>,
+        members: &mut MemberMap<MemberSlot>,
         slot: &mut SessionSlot,
         fx: Effects,
         observer: &dyn SessionObserver,

@@ -193,6 +193,9 @@ impl Session {
 
     /// The record's user, created if the log has not named it before.
     fn user_for(&mut self, now: Now, name: &str, role: Role) -> Text {
+        if let Some(known) = self.roster.user_name(name) {
+            return known.clone();
+        }
         let name: Text = Arc::from(name);
         let version = self.version;
         self.roster
@@ -289,7 +292,7 @@ impl Session {
             return;
         }
         if self.roster.detach(live).is_some() {
-            fx.woken.remove(&live);
+            fx.unwake(live);
             fx.closed.push((live, error));
         }
     }

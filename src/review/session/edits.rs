@@ -2,7 +2,7 @@
 //! sender had not seen, through its Jupiter bridge built from the operation
 //! log), comments (kept anchored), cursors and uploads.
 
-use super::super::comments;
+use super::super::comments::{self, EntrySize};
 use super::super::dedupe::Outcome;
 use super::super::ot::{self, FileOp, LineOp};
 use super::super::roles::{MayComment, MayEdit, MayMoveCursor};
@@ -174,13 +174,13 @@ impl Session {
         };
         let version = self.version;
         let (line_number, content, wire_op) = match &op.op {
-            LineOp::Replace { line, text } => (*line, text.to_string(), WireOp::Replace),
-            LineOp::Insert { line, text } => (*line, text.to_string(), WireOp::Insert),
+            LineOp::Replace { line, text } => (*line, str::to_owned(text), WireOp::Replace),
+            LineOp::Insert { line, text } => (*line, str::to_owned(text), WireOp::Insert),
             LineOp::Delete { line } => (*line, String::new(), WireOp::Delete),
             LineOp::ReplaceFile { .. } | LineOp::Noop => unreachable!("edits are line operations"),
         };
         let payload = Payload::Edit(CodeEdit {
-            file_path: op.path.to_string(),
+            file_path: str::to_owned(&op.path),
             line_number: line_number as i32,
             content,
             version,
@@ -194,12 +194,18 @@ impl Session {
         let origin = Origin::Participant {
             user,
             member,
-            ack: Some(info.clone()),
+            ack: Some(&info),
         };
-        let sequence = self.broadcast(now, origin, payload, fx);
-        if client_sequence != 0 {
-            let ack = self.ack_message(now, user, &info, sequence, false, false);
-            self.remember_ack(user, client_sequence, &ack);
+        let sequence = self.broadcast(now, origin, &payload, fx);
+        self.remember_acked(user, &info, sequence);
+    }
+
+    /// Remembers that the message `info` describes was acknowledged as the
+    /// event numbered `sequence` (a resend is answered the same way).
+    fn remember_acked(&mut self, user: &Text, info: &AckInfo, sequence: u64) {
+        if info.client_sequence != 0 {
+            let ack = ack_of(info, sequence, false, false);
+            self.remember(user, info.client_sequence, Outcome::Ack(ack));
         }
     }
 
@@ -249,27 +255,27 @@ impl Session {
             text: request.text,
             file_path: request.path,
         };
-        // The id the server would give it, for the size estimate.
-        let mut sized = comment.clone();
-        if sized.comment_id.is_empty() {
-            sized.comment_id = comments::server_comment_id(self.sequence + 1);
-        }
-        let entry = CommentEntry {
-            user_id: user.to_string(),
-            comment: Some(sized),
+        // Its size as stored, with the id the server would give it.
+        let id_len = if comment.comment_id.is_empty() {
+            comments::server_comment_id_len(self.sequence + 1)
+        } else {
+            comment.comment_id.len()
+        };
+        let size = EntrySize {
+            user_id: user.len(),
+            comment: Some([id_len, comment.text.len(), comment.file_path.len()]),
             sequence: self.sequence + 1,
-            timestamp: now.unix_ms,
         };
         let room = self.room();
-        if Comments::encoded_cost(&entry) > room.encoded {
+        if size.encoded_cost() > room.encoded {
             return Err(ReviewError::exhausted(format!(
                 "the session would hold more than {} bytes of content (limit)",
                 self.limits.max_document_bytes
             )));
         }
-        self.check_memory(Comments::memory_cost(&entry))?;
+        self.check_memory(size.memory_cost())?;
         let body = Body::Comment(store::CommentAdded {
-            user_id: user.to_string(),
+            user_id: str::to_owned(user),
             client_sequence,
             comment: Some(comment),
         });
@@ -296,19 +302,20 @@ impl Session {
         let origin = Origin::Participant {
             user,
             member,
-            ack: Some(info.clone()),
+            ack: Some(&info),
         };
-        let sequence = self.broadcast(now, origin, Payload::Comment(comment.clone()), fx);
+        let payload = Payload::Comment(comment);
+        let sequence = self.broadcast(now, origin, &payload, fx);
+        let Payload::Comment(comment) = payload else {
+            unreachable!("built as a comment above")
+        };
         self.comments.push(CommentEntry {
-            user_id: user.to_string(),
+            user_id: str::to_owned(user),
             comment: Some(comment),
             sequence,
             timestamp: now.unix_ms,
         });
-        if client_sequence != 0 {
-            let ack = self.ack_message(now, user, &info, sequence, false, false);
-            self.remember_ack(user, client_sequence, &ack);
-        }
+        self.remember_acked(user, &info, sequence);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -390,7 +397,7 @@ impl Session {
             ));
         }
         let body = Body::Upload(store::Uploaded {
-            user_id: user.to_string(),
+            user_id: str::to_owned(user),
             files: files
                 .into_iter()
                 .map(|(path, lines)| store::UploadedFile {
@@ -435,10 +442,10 @@ impl Session {
             unreachable!("uploads replace files")
         };
         let payload = Payload::File(FileContent {
-            file_path: op.path.to_string(),
+            file_path: str::to_owned(&op.path),
             lines: lines.iter().map(|l| l.to_string()).collect(),
             version,
         });
-        self.broadcast(now, Origin::Server { user_id: user }, payload, fx)
+        self.broadcast(now, Origin::Server { user_id: user }, &payload, fx)
     }
 }

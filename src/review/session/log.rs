@@ -46,9 +46,9 @@ pub(super) fn edit_record(
     op: &FileOp,
 ) -> store::Edit {
     store::Edit {
-        user_id: user.to_string(),
+        user_id: str::to_owned(user),
         client_sequence,
-        file_path: op.path.to_string(),
+        file_path: str::to_owned(&op.path),
         base,
         incoming_wins,
         op: Some(line_op_to_store(&op.op)),
@@ -57,8 +57,8 @@ pub(super) fn edit_record(
 
 fn line_op_to_store(op: &LineOp) -> store::LineOp {
     let (op, line, text) = match op {
-        LineOp::Replace { line, text } => (WireOp::Replace, *line, text.to_string()),
-        LineOp::Insert { line, text } => (WireOp::Insert, *line, text.to_string()),
+        LineOp::Replace { line, text } => (WireOp::Replace, *line, str::to_owned(text)),
+        LineOp::Insert { line, text } => (WireOp::Insert, *line, str::to_owned(text)),
         LineOp::Delete { line } => (WireOp::Delete, *line, String::new()),
         LineOp::ReplaceFile { .. } | LineOp::Noop => {
             unreachable!("only line operations are stored as such")
@@ -93,7 +93,7 @@ fn logged_op_to_store(version: i32, author: Option<&Text>, op: &FileOp) -> store
     store::LoggedOp {
         version,
         author: author.map(|a| a.to_string()).unwrap_or_default(),
-        file_path: op.path.to_string(),
+        file_path: str::to_owned(&op.path),
         op: (!replaced && !op.is_noop()).then(|| line_op_to_store(&op.op)),
         file_replaced: replaced,
     }
@@ -132,6 +132,12 @@ impl Session {
     /// Records below this index are durable.
     pub fn durable_index(&self) -> u64 {
         self.durable_index
+    }
+
+    /// In memory, every record is durable as soon as it is made: the step's
+    /// [`Effects::woken`] already names every member with messages to take.
+    pub fn mark_all_durable(&mut self) {
+        self.durable_index = self.next_index;
     }
 
     /// Records below `index` are durable now. Returns the members with

@@ -87,7 +87,7 @@ impl Session {
             request.token,
         );
         if let Some(old) = self.roster.attach(request.member, member, now.at) {
-            fx.woken.remove(&old);
+            fx.unwake(old);
             fx.closed.push((
                 old,
                 ReviewError::new(
@@ -307,7 +307,7 @@ impl Session {
         let Some((_, detached)) = self.roster.detach(member) else {
             return;
         };
-        fx.woken.remove(&member);
+        fx.unwake(member);
         if let Detached::Participant {
             user,
             live_role: Some(role),
@@ -352,6 +352,6 @@ impl Session {
             member,
             ack: None,
         };
-        self.broadcast(now, origin, payload, fx)
+        self.broadcast(now, origin, &payload, fx)
     }
 }

@@ -61,6 +61,7 @@ use super::bridge::OpLog;
 use super::comments::Comments;
 use super::counters::{Counters, MessageKind};
 use super::document::{Document, Room};
+use super::envelope::Envelope;
 use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
 use super::ids::{MemberId, Text};
@@ -190,8 +191,9 @@ pub struct Published {
 /// What a step did that the registry must act on.
 #[derive(Debug)]
 pub struct Effects {
-    /// Members with new messages in their outbox.
-    pub woken: BTreeSet<MemberId>,
+    /// Members with new messages in their outbox (a member may appear more
+    /// than once: the registry answers each once per turn).
+    pub woken: Vec<MemberId>,
     /// Members ended by the session, with why.
     pub closed: Vec<(MemberId, ReviewError)>,
     /// Members whose stream ends normally (the client said LEFT).
@@ -212,7 +214,7 @@ pub struct Effects {
 impl Default for Effects {
     fn default() -> Self {
         Effects {
-            woken: BTreeSet::new(),
+            woken: Vec::new(),
             closed: Vec::new(),
             finished: Vec::new(),
             result: Ok(Done::Nothing),
@@ -220,6 +222,13 @@ impl Default for Effects {
             proposals: Vec::new(),
             published: Vec::new(),
         }
+    }
+}
+
+impl Effects {
+    /// `member` has nothing to be woken for after all (it was ended).
+    fn unwake(&mut self, member: MemberId) {
+        self.woken.retain(|&m| m != member);
     }
 }
 
@@ -258,6 +267,19 @@ pub struct UploadOutcome {
     pub sequence: u64,
 }
 
+/// The acknowledgement of the message `info` describes, as the event
+/// numbered `sequence`.
+fn ack_of(info: &AckInfo, sequence: u64, duplicate: bool, noop: bool) -> Ack {
+    Ack {
+        client_sequence: info.client_sequence,
+        sequence,
+        version: info.version,
+        duplicate,
+        noop,
+        comment_id: info.comment_id.clone(),
+    }
+}
+
 /// Where an essential event comes from.
 enum Origin<'a> {
     /// The server (an upload): everyone gets the event.
@@ -266,7 +288,7 @@ enum Origin<'a> {
     Participant {
         user: &'a Text,
         member: Option<MemberId>,
-        ack: Option<AckInfo>,
+        ack: Option<&'a AckInfo>,
     },
 }
 
@@ -313,6 +335,8 @@ pub struct Session {
     /// Each user's allowance here (not the log's: every instance limits
     /// the streams it serves).
     rates: HashMap<Text, RateLimiter>,
+    /// Scratch space of [`Session::broadcast`] (kept empty between calls).
+    recipients: Vec<MemberId>,
 }
 
 /// A summary for metrics and tests.
@@ -363,6 +387,7 @@ impl Session {
             proposals: Vec::new(),
             published: Vec::new(),
             rates: HashMap::new(),
+            recipients: Vec::new(),
         }
     }
 
@@ -649,12 +674,12 @@ impl Session {
             if self.catching_up == Some(member) {
                 m.outbox.push_catch_up(framed, version, gate);
                 self.counters.sent[kind as usize] += 1;
-                fx.woken.insert(member);
+                fx.woken.push(member);
             } else if m.outbox.push(framed, version, gate, limit).is_err() {
                 self.overflowed.push(member);
             } else {
                 self.counters.sent[kind as usize] += 1;
-                fx.woken.insert(member);
+                fx.woken.push(member);
             }
         }
     }
@@ -676,41 +701,62 @@ impl Session {
         &mut self,
         now: Now,
         origin: Origin<'_>,
-        payload: Payload,
+        payload: &Payload,
         fx: &mut Effects,
     ) -> u64 {
         self.sequence += 1;
-        let kind = MessageKind::of(Some(&payload));
+        let kind = MessageKind::of(Some(payload));
         let (user_id, author, own_member, ack) = match origin {
-            Origin::Server { user_id } => (user_id.to_owned(), None, None, None),
-            Origin::Participant { user, member, ack } => {
-                (user.to_string(), Some(user.clone()), member, ack)
-            }
+            Origin::Server { user_id } => (user_id, None, None, None),
+            Origin::Participant { user, member, ack } => (&**user, Some(user.clone()), member, ack),
         };
-        let message = self.message(now, &user_id, payload);
-        let framed = encode_message(&message);
+        let framed = self.encode_event(now, user_id, Some(payload), 0);
         self.history.push(LoggedEvent {
             sequence: self.sequence,
             version: self.version,
             author,
-            ack: ack.clone(),
+            ack: ack.cloned(),
             framed: framed.clone(),
         });
-        let recipients: Vec<MemberId> = self
-            .roster
-            .members()
-            .map(|(id, _)| id)
-            .filter(|id| Some(*id) != own_member)
-            .collect();
+        // Reused: no allocation per event for the list of recipients.
+        let mut recipients = std::mem::take(&mut self.recipients);
+        recipients.extend(
+            self.roster
+                .members()
+                .map(|(id, _)| id)
+                .filter(|id| Some(*id) != own_member),
+        );
         let version = Some(self.version);
-        for member in recipients {
+        for &member in &recipients {
             self.send_to(member, framed.clone(), kind, version, fx);
         }
+        recipients.clear();
+        self.recipients = recipients;
         if let (Some(member), Some(ack)) = (own_member, ack) {
-            let ack = self.ack_message(now, &user_id, &ack, self.sequence, false, false);
-            self.send_to(member, encode_message(&ack), MessageKind::Ack, version, fx);
+            let reply = Payload::Ack(ack_of(ack, self.sequence, false, false));
+            let framed = self.encode_event(now, user_id, Some(&reply), ack.client_sequence);
+            self.send_to(member, framed, MessageKind::Ack, version, fx);
         }
         self.sequence
+    }
+
+    /// A server event, encoded and framed from borrowed parts (see
+    /// [`Envelope`]): numbered with the current sequence.
+    fn encode_event(
+        &self,
+        now: Now,
+        user_id: &str,
+        payload: Option<&Payload>,
+        client_sequence: u64,
+    ) -> Bytes {
+        encode_message(&Envelope {
+            session_id: &self.id,
+            timestamp: now.unix_ms,
+            user_id,
+            payload,
+            sequence: self.sequence,
+            client_sequence,
+        })
     }
 
     fn ack_message(
@@ -725,14 +771,7 @@ impl Session {
         let mut message = self.message(
             now,
             user,
-            Payload::Ack(Ack {
-                client_sequence: info.client_sequence,
-                sequence,
-                version: info.version,
-                duplicate,
-                noop,
-                comment_id: info.comment_id.clone(),
-            }),
+            Payload::Ack(ack_of(info, sequence, duplicate, noop)),
         );
         message.client_sequence = info.client_sequence;
         message
@@ -749,7 +788,7 @@ impl Session {
         fx: &mut Effects,
     ) {
         let counted = MessageKind::of(Some(&payload));
-        let framed = encode_message(&self.message(now, user, payload));
+        let framed = self.encode_event(now, user, Some(&payload), 0);
         if self.shared {
             self.published.push(Published {
                 user: user.clone(),
@@ -780,7 +819,7 @@ impl Session {
                     .outbox
                     .push_ephemeral(key.clone(), framed.clone(), gate);
                 self.counters.sent[counted as usize] += 1;
-                fx.woken.insert(id);
+                fx.woken.push(id);
             }
         }
     }
@@ -824,7 +863,7 @@ impl Session {
             ));
             self.remove_member(now, member, fx);
             self.counters.slow_consumers += 1;
-            fx.woken.remove(&member);
+            fx.unwake(member);
             fx.closed.push((member, error));
         }
     }

@@ -165,6 +165,11 @@ impl Roster {
         self.users.get(name)
     }
 
+    /// The shared name of a known user (cloning it copies no bytes).
+    pub fn user_name(&self, name: &str) -> Option<&Text> {
+        self.users.get_key_value(name).map(|(name, _)| name)
+    }
+
     pub fn user_mut(&mut self, name: &str) -> Option<&mut UserState> {
         self.users.get_mut(name)
     }

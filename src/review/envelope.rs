@@ -1,0 +1,183 @@
+//! A server event's `SessionMessage`, encoded from borrowed parts: the
+//! session's and user's ids and the payload stay where they are (in the
+//! session, the log record, the comment), instead of being copied into an
+//! owned message that is dropped right after its one encoding. The bytes are
+//! exactly prost's encoding of the same `SessionMessage` (tested below).
+
+use bytes::{Buf, BufMut};
+use prost::encoding::{self, DecodeContext, WireType};
+
+use crate::pb::codereview::session_message::Payload;
+
+/// The fields of a `SessionMessage`, borrowed. Encode-only: decoding one
+/// skips every field (decode into [`crate::pb::codereview::SessionMessage`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envelope<'a> {
+    pub session_id: &'a str,
+    pub timestamp: i64,
+    pub user_id: &'a str,
+    pub payload: Option<&'a Payload>,
+    pub sequence: u64,
+    pub client_sequence: u64,
+}
+
+// The field numbers of `SessionMessage` (proto/codereview/v1).
+const SESSION_ID: u32 = 1;
+const TIMESTAMP: u32 = 2;
+const USER_ID: u32 = 3;
+const SEQUENCE: u32 = 8;
+const CLIENT_SEQUENCE: u32 = 9;
+
+fn str_len(tag: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
+    }
+}
+
+fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
+    }
+}
+
+fn varint_len(tag: u32, value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        encoding::key_len(tag) + encoding::encoded_len_varint(value)
+    }
+}
+
+fn put_varint(tag: u32, value: u64, buf: &mut impl BufMut) {
+    if value != 0 {
+        encoding::encode_key(tag, WireType::Varint, buf);
+        encoding::encode_varint(value, buf);
+    }
+}
+
+impl prost::Message for Envelope<'_> {
+    // In prost's order: fields by their lowest tag, the oneof at 4.
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        put_str(SESSION_ID, self.session_id, buf);
+        // int64 is encoded as the two's-complement u64 (as prost does).
+        put_varint(TIMESTAMP, self.timestamp as u64, buf);
+        put_str(USER_ID, self.user_id, buf);
+        if let Some(payload) = self.payload {
+            payload.encode(buf);
+        }
+        put_varint(SEQUENCE, self.sequence, buf);
+        put_varint(CLIENT_SEQUENCE, self.client_sequence, buf);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        str_len(SESSION_ID, self.session_id)
+            + varint_len(TIMESTAMP, self.timestamp as u64)
+            + str_len(USER_ID, self.user_id)
+            + self.payload.map_or(0, Payload::encoded_len)
+            + varint_len(SEQUENCE, self.sequence)
+            + varint_len(CLIENT_SEQUENCE, self.client_sequence)
+    }
+
+    fn clear(&mut self) {
+        *self = Envelope::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::codereview::{
+        Ack, CodeEdit, Comment, CursorPosition, SessionMessage, code_edit,
+    };
+    use prost::Message;
+
+    fn owned(envelope: &Envelope<'_>) -> SessionMessage {
+        SessionMessage {
+            session_id: envelope.session_id.to_owned(),
+            timestamp: envelope.timestamp,
+            user_id: envelope.user_id.to_owned(),
+            payload: envelope.payload.cloned(),
+            sequence: envelope.sequence,
+            client_sequence: envelope.client_sequence,
+        }
+    }
+
+    fn payloads() -> Vec<Option<Payload>> {
+        vec![
+            None,
+            Some(Payload::Comment(Comment {
+                comment_id: "c42".into(),
+                line_number: 7,
+                text: "looks off by one".into(),
+                file_path: "src/lib.rs".into(),
+            })),
+            Some(Payload::Comment(Comment::default())),
+            Some(Payload::Ack(Ack {
+                client_sequence: 3,
+                sequence: 300,
+                version: 12,
+                duplicate: true,
+                noop: false,
+                comment_id: "mine".into(),
+            })),
+            Some(Payload::Cursor(CursorPosition {
+                file_path: "a.rs".into(),
+                line: -1,
+                column: 80,
+            })),
+            Some(Payload::Edit(CodeEdit {
+                file_path: "a.rs".into(),
+                line_number: 2,
+                content: "x".repeat(300),
+                version: 5,
+                op: code_edit::Op::Insert as i32,
+            })),
+        ]
+    }
+
+    #[test]
+    fn an_envelope_encodes_exactly_as_its_owned_message() {
+        let long = "u".repeat(200);
+        let ids = [("", ""), ("s", "alice"), ("review-1", long.as_str())];
+        let numbers = [
+            (0, 0, 0),
+            (1_700_000_000_000, 1, 0),
+            (-5, u64::MAX, 9),
+            (i64::MIN, 128, u64::MAX),
+        ];
+        for payload in payloads() {
+            for (session_id, user_id) in ids {
+                for (timestamp, sequence, client_sequence) in numbers {
+                    let envelope = Envelope {
+                        session_id,
+                        timestamp,
+                        user_id,
+                        payload: payload.as_ref(),
+                        sequence,
+                        client_sequence,
+                    };
+                    let message = owned(&envelope);
+                    assert_eq!(envelope.encoded_len(), message.encoded_len());
+                    assert_eq!(envelope.encode_to_vec(), message.encode_to_vec());
+                    let decoded =
+                        SessionMessage::decode(&envelope.encode_to_vec()[..]).expect("decodes");
+                    assert_eq!(decoded, message);
+                }
+            }
+        }
+    }
+}
