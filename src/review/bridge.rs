@@ -147,9 +147,9 @@ pub struct Bridge {
 #[derive(Debug)]
 pub struct Transformed {
     pub op: FileOp,
-    /// The bridge entries the edit met, with the shape the edit had then.
-    met: Vec<(usize, Shape)>,
-    incoming_wins: bool,
+    /// The shapes of the first entries once the edit applies before them
+    /// (the entries past the last one the edit reached are unchanged).
+    after: Vec<Shape>,
     /// Whether any operation was transformed into the edit.
     pub was_concurrent: bool,
 }
@@ -244,37 +244,37 @@ impl Bridge {
     /// favour (last writer wins) instead of the applied operations'.
     pub fn transform(&self, mut op: FileOp, incoming_wins: bool) -> Transformed {
         // Cost: one pass over the entries (the operations concurrent with
-        // the edit, at most the transform window), none of it allocating
-        // but `met`. Inherent to OT: an edit is transformed past everything
-        // it did not see.
-        let mut met = Vec::new();
+        // the edit, at most the transform window), allocating once. Inherent
+        // to OT: an edit is transformed past everything it did not see. The
+        // same pass works out what each entry becomes once the edit applies
+        // before it, so that committing is a copy.
+        let mut after = Vec::with_capacity(self.entries.len());
         let mut shape = op.op.shape();
-        for (index, applied) in self.entries.iter().enumerate() {
+        for applied in &self.entries {
             if shape == Shape::Noop {
                 // Cancelled: it changes nothing that follows, nor is changed.
                 break;
             }
             if !ot::same_path(&op.path, &applied.path) {
+                after.push(applied.shape);
                 continue;
             }
-            met.push((index, shape));
+            after.push(ot::transform_shape(applied.shape, shape, !incoming_wins));
             shape = ot::transform_shape(shape, applied.shape, incoming_wins);
         }
         ot::set_shape(&mut op.op, shape);
         Transformed {
             op,
             was_concurrent: !self.entries.is_empty(),
-            met,
-            incoming_wins,
+            after,
         }
     }
 
     /// The edit applied (as `version`, or as a no-op when `None`): the
     /// entries it met now apply after it.
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
-        for (index, before) in transformed.met {
-            let entry = &mut self.entries[index].shape;
-            *entry = ot::transform_shape(*entry, before, !transformed.incoming_wins);
+        for (entry, shape) in self.entries.iter_mut().zip(transformed.after) {
+            entry.shape = shape;
         }
         if let Some(version) = version {
             self.synced_to = version;
