@@ -90,6 +90,20 @@ impl Counters {
     pub fn is_empty(&self) -> bool {
         *self == Counters::default()
     }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Counters) {
+        for (total, n) in self.sent.iter_mut().zip(other.sent) {
+            *total += n;
+        }
+        for (total, n) in self.received.iter_mut().zip(other.received) {
+            *total += n;
+        }
+        self.edits_transformed += other.edits_transformed;
+        self.resumes_replay += other.resumes_replay;
+        self.resumes_snapshot += other.resumes_snapshot;
+        self.slow_consumers += other.slow_consumers;
+    }
 }
 
 /// Receives session counters (the metrics implement it).

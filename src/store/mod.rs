@@ -128,13 +128,25 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
 /// Encodes WAL frames for a batch of records.
 pub fn encode_entries(out: &mut Vec<u8>, session_id: &str, records: &[Record]) {
     let key = frame::session_key(session_id);
+    let mut payload = Vec::new();
     for record in records {
-        let entry = WalEntry {
-            session_id: session_id.to_owned(),
-            record: Some(record.clone()),
-        };
-        frame::encode(out, key, &entry.encode_to_vec());
+        payload.clear();
+        encode_wal_entry(&mut payload, session_id, record);
+        frame::encode(out, key, &payload);
     }
+}
+
+/// A [`WalEntry`] of `session_id` and `record`, encoded from borrowed parts
+/// (prost's exact bytes for the owned entry, without copying the record).
+fn encode_wal_entry(buf: &mut Vec<u8>, session_id: &str, record: &Record) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    // WalEntry: string session_id = 1; Record record = 2.
+    if !session_id.is_empty() {
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(session_id.len() as u64, buf);
+        buf.extend_from_slice(session_id.as_bytes());
+    }
+    prost::encoding::message::encode(2, record, buf);
 }
 
 /// What the WAL's frames say about each session (pure: recovery and tests).
@@ -395,6 +407,37 @@ mod tests {
             session_id: id.into(),
             epoch,
         })
+    }
+
+    #[test]
+    fn a_wal_entry_is_encoded_as_prost_encodes_the_owned_entry() {
+        use crate::pb::store::{CommentAdded, record::Body as B};
+        let comment = B::Comment(CommentAdded {
+            user_id: "ann".into(),
+            client_sequence: 7,
+            comment: Some(crate::pb::codereview::Comment {
+                comment_id: "c3".into(),
+                line_number: 2,
+                text: "why?".into(),
+                file_path: "a.rs".into(),
+            }),
+        });
+        let records = [
+            record(0, created("s", 1)),
+            record(u64::MAX, comment),
+            Record::default(),
+        ];
+        for session_id in ["", "s", &"x".repeat(300)] {
+            for r in &records {
+                let mut borrowed = Vec::new();
+                encode_wal_entry(&mut borrowed, session_id, r);
+                let owned = WalEntry {
+                    session_id: session_id.to_owned(),
+                    record: Some(r.clone()),
+                };
+                assert_eq!(borrowed, owned.encode_to_vec());
+            }
+        }
     }
 
     #[test]

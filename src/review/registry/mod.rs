@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::counters::{NoSessionObserver, SessionObserver};
+use super::counters::{Counters, NoSessionObserver, SessionObserver};
 use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, MemberMap, Text};
 use super::limits::Limits;
@@ -150,6 +150,7 @@ pub fn spawn(config: RegistryConfig) -> (RegistryHandle, Startup) {
         storage_ok: config.storage_ok,
         shared: None,
         woken: Vec::new(),
+        counted: Counters::default(),
     };
     let stores = Stores {
         local: config.store,
@@ -340,6 +341,9 @@ struct Registry {
     shared: Option<replicas::Shared>,
     /// Members whose parked pull may be answered at the end of this turn.
     woken: Vec<MemberId>,
+    /// The sessions' counts this turn, reported to the observer at its end
+    /// (once per turn: the metrics' atomic adds are not paid per message).
+    counted: Counters,
 }
 
 impl Registry {
@@ -502,6 +506,7 @@ impl Registry {
                 self.handle(command);
             }
             self.answer_woken();
+            self.report_counts();
             self.flush_to_store();
             self.flush_shared();
         }
@@ -528,6 +533,14 @@ impl Registry {
             }
         }
         self.woken = woken;
+    }
+
+    /// Hands the turn's counts to the observer (the metrics).
+    fn report_counts(&mut self) {
+        if !self.counted.is_empty() {
+            self.observer.record(&self.counted);
+            self.counted = Counters::default();
+        }
     }
 
     /// The time: monotonic, and Unix time derived from it (so paused test
@@ -706,7 +719,7 @@ impl Registry {
             &mut self.members,
             slot,
             fx,
-            &*self.observer,
+            &mut self.counted,
             &mut self.memory,
             &mut self.woken,
         );
@@ -740,16 +753,13 @@ impl Registry {
         members: &mut MemberMap<MemberSlot>,
         slot: &mut SessionSlot,
         fx: Effects,
-        observer: &dyn SessionObserver,
+        counted: &mut Counters,
         memory: &mut MemoryBudget,
         woken: &mut Vec<MemberId>,
     ) {
         memory.recount(&mut slot.memory, slot.session.memory_bytes());
         let session = &mut slot.session;
-        let counters = session.take_counters();
-        if !counters.is_empty() {
-            observer.record(&counters);
-        }
+        counted.add(&session.take_counters());
         for (member, error) in fx.closed {
             if let Some(mut slot) = members.remove(&member)
                 && let Some(ending) = slot.ending.take()

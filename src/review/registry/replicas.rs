@@ -551,7 +551,7 @@ impl Registry {
             &mut self.members,
             slot,
             fx,
-            &*self.observer,
+            &mut self.counted,
             &mut self.memory,
             &mut self.woken,
         );
