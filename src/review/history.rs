@@ -13,7 +13,9 @@ use super::ids::Text;
 pub struct AckInfo {
     pub client_sequence: u64,
     pub version: i32,
-    pub comment_id: String,
+    /// A comment's id (None for other events), shared: the event's entry
+    /// in the history refers to it without a copy.
+    pub comment_id: Option<Text>,
 }
 
 #[derive(Debug, Clone)]

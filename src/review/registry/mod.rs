@@ -760,14 +760,20 @@ impl Registry {
         memory.recount(&mut slot.memory, slot.session.memory_bytes());
         let session = &mut slot.session;
         counted.add(&session.take_counters());
-        for (member, error) in fx.closed {
+        let Effects {
+            woken: fx_woken,
+            closed,
+            finished,
+            ..
+        } = fx;
+        for (member, error) in closed {
             if let Some(mut slot) = members.remove(&member)
                 && let Some(ending) = slot.ending.take()
             {
                 let _ = ending.send(Ending::Closed(error));
             }
         }
-        for member in fx.finished {
+        for member in finished {
             if let Some(mut slot) = members.remove(&member)
                 && let Some(ending) = slot.ending.take()
             {
@@ -775,7 +781,8 @@ impl Registry {
             }
         }
         // Answered at the end of the turn (see `answer_woken`).
-        woken.extend(fx.woken);
+        woken.extend_from_slice(&fx_woken);
+        session.recycle_woken(fx_woken);
     }
 
     fn stats(&self) -> RegistryStats {

@@ -163,7 +163,7 @@ impl Session {
             let info = AckInfo {
                 client_sequence,
                 version: self.version,
-                comment_id: String::new(),
+                comment_id: None,
             };
             let ack = self.ack_message(now, user, &info, 0, false, true);
             if let Some(member) = member {
@@ -189,22 +189,25 @@ impl Session {
         let info = AckInfo {
             client_sequence,
             version,
-            comment_id: String::new(),
+            comment_id: None,
         };
         let origin = Origin::Participant {
             user,
             member,
             ack: Some(&info),
         };
-        let sequence = self.broadcast(now, origin, &payload, fx);
-        self.remember_acked(user, &info, sequence);
+        let sent = self.broadcast(now, origin, &payload, fx);
+        self.remember_acked(user, &info, sent);
     }
 
     /// Remembers that the message `info` describes was acknowledged as the
-    /// event numbered `sequence` (a resend is answered the same way).
-    fn remember_acked(&mut self, user: &Text, info: &AckInfo, sequence: u64) {
+    /// event `sent` (a resend is answered the same way): the ack its author
+    /// was sent, or (no stream of the author's here) the same one made now.
+    fn remember_acked(&mut self, user: &Text, info: &AckInfo, sent: Broadcast) {
         if info.client_sequence != 0 {
-            let ack = ack_of(info, sequence, false, false);
+            let ack = sent
+                .acked
+                .unwrap_or_else(|| ack_of(info, sent.sequence, false, false));
             self.remember(user, info.client_sequence, Outcome::Ack(ack));
         }
     }
@@ -297,7 +300,7 @@ impl Session {
         let info = AckInfo {
             client_sequence,
             version: self.version,
-            comment_id: comment.comment_id.clone(),
+            comment_id: Some(Text::from(comment.comment_id.as_str())),
         };
         let origin = Origin::Participant {
             user,
@@ -305,17 +308,17 @@ impl Session {
             ack: Some(&info),
         };
         let payload = Payload::Comment(comment);
-        let sequence = self.broadcast(now, origin, &payload, fx);
+        let sent = self.broadcast(now, origin, &payload, fx);
         let Payload::Comment(comment) = payload else {
             unreachable!("built as a comment above")
         };
         self.comments.push(CommentEntry {
             user_id: str::to_owned(user),
             comment: Some(comment),
-            sequence,
+            sequence: sent.sequence,
             timestamp: now.unix_ms,
         });
-        self.remember_acked(user, &info, sequence);
+        self.remember_acked(user, &info, sent);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -349,7 +352,7 @@ impl Session {
             let info = AckInfo {
                 client_sequence,
                 version: self.version,
-                comment_id: String::new(),
+                comment_id: None,
             };
             let ack = self.ack_message(now, user, &info, 0, false, false);
             self.send_message(member, &ack, fx);
@@ -447,5 +450,6 @@ impl Session {
             version,
         });
         self.broadcast(now, Origin::Server { user_id: user }, &payload, fx)
+            .sequence
     }
 }

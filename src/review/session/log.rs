@@ -255,7 +255,11 @@ impl Session {
                     ack: e.ack.as_ref().map(|a| pb::Ack {
                         client_sequence: a.client_sequence,
                         version: a.version,
-                        comment_id: a.comment_id.clone(),
+                        comment_id: a
+                            .comment_id
+                            .as_deref()
+                            .map(str::to_owned)
+                            .unwrap_or_default(),
                         ..pb::Ack::default()
                     }),
                     framed: e.framed.clone(),
@@ -352,7 +356,8 @@ impl Session {
                 ack: event.ack.as_ref().map(|a| AckInfo {
                     client_sequence: a.client_sequence,
                     version: a.version,
-                    comment_id: a.comment_id.clone(),
+                    comment_id: (!a.comment_id.is_empty())
+                        .then(|| Text::from(a.comment_id.as_str())),
                 }),
                 framed: event.framed.clone(),
             });

@@ -254,7 +254,7 @@ impl Session {
                             let info = event.ack.clone().unwrap_or(AckInfo {
                                 client_sequence: 0,
                                 version: 0,
-                                comment_id: String::new(),
+                                comment_id: None,
                             });
                             let mut ack =
                                 self.ack_message(now, user, &info, event.sequence, false, false);
@@ -352,6 +352,6 @@ impl Session {
             member,
             ack: None,
         };
-        self.broadcast(now, origin, &payload, fx)
+        self.broadcast(now, origin, &payload, fx).sequence
     }
 }

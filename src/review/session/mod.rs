@@ -276,8 +276,19 @@ fn ack_of(info: &AckInfo, sequence: u64, duplicate: bool, noop: bool) -> Ack {
         version: info.version,
         duplicate,
         noop,
-        comment_id: info.comment_id.clone(),
+        comment_id: info
+            .comment_id
+            .as_deref()
+            .map(str::to_owned)
+            .unwrap_or_default(),
     }
+}
+
+/// An event broadcast: its number, and the acknowledgement its author's
+/// stream was sent (None when no stream of the author's is here).
+struct Broadcast {
+    sequence: u64,
+    acked: Option<Ack>,
 }
 
 /// Where an essential event comes from.
@@ -337,6 +348,9 @@ pub struct Session {
     rates: HashMap<Text, RateLimiter>,
     /// Scratch space of [`Session::broadcast`] (kept empty between calls).
     recipients: Vec<MemberId>,
+    /// A step's [`Effects::woken`] handed back ([`Session::recycle_woken`])
+    /// for the next step: no allocation per step for it.
+    spare_woken: Vec<MemberId>,
 }
 
 /// A summary for metrics and tests.
@@ -388,7 +402,14 @@ impl Session {
             published: Vec::new(),
             rates: HashMap::new(),
             recipients: Vec::new(),
+            spare_woken: Vec::new(),
         }
+    }
+
+    /// Takes back a step's [`Effects::woken`] once read, to reuse it.
+    pub fn recycle_woken(&mut self, mut woken: Vec<MemberId>) {
+        woken.clear();
+        self.spare_woken = woken;
     }
 
     /// Names this process in the stream identities the log records (unique
@@ -437,7 +458,10 @@ impl Session {
 
     /// Handles one input; the session is settled afterwards.
     pub fn step(&mut self, now: Now, input: Input) -> Effects {
-        let mut fx = Effects::default();
+        let mut fx = Effects {
+            woken: std::mem::take(&mut self.spare_woken),
+            ..Effects::default()
+        };
         match input {
             Input::Join(request) => self.join(now, request, &mut fx),
             Input::Watch {
@@ -703,7 +727,7 @@ impl Session {
         origin: Origin<'_>,
         payload: &Payload,
         fx: &mut Effects,
-    ) -> u64 {
+    ) -> Broadcast {
         self.sequence += 1;
         let kind = MessageKind::of(Some(payload));
         let (user_id, author, own_member, ack) = match origin {
@@ -732,12 +756,19 @@ impl Session {
         }
         recipients.clear();
         self.recipients = recipients;
+        let mut acked = None;
         if let (Some(member), Some(ack)) = (own_member, ack) {
             let reply = Payload::Ack(ack_of(ack, self.sequence, false, false));
             let framed = self.encode_event(now, user_id, Some(&reply), ack.client_sequence);
             self.send_to(member, framed, MessageKind::Ack, version, fx);
+            if let Payload::Ack(reply) = reply {
+                acked = Some(reply);
+            }
         }
-        self.sequence
+        Broadcast {
+            sequence: self.sequence,
+            acked,
+        }
     }
 
     /// A server event, encoded and framed from borrowed parts (see
