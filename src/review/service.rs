@@ -7,7 +7,8 @@
 //! ```text
 //!  first message ─► identity + principal checks ─► registry.join ─┐
 //!  ┌──────────────────────────────────────────────────────────────┘
-//!  └► loop: inbound message ─► validate ─► registry (capacity released after)
+//!  └► loop: inbound messages ─► validate ─► registry (those already received
+//!           together go as one command; capacity released after)
 //!           pulled batch ─► sink (one write per batch, as flow control allows)
 //!           ending signal ─► final status (slow, replaced, expired, drained)
 //!           max stream duration ─► UNAVAILABLE (reconnect and resume)
@@ -25,7 +26,7 @@ use super::principal::Principal;
 use super::registry::{Ending, Membership, RegistryHandle};
 use super::session::TokenWindow;
 use super::upload::UploadAssembly;
-use super::validate::{self, Action, JoinOptions};
+use super::validate::{self, Action, ClientMessage, JoinOptions};
 use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
 use crate::grpc::{Metadata, Status};
 use crate::log;
@@ -42,6 +43,11 @@ const HALF_CLOSE_FLUSH: Duration = Duration::from_secs(5);
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Principal, ReviewError>;
 }
+
+/// The most messages, and content bytes, a stream hands the registry in one
+/// command (those already received together; see `Service::participant`).
+const BATCH_MESSAGES: usize = 32;
+const BATCH_CONTENT_BYTES: usize = 64 * 1024;
 
 /// How much a stream takes from its outbox per write, by default.
 pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
@@ -119,6 +125,16 @@ impl Inbox {
         match self {
             Inbox::Stream(inbound) => inbound.message().await,
             Inbox::Routed(routed) => Ok(routed.recv().await),
+        }
+    }
+
+    /// The next message if it is here already (None: it would wait).
+    fn next_ready(&mut self) -> Option<Result<Option<SessionMessage>, Status>> {
+        let next = std::pin::pin!(self.next());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match next.poll(&mut cx) {
+            std::task::Poll::Ready(result) => Some(result),
+            std::task::Poll::Pending => None,
         }
     }
 
@@ -343,51 +359,94 @@ impl Service {
                         Err(sink.cancelled().await)
                     }
                 }, if sink.pending_bytes() > 0 || inbox.is_routed() => written?,
-                message = inbox.next() => {
-                    let Some(message) = message? else {
-                        // The client half-closed: it is done sending. Deliver
-                        // what is already queued for it (once the log has it),
-                        // then end with OK (it leaves when this task ends).
-                        let flushed = tokio::time::timeout(HALF_CLOSE_FLUSH, async {
-                            let rest = self.registry.take_all(member).await;
-                            // A batch the pending pull was answered with
-                            // before that came first.
-                            if let Some(mut earlier) = pull.take()
-                                && let Ok(batch) = earlier.try_recv()
-                            {
-                                for framed in batch {
-                                    sink.queue_framed(framed);
+                received = inbox.next() => {
+                    // This message and those already waiting behind it go
+                    // to the registry as one command (up to a bound).
+                    let mut received = received;
+                    let mut batch: Vec<ClientMessage> = Vec::new();
+                    let mut batch_bytes = 0;
+                    loop {
+                        let message = match received {
+                            Ok(Some(message)) => message,
+                            Err(status) => {
+                                // What came before the error first.
+                                self.registry.messages(member, batch).await?;
+                                return Err(status);
+                            }
+                            Ok(None) => {
+                                self.registry.messages(member, std::mem::take(&mut batch)).await?;
+                                // The client half-closed: it is done sending.
+                                // Deliver what is already queued for it (once
+                                // the log has it), then end with OK (it leaves
+                                // when this task ends).
+                                self.flush_after_half_close(member, pull.take(), &mut sink).await;
+                                return Ok(Metadata::new());
+                            }
+                        };
+                        trace.messages_in += 1;
+                        let client_sequence = message.client_sequence;
+                        match validate::validate(message, &identity, &limits) {
+                            Ok(validated) => match validated.action {
+                                Action::TokenRefresh(token) => {
+                                    self.registry.messages(member, std::mem::take(&mut batch)).await?;
+                                    let refreshed = self.refresh(&principal, &identity.session_id, &token);
+                                    match refreshed {
+                                        Ok(window) => self.registry.refresh_token(member, window).await?,
+                                        Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                                    }
                                 }
-                            }
-                            for framed in rest {
-                                sink.queue_framed(framed);
-                            }
-                            sink.flush().await
-                        });
-                        let _ = flushed.await;
-                        return Ok(Metadata::new());
-                    };
-                    trace.messages_in += 1;
-                    let client_sequence = message.client_sequence;
-                    match validate::validate(message, &identity, &limits) {
-                        Ok(validated) => match validated.action {
-                            Action::TokenRefresh(token) => {
-                                let refreshed = self.refresh(&principal, &identity.session_id, &token);
-                                match refreshed {
-                                    Ok(window) => self.registry.refresh_token(member, window).await?,
-                                    Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                                _ => {
+                                    batch_bytes += validated.action.content_bytes();
+                                    batch.push(validated);
                                 }
+                            },
+                            Err(error) => {
+                                self.registry.messages(member, std::mem::take(&mut batch)).await?;
+                                self.registry.reject(member, client_sequence, error).await?;
                             }
-                            _ => self.registry.message(member, validated).await?,
-                        },
-                        Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                        }
+                        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_CONTENT_BYTES {
+                            break;
+                        }
+                        match inbox.next_ready() {
+                            Some(next) => received = next,
+                            None => break,
+                        }
                     }
+                    self.registry.messages(member, batch).await?;
                 }
             }
             if pull.is_none() && sink.pending_bytes() == 0 {
                 pull = Some(self.registry.pull(member, batch_bytes).await?);
             }
         }
+    }
+
+    /// After the client half-closed: what is queued for `member` (and a
+    /// batch its pending pull was answered with) goes out, for at most
+    /// [`HALF_CLOSE_FLUSH`].
+    async fn flush_after_half_close(
+        &self,
+        member: MemberId,
+        pull: Option<tokio::sync::oneshot::Receiver<Vec<bytes::Bytes>>>,
+        sink: &mut ResponseSink<SessionMessage>,
+    ) {
+        let flushed = tokio::time::timeout(HALF_CLOSE_FLUSH, async {
+            let rest = self.registry.take_all(member).await;
+            // A batch the pending pull was answered with came first.
+            if let Some(mut earlier) = pull
+                && let Ok(batch) = earlier.try_recv()
+            {
+                for framed in batch {
+                    sink.queue_framed(framed);
+                }
+            }
+            for framed in rest {
+                sink.queue_framed(framed);
+            }
+            sink.flush().await
+        });
+        let _ = flushed.await;
     }
 
     fn refresh(

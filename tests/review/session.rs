@@ -91,6 +91,67 @@ async fn an_edit_reaches_the_others_and_its_author_gets_only_an_ack() {
     b.expect_quiet(QUIET).await;
 }
 
+/// The server hands the messages it received together to the registry as
+/// one batch: a message refused by validation in the middle of a burst is
+/// answered in its place, and the others are applied and broadcast in order.
+#[tokio::test]
+async fn a_burst_with_a_refused_message_in_it_is_answered_and_broadcast_in_order() {
+    const BURST: usize = 40;
+    const REFUSED: usize = 17;
+    let server = start(limits()).await;
+    let addr = server.addr;
+    let (mut a, _) = join(addr, "burst", "alice").await;
+    let (mut b, _) = join(addr, "burst", "bob").await;
+    a.recv_matching(|m| is_presence(m, "bob", Presence::Joined))
+        .await;
+    // One write: the server reads the burst at once.
+    let sequences: Vec<u64> = (0..BURST)
+        .map(|i| {
+            let text = if i == REFUSED {
+                String::new() // refused: a comment's text must not be empty
+            } else {
+                format!("note {i}")
+            };
+            a.queue(comment("", 0, &text))
+        })
+        .collect();
+    a.flush().await;
+
+    let mut answers = Vec::new();
+    while answers.len() < BURST {
+        let m = a.recv().await;
+        match m.payload {
+            Some(Payload::Ack(_)) => answers.push((m.client_sequence, true)),
+            Some(Payload::Error(error)) => {
+                assert_eq!(error.code, Code::InvalidArgument as i32, "{error:?}");
+                answers.push((m.client_sequence, false));
+            }
+            other => panic!("alice: unexpected {other:?}"),
+        }
+    }
+    let expected: Vec<(u64, bool)> = sequences
+        .iter()
+        .enumerate()
+        .map(|(i, &cs)| (cs, i != REFUSED))
+        .collect();
+    assert_eq!(answers, expected, "answers in the order sent");
+
+    let mut texts = Vec::new();
+    while texts.len() < BURST - 1 {
+        match b.recv().await.payload {
+            Some(Payload::Comment(c)) => texts.push(c.text),
+            other => panic!("bob: unexpected {other:?}"),
+        }
+    }
+    let sent: Vec<String> = (0..BURST)
+        .filter(|&i| i != REFUSED)
+        .map(|i| format!("note {i}"))
+        .collect();
+    assert_eq!(texts, sent, "broadcast in the order sent");
+    a.expect_quiet(QUIET).await;
+    b.expect_quiet(QUIET).await;
+}
+
 // ----- 2. ordering -----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

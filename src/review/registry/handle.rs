@@ -66,6 +66,12 @@ pub(super) enum Command {
         member: MemberId,
         message: ClientMessage,
     },
+    /// Several messages of one member that were waiting together, in order
+    /// (one command instead of one each).
+    Messages {
+        member: MemberId,
+        messages: Vec<ClientMessage>,
+    },
     Reject {
         member: MemberId,
         client_sequence: u64,
@@ -185,6 +191,23 @@ impl RegistryHandle {
         message: ClientMessage,
     ) -> Result<(), ReviewError> {
         self.send(Command::Message { member, message }).await
+    }
+
+    /// Hands the registry a member's messages, in order (a batch of one is
+    /// sent as [`RegistryHandle::message`]).
+    pub async fn messages(
+        &self,
+        member: MemberId,
+        mut messages: Vec<ClientMessage>,
+    ) -> Result<(), ReviewError> {
+        match messages.len() {
+            0 => Ok(()),
+            1 => {
+                let message = messages.pop().expect("one message");
+                self.message(member, message).await
+            }
+            _ => self.send(Command::Messages { member, messages }).await,
+        }
     }
 
     pub async fn reject(

@@ -604,6 +604,11 @@ impl Registry {
             Command::Message { member, message } => {
                 self.step_member(now, member, Input::Message { member, message });
             }
+            Command::Messages { member, messages } => {
+                for message in messages {
+                    self.step_member(now, member, Input::Message { member, message });
+                }
+            }
             Command::Reject {
                 member,
                 client_sequence,

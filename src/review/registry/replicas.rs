@@ -152,6 +152,7 @@ impl Registry {
         }
         let member = match &command {
             Command::Message { member, .. }
+            | Command::Messages { member, .. }
             | Command::Reject { member, .. }
             | Command::RefreshToken { member, .. }
             | Command::Leave { member } => *member,
