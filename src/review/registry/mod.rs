@@ -17,10 +17,10 @@
 //! deleted after `--session-retention` without participants.
 //!
 //! ```text
-//!  stream task ──Join/Message/Reject/Leave──►┐
-//!  stream task ──Pull(max bytes)────────────►│ registry ──Input──► Session::step
-//!  stream task ◄──batch of framed messages───┤          ◄─Effects─
-//!  stream task ◄──Ending (closed/finished)───┘
+//!  stream task ──Join/Message(s)/Reject/Leave──►┐
+//!  stream task ──Pull(max bytes)───────────────►│ registry ──Input──► Session::step
+//!  stream task ◄──batch of framed messages──────┤          ◄─Effects─
+//!  stream task ◄──Ending (closed/finished)──────┘
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
