@@ -404,11 +404,13 @@ pub fn redis_replies(data: &[u8]) {
     let Ok(value) = redis::parse_redis_value(data) else {
         return;
     };
-    if let (Ok(records), Value::Array(items)) = (reply::entries(&value), &value) {
+    // The reply reader takes a RESP3 set wherever it takes an array.
+    if let (Ok(records), Value::Array(items) | Value::Set(items)) = (reply::entries(&value), &value)
+    {
         assert_eq!(records.len(), items.len());
         for (record, item) in records.iter().zip(items) {
-            let Value::Array(parts) = item else {
-                panic!("an entry read from a non-array");
+            let (Value::Array(parts) | Value::Set(parts)) = item else {
+                panic!("an entry read from {item:?}");
             };
             let id = match &parts[0] {
                 Value::BulkString(id) => id.clone(),
