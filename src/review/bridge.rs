@@ -16,9 +16,13 @@
 //!   base ── bridge entries (seen? dropped) ── synced_to ── log entries ── current
 //! ```
 //!
-//! Cost: an edit walks the bridge entries after its base (those it is
-//! concurrent with; at most the transform window), and the log entries after
-//! the user's last edit, found by binary search.
+//! Entries are kept per file (a lane each): operations on different files
+//! never transform each other, so an edit walks only its file's lane.
+//!
+//! Cost: an edit walks its lane's entries after its base (those it is
+//! concurrent with; at most the transform window: O(lag), inherent to OT,
+//! bounded by the window, 8 bytes and a compare or two an entry), and the
+//! log entries after the user's last edit, found by binary search.
 
 use std::collections::VecDeque;
 
@@ -107,35 +111,51 @@ impl OpLog {
     }
 }
 
-impl Entry {
-    fn of(version: i32, op: &FileOp) -> Entry {
-        Entry {
-            version,
-            path: op.path.clone(),
-            shape: op.op.shape(),
-        }
-    }
-}
-
 /// An edit's base is older than what the bridge and log still hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooOld;
 
-/// A bridge entry: what transforms read of an operation (its file, kind and
-/// line, not its text), so walking a long bridge touches little memory.
+/// The bridge entries on one file, in version order: what transforms read
+/// of an operation (its kind and line, not its text), kept as two parallel
+/// queues so that walking a long bridge reads 8 bytes an entry and never
+/// compares a path. Operations on different files never transform each
+/// other, so an edit walks only its own file's lane.
 #[derive(Debug, Clone)]
-struct Entry {
-    version: i32,
+struct Lane {
     path: Text,
-    shape: Shape,
+    versions: VecDeque<i32>,
+    shapes: VecDeque<Shape>,
+}
+
+impl Lane {
+    fn new(path: Text) -> Lane {
+        Lane {
+            path,
+            versions: VecDeque::new(),
+            shapes: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, version: i32, shape: Shape) {
+        self.versions.push_back(version);
+        self.shapes.push_back(shape);
+    }
+
+    fn pop_front(&mut self) -> Option<i32> {
+        self.shapes.pop_front();
+        self.versions.pop_front()
+    }
 }
 
 /// One user's bridge (see the module doc).
 #[derive(Debug, Clone)]
 pub struct Bridge {
-    /// Operations transformed past the user's later edits, by version.
-    entries: VecDeque<Entry>,
-    /// Every other user's operation up to this version is in `entries` (or
+    /// Operations transformed past the user's later edits, one lane per
+    /// file (a session's edits are usually on a handful of files).
+    lanes: Vec<Lane>,
+    /// Entries in all lanes.
+    len: usize,
+    /// Every other user's operation up to this version is in a lane (or
     /// was dropped as seen).
     synced_to: i32,
     /// Bases older than this can no longer be transformed (entries trimmed).
@@ -147,8 +167,10 @@ pub struct Bridge {
 #[derive(Debug)]
 pub struct Transformed {
     pub op: FileOp,
-    /// The shapes of the first entries once the edit applies before them
-    /// (the entries past the last one the edit reached are unchanged).
+    /// The lane of the edit's file, when the bridge has one.
+    lane: Option<usize>,
+    /// The shapes of the lane's first entries once the edit applies before
+    /// them (the entries past the last one the edit reached are unchanged).
     after: Vec<Shape>,
     /// Whether any operation was transformed into the edit.
     pub was_concurrent: bool,
@@ -158,44 +180,92 @@ impl Bridge {
     /// A bridge for a user who joins at `version`.
     pub fn new(version: i32) -> Bridge {
         Bridge {
-            entries: VecDeque::new(),
+            lanes: Vec::new(),
+            len: 0,
             synced_to: version,
             floor: version,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    /// The bridge's parts (for snapshots): entries, synced_to, floor. An
-    /// entry's operation has its file, kind and line; its text is empty (a
-    /// bridge never applies what it holds, it only transforms by it).
+    /// The lane of `path`. Cost: one pointer comparison per lane (paths
+    /// in a session's log share their allocation), a string comparison
+    /// only for a lane of another allocation.
+    fn lane_of(&self, path: &Text) -> Option<usize> {
+        self.lanes
+            .iter()
+            .position(|lane| ot::same_path(&lane.path, path))
+    }
+
+    fn push(&mut self, version: i32, op: &FileOp) {
+        let index = match self.lane_of(&op.path) {
+            Some(index) => index,
+            None => {
+                self.lanes.push(Lane::new(op.path.clone()));
+                self.lanes.len() - 1
+            }
+        };
+        self.lanes[index].push(version, op.op.shape());
+        self.len += 1;
+    }
+
+    /// Drops the oldest entry of all lanes; returns its version.
+    fn pop_oldest(&mut self) -> Option<i32> {
+        let (index, _) = self
+            .lanes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, lane)| lane.versions.front().map(|v| (i, *v)))
+            .min_by_key(|(_, version)| *version)?;
+        let version = self.lanes[index].pop_front();
+        if self.lanes[index].versions.is_empty() {
+            self.lanes.swap_remove(index);
+        }
+        self.len -= 1;
+        version
+    }
+
+    /// The bridge's parts (for snapshots): entries in version order,
+    /// synced_to, floor. An entry's operation has its file, kind and line;
+    /// its text is empty (a bridge never applies what it holds, it only
+    /// transforms by it).
     pub fn parts(&self) -> (impl Iterator<Item = (i32, FileOp)> + '_, i32, i32) {
-        let entries = self.entries.iter().map(|e| {
+        let mut entries: Vec<(i32, &Text, Shape)> = self
+            .lanes
+            .iter()
+            .flat_map(|lane| {
+                lane.versions
+                    .iter()
+                    .zip(&lane.shapes)
+                    .map(|(version, shape)| (*version, &lane.path, *shape))
+            })
+            .collect();
+        entries.sort_by_key(|(version, _, _)| *version);
+        let entries = entries.into_iter().map(|(version, path, shape)| {
             let op = FileOp {
-                path: e.path.clone(),
-                op: e.shape.without_text(),
+                path: path.clone(),
+                op: shape.without_text(),
             };
-            (e.version, op)
+            (version, op)
         });
         (entries, self.synced_to, self.floor)
     }
 
     /// A bridge as a snapshot kept it.
     pub fn restore(entries: Vec<(i32, FileOp)>, synced_to: i32, floor: i32) -> Bridge {
-        Bridge {
-            entries: entries
-                .into_iter()
-                .map(|(version, op)| Entry::of(version, &op))
-                .collect(),
-            synced_to,
-            floor,
+        let mut bridge = Bridge::new(synced_to);
+        bridge.floor = floor;
+        for (version, op) in &entries {
+            bridge.push(*version, op);
         }
+        bridge
     }
 
     /// Whether an edit based on `base` can be transformed (see
@@ -221,19 +291,26 @@ impl Bridge {
         if !self.can_sync(base, current, log) {
             return Err(TooOld);
         }
-        while self.entries.front().is_some_and(|e| e.version <= base) {
-            self.entries.pop_front();
+        let mut dropped = 0;
+        for lane in &mut self.lanes {
+            while lane.versions.front().is_some_and(|v| *v <= base) {
+                lane.pop_front();
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.len -= dropped;
+            self.lanes.retain(|lane| !lane.versions.is_empty());
         }
         for logged in log.after(base.max(self.synced_to)) {
             if logged.author.as_ref() != Some(user) {
-                self.entries
-                    .push_back(Entry::of(logged.version, &logged.op));
+                self.push(logged.version, &logged.op);
             }
         }
         self.synced_to = current;
-        while self.entries.len() > window.max(1) {
-            if let Some(dropped) = self.entries.pop_front() {
-                self.floor = dropped.version;
+        while self.len > window.max(1) {
+            if let Some(version) = self.pop_oldest() {
+                self.floor = version;
             }
         }
         Ok(())
@@ -243,29 +320,32 @@ impl Bridge {
     /// the entries on its file. `incoming_wins` breaks ties in the edit's
     /// favour (last writer wins) instead of the applied operations'.
     pub fn transform(&self, mut op: FileOp, incoming_wins: bool) -> Transformed {
-        // Cost: one pass over the entries (the operations concurrent with
-        // the edit, at most the transform window), allocating once. Inherent
-        // to OT: an edit is transformed past everything it did not see. The
-        // same pass works out what each entry becomes once the edit applies
-        // before it, so that committing is a copy.
-        let mut after = Vec::with_capacity(self.entries.len());
-        let mut shape = op.op.shape();
-        for applied in &self.entries {
-            if shape == Shape::Noop {
-                // Cancelled: it changes nothing that follows, nor is changed.
-                break;
+        // Cost: one pass over the lane of the edit's file (the operations on
+        // it concurrent with the edit, at most the transform window),
+        // allocating once. Inherent to OT: an edit is transformed past
+        // everything it did not see. The same pass works out what each entry
+        // becomes once the edit applies before it, so that committing is a
+        // copy.
+        let lane = self.lane_of(&op.path);
+        let mut after = Vec::new();
+        if let Some(index) = lane {
+            let shapes = &self.lanes[index].shapes;
+            after.reserve_exact(shapes.len());
+            let (front, back) = shapes.as_slices();
+            let mut shape = op.op.shape();
+            for half in [front, back] {
+                if shape == Shape::Noop {
+                    break;
+                }
+                shape =
+                    ot::transform_through(shape, half.iter().copied(), incoming_wins, &mut after);
             }
-            if !ot::same_path(&op.path, &applied.path) {
-                after.push(applied.shape);
-                continue;
-            }
-            after.push(ot::transform_shape(applied.shape, shape, !incoming_wins));
-            shape = ot::transform_shape(shape, applied.shape, incoming_wins);
+            ot::set_shape(&mut op.op, shape);
         }
-        ot::set_shape(&mut op.op, shape);
         Transformed {
             op,
-            was_concurrent: !self.entries.is_empty(),
+            lane,
+            was_concurrent: self.len > 0,
             after,
         }
     }
@@ -273,8 +353,12 @@ impl Bridge {
     /// The edit applied (as `version`, or as a no-op when `None`): the
     /// entries it met now apply after it.
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
-        for (entry, shape) in self.entries.iter_mut().zip(transformed.after) {
-            entry.shape = shape;
+        if let Some(lane) = transformed.lane.and_then(|i| self.lanes.get_mut(i)) {
+            let after = &transformed.after[..transformed.after.len().min(lane.shapes.len())];
+            let (front, back) = lane.shapes.as_mut_slices();
+            let split = after.len().min(front.len());
+            front[..split].copy_from_slice(&after[..split]);
+            back[..after.len() - split].copy_from_slice(&after[split..]);
         }
         if let Some(version) = version {
             self.synced_to = version;
@@ -285,6 +369,7 @@ impl Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::sync::Arc;
 
     fn insert(line: u32, text: &str) -> FileOp {
@@ -332,5 +417,180 @@ mod tests {
         let mut bridge = Bridge::new(0);
         assert_eq!(bridge.sync(&ann, 0, 5, &log, 3), Err(TooOld));
         assert_eq!(bridge.sync(&ann, 2, 5, &log, 3), Ok(()));
+    }
+
+    /// The bridge as one version-ordered queue of every entry, walked whole
+    /// (the first implementation): the model the per-file lanes must match.
+    struct ModelBridge {
+        entries: VecDeque<(i32, Text, Shape)>,
+        synced_to: i32,
+        floor: i32,
+    }
+
+    impl ModelBridge {
+        fn sync(
+            &mut self,
+            user: &Text,
+            base: i32,
+            current: i32,
+            log: &OpLog,
+            window: usize,
+        ) -> bool {
+            let bridge_ok = base >= self.floor || base >= self.synced_to;
+            let log_ok = base.max(self.synced_to) + 1 >= log.oldest(current);
+            if !(bridge_ok && log_ok) {
+                return false;
+            }
+            while self.entries.front().is_some_and(|e| e.0 <= base) {
+                self.entries.pop_front();
+            }
+            for logged in log.after(base.max(self.synced_to)) {
+                if logged.author.as_ref() != Some(user) {
+                    self.entries.push_back((
+                        logged.version,
+                        logged.op.path.clone(),
+                        logged.op.op.shape(),
+                    ));
+                }
+            }
+            self.synced_to = current;
+            while self.entries.len() > window.max(1) {
+                if let Some(dropped) = self.entries.pop_front() {
+                    self.floor = dropped.0;
+                }
+            }
+            true
+        }
+
+        /// Transforms and, when `applies`, commits: the edit's new shape.
+        fn transform(
+            &mut self,
+            path: &Text,
+            mut shape: Shape,
+            incoming_wins: bool,
+            applies: bool,
+        ) -> Shape {
+            let mut after = Vec::new();
+            for (_, entry_path, applied) in &self.entries {
+                if shape == Shape::Noop {
+                    break;
+                }
+                if **entry_path != **path {
+                    after.push(*applied);
+                    continue;
+                }
+                after.push(ot::transform_shape(*applied, shape, !incoming_wins));
+                shape = ot::transform_shape(shape, *applied, incoming_wins);
+            }
+            if applies {
+                for (entry, new) in self.entries.iter_mut().zip(after) {
+                    entry.2 = new;
+                }
+            }
+            shape
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Someone else's operation lands in the log.
+        Other { file: u8, shape: Shape },
+        /// Ann edits, based `lag` versions back; the edit applies or not.
+        Ann {
+            file: u8,
+            shape: Shape,
+            lag: u8,
+            wins: bool,
+            applies: bool,
+        },
+    }
+
+    fn arb_shape() -> impl Strategy<Value = Shape> {
+        prop_oneof![
+            (0u32..6).prop_map(Shape::Insert),
+            (0u32..6).prop_map(Shape::Delete),
+            (0u32..6).prop_map(Shape::Replace),
+            Just(Shape::ReplaceFile),
+        ]
+    }
+
+    fn arb_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..3, arb_shape()).prop_map(|(file, shape)| Step::Other { file, shape }),
+            (
+                0u8..3,
+                arb_shape(),
+                0u8..12,
+                any::<bool>(),
+                prop::bool::weighted(0.9)
+            )
+                .prop_map(|(file, shape, lag, wins, applies)| Step::Ann {
+                    file,
+                    shape,
+                    lag,
+                    wins,
+                    applies
+                }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The per-file lanes transform, commit, trim and snapshot exactly as
+        /// one queue walked whole does.
+        #[test]
+        fn lanes_match_one_queue_walked_whole(steps in proptest::collection::vec(arb_step(), 1..80)) {
+            let window = 7;
+            let (ann, bob): (Text, Text) = (Arc::from("ann"), Arc::from("bob"));
+            // Paths of separate allocations: lanes compare them by content too.
+            let path = |file: u8| -> Text { Arc::from(format!("file{file}").as_str()) };
+            let mut log = OpLog::default();
+            let mut bridge = Bridge::new(0);
+            let mut model = ModelBridge { entries: VecDeque::new(), synced_to: 0, floor: 0 };
+            let mut current = 0;
+            for step in steps {
+                match step {
+                    Step::Other { file, shape } => {
+                        current += 1;
+                        let op = FileOp { path: path(file), op: shape.without_text() };
+                        log.push(current, Some(bob.clone()), op, window + 3, 1 << 20);
+                    }
+                    Step::Ann { file, shape, lag, wins, applies } => {
+                        let base = (current - i32::from(lag)).max(0);
+                        let synced = bridge.sync(&ann, base, current, &log, window).is_ok();
+                        proptest::prop_assert_eq!(synced, model.sync(&ann, base, current, &log, window));
+                        if !synced {
+                            continue;
+                        }
+                        let op = FileOp { path: path(file), op: shape.without_text() };
+                        let transformed = bridge.transform(op.clone(), wins);
+                        let expected = model.transform(&op.path, shape, wins, applies);
+                        proptest::prop_assert_eq!(transformed.op.op.shape(), expected);
+                        proptest::prop_assert_eq!(transformed.was_concurrent, !model.entries.is_empty());
+                        if applies {
+                            let applied = transformed.op.clone();
+                            let version = (!applied.is_noop()).then_some(current + 1);
+                            bridge.commit(transformed, version);
+                            if let Some(version) = version {
+                                model.synced_to = version;
+                                current = version;
+                                log.push(version, Some(ann.clone()), applied, window + 3, 1 << 20);
+                            }
+                        }
+                    }
+                }
+                let (entries, synced_to, floor) = bridge.parts();
+                let entries: Vec<(i32, String, Shape)> = entries
+                    .map(|(v, op)| (v, op.path.to_string(), op.op.shape()))
+                    .collect();
+                let expected: Vec<(i32, String, Shape)> = model
+                    .entries
+                    .iter()
+                    .map(|(v, p, s)| (*v, p.to_string(), *s))
+                    .collect();
+                proptest::prop_assert_eq!(entries, expected);
+                proptest::prop_assert_eq!((synced_to, floor), (model.synced_to, model.floor));
+                proptest::prop_assert_eq!(bridge.len(), model.entries.len());
+            }
+        }
     }
 }

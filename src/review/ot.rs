@@ -157,6 +157,124 @@ pub fn transform_shape(a: Shape, b: Shape, a_wins: bool) -> Shape {
     }
 }
 
+/// Transforms `incoming` through `applied` (operations on the same file, in
+/// the order they applied), pushing onto `after` what each of them becomes
+/// once `incoming` applies before it; returns what `incoming` becomes.
+/// `incoming_wins` decides ties in its favour. Once `incoming` is cancelled
+/// the walk stops: it changes nothing that follows, nor is changed by it.
+///
+/// The same as folding [`transform_shape`] both ways over `applied`, with
+/// the incoming kind fixed outside the loop (it never changes, only its
+/// line), so each entry costs a compare or two: this is the loop a lagging
+/// editor's every edit runs over the operations it had not seen.
+pub fn transform_through<I>(
+    incoming: Shape,
+    applied: I,
+    incoming_wins: bool,
+    after: &mut Vec<Shape>,
+) -> Shape
+where
+    I: IntoIterator<Item = Shape>,
+{
+    use Shape::*;
+    let wins = incoming_wins;
+    match incoming {
+        Noop => Noop,
+        Insert(mut q) => {
+            for a in applied {
+                match a {
+                    Insert(p) if q > p || (q == p && !wins) => {
+                        q += 1;
+                        after.push(a);
+                    }
+                    Insert(p) => after.push(Insert(p + 1)),
+                    Delete(p) if q > p => {
+                        q -= 1;
+                        after.push(a);
+                    }
+                    Delete(p) => after.push(Delete(p + 1)),
+                    Replace(p) if p >= q => after.push(Replace(p + 1)),
+                    Replace(_) | Noop => after.push(a),
+                    ReplaceFile => {
+                        after.push(a);
+                        return Noop;
+                    }
+                }
+            }
+            Insert(q)
+        }
+        Delete(mut q) => {
+            for a in applied {
+                match a {
+                    Insert(p) if q >= p => {
+                        q += 1;
+                        after.push(a);
+                    }
+                    Insert(p) => after.push(Insert(p - 1)),
+                    Delete(p) if q == p => {
+                        after.push(Noop);
+                        return Noop;
+                    }
+                    Delete(p) if q > p => {
+                        q -= 1;
+                        after.push(a);
+                    }
+                    Delete(p) => after.push(Delete(p - 1)),
+                    Replace(p) if p == q => after.push(Noop),
+                    Replace(p) if p > q => after.push(Replace(p - 1)),
+                    Replace(_) | Noop => after.push(a),
+                    ReplaceFile => {
+                        after.push(a);
+                        return Noop;
+                    }
+                }
+            }
+            Delete(q)
+        }
+        Replace(mut q) => {
+            for a in applied {
+                match a {
+                    Insert(p) if q >= p => {
+                        q += 1;
+                        after.push(a);
+                    }
+                    Delete(p) if q == p => {
+                        after.push(a);
+                        return Noop;
+                    }
+                    Delete(p) if q > p => {
+                        q -= 1;
+                        after.push(a);
+                    }
+                    Replace(p) if p == q && wins => after.push(Noop),
+                    Replace(p) if p == q => {
+                        after.push(a);
+                        return Noop;
+                    }
+                    Insert(_) | Delete(_) | Replace(_) | Noop => after.push(a),
+                    ReplaceFile => {
+                        after.push(a);
+                        return Noop;
+                    }
+                }
+            }
+            Replace(q)
+        }
+        ReplaceFile => {
+            for a in applied {
+                match a {
+                    ReplaceFile if !wins => {
+                        after.push(a);
+                        return Noop;
+                    }
+                    _ => after.push(Noop),
+                }
+            }
+            ReplaceFile
+        }
+    }
+}
+
 /// Transforms a position (a comment's or cursor's line) through an applied
 /// operation; `None` when its line was deleted or its file replaced.
 pub fn transform_line(path: &str, line: u32, applied: &FileOp) -> Option<u32> {
@@ -375,6 +493,41 @@ mod tests {
             let left = run(&b, &transform(&a, &b, a_wins));
             let right = run(&a, &transform(&b, &a, !a_wins));
             prop_assert_eq!(left, right);
+        }
+    }
+
+    fn arb_shape() -> impl Strategy<Value = Shape> {
+        prop_oneof![
+            (0u32..5).prop_map(Shape::Insert),
+            (0u32..5).prop_map(Shape::Delete),
+            (0u32..5).prop_map(Shape::Replace),
+            Just(Shape::ReplaceFile),
+            Just(Shape::Noop),
+        ]
+    }
+
+    proptest! {
+        /// The walk is the fold of transform_shape both ways, stopping once
+        /// the incoming operation is cancelled.
+        #[test]
+        fn transform_through_is_the_fold_of_transform_shape(
+            incoming in arb_shape(),
+            applied in proptest::collection::vec(arb_shape(), 0..12),
+            incoming_wins in any::<bool>(),
+        ) {
+            let mut expected_after = Vec::new();
+            let mut expected = incoming;
+            for &a in &applied {
+                if expected == Shape::Noop {
+                    break;
+                }
+                expected_after.push(transform_shape(a, expected, !incoming_wins));
+                expected = transform_shape(expected, a, incoming_wins);
+            }
+            let mut after = Vec::new();
+            let got = transform_through(incoming, applied.iter().copied(), incoming_wins, &mut after);
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(after, expected_after);
         }
     }
 }
