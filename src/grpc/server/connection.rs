@@ -93,7 +93,10 @@ pub(crate) async fn serve_connection<T>(
     let settings_seen = Arc::new(AtomicBool::new(false));
     let io = CoalescedWrites::new(PrefaceWatch::new(io, settings_seen.clone()));
     let handshake = config.h2_builder().handshake::<_, AccountedChunk>(io);
-    let mut conn = match tokio::time::timeout_at(handshake_deadline, handshake).await {
+    // Boxed: the handshake's state is freed once it is done, not kept beside
+    // the connection's for its whole life.
+    let handshake = Box::pin(tokio::time::timeout_at(handshake_deadline, handshake));
+    let mut conn = match handshake.await {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => {
             log!(

@@ -93,7 +93,11 @@ pub(crate) async fn serve_stream(
         && crate::grpc::web::h2::wants(&parts.method, &parts.headers)
     {
         let (web, tls) = (web.clone(), shared.tls_enabled());
-        crate::grpc::web::h2::serve(parts, body, respond, shared, web, connection, tls).await;
+        // Boxed: a gRPC stream's task holds none of the web path's state.
+        Box::pin(crate::grpc::web::h2::serve(
+            parts, body, respond, shared, web, connection, tls,
+        ))
+        .await;
         return;
     }
 

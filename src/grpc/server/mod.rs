@@ -378,12 +378,14 @@ async fn handle_socket(
                 .config
                 .h2_builder()
                 .handshake::<_, bytes::Bytes>(Prefixed::new(prefix, tcp));
-            let _ = timeout_at(handshake_deadline, async {
+            // Boxed: every connection's task would otherwise be as large
+            // as this rare path's HTTP/2 handshake, for its whole life.
+            let _ = Box::pin(timeout_at(handshake_deadline, async {
                 if let Ok(mut conn) = handshake.await {
                     conn.abrupt_shutdown(h2::Reason::INADEQUATE_SECURITY);
                     let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
                 }
-            })
+            }))
             .await;
         }
         (None, (Opening::Tls, _)) => {
