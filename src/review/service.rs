@@ -88,9 +88,10 @@ pub(super) struct Service {
 pub fn register(router: &mut Router, registry: RegistryHandle, config: ServiceConfig) {
     let service = Arc::new(Service { registry, config });
     let s = service.clone();
+    // The handler's future is the session's own (an async block around it
+    // would keep the request and sink a second time, for the stream's life).
     router.bidi(COLLABORATIVE_SESSION, move |request, sink| {
-        let s = s.clone();
-        async move { s.session(request, sink).await }
+        s.clone().session(request, sink)
     });
     let s = service.clone();
     router.unary(GET_SNAPSHOT, move |request| {
@@ -221,34 +222,35 @@ impl Service {
     /// A participant's stream, logged from open to close with its
     /// correlation fields.
     async fn session(
-        &self,
-        request: Request<Streaming<SessionMessage>>,
-        sink: ResponseSink<SessionMessage>,
-    ) -> Result<Metadata, Status> {
-        let started = Instant::now();
-        let (conn, stream) = (request.head().connection_id, request.head().stream_id);
-        let mut trace = StreamTrace::default();
-        let result = self.session_stream(request, sink, &mut trace).await;
-        trace.log_closed_ids(conn, stream, started, &result);
-        result
-    }
-
-    async fn session_stream(
-        &self,
+        self: Arc<Self>,
         request: Request<Streaming<SessionMessage>>,
         mut sink: ResponseSink<SessionMessage>,
-        trace: &mut StreamTrace,
     ) -> Result<Metadata, Status> {
+        let started = Instant::now();
         let (head, mut inbound) = request.into_parts();
-        let principal = self.principal(&head)?;
-        // Say at once that the stream is accepted; clients may wait for it.
-        sink.send_headers()?;
-        let Some(first) = inbound.message().await? else {
-            return Ok(Metadata::new());
+        let mut trace = StreamTrace::default();
+        // One future, no nested one: each layer of async fn would keep its
+        // own copy of the moved request parts for the stream's whole life.
+        let result = 'stream: {
+            let principal = match self.principal(&head) {
+                Ok(principal) => principal,
+                Err(status) => break 'stream Err(status.into()),
+            };
+            // Say at once that the stream is accepted; clients may wait for it.
+            if let Err(status) = sink.send_headers() {
+                break 'stream Err(status);
+            }
+            let first = match inbound.message().await {
+                Ok(Some(first)) => first,
+                Ok(None) => break 'stream Ok(Metadata::new()),
+                Err(status) => break 'stream Err(status),
+            };
+            let inbox = Inbox::Stream(inbound);
+            self.participant(&head, principal, first, inbox, sink, None, &mut trace)
+                .await
         };
-        let inbox = Inbox::Stream(inbound);
-        self.participant(&head, principal, first, inbox, sink, None, trace)
-            .await
+        trace.log_closed_ids(head.connection_id, head.stream_id, started, &result);
+        result
     }
 
     /// A participant from its first message to its end: checks, join, then

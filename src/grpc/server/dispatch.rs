@@ -113,7 +113,10 @@ pub(crate) async fn serve_stream(
         return;
     }
 
-    let route = shared.router.route(parts.uri.path());
+    // The request's headers go to the call, which drops them once it has
+    // read them: a long stream does not keep them.
+    let http::request::Parts { uri, headers, .. } = parts;
+    let route = shared.router.route(uri.path());
     let method_name = match &route {
         Route::Method(name, _) => *name,
         _ => "unknown",
@@ -126,7 +129,8 @@ pub(crate) async fn serve_stream(
         .fetch_add(1, Ordering::Relaxed);
     connection.active_streams.fetch_add(1, Ordering::Relaxed);
     let status = run_call(
-        &parts,
+        &uri,
+        headers,
         body,
         respond,
         route,
@@ -161,7 +165,8 @@ pub(crate) async fn serve_stream(
 
 #[allow(clippy::too_many_arguments)]
 async fn run_call(
-    parts: &http::request::Parts,
+    uri: &http::Uri,
+    headers: http::HeaderMap,
     body: RecvStream,
     respond: SendResponse<AccountedChunk>,
     route: Route<'_>,
@@ -176,14 +181,13 @@ async fn run_call(
         connection.outbound.clone(),
     );
     sink.set_response_encoding(Encoding::preferred_by(
-        parts
-            .headers
+        headers
             .get_all("grpc-accept-encoding")
             .iter()
             .map(HeaderValue::as_bytes),
     ));
 
-    let request_encoding = match parts.headers.get("grpc-encoding") {
+    let request_encoding = match headers.get("grpc-encoding") {
         None => Encoding::Identity,
         Some(value) => match Encoding::from_header(value.as_bytes()) {
             Some(encoding) => encoding,
@@ -200,7 +204,7 @@ async fn run_call(
         },
     };
 
-    let deadline = match parts.headers.get("grpc-timeout") {
+    let deadline = match headers.get("grpc-timeout") {
         None => None,
         Some(value) => match timeout::parse(value.as_bytes()) {
             Ok(duration) => Some(Instant::now() + duration),
@@ -226,8 +230,7 @@ async fn run_call(
             return status;
         }
         Route::Malformed => {
-            let status =
-                Status::unimplemented(format!("malformed method path {:?}", parts.uri.path()));
+            let status = Status::unimplemented(format!("malformed method path {:?}", uri.path()));
             sink.finish(&status);
             return status;
         }
@@ -235,7 +238,7 @@ async fn run_call(
 
     let mut head = RequestHead {
         method: method_name,
-        metadata: Metadata::from_headers(&parts.headers),
+        metadata: Metadata::from_headers(&headers),
         deadline,
         encoding: request_encoding,
         peer: connection.peer,
@@ -243,6 +246,7 @@ async fn run_call(
         stream_id,
         extensions: connection.extensions.clone(),
     };
+    drop(headers);
     if let Some(interceptor) = shared.router.interceptor()
         && let Err(status) = interceptor(&mut head)
     {

@@ -323,7 +323,9 @@ struct Registry {
     /// Shutting down: no new members (they reconnect elsewhere).
     draining: bool,
     observer: Arc<dyn SessionObserver>,
-    sessions: HashMap<Text, SessionSlot>,
+    /// Boxed: a slot is about 1 KiB, and a table of them inline would hold
+    /// that much again for every free bucket.
+    sessions: HashMap<Text, Box<SessionSlot>>,
     /// Sessions whose stored log is damaged: they answer DATA_LOSS.
     failed: HashMap<Text, String>,
     members: MemberMap<MemberSlot>,
@@ -459,7 +461,7 @@ impl Registry {
             {
                 durability.snapshot_wanted.insert(id.clone());
             }
-            self.sessions.insert(id.clone(), slot);
+            self.sessions.insert(id.clone(), Box::new(slot));
             self.queue_records(&id, fx.records);
             report.sessions += 1;
         }
@@ -841,7 +843,7 @@ impl Registry {
         };
         self.memory
             .recount(&mut slot.memory, slot.session.memory_bytes());
-        self.sessions.insert(session_id.clone(), slot);
+        self.sessions.insert(session_id.clone(), Box::new(slot));
         Ok(())
     }
 

@@ -393,7 +393,7 @@ impl Registry {
         slot.replica.pending = proposals;
         self.memory
             .recount(&mut slot.memory, slot.session.memory_bytes());
-        self.sessions.insert(session_id.clone(), slot);
+        self.sessions.insert(session_id.clone(), Box::new(slot));
         if let Some(shared) = self.shared.as_mut() {
             shared.follow_changed = true;
         }
