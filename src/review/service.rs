@@ -257,169 +257,174 @@ impl Service {
     /// its messages from `inbox` into the registry and its batches out to
     /// `sink` (after `greeting`, when there is one). Shared by the bidi
     /// stream and the browser's Participate call.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn participant(
+    // Not an async fn: see the comment at its async block.
+    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+    pub(super) fn participant(
         &self,
         head: &RequestHead,
         principal: Principal,
-        first: SessionMessage,
+        mut first: SessionMessage,
         mut inbox: Inbox,
         mut sink: ResponseSink<SessionMessage>,
         greeting: Option<SessionMessage>,
         trace: &mut StreamTrace,
-    ) -> Result<Metadata, Status> {
-        let limits = self.config.limits.clone();
-        let mut first = first;
-        if first.user_id.is_empty()
-            && let Some(subject) = &principal.subject
-        {
-            first.user_id = subject.clone();
-        }
-        let identity = validate::identity_of(&first, &limits)?;
-        trace.session_id = identity.session_id.clone();
-        trace.user_id = identity.user_id.clone();
-        principal.check_user(&identity.user_id)?;
-        principal.check_session(&identity.session_id)?;
-        let first = validate::validate(first, &identity, &limits)?;
-        let (options, pending) = match first.action {
-            Action::Join(options) => (options, None),
-            Action::TokenRefresh(_) => {
-                return Err(
-                    ReviewError::invalid("a stream cannot start with token_refresh").into(),
-                );
+    ) -> impl Future<Output = Result<Metadata, Status>> + Send {
+        // A plain fn around an async block: an async fn keeps each moved
+        // argument twice in its future (as given and as bound), for the
+        // stream's whole life.
+        async move {
+            let limits = self.config.limits.clone();
+            if first.user_id.is_empty()
+                && let Some(subject) = &principal.subject
+            {
+                first.user_id = subject.clone();
             }
-            _ => (
-                JoinOptions {
-                    article_client: true,
-                    ..JoinOptions::default()
-                },
-                Some(first),
-            ),
-        };
-        let Membership { member, mut ending } = self
-            .registry
-            .join(
-                Text::from(identity.session_id.as_str()),
-                Text::from(identity.user_id.as_str()),
-                principal.role,
-                options,
-                principal.token,
-            )
-            .await?;
-        let _leave = LeaveGuard {
-            registry: self.registry.clone(),
-            member,
-        };
-        log!(
-            Info,
-            "participant joined",
-            conn = head.connection_id,
-            stream = head.stream_id,
-            session_id = identity.session_id.as_str(),
-            user_id = identity.user_id.as_str(),
-            role = principal.role.name(),
-            member = member,
-        );
-        trace.messages_in = 1;
-        if let Some(greeting) = &greeting {
-            sink.queue(greeting);
-        }
-        if let Some(message) = pending {
-            self.registry.message(member, message).await?;
-        }
-        let batch_bytes = self.config.batch_bytes;
-        let mut pull = Some(self.registry.pull(member, batch_bytes).await?);
-        // Made once: a timer registered anew on every pass of the loop
-        // costs a lock on the timer wheel each time (and one to drop it).
-        let stream_deadline = self.config.max_stream_duration.map(|d| Instant::now() + d);
-        let too_long = sleep_until_opt(stream_deadline);
-        tokio::pin!(too_long);
-        loop {
-            tokio::select! {
-                biased;
-                end = &mut ending => return finish(end),
-                // Before input: a client that never stops sending must not
-                // outlive its time.
-                _ = &mut too_long => {
-                    return Err(stream_too_long().into());
+            let identity = validate::identity_of(&first, &limits)?;
+            trace.session_id = identity.session_id.clone();
+            trace.user_id = identity.user_id.clone();
+            principal.check_user(&identity.user_id)?;
+            principal.check_session(&identity.session_id)?;
+            let first = validate::validate(first, &identity, &limits)?;
+            let (options, pending) = match first.action {
+                Action::Join(options) => (options, None),
+                Action::TokenRefresh(_) => {
+                    return Err(
+                        ReviewError::invalid("a stream cannot start with token_refresh").into(),
+                    );
                 }
-                batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
-                    pull = None;
-                    if let Ok(batch) = batch {
-                        trace.messages_out += batch.len() as u64;
-                        for framed in batch {
-                            sink.queue_framed(framed);
+                _ => (
+                    JoinOptions {
+                        article_client: true,
+                        ..JoinOptions::default()
+                    },
+                    Some(first),
+                ),
+            };
+            let Membership { member, mut ending } = self
+                .registry
+                .join(
+                    Text::from(identity.session_id.as_str()),
+                    Text::from(identity.user_id.as_str()),
+                    principal.role,
+                    options,
+                    principal.token,
+                )
+                .await?;
+            let _leave = LeaveGuard {
+                registry: self.registry.clone(),
+                member,
+            };
+            log!(
+                Info,
+                "participant joined",
+                conn = head.connection_id,
+                stream = head.stream_id,
+                session_id = identity.session_id.as_str(),
+                user_id = identity.user_id.as_str(),
+                role = principal.role.name(),
+                member = member,
+            );
+            trace.messages_in = 1;
+            if let Some(greeting) = &greeting {
+                sink.queue(greeting);
+            }
+            if let Some(message) = pending {
+                self.registry.message(member, message).await?;
+            }
+            let batch_bytes = self.config.batch_bytes;
+            let mut pull = Some(self.registry.pull(member, batch_bytes).await?);
+            // Made once: a timer registered anew on every pass of the loop
+            // costs a lock on the timer wheel each time (and one to drop it).
+            let stream_deadline = self.config.max_stream_duration.map(|d| Instant::now() + d);
+            let too_long = sleep_until_opt(stream_deadline);
+            tokio::pin!(too_long);
+            loop {
+                tokio::select! {
+                    biased;
+                    end = &mut ending => return finish(end),
+                    // Before input: a client that never stops sending must not
+                    // outlive its time.
+                    _ = &mut too_long => {
+                        return Err(stream_too_long().into());
+                    }
+                    batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
+                        pull = None;
+                        if let Ok(batch) = batch {
+                            trace.messages_out += batch.len() as u64;
+                            for framed in batch {
+                                sink.queue_framed(framed);
+                            }
                         }
                     }
-                }
-                // Writing, or (a browser's Participate call, which has no
-                // inbound half to end) watching for the client to leave.
-                written = async {
-                    if sink.pending_bytes() > 0 {
-                        sink.flush().await
-                    } else {
-                        Err(sink.cancelled().await)
-                    }
-                }, if sink.pending_bytes() > 0 || inbox.is_routed() => written?,
-                received = inbox.next() => {
-                    // This message and those already waiting behind it go
-                    // to the registry as one command (up to a bound).
-                    let mut received = received;
-                    let mut batch: Vec<ClientMessage> = Vec::new();
-                    let mut batch_bytes = 0;
-                    loop {
-                        let message = match received {
-                            Ok(Some(message)) => message,
-                            Err(status) => {
-                                // What came before the error first.
-                                self.registry.messages(member, batch).await?;
-                                return Err(status);
-                            }
-                            Ok(None) => {
-                                self.registry.messages(member, std::mem::take(&mut batch)).await?;
-                                // The client half-closed: it is done sending.
-                                // Deliver what is already queued for it (once
-                                // the log has it), then end with OK (it leaves
-                                // when this task ends).
-                                self.flush_after_half_close(member, pull.take(), &mut sink).await;
-                                return Ok(Metadata::new());
-                            }
-                        };
-                        trace.messages_in += 1;
-                        let client_sequence = message.client_sequence;
-                        match validate::validate(message, &identity, &limits) {
-                            Ok(validated) => match validated.action {
-                                Action::TokenRefresh(token) => {
+                    // Writing, or (a browser's Participate call, which has no
+                    // inbound half to end) watching for the client to leave.
+                    written = async {
+                        if sink.pending_bytes() > 0 {
+                            sink.flush().await
+                        } else {
+                            Err(sink.cancelled().await)
+                        }
+                    }, if sink.pending_bytes() > 0 || inbox.is_routed() => written?,
+                    received = inbox.next() => {
+                        // This message and those already waiting behind it go
+                        // to the registry as one command (up to a bound).
+                        let mut received = received;
+                        let mut batch: Vec<ClientMessage> = Vec::new();
+                        let mut batch_bytes = 0;
+                        loop {
+                            let message = match received {
+                                Ok(Some(message)) => message,
+                                Err(status) => {
+                                    // What came before the error first.
+                                    self.registry.messages(member, batch).await?;
+                                    return Err(status);
+                                }
+                                Ok(None) => {
                                     self.registry.messages(member, std::mem::take(&mut batch)).await?;
-                                    let refreshed = self.refresh(&principal, &identity.session_id, &token);
-                                    match refreshed {
-                                        Ok(window) => self.registry.refresh_token(member, window).await?,
-                                        Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                                    // The client half-closed: it is done sending.
+                                    // Deliver what is already queued for it (once
+                                    // the log has it), then end with OK (it leaves
+                                    // when this task ends).
+                                    self.flush_after_half_close(member, pull.take(), &mut sink).await;
+                                    return Ok(Metadata::new());
+                                }
+                            };
+                            trace.messages_in += 1;
+                            let client_sequence = message.client_sequence;
+                            match validate::validate(message, &identity, &limits) {
+                                Ok(validated) => match validated.action {
+                                    Action::TokenRefresh(token) => {
+                                        self.registry.messages(member, std::mem::take(&mut batch)).await?;
+                                        let refreshed = self.refresh(&principal, &identity.session_id, &token);
+                                        match refreshed {
+                                            Ok(window) => self.registry.refresh_token(member, window).await?,
+                                            Err(error) => self.registry.reject(member, client_sequence, error).await?,
+                                        }
                                     }
+                                    _ => {
+                                        batch_bytes += validated.action.content_bytes();
+                                        batch.push(validated);
+                                    }
+                                },
+                                Err(error) => {
+                                    self.registry.messages(member, std::mem::take(&mut batch)).await?;
+                                    self.registry.reject(member, client_sequence, error).await?;
                                 }
-                                _ => {
-                                    batch_bytes += validated.action.content_bytes();
-                                    batch.push(validated);
-                                }
-                            },
-                            Err(error) => {
-                                self.registry.messages(member, std::mem::take(&mut batch)).await?;
-                                self.registry.reject(member, client_sequence, error).await?;
+                            }
+                            if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_CONTENT_BYTES {
+                                break;
+                            }
+                            match inbox.next_ready() {
+                                Some(next) => received = next,
+                                None => break,
                             }
                         }
-                        if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_CONTENT_BYTES {
-                            break;
-                        }
-                        match inbox.next_ready() {
-                            Some(next) => received = next,
-                            None => break,
-                        }
+                        self.registry.messages(member, batch).await?;
                     }
-                    self.registry.messages(member, batch).await?;
                 }
-            }
-            if pull.is_none() && sink.pending_bytes() == 0 {
-                pull = Some(self.registry.pull(member, batch_bytes).await?);
+                if pull.is_none() && sink.pending_bytes() == 0 {
+                    pull = Some(self.registry.pull(member, batch_bytes).await?);
+                }
             }
         }
     }

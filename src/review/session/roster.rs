@@ -9,7 +9,7 @@
 //! Only [`Roster::attach`] and [`Roster::detach`] change membership, so the
 //! rest of the session never has to keep two maps in step.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::super::bridge::Bridge;
@@ -123,9 +123,62 @@ fn user_capacity(limits: &Limits) -> usize {
 #[derive(Debug, Default)]
 pub(super) struct Roster {
     users: HashMap<Text, UserState>,
-    members: BTreeMap<MemberId, Member>,
+    members: Members,
     live_participants: usize,
     live_watchers: usize,
+}
+
+/// A session's live members in id order (the order everything is sent to
+/// them in). A sorted Vec, not a BTreeMap: a B-tree leaf holds room for 11
+/// members inline (about 2 KiB), which a session of two would pay for idle.
+/// Lookups are binary searches; joining or leaving moves the members after
+/// it (a session's members are bounded by its participant and watcher limits).
+#[derive(Debug, Default)]
+struct Members(Vec<(MemberId, Member)>);
+
+impl Members {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn position(&self, id: &MemberId) -> Result<usize, usize> {
+        self.0.binary_search_by(|(key, _)| key.cmp(id))
+    }
+
+    fn get(&self, id: &MemberId) -> Option<&Member> {
+        let at = self.position(id).ok()?;
+        Some(&self.0[at].1)
+    }
+
+    fn get_mut(&mut self, id: &MemberId) -> Option<&mut Member> {
+        let at = self.position(id).ok()?;
+        Some(&mut self.0[at].1)
+    }
+
+    fn insert(&mut self, id: MemberId, member: Member) {
+        match self.position(&id) {
+            Ok(at) => self.0[at].1 = member,
+            Err(at) => self.0.insert(at, (id, member)),
+        }
+    }
+
+    fn remove(&mut self, id: &MemberId) -> Option<Member> {
+        let at = self.position(id).ok()?;
+        let (_, member) = self.0.remove(at);
+        if self.0.is_empty() {
+            // Nobody left: the session keeps no room for members.
+            self.0 = Vec::new();
+        }
+        Some(member)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&MemberId, &Member)> {
+        self.0.iter().map(|(id, member)| (id, member))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&MemberId, &mut Member)> {
+        self.0.iter_mut().map(|(id, member)| (&*id, member))
+    }
 }
 
 impl Roster {
@@ -158,7 +211,7 @@ impl Roster {
     }
 
     pub fn member_ids(&self) -> Vec<MemberId> {
-        self.members.keys().copied().collect()
+        self.members.iter().map(|(id, _)| *id).collect()
     }
 
     pub fn user(&self, name: &str) -> Option<&UserState> {
@@ -336,7 +389,7 @@ impl Roster {
                     );
                 }
             }
-            for (id, member) in &self.members {
+            for (id, member) in self.members.iter() {
                 if let MemberKind::Participant(name) = &member.kind {
                     assert_eq!(self.users.get(name).and_then(|u| u.live), Some(*id));
                 }
