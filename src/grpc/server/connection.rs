@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use h2::{Ping, Reason};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::Shared;
@@ -118,16 +117,14 @@ pub(crate) async fn serve_connection<T>(
     };
     let mut awaiting_settings = true;
 
-    let (dead_tx, mut dead_peer) = oneshot::channel::<()>();
     let mut keepalive_armed = !config.keepalive_interval.is_zero();
-    let keepalive = conn.ping_pong().map(|ping_pong| {
-        tokio::spawn(keepalive(
-            ping_pong,
-            config.keepalive_interval,
-            config.keepalive_timeout,
-            dead_tx,
-        ))
-    });
+    // Polled by this loop rather than run as a task of its own: an idle
+    // connection then holds no second task, timer entry and channel.
+    let keepalive = keepalive(
+        conn.ping_pong(),
+        config.keepalive_interval,
+        config.keepalive_timeout,
+    );
 
     let idle_timeout = config.idle_timeout;
     let mut draining = false;
@@ -141,7 +138,7 @@ pub(crate) async fn serve_connection<T>(
     let shed = info.outbound.shed_requested();
     let drain = drain_signal.reached(Phase::Draining);
     let close = close_signal.reached(Phase::Closing);
-    tokio::pin!(handshake_expired, idle, shed, drain, close);
+    tokio::pin!(handshake_expired, idle, shed, drain, close, keepalive);
     loop {
         let idle_at = info.last_activity() + idle_timeout;
         if idle.deadline() != idle_at {
@@ -183,11 +180,11 @@ pub(crate) async fn serve_connection<T>(
                 close_now(&mut conn).await;
                 break;
             }
-            dead = &mut dead_peer, if keepalive_armed => {
-                // Only an explicit report means a dead peer; a dropped sender
-                // means keepalive is off or the connection is ending anyway.
-                if dead.is_err() {
-                    keepalive_armed = false;
+            dead = &mut keepalive, if keepalive_armed => {
+                keepalive_armed = false;
+                // Ended without a dead peer: keepalive is off, or the
+                // connection is ending anyway.
+                if !dead {
                     continue;
                 }
                 log!(Info, "closing connection: keepalive ping unanswered", conn = info.id);
@@ -208,9 +205,6 @@ pub(crate) async fn serve_connection<T>(
         }
     }
     info.outbound.mark_closing();
-    if let Some(task) = keepalive {
-        task.abort();
-    }
 }
 
 /// Queues GOAWAY with `reason` and writes what the socket takes right now,
@@ -242,26 +236,26 @@ where
     .await;
 }
 
-/// Pings the peer every `interval`; reports a dead peer when a PING is not
-/// answered within `ping_timeout`.
+/// Pings the peer every `interval`; ends with true (a dead peer) when a PING
+/// is not answered within `ping_timeout`, false when there is nothing to
+/// ping (keepalive off, or the connection gone).
 async fn keepalive(
-    mut ping_pong: h2::PingPong,
+    ping_pong: Option<h2::PingPong>,
     interval: Duration,
     ping_timeout: Duration,
-    dead: oneshot::Sender<()>,
-) {
+) -> bool {
+    let Some(mut ping_pong) = ping_pong else {
+        return false;
+    };
     if interval.is_zero() {
-        return;
+        return false;
     }
     loop {
         sleep(interval).await;
         match timeout(ping_timeout, ping_pong.ping(Ping::opaque())).await {
             Ok(Ok(_pong)) => continue,
-            Ok(Err(_)) => return, // the connection is gone anyway
-            Err(_) => {
-                let _ = dead.send(());
-                return;
-            }
+            Ok(Err(_)) => return false, // the connection is gone anyway
+            Err(_) => return true,
         }
     }
 }
