@@ -244,9 +244,10 @@ pub fn encode_message<M: prost::Message>(message: &M) -> Bytes {
     let len = message.encoded_len();
     let mut buf = BytesMut::with_capacity(HEADER_LEN + len);
     put_header(&mut buf, len);
-    message
-        .encode(&mut buf)
-        .expect("buffer was sized by encoded_len");
+    // The buffer was sized by `encoded_len` above: `encode_raw` writes
+    // without `encode`'s second pass over the message to check the space.
+    message.encode_raw(&mut buf);
+    debug_assert_eq!(buf.len(), HEADER_LEN + len, "encoded_len was exact");
     buf.freeze()
 }
 

@@ -32,14 +32,25 @@ pub fn session_key(session_id: &str) -> u64 {
 
 /// Appends one frame holding `payload` to `out`.
 pub fn encode(out: &mut Vec<u8>, session_key: u64, payload: &[u8]) {
+    encode_with(out, session_key, |out| out.extend_from_slice(payload));
+}
+
+/// Appends one frame whose payload `write_payload` appends to `out` in
+/// place (no copy of the payload): the header is reserved first and filled
+/// in once the payload's length and checksum are known.
+pub fn encode_with(out: &mut Vec<u8>, session_key: u64, write_payload: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&session_key.to_le_bytes());
-    out.extend_from_slice(&crc32c(payload).to_le_bytes());
-    let header_crc = crc32c(&out[start..start + 20]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    write_payload(out);
+    let payload_len = out.len() - start - HEADER_LEN;
+    let payload_crc = crc32c(&out[start + HEADER_LEN..]);
+    let header = &mut out[start..start + HEADER_LEN];
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&session_key.to_le_bytes());
+    header[16..20].copy_from_slice(&payload_crc.to_le_bytes());
+    let header_crc = crc32c(&header[..20]);
+    header[20..24].copy_from_slice(&header_crc.to_le_bytes());
 }
 
 /// A good frame found in the bytes.

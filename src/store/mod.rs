@@ -34,7 +34,7 @@ pub mod crc;
 pub mod frame;
 mod writer;
 
-pub use writer::{Event, Job, StoreHandle};
+pub use writer::{Event, Job, SessionFrames, StoreHandle};
 
 /// The largest frame recovery believes (a snapshot holds at most a session's
 /// content, history and operation log, each bounded far below this).
@@ -128,11 +128,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
 /// Encodes WAL frames for a batch of records.
 pub fn encode_entries(out: &mut Vec<u8>, session_id: &str, records: &[Record]) {
     let key = frame::session_key(session_id);
-    let mut payload = Vec::new();
     for record in records {
-        payload.clear();
-        encode_wal_entry(&mut payload, session_id, record);
-        frame::encode(out, key, &payload);
+        frame::encode_with(out, key, |out| encode_wal_entry(out, session_id, record));
     }
 }
 

@@ -34,11 +34,49 @@ pub struct SegmentInfo {
     pub sessions: HashMap<String, u64>,
 }
 
+/// One session's records, encoded as log frames by the registry as it makes
+/// them: on its own thread, while they are fresh in its cache, and freed
+/// there (this thread then only writes bytes).
+#[derive(Debug)]
+pub struct SessionFrames {
+    pub session: Text,
+    /// The records' frames, in index order.
+    pub bytes: Vec<u8>,
+    /// The index of the last record framed.
+    pub last_index: u64,
+}
+
+impl SessionFrames {
+    pub fn new(session: Text) -> Self {
+        SessionFrames {
+            session,
+            bytes: Vec::new(),
+            last_index: 0,
+        }
+    }
+
+    /// Frames records that follow those already here.
+    pub fn push(&mut self, records: &[Record]) {
+        if let Some(last) = records.last() {
+            encode_entries(&mut self.bytes, &self.session, records);
+            self.last_index = last.index;
+        }
+    }
+
+    /// Takes frames that follow these (of the same session).
+    pub fn append(&mut self, later: SessionFrames) {
+        if !later.bytes.is_empty() {
+            self.bytes.extend_from_slice(&later.bytes);
+            self.last_index = later.last_index;
+        }
+    }
+}
+
 /// What the registry asks of the store.
 #[derive(Debug)]
 pub enum Job {
     /// Make these records durable (per session, in index order).
-    Append(Vec<(Text, Vec<Record>)>),
+    Append(Vec<SessionFrames>),
     /// Store a session's snapshot (its records up to `snapshot.index` are
     /// durable already).
     Snapshot(Snapshot),
@@ -55,7 +93,7 @@ pub enum Event {
         result: Result<(), String>,
         /// Per session: records below this index are durable.
         durable: Vec<(Text, u64)>,
-        batch: Vec<(Text, Vec<Record>)>,
+        batch: Vec<SessionFrames>,
         /// Sessions whose records keep an old segment from being deleted:
         /// snapshot them.
         pinning: Vec<String>,
@@ -122,7 +160,14 @@ struct Writer {
     snapshot_index: HashMap<String, u64>,
     snapshot_bytes: HashMap<String, u64>,
     events: async_mpsc::UnboundedSender<Event>,
+    /// A batch's frames gathered for one write: kept between batches so a
+    /// batch is gathered without growing a fresh buffer (up to
+    /// [`KEPT_ENCODE_BUFFER`]; a larger one is let go after its batch).
+    encoded: Vec<u8>,
 }
+
+/// The largest gathering buffer kept between batches.
+const KEPT_ENCODE_BUFFER: usize = 4 << 20;
 
 pub(super) fn start(
     config: StoreConfig,
@@ -140,6 +185,7 @@ pub(super) fn start(
         snapshot_index: HashMap::new(),
         snapshot_bytes: HashMap::new(),
         events: events_tx,
+        encoded: Vec::new(),
     };
     for session in &recovered.sessions {
         if let Some(snapshot) = &session.snapshot {
@@ -270,25 +316,38 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, batch: Vec<(Text, Vec<Record>)>) -> Event {
-        let mut bytes = Vec::new();
-        for (session, records) in &batch {
-            encode_entries(&mut bytes, session, records);
-        }
-        match self.write_durably(&bytes) {
+    fn append(&mut self, batch: Vec<SessionFrames>) -> Event {
+        let written = match batch.as_slice() {
+            [one] => self.write_durably(&one.bytes),
+            _ => {
+                // One write for the batch: the sessions' frames together.
+                let mut bytes = std::mem::take(&mut self.encoded);
+                bytes.clear();
+                for frames in &batch {
+                    bytes.extend_from_slice(&frames.bytes);
+                }
+                let written = self.write_durably(&bytes);
+                if bytes.capacity() <= KEPT_ENCODE_BUFFER {
+                    self.encoded = bytes;
+                }
+                written
+            }
+        };
+        match written {
             Ok(()) => {
                 let mut durable = Vec::with_capacity(batch.len());
-                for (session, records) in &batch {
-                    if let Some(last) = records.last() {
-                        let segment = self.segments.last_mut().expect("written");
-                        let top = segment
-                            .info
-                            .sessions
-                            .entry(session.to_string())
-                            .or_default();
-                        *top = (*top).max(last.index);
-                        durable.push((session.clone(), last.index + 1));
+                for frames in &batch {
+                    if frames.bytes.is_empty() {
+                        continue;
                     }
+                    let segment = self.segments.last_mut().expect("written");
+                    let sessions = &mut segment.info.sessions;
+                    let top = match sessions.get_mut(&*frames.session) {
+                        Some(top) => top,
+                        None => sessions.entry(frames.session.to_string()).or_default(),
+                    };
+                    *top = (*top).max(frames.last_index);
+                    durable.push((frames.session.clone(), frames.last_index + 1));
                 }
                 if self.good_len >= self.config.segment_bytes
                     && let Err(error) = self.roll()

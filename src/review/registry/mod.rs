@@ -39,7 +39,7 @@ use super::limits::Limits;
 use super::session::{Done, Effects, Input, JoinRequest, Now, Session};
 use crate::pb::store::Record;
 use crate::shared_log::{self, Event as SharedEvent, SharedLogConfig};
-use crate::store::{self, Event as StoreEvent, Job, StoreConfig, StoreHandle};
+use crate::store::{self, Event as StoreEvent, Job, SessionFrames, StoreConfig, StoreHandle};
 
 mod budget;
 mod handle;
@@ -111,9 +111,28 @@ pub struct RecoveryReport {
 /// cannot start.
 pub type Startup = oneshot::Receiver<Result<RecoveryReport, String>>;
 
-/// A session is snapshotted after this many records (the log behind the
-/// snapshot can then be deleted).
+/// A session is snapshotted after at least this many records (the log
+/// behind the snapshot can then be deleted), and never before as many
+/// records as its last snapshot held entries (see [`snapshot_weight`]).
 const SNAPSHOT_EVERY: u64 = 4096;
+
+/// The entries a snapshot holds: lines, comments, users' remembered outcomes
+/// and bridges, operations and history events. A snapshot costs in
+/// proportion to them (it is built, encoded and written whole), so the next
+/// one waits for at least as many new records: the snapshot work then stays
+/// within a constant of the log work, however long a review grows, instead
+/// of growing with the session's size on every [`SNAPSHOT_EVERY`] records.
+/// Recovery replays at most that many records after a snapshot, in
+/// proportion to the session's size again.
+fn snapshot_weight(snapshot: &crate::pb::store::Snapshot) -> u64 {
+    let lines: usize = snapshot.files.iter().map(|f| f.lines.len()).sum();
+    let users: usize = snapshot
+        .users
+        .iter()
+        .map(|u| 1 + u.outcomes.len() + u.bridge.len())
+        .sum();
+    (lines + snapshot.comments.len() + users + snapshot.ops.len() + snapshot.history.len()) as u64
+}
 
 /// The most commands one turn of the registry handles after the one that
 /// woke it (then store events and ticks get their turn).
@@ -223,8 +242,11 @@ struct SessionSlot {
     empty_since: Option<Instant>,
     /// The session's memory as last counted in the budget.
     memory: usize,
-    /// Records made since the last snapshot (durable mode).
+    /// Records made since the last snapshot (durable and shared modes).
     since_snapshot: u64,
+    /// How many records make the next snapshot due: [`SNAPSHOT_EVERY`], or
+    /// the last snapshot's [`snapshot_weight`] when that is larger.
+    snapshot_after: u64,
     /// Unix ms of its last record (kept in snapshots).
     last_active: i64,
     /// Shared mode: its traffic with the shared log.
@@ -232,6 +254,18 @@ struct SessionSlot {
 }
 
 impl SessionSlot {
+    /// Enough records since the last snapshot for the next one.
+    fn snapshot_is_due(&self) -> bool {
+        self.since_snapshot >= self.snapshot_after
+    }
+
+    /// A snapshot was taken: the count starts again, and the next one waits
+    /// for as many records as this one holds entries.
+    fn snapshotted(&mut self, snapshot: &crate::pb::store::Snapshot) {
+        self.since_snapshot = 0;
+        self.snapshot_after = SNAPSHOT_EVERY.max(snapshot_weight(snapshot));
+    }
+
     /// Notes since when the session has had no members; whether it has none.
     fn note_emptiness(&mut self) -> bool {
         let empty = self.session.is_empty();
@@ -246,8 +280,9 @@ impl SessionSlot {
 /// The durable mode's bookkeeping.
 #[derive(Debug, Default)]
 struct Durability {
-    /// Records made and not yet sent to the store, per session, in order.
-    unwritten: Vec<(Text, Vec<Record>)>,
+    /// Records made and not yet sent to the store, per session, in order:
+    /// framed as they are queued (the records themselves are freed then).
+    unwritten: Vec<SessionFrames>,
     /// Where each session's entry in `unwritten` is (a step finds its own
     /// without a scan: the cost per message does not grow with the server).
     unwritten_at: HashMap<Text, usize>,
@@ -284,18 +319,32 @@ impl Durability {
 
     /// Adds records after what waits already (one entry per session).
     fn queue(&mut self, session_id: &Text, records: Vec<Record>) {
-        match self.unwritten_at.get(session_id) {
-            Some(&at) => self.unwritten[at].1.extend(records),
+        let at = match self.unwritten_at.get(session_id) {
+            Some(&at) => at,
+            None => {
+                let at = self.unwritten.len();
+                self.unwritten_at.insert(session_id.clone(), at);
+                self.unwritten.push(SessionFrames::new(session_id.clone()));
+                at
+            }
+        };
+        self.unwritten[at].push(&records);
+    }
+
+    /// Adds frames made earlier after what waits already.
+    fn requeue(&mut self, frames: SessionFrames) {
+        match self.unwritten_at.get(&frames.session) {
+            Some(&at) => self.unwritten[at].append(frames),
             None => {
                 self.unwritten_at
-                    .insert(session_id.clone(), self.unwritten.len());
-                self.unwritten.push((session_id.clone(), records));
+                    .insert(frames.session.clone(), self.unwritten.len());
+                self.unwritten.push(frames);
             }
         }
     }
 
     /// Takes what waits to be written (one entry per session, in order).
-    fn take_unwritten(&mut self) -> Vec<(Text, Vec<Record>)> {
+    fn take_unwritten(&mut self) -> Vec<SessionFrames> {
         self.unwritten_at.clear();
         std::mem::take(&mut self.unwritten)
     }
@@ -308,9 +357,9 @@ impl Durability {
     fn drop_unwritten(&mut self, session_id: &Text) {
         if self.unwritten_at.remove(session_id).is_some() {
             let rest = self.take_unwritten();
-            for (id, records) in rest {
-                if &id != session_id {
-                    self.queue(&id, records);
+            for frames in rest {
+                if &frames.session != session_id {
+                    self.requeue(frames);
                 }
             }
         }
@@ -451,13 +500,17 @@ impl Registry {
                 empty_since: Some(Instant::now()),
                 memory: 0,
                 since_snapshot: found.records.len() as u64,
+                snapshot_after: found
+                    .snapshot
+                    .as_ref()
+                    .map_or(SNAPSHOT_EVERY, |s| SNAPSHOT_EVERY.max(snapshot_weight(s))),
                 last_active,
                 replica: replicas::Replica::default(),
             };
             self.memory
                 .recount(&mut slot.memory, slot.session.memory_bytes());
             if let Some(durability) = self.durability.as_mut()
-                && slot.since_snapshot >= SNAPSHOT_EVERY
+                && slot.snapshot_is_due()
             {
                 durability.snapshot_wanted.insert(id.clone());
             }
@@ -714,9 +767,7 @@ impl Registry {
             (Some(durability), Some(last)) => {
                 slot.since_snapshot += records.len() as u64;
                 slot.last_active = last.timestamp;
-                if slot.since_snapshot >= SNAPSHOT_EVERY
-                    && !durability.snapshot_wanted.contains(session_id)
-                {
+                if slot.snapshot_is_due() && !durability.snapshot_wanted.contains(session_id) {
                     durability.snapshot_wanted.insert(session_id.clone());
                 }
             }
@@ -838,6 +889,7 @@ impl Registry {
             empty_since: None,
             memory: 0,
             since_snapshot: 0,
+            snapshot_after: SNAPSHOT_EVERY,
             last_active: now.unix_ms,
             replica: replicas::Replica::default(),
         };
@@ -947,8 +999,8 @@ impl Registry {
                         self.storage_ok.store(false, Ordering::Relaxed);
                         // The failed batch goes first next time, in order.
                         let later = durability.take_unwritten();
-                        for (id, records) in batch.into_iter().chain(later) {
-                            durability.queue(&id, records);
+                        for frames in batch.into_iter().chain(later) {
+                            durability.requeue(frames);
                         }
                     }
                 }
@@ -1006,8 +1058,9 @@ impl Registry {
             if durability.is_unwritten(id) || session.durable_index() < session.next_index() {
                 continue;
             }
-            store.send(Job::Snapshot(session.to_snapshot(slot.last_active)));
-            slot.since_snapshot = 0;
+            let snapshot = session.to_snapshot(slot.last_active);
+            slot.snapshotted(&snapshot);
+            store.send(Job::Snapshot(snapshot));
             done.push(id.clone());
         }
         for id in done {
@@ -1211,5 +1264,175 @@ impl Registry {
         if self.memory.is_over() {
             self.shed(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::codereview::{CommentEntry, FileContent};
+    use crate::pb::store::{HistoryEvent, LoggedOp, Outcome, Snapshot, User};
+
+    fn snapshot(lines: usize, comments: usize, outcomes: usize, history: usize) -> Snapshot {
+        Snapshot {
+            files: vec![
+                FileContent {
+                    file_path: "a.rs".into(),
+                    lines: vec![String::new(); lines / 2],
+                    version: 0,
+                },
+                FileContent {
+                    file_path: "b.rs".into(),
+                    lines: vec![String::new(); lines - lines / 2],
+                    version: 0,
+                },
+            ],
+            comments: vec![CommentEntry::default(); comments],
+            users: vec![User {
+                outcomes: vec![Outcome::default(); outcomes],
+                bridge: vec![LoggedOp::default(); 3],
+                ..User::default()
+            }],
+            ops: vec![LoggedOp::default(); 2],
+            history: vec![HistoryEvent::default(); history],
+            ..Snapshot::default()
+        }
+    }
+
+    fn comment_record(index: u64, text: &str) -> Record {
+        use crate::pb::store::{CommentAdded, record::Body};
+        Record {
+            index,
+            timestamp: 0,
+            body: Some(Body::Comment(CommentAdded {
+                comment: Some(crate::pb::codereview::Comment {
+                    text: text.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// What the frames hold, as the store's recovery reads them back.
+    fn read_back(frames: &[SessionFrames]) -> Vec<(String, Vec<u64>)> {
+        let mut contents = store::WalContents::default();
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.bytes.clone()).collect();
+        let (good, _) = contents.add_segment(&bytes, &mut []);
+        assert_eq!(good, bytes.len(), "every frame reads back");
+        let mut order: Vec<(String, Vec<u64>)> = Vec::new();
+        for frames in frames {
+            let indexes = contents.records[&*frames.session]
+                .iter()
+                .map(|r| r.index)
+                .collect();
+            order.push((frames.session.to_string(), indexes));
+        }
+        order
+    }
+
+    #[test]
+    fn a_failed_batch_goes_again_before_what_was_queued_after_it() {
+        let (s, t, u) = (Text::from("s"), Text::from("t"), Text::from("u"));
+        let mut durability = Durability::default();
+        durability.queue(&s, vec![comment_record(1, "a"), comment_record(2, "b")]);
+        durability.queue(&t, vec![comment_record(1, "c")]);
+        durability.queue(&s, vec![comment_record(3, "d")]);
+        let failed = durability.take_unwritten();
+        assert_eq!(
+            failed
+                .iter()
+                .map(|f| (f.session.to_string(), f.last_index))
+                .collect::<Vec<_>>(),
+            [("s".to_string(), 3), ("t".to_string(), 1)]
+        );
+        // While the batch was in flight:
+        durability.queue(&u, vec![comment_record(1, "e")]);
+        durability.queue(&s, vec![comment_record(4, "f")]);
+        // It failed: it goes first, then the later records, each session's in order.
+        let later = durability.take_unwritten();
+        for frames in failed.into_iter().chain(later) {
+            durability.requeue(frames);
+        }
+        assert!(durability.is_unwritten(&s) && durability.is_unwritten(&u));
+        let again = durability.take_unwritten();
+        assert_eq!(
+            again
+                .iter()
+                .map(|f| (f.session.to_string(), f.last_index))
+                .collect::<Vec<_>>(),
+            [
+                ("s".to_string(), 4),
+                ("t".to_string(), 1),
+                ("u".to_string(), 1)
+            ]
+        );
+        assert_eq!(
+            read_back(&again),
+            [
+                ("s".to_string(), vec![1, 2, 3, 4]),
+                ("t".to_string(), vec![1]),
+                ("u".to_string(), vec![1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_session_leaves_nothing_unwritten_and_the_others_in_order() {
+        let (s, t, u) = (Text::from("s"), Text::from("t"), Text::from("u"));
+        let mut durability = Durability::default();
+        durability.queue(&s, vec![comment_record(1, "a")]);
+        durability.queue(&t, vec![comment_record(1, "b")]);
+        durability.queue(&u, vec![comment_record(1, "c")]);
+        durability.queue(&u, vec![comment_record(2, "d")]);
+        durability.drop_unwritten(&t);
+        assert!(!durability.is_unwritten(&t));
+        // Later records of a session still join its entry.
+        durability.queue(&s, vec![comment_record(2, "e")]);
+        let left = durability.take_unwritten();
+        assert_eq!(
+            read_back(&left),
+            [("s".to_string(), vec![1, 2]), ("u".to_string(), vec![1, 2])]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_weighs_every_entry_it_holds() {
+        // lines + comments + (the user, its outcomes and bridge) + ops + history
+        assert_eq!(
+            snapshot_weight(&snapshot(7, 5, 4, 11)),
+            7 + 5 + (1 + 4 + 3) + 2 + 11
+        );
+        assert_eq!(snapshot_weight(&Snapshot::default()), 0);
+    }
+
+    #[test]
+    fn the_next_snapshot_waits_for_as_many_records_as_the_last_one_held() {
+        let mut slot = SessionSlot {
+            session: Session::new(Text::from("s"), 1, Arc::new(Limits::default())),
+            empty_since: None,
+            memory: 0,
+            since_snapshot: 0,
+            snapshot_after: SNAPSHOT_EVERY,
+            last_active: 0,
+            replica: replicas::Replica::default(),
+        };
+        slot.since_snapshot = SNAPSHOT_EVERY - 1;
+        assert!(!slot.snapshot_is_due());
+        slot.since_snapshot = SNAPSHOT_EVERY;
+        assert!(slot.snapshot_is_due());
+        // A small session: every SNAPSHOT_EVERY records still.
+        slot.snapshotted(&snapshot(10, 10, 0, 10));
+        assert_eq!(slot.since_snapshot, 0);
+        slot.since_snapshot = SNAPSHOT_EVERY;
+        assert!(slot.snapshot_is_due());
+        // A long review: 20,000 comments wait for 20,000 + records.
+        let long = snapshot(100, 20_000, 0, 1000);
+        let weight = snapshot_weight(&long);
+        slot.snapshotted(&long);
+        slot.since_snapshot = weight - 1;
+        assert!(!slot.snapshot_is_due());
+        slot.since_snapshot = weight;
+        assert!(slot.snapshot_is_due());
     }
 }

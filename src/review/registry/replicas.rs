@@ -387,6 +387,7 @@ impl Registry {
             empty_since: Some(Instant::now()),
             memory: 0,
             since_snapshot: 0,
+            snapshot_after: SNAPSHOT_EVERY,
             last_active: now.unix_ms,
             replica: Replica::default(),
         };
@@ -683,11 +684,11 @@ impl Registry {
             }
         }
         for (id, slot) in &mut self.sessions {
-            if slot.since_snapshot < SNAPSHOT_EVERY || !slot.replica.is_idle() {
+            if !slot.snapshot_is_due() || !slot.replica.is_idle() {
                 continue;
             }
-            slot.since_snapshot = 0;
             let snapshot = slot.session.to_snapshot(slot.last_active);
+            slot.snapshotted(&snapshot);
             let _ = shared.jobs.send(Job::Snapshot {
                 session: id.clone(),
                 next: slot.session.next_index(),
