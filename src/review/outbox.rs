@@ -16,6 +16,10 @@ use bytes::Bytes;
 
 use super::ids::Text;
 
+/// Bytes of the smallest framed event worth counting on when [`Outbox::take`]
+/// makes room for a batch (a smaller one only grows the batch's list).
+const SMALLEST_MESSAGE: usize = 32;
+
 /// What an ephemeral message is about; one per key may wait.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EphemeralKey {
@@ -152,7 +156,10 @@ impl Outbox {
     /// Takes messages in order, up to `max_bytes` (at least one message when
     /// any may go), stopping at the first whose gate is beyond `durable`.
     pub fn take(&mut self, max_bytes: usize, durable: u64) -> Vec<Bytes> {
-        let mut out = Vec::new();
+        // Room for what is queued, up to as many of the smallest messages as
+        // `max_bytes` holds: not grown (and copied) message by message.
+        let room = self.queue.len().min(max_bytes / SMALLEST_MESSAGE + 1);
+        let mut out = Vec::with_capacity(room);
         let mut taken = 0;
         while let Some(queued) = self.queue.front() {
             if self.is_stale(queued) {
