@@ -660,9 +660,11 @@ impl Registry {
                 self.step_member(now, member, Input::Message { member, message });
             }
             Command::Messages { member, messages } => {
-                for message in messages {
-                    self.step_member(now, member, Input::Message { member, message });
-                }
+                // One step for the batch: one session lookup, one settling
+                // and one accounting of its effects (the memory room is the
+                // one before the batch: it may go past it by at most the
+                // batch's content, see service::BATCH_CONTENT_BYTES).
+                self.step_member(now, member, Input::Messages { member, messages });
             }
             Command::Reject {
                 member,

@@ -110,6 +110,14 @@ pub enum Input {
         member: MemberId,
         message: ClientMessage,
     },
+    /// Validated messages from a participant that arrived together, handled
+    /// in order in one step (the session is settled once, after the last:
+    /// a member that falls behind meanwhile is ended then, its outbox past
+    /// its bound by at most what the batch sent it).
+    Messages {
+        member: MemberId,
+        messages: Vec<ClientMessage>,
+    },
     /// A message the stream could not validate: answered in order with the
     /// member's other replies.
     Reject {
@@ -474,6 +482,11 @@ impl Session {
                     .map(|()| Done::Nothing)
             }
             Input::Message { member, message } => self.handle(now, member, message, &mut fx),
+            Input::Messages { member, messages } => {
+                for message in messages {
+                    self.handle(now, member, message, &mut fx);
+                }
+            }
             Input::Reject {
                 member,
                 client_sequence,

@@ -1497,3 +1497,148 @@ proptest! {
         }
     }
 }
+
+/// Messages that arrived together are one step (`Input::Messages`): every
+/// member hears exactly what it would have heard had they been stepped one
+/// by one, refusals in their place, and the log is the same.
+#[test]
+fn a_batch_of_messages_is_answered_as_its_messages_one_by_one() {
+    let insert = |line: u32, base: i32| {
+        edit(
+            "a.rs",
+            LineOp::Insert {
+                line,
+                text: text("let x = 1;"),
+            },
+            base,
+        )
+    };
+    let batch = || {
+        vec![
+            (1, insert(0, 0)),
+            (2, comment_on("a.rs", 0, "")),
+            // Past the end of the file: refused, in its place.
+            (3, insert(9, 1)),
+            (
+                0,
+                Action::Cursor(CursorRequest {
+                    path: "a.rs".into(),
+                    line: 0,
+                    column: 3,
+                }),
+            ),
+            (4, insert(1, 1)),
+            // A resend of the first: acknowledged again, not applied.
+            (1, insert(0, 0)),
+        ]
+    };
+    let run = |together: bool| {
+        let mut h = Harness::new(limits());
+        let ann = h.join("ann");
+        let bob = h.join("bob");
+        h.drain(ann);
+        h.drain(bob);
+        let before = h.log.len();
+        if together {
+            let messages = batch()
+                .into_iter()
+                .map(|(client_sequence, action)| ClientMessage {
+                    client_sequence,
+                    action,
+                })
+                .collect();
+            h.step(Input::Messages {
+                member: ann,
+                messages,
+            });
+        } else {
+            for (client_sequence, action) in batch() {
+                h.send(ann, client_sequence, action);
+            }
+        }
+        let log: Vec<Record> = h.log[before..].to_vec();
+        h.assert_log_rebuilds_the_state();
+        (h.drain(ann), h.drain(bob), log)
+    };
+    let (ann_one_by_one, bob_one_by_one, log_one_by_one) = run(false);
+    let (ann_together, bob_together, log_together) = run(true);
+    assert_eq!(ann_together, ann_one_by_one);
+    assert_eq!(bob_together, bob_one_by_one);
+    assert_eq!(log_together, log_one_by_one);
+    // What the batch was: two edits, a comment and a cursor for bob; for
+    // ann, acks, a refusal and a duplicate's ack.
+    assert_eq!(
+        payloads(&bob_together)
+            .iter()
+            .filter(|p| matches!(
+                p,
+                Payload::Edit(_) | Payload::Comment(_) | Payload::Cursor(_)
+            ))
+            .count(),
+        4
+    );
+    assert!(
+        payloads(&ann_together)
+            .iter()
+            .any(|p| matches!(p, Payload::Error(e) if e.client_sequence == 3))
+    );
+    assert!(
+        payloads(&ann_together)
+            .iter()
+            .any(|p| matches!(p, Payload::Ack(a) if a.client_sequence == 1 && a.duplicate))
+    );
+}
+
+/// A member that falls behind during a batch is ended once, after it; the
+/// others, who keep up between batches, are not.
+#[test]
+fn a_slow_consumer_is_ended_after_the_batch_that_overflowed_it() {
+    let mut h = Harness::new(Limits {
+        outbox_bytes: 4096,
+        ..limits()
+    });
+    let ann = h.join("ann");
+    let slow = h.join("slow");
+    let fast = h.join("fast");
+    h.drain(ann);
+    h.drain(fast);
+    let mut closed_after = Vec::new();
+    let mut fast_edits = 0;
+    for batch in 0..5u64 {
+        let messages = (0..20u64)
+            .map(|i| {
+                let n = batch * 20 + i;
+                ClientMessage {
+                    client_sequence: n + 1,
+                    action: edit(
+                        "a.rs",
+                        LineOp::Insert {
+                            line: 0,
+                            text: text("some line of code"),
+                        },
+                        n as i32,
+                    ),
+                }
+            })
+            .collect();
+        let fx = h.step(Input::Messages {
+            member: ann,
+            messages,
+        });
+        for (member, error) in fx.closed {
+            assert_eq!(member, slow);
+            assert_eq!(error.kind, ErrorKind::ResourceExhausted);
+            closed_after.push(batch);
+        }
+        fast_edits += h
+            .drain(fast)
+            .into_iter()
+            .filter(|m| matches!(m.payload, Some(Payload::Edit(_))))
+            .count();
+        h.drain(ann);
+    }
+    assert_eq!(closed_after.len(), 1, "ended once");
+    assert!(closed_after[0] > 0, "not before its outbox filled");
+    assert!(!h.session.has_member(slow));
+    assert_eq!(fast_edits, 100, "fast gets every edit");
+}
