@@ -217,3 +217,88 @@ fn a_snapshot_plus_the_tail_rebuilds_the_state() {
         *states.last().unwrap()
     );
 }
+
+fn segment_files(dir: &TempDir) -> usize {
+    fs::read_dir(&dir.0)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            segment_number(&name.to_string_lossy()).is_some()
+        })
+        .count()
+}
+
+/// Closed log segments wait for their sessions' own snapshots (up to three);
+/// past that, the sessions that keep the oldest are named to be snapshotted,
+/// and once their snapshot covers them the closed segments go.
+#[test]
+fn old_segments_wait_for_snapshots_before_they_pin_their_sessions() {
+    closed_segments_wait(0, 3);
+}
+
+/// With a small disk budget, the log holds at most a quarter of it.
+#[test]
+fn fewer_segments_wait_under_a_small_disk_budget() {
+    closed_segments_wait(8 * 1024, 2);
+    closed_segments_wait(1024, 1);
+}
+
+fn closed_segments_wait(max_disk_bytes: u64, waiting: usize) {
+    use crate::pb::store::{CommentAdded, record::Body};
+    let dir = TempDir::new("segments");
+    let config = StoreConfig {
+        dir: dir.0.clone(),
+        segment_bytes: 1024,
+        max_disk_bytes,
+    };
+    let (mut store, _) = open(config).expect("opens");
+    let session = Text::from("s");
+    let mut pinned_at = None;
+    for index in 0..6u64 {
+        // A record larger than a segment: every append closes one.
+        let mut frames = SessionFrames::new(session.clone());
+        frames.push(&[Record {
+            index,
+            timestamp: 0,
+            body: Some(Body::Comment(CommentAdded {
+                comment: Some(crate::pb::codereview::Comment {
+                    text: "x".repeat(1500),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        }]);
+        assert!(store.send(Job::Append(vec![frames])));
+        match store.events.blocking_recv() {
+            Some(Event::Appended {
+                result: Ok(()),
+                pinning,
+                ..
+            }) => {
+                let closed = index as usize + 1;
+                if closed <= waiting {
+                    assert!(pinning.is_empty(), "{closed} closed segments wait");
+                } else {
+                    assert_eq!(pinning, ["s"], "{closed} closed segments");
+                    pinned_at.get_or_insert(closed);
+                }
+            }
+            other => panic!("an append: {other:?}"),
+        }
+    }
+    assert_eq!(pinned_at, Some(waiting + 1));
+    // Six closed segments and the current one, all kept.
+    assert_eq!(segment_files(&dir), 7);
+    let snapshot = Snapshot {
+        index: 5,
+        session_id: "s".into(),
+        ..Default::default()
+    };
+    assert!(store.send(Job::Snapshot(snapshot)));
+    match store.events.blocking_recv() {
+        Some(Event::Snapshotted { result: Ok(()), .. }) => {}
+        other => panic!("a snapshot: {other:?}"),
+    }
+    // Covered: only the current segment is left.
+    assert_eq!(segment_files(&dir), 1);
+}
