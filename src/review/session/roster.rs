@@ -9,13 +9,12 @@
 //! Only [`Roster::attach`] and [`Roster::detach`] change membership, so the
 //! rest of the session never has to keep two maps in step.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use super::super::bridge::Bridge;
 use super::super::dedupe::Dedupe;
 use super::super::error::ReviewError;
-use super::super::ids::Text;
+use super::super::ids::{Text, UserMap};
 use super::super::limits::Limits;
 use super::super::outbox::Outbox;
 use super::super::roles::Role;
@@ -122,7 +121,7 @@ fn user_capacity(limits: &Limits) -> usize {
 
 #[derive(Debug, Default)]
 pub(super) struct Roster {
-    users: HashMap<Text, UserState>,
+    users: UserMap<UserState>,
     members: Members,
     live_participants: usize,
     live_watchers: usize,
