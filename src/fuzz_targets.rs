@@ -107,7 +107,7 @@ pub fn binary_metadata(data: &[u8]) {
 /// panics; what validates respects the limits.
 pub fn session_message(data: &[u8]) {
     use prost::Message;
-    let Ok(message) = crate::pb::codereview::SessionMessage::decode(data) else {
+    let Ok(mut message) = crate::pb::codereview::SessionMessage::decode(data) else {
         return;
     };
     let limits = Limits::default();
@@ -116,7 +116,7 @@ pub fn session_message(data: &[u8]) {
         session_id: "s".into(),
         user_id: "u".into(),
     };
-    if let Ok(validated) = validate::validate(message, &identity, &limits)
+    if let Ok(validated) = validate::validate(&mut message, &identity, &limits)
         && let validate::Action::Edit(edit) = validated.action
     {
         assert!(!edit.path.is_empty() && edit.path.len() <= limits.max_path_bytes);

@@ -113,19 +113,57 @@ pub fn register(router: &mut Router, registry: RegistryHandle, config: ServiceCo
 
 /// Where a participant's messages come from.
 pub(super) enum Inbox {
-    /// Its own CollaborativeSession stream.
-    Stream(Streaming<SessionMessage>),
+    /// Its own CollaborativeSession stream, and the session and user id
+    /// strings of the last message, kept for the next one (see
+    /// [`Inbox::recycle`]).
+    Stream(Streaming<SessionMessage>, SpareIds),
     /// The Send calls routed to it (a browser's Participate call).
     Routed(tokio::sync::mpsc::Receiver<SessionMessage>),
 }
 
+/// Every message of the article's clients repeats the session and user
+/// ids: decoded into these buffers, kept from one message to the next, they
+/// cost no allocation per message.
+#[derive(Default)]
+pub(super) struct SpareIds {
+    session_id: String,
+    user_id: String,
+}
+
 impl Inbox {
+    pub(super) fn stream(inbound: Streaming<SessionMessage>) -> Inbox {
+        Inbox::Stream(inbound, SpareIds::default())
+    }
+
     /// The next message; `Ok(None)` when no more will come (a half-close).
     /// Cancel-safe.
     async fn next(&mut self) -> Result<Option<SessionMessage>, Status> {
         match self {
-            Inbox::Stream(inbound) => inbound.message().await,
+            Inbox::Stream(inbound, spare) => {
+                inbound
+                    .message_into(|| {
+                        let mut session_id = std::mem::take(&mut spare.session_id);
+                        let mut user_id = std::mem::take(&mut spare.user_id);
+                        session_id.clear();
+                        user_id.clear();
+                        SessionMessage {
+                            session_id,
+                            user_id,
+                            ..SessionMessage::default()
+                        }
+                    })
+                    .await
+            }
             Inbox::Routed(routed) => Ok(routed.recv().await),
+        }
+    }
+
+    /// Takes back a message's id strings once it is validated, for the next
+    /// message to be decoded into.
+    fn recycle(&mut self, session_id: String, user_id: String) {
+        if let Inbox::Stream(_, spare) = self {
+            spare.session_id = session_id;
+            spare.user_id = user_id;
         }
     }
 
@@ -245,7 +283,7 @@ impl Service {
                 Ok(None) => break 'stream Ok(Metadata::new()),
                 Err(status) => break 'stream Err(status),
             };
-            let inbox = Inbox::Stream(inbound);
+            let inbox = Inbox::stream(inbound);
             self.participant(&head, principal, first, inbox, sink, None, &mut trace)
                 .await
         };
@@ -284,7 +322,7 @@ impl Service {
             trace.user_id = identity.user_id.clone();
             principal.check_user(&identity.user_id)?;
             principal.check_session(&identity.session_id)?;
-            let first = validate::validate(first, &identity, &limits)?;
+            let first = validate::validate(&mut first, &identity, &limits)?;
             let (options, pending) = match first.action {
                 Action::Join(options) => (options, None),
                 Action::TokenRefresh(_) => {
@@ -372,7 +410,7 @@ impl Service {
                         let mut batch: Vec<ClientMessage> = Vec::new();
                         let mut batch_bytes = 0;
                         loop {
-                            let message = match received {
+                            let mut message = match received {
                                 Ok(Some(message)) => message,
                                 Err(status) => {
                                     // What came before the error first.
@@ -391,7 +429,9 @@ impl Service {
                             };
                             trace.messages_in += 1;
                             let client_sequence = message.client_sequence;
-                            match validate::validate(message, &identity, &limits) {
+                            let validated = validate::validate(&mut message, &identity, &limits);
+                            inbox.recycle(message.session_id, message.user_id);
+                            match validated {
                                 Ok(validated) => match validated.action {
                                     Action::TokenRefresh(token) => {
                                         self.registry.messages(member, std::mem::take(&mut batch)).await?;

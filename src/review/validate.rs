@@ -197,9 +197,10 @@ pub fn identity_of(
 }
 
 /// Validates a message on a stream whose identity is known. Empty
-/// session_id/user_id mean "this stream's".
+/// session_id/user_id mean "this stream's". The payload is taken out of
+/// `message`; the rest stays (its id strings can be reused).
 pub fn validate(
-    message: SessionMessage,
+    message: &mut SessionMessage,
     identity: &StreamIdentity,
     limits: &Limits,
 ) -> Result<ClientMessage, ReviewError> {
@@ -221,7 +222,7 @@ pub fn validate(
             message.client_sequence
         )));
     }
-    let action = match message.payload {
+    let action = match message.payload.take() {
         None => Action::Touch,
         Some(Payload::Join(join)) => Action::Join(JoinOptions {
             want_snapshot: join.want_snapshot,
@@ -402,19 +403,19 @@ mod tests {
         let mut m = message(Payload::Presence(PresenceUpdate::default()));
         m.session_id = "other".into();
         assert_eq!(
-            validate(m, &identity(), &limits).unwrap_err().kind,
+            validate(&mut m, &identity(), &limits).unwrap_err().kind,
             ErrorKind::InvalidArgument
         );
         let mut m = message(Payload::Presence(PresenceUpdate::default()));
         m.user_id = "mallory".into();
         assert_eq!(
-            validate(m, &identity(), &limits).unwrap_err().kind,
+            validate(&mut m, &identity(), &limits).unwrap_err().kind,
             ErrorKind::PermissionDenied
         );
         let mut m = message(Payload::Presence(PresenceUpdate::default()));
         m.user_id.clear();
         m.session_id.clear();
-        assert!(validate(m, &identity(), &limits).is_ok());
+        assert!(validate(&mut m, &identity(), &limits).is_ok());
     }
 
     #[test]
@@ -429,7 +430,7 @@ mod tests {
                 op,
             }))
         };
-        let ok = validate(edit(3, "x", 1, 0), &identity(), &limits).unwrap();
+        let ok = validate(&mut edit(3, "x", 1, 0), &identity(), &limits).unwrap();
         assert_eq!(
             ok.action,
             Action::Edit(EditRequest {
@@ -442,68 +443,68 @@ mod tests {
             })
         );
         assert_eq!(
-            validate(edit(-1, "x", 0, 0), &identity(), &limits)
+            validate(&mut edit(-1, "x", 0, 0), &identity(), &limits)
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidArgument
         );
         assert_eq!(
-            validate(edit(0, "a\nb", 0, 0), &identity(), &limits)
+            validate(&mut edit(0, "a\nb", 0, 0), &identity(), &limits)
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidArgument
         );
         assert_eq!(
-            validate(edit(0, "x", 9, 0), &identity(), &limits)
+            validate(&mut edit(0, "x", 9, 0), &identity(), &limits)
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidArgument
         );
         assert_eq!(
-            validate(edit(0, "x", 0, -2), &identity(), &limits)
+            validate(&mut edit(0, "x", 0, -2), &identity(), &limits)
                 .unwrap_err()
                 .kind,
             ErrorKind::InvalidArgument
         );
         assert_eq!(
-            validate(edit(20_000, "x", 0, 0), &identity(), &limits)
+            validate(&mut edit(20_000, "x", 0, 0), &identity(), &limits)
                 .unwrap_err()
                 .kind,
             ErrorKind::OutOfRange
         );
         let long = "y".repeat(4097);
-        assert!(validate(edit(0, &long, 0, 0), &identity(), &limits).is_err());
+        assert!(validate(&mut edit(0, &long, 0, 0), &identity(), &limits).is_err());
         // Deleting ignores content.
-        assert!(validate(edit(0, &long, 2, 0), &identity(), &limits).is_ok());
+        assert!(validate(&mut edit(0, &long, 2, 0), &identity(), &limits).is_ok());
     }
 
     #[test]
     fn comments_cursors_and_server_kinds() {
         let limits = Limits::default();
-        let c = message(Payload::Comment(Comment {
+        let mut c = message(Payload::Comment(Comment {
             comment_id: String::new(),
             line_number: 2,
             text: String::new(),
             file_path: String::new(),
         }));
-        assert!(validate(c, &identity(), &limits).is_err());
-        let c = message(Payload::Cursor(CursorPosition {
+        assert!(validate(&mut c, &identity(), &limits).is_err());
+        let mut c = message(Payload::Cursor(CursorPosition {
             file_path: "a".into(),
             line: 1,
             column: -1,
         }));
-        assert!(validate(c, &identity(), &limits).is_err());
-        let c = message(Payload::Ack(Default::default()));
+        assert!(validate(&mut c, &identity(), &limits).is_err());
+        let mut c = message(Payload::Ack(Default::default()));
         assert_eq!(
-            validate(c, &identity(), &limits).unwrap_err().kind,
+            validate(&mut c, &identity(), &limits).unwrap_err().kind,
             ErrorKind::InvalidArgument
         );
-        let empty = SessionMessage {
+        let mut empty = SessionMessage {
             client_sequence: 4,
             ..Default::default()
         };
         assert_eq!(
-            validate(empty, &identity(), &limits).unwrap(),
+            validate(&mut empty, &identity(), &limits).unwrap(),
             ClientMessage {
                 client_sequence: 4,
                 action: Action::Touch

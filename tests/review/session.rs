@@ -152,6 +152,70 @@ async fn a_burst_with_a_refused_message_in_it_is_answered_and_broadcast_in_order
     b.expect_quiet(QUIET).await;
 }
 
+/// Each message's session and user ids are checked on their own: the ids
+/// of a refused message do not stick to the next one, which leaves them
+/// empty (the server keeps the last message's id strings to decode the next
+/// one into).
+#[tokio::test]
+async fn a_refused_messages_ids_do_not_stick_to_the_next_message() {
+    let server = start(limits()).await;
+    let addr = server.addr;
+    let (mut a, _) = join(addr, "ids", "alice").await;
+    let (mut b, _) = join(addr, "ids", "bob").await;
+    a.recv_matching(|m| is_presence(m, "bob", Presence::Joined))
+        .await;
+    let with_ids = |a: &mut Participant, session: &str, user: &str, text: &str| {
+        let client_sequence = a.take_client_sequence();
+        SessionMessage {
+            session_id: session.into(),
+            user_id: user.into(),
+            client_sequence,
+            ..message("", "", Some(comment("", 0, text)))
+        }
+    };
+    let sent = [
+        with_ids(&mut a, "elsewhere", "", "wrong session"),
+        with_ids(&mut a, "", "", "first"),
+        with_ids(&mut a, "", "mallory", "wrong user"),
+        with_ids(&mut a, "", "", "second"),
+        with_ids(&mut a, "ids", "alice", "third"),
+    ];
+    let sequences: Vec<u64> = sent.iter().map(|m| m.client_sequence).collect();
+    for message in sent {
+        a.queue_raw(message);
+    }
+    a.flush().await;
+    let mut answers = Vec::new();
+    while answers.len() < sequences.len() {
+        let m = a.recv().await;
+        match m.payload {
+            Some(Payload::Ack(_)) => answers.push((m.client_sequence, None)),
+            Some(Payload::Error(error)) => answers.push((m.client_sequence, Some(error.code))),
+            other => panic!("alice: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            (sequences[0], Some(Code::InvalidArgument as i32)),
+            (sequences[1], None),
+            (sequences[2], Some(Code::PermissionDenied as i32)),
+            (sequences[3], None),
+            (sequences[4], None),
+        ]
+    );
+    let mut texts = Vec::new();
+    while texts.len() < 3 {
+        match b.recv().await.payload {
+            Some(Payload::Comment(c)) => texts.push(c.text),
+            other => panic!("bob: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(texts, ["first", "second", "third"]);
+    a.expect_quiet(QUIET).await;
+    b.expect_quiet(QUIET).await;
+}
+
 // ----- 2. ordering -----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -167,6 +167,25 @@ impl<T: prost::Message + Default> Streaming<T> {
             None => Ok(None),
         }
     }
+
+    /// Reads the next message into the value `target` makes once it has
+    /// arrived (fields absent on the wire keep what that value holds, so it
+    /// is to be cleared). A value whose strings are kept from one message
+    /// to the next spares their allocation per message. Cancel-safe like
+    /// [`Streaming::message`]: `target` is called only when nothing is
+    /// awaited any more.
+    pub async fn message_into(&mut self, target: impl FnOnce() -> T) -> Result<Option<T>, Status> {
+        match self.inbound.raw_message().await? {
+            Some(payload) => {
+                let mut message = target();
+                message.merge(payload).map_err(|e| {
+                    Status::invalid_argument(format!("request message is not valid protobuf: {e}"))
+                })?;
+                Ok(Some(message))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// The h2 side of a response, owned by a [`ResponseSink`] while the handler
