@@ -490,8 +490,9 @@ fn resume_delivers_exactly_what_was_missed() {
     ));
 }
 
-#[test]
-fn a_slow_consumer_is_ended_and_does_not_hold_back_others() {
+/// A session whose outboxes hold 4 KiB: ann writes, slow never reads, fast
+/// reads (both caught up so far).
+fn with_a_slow_consumer() -> (Harness, MemberId, MemberId, MemberId) {
     let mut h = Harness::new(Limits {
         outbox_bytes: 4096,
         ..limits()
@@ -501,6 +502,12 @@ fn a_slow_consumer_is_ended_and_does_not_hold_back_others() {
     let fast = h.join("fast");
     h.drain(ann);
     h.drain(fast);
+    (h, ann, slow, fast)
+}
+
+#[test]
+fn a_slow_consumer_is_ended_and_does_not_hold_back_others() {
+    let (mut h, ann, slow, fast) = with_a_slow_consumer();
     let mut closed = Vec::new();
     for i in 0..100u64 {
         let fx = h.send(
@@ -1593,15 +1600,7 @@ fn a_batch_of_messages_is_answered_as_its_messages_one_by_one() {
 /// others, who keep up between batches, are not.
 #[test]
 fn a_slow_consumer_is_ended_after_the_batch_that_overflowed_it() {
-    let mut h = Harness::new(Limits {
-        outbox_bytes: 4096,
-        ..limits()
-    });
-    let ann = h.join("ann");
-    let slow = h.join("slow");
-    let fast = h.join("fast");
-    h.drain(ann);
-    h.drain(fast);
+    let (mut h, ann, slow, fast) = with_a_slow_consumer();
     let mut closed_after = Vec::new();
     let mut fast_edits = 0;
     for batch in 0..5u64 {
