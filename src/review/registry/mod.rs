@@ -116,6 +116,12 @@ pub type Startup = oneshot::Receiver<Result<RecoveryReport, String>>;
 /// records as its last snapshot held entries (see [`snapshot_weight`]).
 const SNAPSHOT_EVERY: u64 = 4096;
 
+/// How many records make a session's next snapshot due after `last` (none:
+/// the session has no snapshot yet).
+fn records_before_the_next_snapshot(last: Option<&crate::pb::store::Snapshot>) -> u64 {
+    last.map_or(SNAPSHOT_EVERY, |s| SNAPSHOT_EVERY.max(snapshot_weight(s)))
+}
+
 /// The entries a snapshot holds: lines, comments, users' remembered outcomes
 /// and bridges, operations and history events. A snapshot costs in
 /// proportion to them (it is built, encoded and written whole), so the next
@@ -263,7 +269,7 @@ impl SessionSlot {
     /// for as many records as this one holds entries.
     fn snapshotted(&mut self, snapshot: &crate::pb::store::Snapshot) {
         self.since_snapshot = 0;
-        self.snapshot_after = SNAPSHOT_EVERY.max(snapshot_weight(snapshot));
+        self.snapshot_after = records_before_the_next_snapshot(Some(snapshot));
     }
 
     /// Notes since when the session has had no members; whether it has none.
@@ -500,10 +506,7 @@ impl Registry {
                 empty_since: Some(Instant::now()),
                 memory: 0,
                 since_snapshot: found.records.len() as u64,
-                snapshot_after: found
-                    .snapshot
-                    .as_ref()
-                    .map_or(SNAPSHOT_EVERY, |s| SNAPSHOT_EVERY.max(snapshot_weight(s))),
+                snapshot_after: records_before_the_next_snapshot(found.snapshot.as_ref()),
                 last_active,
                 replica: replicas::Replica::default(),
             };
