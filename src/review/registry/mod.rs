@@ -1319,6 +1319,14 @@ mod tests {
         }
     }
 
+    /// Each session's entry and the index of its last record framed.
+    fn last_indexes(frames: &[SessionFrames]) -> Vec<(String, u64)> {
+        frames
+            .iter()
+            .map(|f| (f.session.to_string(), f.last_index))
+            .collect()
+    }
+
     /// What the frames hold, as the store's recovery reads them back.
     fn read_back(frames: &[SessionFrames]) -> Vec<(String, Vec<u64>)> {
         let mut contents = store::WalContents::default();
@@ -1345,10 +1353,7 @@ mod tests {
         durability.queue(&s, vec![comment_record(3, "d")]);
         let failed = durability.take_unwritten();
         assert_eq!(
-            failed
-                .iter()
-                .map(|f| (f.session.to_string(), f.last_index))
-                .collect::<Vec<_>>(),
+            last_indexes(&failed),
             [("s".to_string(), 3), ("t".to_string(), 1)]
         );
         // While the batch was in flight:
@@ -1362,10 +1367,7 @@ mod tests {
         assert!(durability.is_unwritten(&s) && durability.is_unwritten(&u));
         let again = durability.take_unwritten();
         assert_eq!(
-            again
-                .iter()
-                .map(|f| (f.session.to_string(), f.last_index))
-                .collect::<Vec<_>>(),
+            last_indexes(&again),
             [
                 ("s".to_string(), 4),
                 ("t".to_string(), 1),
