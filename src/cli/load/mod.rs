@@ -441,6 +441,10 @@ async fn participant_task(
     let mut next_send = Instant::now();
     let mut seen = Seen::default();
     let mut drain_deadline: Option<Instant> = None;
+    // Armed for `armed_for` (when Some).
+    let timer = tokio::time::sleep_until(Instant::now() + Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed_for: Option<Instant> = None;
     loop {
         let sending = next_index < plan.messages;
         if !sending && sender.pending_bytes() == 0 && report.send_finished.is_none() {
@@ -505,12 +509,26 @@ async fn participant_task(
             }
         }
         // Done sending: look again now and then, as the refusals of the
-        // others (counted by them) may complete what we have seen.
-        let wake = if sending && interval.is_some() {
+        // others (counted by them) may complete what we have seen. The timer
+        // moves only when what it waits for does (re-arming it for every
+        // message received would cost as much as reading the message).
+        let paced = sending && interval.is_some();
+        let wake = if paced {
             Some(next_send)
         } else {
-            drain_deadline.map(|d| d.min(Instant::now() + RECHECK))
+            drain_deadline
         };
+        if wake != armed_for {
+            armed_for = wake;
+            if let Some(wake) = wake {
+                let at = if paced {
+                    wake
+                } else {
+                    wake.min(Instant::now() + RECHECK)
+                };
+                timer.as_mut().reset(at);
+            }
+        }
         tokio::select! {
             flushed = sender.flush(), if sender.pending_bytes() > 0 => {
                 if let Err(write_error) = flushed {
@@ -534,23 +552,45 @@ async fn participant_task(
                     break;
                 }
             }
-            received = receiver.message::<SessionMessage>() => match received {
-                Ok(Some(m)) => {
-                    tally::check(&plan, &who, &m, &mut seen, &mut report, &mut view);
-                }
-                Ok(None) => {
-                    report.error(format!("{user}: the server ended the stream early"));
+            received = receiver.message::<SessionMessage>() => {
+                // The messages already here are read at once, at one time
+                // (they arrived together), without another round of select.
+                let now = Instant::now();
+                let mut received = received;
+                let mut batch = 0;
+                let ended = loop {
+                    match received {
+                        Ok(Some(m)) => {
+                            tally::check(&plan, &who, &m, &mut seen, &mut report, &mut view, now);
+                        }
+                        Ok(None) => {
+                            report.error(format!("{user}: the server ended the stream early"));
+                            break true;
+                        }
+                        Err(status) => {
+                            report.error(format!("{user}: stream failed: {}", describe(&status)));
+                            break true;
+                        }
+                    }
+                    batch += 1;
+                    if batch == MAX_READ_AT_ONCE {
+                        break false;
+                    }
+                    match ready_now(receiver.message::<SessionMessage>()) {
+                        Some(next) => received = next,
+                        None => break false,
+                    }
+                };
+                if ended {
                     break;
                 }
-                Err(status) => {
-                    report.error(format!("{user}: stream failed: {}", describe(&status)));
-                    break;
-                }
-            },
-            _ = sleep_until_opt(wake), if wake.is_some() && !due => {
+            }
+            () = &mut timer, if armed_for.is_some() && !due => {
                 if drain_deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
+                // Armed again on the next pass.
+                armed_for = None;
             }
         }
     }
@@ -560,7 +600,15 @@ async fn participant_task(
     sender.close_send();
     let finish = async {
         while let Ok(Some(m)) = receiver.message::<SessionMessage>().await {
-            tally::check(&plan, &who, &m, &mut seen, &mut report, &mut view);
+            tally::check(
+                &plan,
+                &who,
+                &m,
+                &mut seen,
+                &mut report,
+                &mut view,
+                Instant::now(),
+            );
         }
     };
     let _ = tokio::time::timeout(plan.drain, finish).await;
@@ -569,10 +617,19 @@ async fn participant_task(
     report
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The most messages read in one go before the loop looks at its other
+/// work (sending, the timer) again.
+const MAX_READ_AT_ONCE: usize = 256;
+
+/// The future's output if it is ready without waiting (it is dropped
+/// otherwise: for cancel-safe futures only). The task's waker is left to the
+/// next real poll of the same source, which the loop always makes.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 

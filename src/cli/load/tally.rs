@@ -9,8 +9,6 @@
 //! lost. The sum holds per sender and receiver: delivered + refused = sent,
 //! or the difference is lost.
 
-use std::collections::HashMap;
-
 use tokio::time::Instant;
 
 use super::server_usage::Usage;
@@ -66,7 +64,7 @@ impl Report {
 /// the sender's number: users are `p0`, `p1`, ...).
 #[derive(Debug, Default)]
 pub(super) struct Seen {
-    from: HashMap<usize, FromSender>,
+    from: Vec<FromSender>,
 }
 
 /// What arrived from one sender: its edits and comments, and apart its
@@ -95,6 +93,11 @@ impl FromSender {
 }
 
 impl Seen {
+    /// What arrived from `sender` so far.
+    fn from(&self, sender: usize) -> FromSender {
+        self.from.get(sender).copied().unwrap_or_default()
+    }
+
     /// Whether every other sender of the session is accounted for: each of
     /// its messages received or refused (cursors: its final position
     /// received, since they coalesce).
@@ -105,7 +108,7 @@ impl Seen {
         (0..plan.participants)
             .filter(|&sender| sender != who.index)
             .all(|sender| {
-                let from = self.from.get(&sender).copied().unwrap_or_default();
+                let from = self.from(sender);
                 let refused = plan.refused(who.session, sender);
                 from.essential.count + refused >= essential
                     && last_cursor.is_none_or(|last| from.cursor.last == Some(last))
@@ -118,7 +121,7 @@ fn is_rate_limit(code: Code, message: &str) -> bool {
     code == Code::ResourceExhausted && message.starts_with("rate limit")
 }
 
-/// Checks one received message.
+/// Checks one received message, read at `now`.
 pub(super) fn check(
     plan: &Plan,
     who: &Who,
@@ -126,6 +129,7 @@ pub(super) fn check(
     seen: &mut Seen,
     report: &mut Report,
     view: &mut DocView,
+    now: Instant,
 ) {
     let user = &who.user;
     let sends = |sent: Sent| plan.kind == Kind::Mix || plan.kind.of(0) == sent;
@@ -192,11 +196,11 @@ pub(super) fn check(
         return; // not one of ours
     };
     report.delivered += 1;
-    report.last_receive = Some(Instant::now());
+    report.last_receive = Some(now);
     // A cursor's send time is in milliseconds: its latency counts only in
     // a run of cursors alone.
     if sent != Sent::Cursor || plan.kind == Kind::Cursor {
-        let now_nanos = plan.origin.elapsed().as_nanos() as u64;
+        let now_nanos = now.duration_since(plan.origin).as_nanos() as u64;
         report
             .latency
             .record(now_nanos.saturating_sub(sent_at) / 1000);
@@ -204,7 +208,10 @@ pub(super) fn check(
     if sent != Sent::Cursor {
         report.delivered_essential += 1;
     }
-    let track = seen.from.entry(sender).or_default().track(sent);
+    if seen.from.len() <= sender {
+        seen.from.resize(sender + 1, FromSender::default());
+    }
+    let track = seen.from[sender].track(sent);
     match track.last {
         Some(last) if index <= last => {
             if index == last {
@@ -233,7 +240,7 @@ fn lost(plan: &Plan, report: &mut Report) -> u64 {
     let mut lost = 0;
     let me = report.who.index;
     for sender in (0..plan.participants).filter(|&s| s != me) {
-        let from = report.seen.from.get(&sender).copied().unwrap_or_default();
+        let from = report.seen.from(sender);
         let refused = plan.refused(report.who.session, sender);
         // Cursors coalesce: only the final position must arrive (and with
         // refusals, which one was final cannot be told).
