@@ -5,6 +5,9 @@
 //! Flow control: HTTP/2 receive capacity for a message is released only when
 //! the reader comes back for the next one (or calls
 //! [`Inbound::release_consumed`]), so a slow consumer pushes back on its peer.
+//! While the next messages are already here the releases are gathered (up to
+//! [`RELEASE_BATCH`] bytes): one release, not one per message, when a burst
+//! is read.
 //! Bytes of a message still being assembled are released early: its size was
 //! already checked against the limit, and a message larger than the stream
 //! window could never complete otherwise. On drop everything still held is
@@ -22,6 +25,10 @@ use std::sync::atomic::Ordering;
 
 use super::observe::Telemetry;
 use super::status::Status;
+
+/// Consumed bytes given back at once while messages are read from what is
+/// buffered already (when the reader would wait, everything is given back).
+pub const RELEASE_BATCH: usize = 16 * 1024;
 
 pub struct Inbound {
     body: RecvStream,
@@ -104,7 +111,9 @@ impl Inbound {
     /// stream. Cancel-safe: the only await is on h2, and dropping it loses
     /// nothing.
     pub async fn raw_message(&mut self) -> Result<Option<Bytes>, Status> {
-        self.release_consumed();
+        if self.consumed >= RELEASE_BATCH {
+            self.release_consumed();
+        }
         loop {
             if let Some(frame) = self.decoder.decode()? {
                 self.consumed += frame.wire_len().saturating_sub(self.released_of_partial);
@@ -118,6 +127,8 @@ impl Inbound {
                 let max = self.decoder.max_message_len();
                 return Ok(Some(compression::gunzip(&frame.payload, max)?));
             }
+            // More must arrive: what was read is given back first.
+            self.release_consumed();
             let partial = self.decoder.partial_message_bytes();
             if partial > self.released_of_partial {
                 self.release(partial - self.released_of_partial);

@@ -558,6 +558,36 @@ async fn inbound_capacity_is_released_as_messages_are_consumed() {
     );
 }
 
+/// Small messages read from what is buffered give their capacity back in
+/// batches: the stream must never stall with every message consumed.
+#[tokio::test]
+async fn many_small_messages_past_the_window_complete() {
+    let config = ServerConfig {
+        initial_stream_window: 65_535,
+        initial_connection_window: 65_535,
+        ..server_config()
+    };
+    let server = interop_server(config).await;
+    let mut conn = Conn::connect(server.addr).await;
+    let id = conn.open_grpc(&method("StreamingInputCall")).await;
+    let message = grpc_encode(&StreamingInputCallRequest {
+        payload: payload(50, 1),
+        expect_compressed: None,
+    });
+    // About four windows, in one write of many messages.
+    let count = 4 * 65_535 / message.len();
+    let all = message.repeat(count);
+    assert!(
+        conn.send_data(id, &all, true).await,
+        "{}",
+        conn.describe_log()
+    );
+    let events = conn.collect_stream(id).await;
+    assert_eq!(grpc_status(&events), 0, "{events:?}");
+    let response: StreamingInputCallResponse = single_message(&events);
+    assert_eq!(response.aggregated_payload_size as usize, 50 * count);
+}
+
 #[tokio::test]
 async fn message_larger_than_the_stream_window_completes() {
     let config = ServerConfig {

@@ -140,7 +140,9 @@ impl<T> Streaming<T> {
     }
 
     /// Releases the flow-control capacity of the messages already returned.
-    /// Called implicitly by the next [`Streaming::message`].
+    /// Called implicitly by the next [`Streaming::message`] that waits for
+    /// more bytes (or finds a batch of them consumed, see
+    /// [`crate::grpc::inbound::RELEASE_BATCH`]).
     pub fn release_consumed(&mut self) {
         self.inbound.release_consumed();
     }
