@@ -3,6 +3,8 @@
 //! session, the log record, the comment), instead of being copied into an
 //! owned message that is dropped right after its one encoding. The bytes are
 //! exactly prost's encoding of the same `SessionMessage` (tested below).
+//! An acknowledgement's payload is borrowed too ([`AckRef`]): its comment id
+//! stays in the session's shared string.
 
 use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -17,8 +19,60 @@ pub struct Envelope<'a> {
     pub timestamp: i64,
     pub user_id: &'a str,
     pub payload: Option<&'a Payload>,
+    /// The payload when it is an acknowledgement (then `payload` is None:
+    /// the two are one `oneof`).
+    pub ack: Option<AckRef<'a>>,
     pub sequence: u64,
     pub client_sequence: u64,
+}
+
+/// The fields of an `Ack`, borrowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckRef<'a> {
+    pub client_sequence: u64,
+    pub sequence: u64,
+    pub version: i32,
+    pub duplicate: bool,
+    pub noop: bool,
+    pub comment_id: &'a str,
+}
+
+// The field number of the `ack` payload, and those of `Ack`.
+const ACK: u32 = 12;
+const ACK_CLIENT_SEQUENCE: u32 = 1;
+const ACK_SEQUENCE: u32 = 2;
+const ACK_VERSION: u32 = 3;
+const ACK_DUPLICATE: u32 = 4;
+const ACK_NOOP: u32 = 5;
+const ACK_COMMENT_ID: u32 = 6;
+
+impl AckRef<'_> {
+    fn body_len(&self) -> usize {
+        varint_len(ACK_CLIENT_SEQUENCE, self.client_sequence)
+            + varint_len(ACK_SEQUENCE, self.sequence)
+            // int32 is encoded sign-extended to 64 bits (as prost does).
+            + varint_len(ACK_VERSION, i64::from(self.version) as u64)
+            + varint_len(ACK_DUPLICATE, u64::from(self.duplicate))
+            + varint_len(ACK_NOOP, u64::from(self.noop))
+            + str_len(ACK_COMMENT_ID, self.comment_id)
+    }
+
+    /// Its length as the `ack` field of a `SessionMessage`.
+    fn field_len(&self) -> usize {
+        let body = self.body_len();
+        encoding::key_len(ACK) + encoding::encoded_len_varint(body as u64) + body
+    }
+
+    fn put_field(&self, buf: &mut impl BufMut) {
+        encoding::encode_key(ACK, WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.body_len() as u64, buf);
+        put_varint(ACK_CLIENT_SEQUENCE, self.client_sequence, buf);
+        put_varint(ACK_SEQUENCE, self.sequence, buf);
+        put_varint(ACK_VERSION, i64::from(self.version) as u64, buf);
+        put_varint(ACK_DUPLICATE, u64::from(self.duplicate), buf);
+        put_varint(ACK_NOOP, u64::from(self.noop), buf);
+        put_str(ACK_COMMENT_ID, self.comment_id, buf);
+    }
 }
 
 // The field numbers of `SessionMessage` (proto/codereview/v1).
@@ -66,8 +120,11 @@ impl prost::Message for Envelope<'_> {
         // int64 is encoded as the two's-complement u64 (as prost does).
         put_varint(TIMESTAMP, self.timestamp as u64, buf);
         put_str(USER_ID, self.user_id, buf);
+        debug_assert!(self.payload.is_none() || self.ack.is_none(), "one payload");
         if let Some(payload) = self.payload {
             payload.encode(buf);
+        } else if let Some(ack) = &self.ack {
+            ack.put_field(buf);
         }
         put_varint(SEQUENCE, self.sequence, buf);
         put_varint(CLIENT_SEQUENCE, self.client_sequence, buf);
@@ -88,6 +145,7 @@ impl prost::Message for Envelope<'_> {
             + varint_len(TIMESTAMP, self.timestamp as u64)
             + str_len(USER_ID, self.user_id)
             + self.payload.map_or(0, Payload::encoded_len)
+            + self.ack.as_ref().map_or(0, AckRef::field_len)
             + varint_len(SEQUENCE, self.sequence)
             + varint_len(CLIENT_SEQUENCE, self.client_sequence)
     }
@@ -106,11 +164,21 @@ mod tests {
     use prost::Message;
 
     fn owned(envelope: &Envelope<'_>) -> SessionMessage {
+        let ack = envelope.ack.map(|ack| {
+            Payload::Ack(Ack {
+                client_sequence: ack.client_sequence,
+                sequence: ack.sequence,
+                version: ack.version,
+                duplicate: ack.duplicate,
+                noop: ack.noop,
+                comment_id: ack.comment_id.to_owned(),
+            })
+        });
         SessionMessage {
             session_id: envelope.session_id.to_owned(),
             timestamp: envelope.timestamp,
             user_id: envelope.user_id.to_owned(),
-            payload: envelope.payload.cloned(),
+            payload: envelope.payload.cloned().or(ack),
             sequence: envelope.sequence,
             client_sequence: envelope.client_sequence,
         }
@@ -149,6 +217,33 @@ mod tests {
         ]
     }
 
+    fn acks() -> Vec<AckRef<'static>> {
+        vec![
+            AckRef::default(),
+            AckRef {
+                client_sequence: 3,
+                sequence: 300,
+                version: 12,
+                duplicate: true,
+                noop: false,
+                comment_id: "c300",
+            },
+            AckRef {
+                client_sequence: u64::MAX,
+                sequence: 1,
+                version: -1,
+                duplicate: false,
+                noop: true,
+                comment_id: "",
+            },
+            AckRef {
+                version: i32::MAX,
+                comment_id: "ü".repeat(100).leak(),
+                ..AckRef::default()
+            },
+        ]
+    }
+
     #[test]
     fn an_envelope_encodes_exactly_as_its_owned_message() {
         let long = "u".repeat(200);
@@ -159,7 +254,12 @@ mod tests {
             (-5, u64::MAX, 9),
             (i64::MIN, 128, u64::MAX),
         ];
-        for payload in payloads() {
+        let carried = payloads()
+            .into_iter()
+            .map(|payload| (payload, None))
+            .chain(acks().into_iter().map(|ack| (None, Some(ack))))
+            .collect::<Vec<_>>();
+        for (payload, ack) in &carried {
             for (session_id, user_id) in ids {
                 for (timestamp, sequence, client_sequence) in numbers {
                     let envelope = Envelope {
@@ -167,6 +267,7 @@ mod tests {
                         timestamp,
                         user_id,
                         payload: payload.as_ref(),
+                        ack: *ack,
                         sequence,
                         client_sequence,
                     };

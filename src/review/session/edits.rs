@@ -205,9 +205,7 @@ impl Session {
     /// was sent, or (no stream of the author's here) the same one made now.
     fn remember_acked(&mut self, user: &Text, info: &AckInfo, sent: Broadcast) {
         if info.client_sequence != 0 {
-            let ack = sent
-                .acked
-                .unwrap_or_else(|| ack_of(info, sent.sequence, false, false));
+            let ack = ack_of(info, sent.sequence, false, false);
             self.remember(user, info.client_sequence, Outcome::Ack(ack));
         }
     }

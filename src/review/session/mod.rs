@@ -61,7 +61,7 @@ use super::bridge::OpLog;
 use super::comments::Comments;
 use super::counters::{Counters, MessageKind};
 use super::document::{Document, Room};
-use super::envelope::Envelope;
+use super::envelope::{AckRef, Envelope};
 use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
 use super::ids::{MemberId, Text};
@@ -292,11 +292,22 @@ fn ack_of(info: &AckInfo, sequence: u64, duplicate: bool, noop: bool) -> Ack {
     }
 }
 
-/// An event broadcast: its number, and the acknowledgement its author's
-/// stream was sent (None when no stream of the author's is here).
+/// An event broadcast: its number.
 struct Broadcast {
     sequence: u64,
-    acked: Option<Ack>,
+}
+
+/// The acknowledgement of the event `sequence`, borrowed from `info` (as
+/// [`ack_of`] makes it owned).
+fn ack_ref(info: &AckInfo, sequence: u64) -> AckRef<'_> {
+    AckRef {
+        client_sequence: info.client_sequence,
+        sequence,
+        version: info.version,
+        duplicate: false,
+        noop: false,
+        comment_id: info.comment_id.as_deref().unwrap_or(""),
+    }
 }
 
 /// Where an essential event comes from.
@@ -769,18 +780,21 @@ impl Session {
         }
         recipients.clear();
         self.recipients = recipients;
-        let mut acked = None;
         if let (Some(member), Some(ack)) = (own_member, ack) {
-            let reply = Payload::Ack(ack_of(ack, self.sequence, false, false));
-            let framed = self.encode_event(now, user_id, Some(&reply), ack.client_sequence);
+            // Encoded from the session's strings: no owned Ack per event.
+            let framed = encode_message(&Envelope {
+                session_id: &self.id,
+                timestamp: now.unix_ms,
+                user_id,
+                ack: Some(ack_ref(ack, self.sequence)),
+                sequence: self.sequence,
+                client_sequence: ack.client_sequence,
+                ..Envelope::default()
+            });
             self.send_to(member, framed, MessageKind::Ack, version, fx);
-            if let Payload::Ack(reply) = reply {
-                acked = Some(reply);
-            }
         }
         Broadcast {
             sequence: self.sequence,
-            acked,
         }
     }
 
@@ -798,6 +812,7 @@ impl Session {
             timestamp: now.unix_ms,
             user_id,
             payload,
+            ack: None,
             sequence: self.sequence,
             client_sequence,
         })
