@@ -64,8 +64,8 @@ impl AckRef<'_> {
     }
 
     fn put_field(&self, buf: &mut impl BufMut) {
-        encoding::encode_key(ACK, WireType::LengthDelimited, buf);
-        encoding::encode_varint(self.body_len() as u64, buf);
+        put_key(ACK, WireType::LengthDelimited, buf);
+        put_varint_value(self.body_len() as u64, buf);
         put_varint(ACK_CLIENT_SEQUENCE, self.client_sequence, buf);
         put_varint(ACK_SEQUENCE, self.sequence, buf);
         put_varint(ACK_VERSION, i64::from(self.version) as u64, buf);
@@ -90,12 +90,30 @@ fn str_len(tag: u32, value: &str) -> usize {
     }
 }
 
+#[inline]
 fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
-        encoding::encode_key(tag, WireType::LengthDelimited, buf);
-        encoding::encode_varint(value.len() as u64, buf);
+        put_key(tag, WireType::LengthDelimited, buf);
+        put_varint_value(value.len() as u64, buf);
         buf.put_slice(value.as_bytes());
     }
+}
+
+/// A varint: a value below 128 (nearly every key, length and small number
+/// here) is one byte put inline; a larger one goes to prost, whose
+/// `encode_varint` is a call per varint.
+#[inline]
+fn put_varint_value(value: u64, buf: &mut impl BufMut) {
+    if value < 0x80 {
+        buf.put_u8(value as u8);
+    } else {
+        encoding::encode_varint(value, buf);
+    }
+}
+
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut impl BufMut) {
+    put_varint_value(u64::from(tag << 3 | wire_type as u32), buf);
 }
 
 fn varint_len(tag: u32, value: u64) -> usize {
@@ -108,8 +126,8 @@ fn varint_len(tag: u32, value: u64) -> usize {
 
 fn put_varint(tag: u32, value: u64, buf: &mut impl BufMut) {
     if value != 0 {
-        encoding::encode_key(tag, WireType::Varint, buf);
-        encoding::encode_varint(value, buf);
+        put_key(tag, WireType::Varint, buf);
+        put_varint_value(value, buf);
     }
 }
 
