@@ -63,7 +63,7 @@ crate::cli::connect::client_flags! {
         /// messages each participant sends (default 100)
         #[argh(option, default = "100")]
         pub messages: usize,
-        /// messages per second per participant, 0 for as fast as flow control allows (default 0)
+        /// messages per second per participant, 0 for as fast as flow control allows (default 0); paced participants start spread over one interval
         #[argh(option, default = "0.0")]
         pub rate: f64,
         /// participant streams sharing one connection (default 8)
@@ -438,7 +438,17 @@ async fn participant_task(
     // Edits sent (extended: lines this participant inserted).
     let mut own_edits = 0u64;
     let interval = (plan.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / plan.rate));
-    let mut next_send = Instant::now();
+    // Paced participants start spread over one interval (each at its own
+    // offset), as independent clients would be, not all on the same tick:
+    // otherwise every tick is a burst of everybody's messages and the
+    // latency measured is mostly the burst's queueing.
+    let mut next_send = Instant::now()
+        + interval.map_or(Duration::ZERO, |interval| {
+            // One refusal counter per participant of the run.
+            let everyone = plan.refused.len().max(1) as u32;
+            let me = (who.session * plan.participants + who.index) as u32;
+            interval * me / everyone
+        });
     let mut seen = Seen::default();
     let mut drain_deadline: Option<Instant> = None;
     // Armed for `armed_for` (when Some).
