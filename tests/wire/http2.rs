@@ -18,6 +18,7 @@ use kit::h2raw::{
     encode_headers, grpc_encode, grpc_frame_flag, grpc_message, grpc_request_headers, grpc_status,
     header, messages, response_headers, single_message, trailers,
 };
+use kit::server::TestServer;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -510,8 +511,9 @@ async fn outbound_respects_the_client_stream_window() {
     assert_eq!(sizes, [1000; 5]);
 }
 
-#[tokio::test]
-async fn inbound_capacity_is_released_as_messages_are_consumed() {
+/// A client-streaming call on a server whose stream and connection windows
+/// are HTTP/2's default 65,535 bytes (the server is kept alive with it).
+async fn streaming_input_call_with_default_windows() -> (TestServer, Conn, u32) {
     let config = ServerConfig {
         initial_stream_window: 65_535,
         initial_connection_window: 65_535,
@@ -520,6 +522,12 @@ async fn inbound_capacity_is_released_as_messages_are_consumed() {
     let server = interop_server(config).await;
     let mut conn = Conn::connect(server.addr).await;
     let id = conn.open_grpc(&method("StreamingInputCall")).await;
+    (server, conn, id)
+}
+
+#[tokio::test]
+async fn inbound_capacity_is_released_as_messages_are_consumed() {
+    let (_server, mut conn, id) = streaming_input_call_with_default_windows().await;
     let sizes = [30_000usize; 8];
     for size in sizes {
         let message = grpc_encode(&StreamingInputCallRequest {
@@ -562,14 +570,7 @@ async fn inbound_capacity_is_released_as_messages_are_consumed() {
 /// batches: the stream must never stall with every message consumed.
 #[tokio::test]
 async fn many_small_messages_past_the_window_complete() {
-    let config = ServerConfig {
-        initial_stream_window: 65_535,
-        initial_connection_window: 65_535,
-        ..server_config()
-    };
-    let server = interop_server(config).await;
-    let mut conn = Conn::connect(server.addr).await;
-    let id = conn.open_grpc(&method("StreamingInputCall")).await;
+    let (_server, mut conn, id) = streaming_input_call_with_default_windows().await;
     let message = grpc_encode(&StreamingInputCallRequest {
         payload: payload(50, 1),
         expect_compressed: None,
