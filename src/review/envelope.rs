@@ -18,12 +18,19 @@ pub struct Envelope<'a> {
     pub session_id: &'a str,
     pub timestamp: i64,
     pub user_id: &'a str,
-    pub payload: Option<&'a Payload>,
-    /// The payload when it is an acknowledgement (then `payload` is None:
-    /// the two are one `oneof`).
-    pub ack: Option<AckRef<'a>>,
+    pub payload: Carried<'a>,
     pub sequence: u64,
     pub client_sequence: u64,
+}
+
+/// The envelope's `payload` oneof: nothing, a payload as it is, or an
+/// acknowledgement from borrowed parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Carried<'a> {
+    #[default]
+    Nothing,
+    Payload(&'a Payload),
+    Ack(AckRef<'a>),
 }
 
 /// The fields of an `Ack`, borrowed.
@@ -138,11 +145,10 @@ impl prost::Message for Envelope<'_> {
         // int64 is encoded as the two's-complement u64 (as prost does).
         put_varint(TIMESTAMP, self.timestamp as u64, buf);
         put_str(USER_ID, self.user_id, buf);
-        debug_assert!(self.payload.is_none() || self.ack.is_none(), "one payload");
-        if let Some(payload) = self.payload {
-            payload.encode(buf);
-        } else if let Some(ack) = &self.ack {
-            ack.put_field(buf);
+        match &self.payload {
+            Carried::Nothing => {}
+            Carried::Payload(payload) => payload.encode(buf),
+            Carried::Ack(ack) => ack.put_field(buf),
         }
         put_varint(SEQUENCE, self.sequence, buf);
         put_varint(CLIENT_SEQUENCE, self.client_sequence, buf);
@@ -162,8 +168,11 @@ impl prost::Message for Envelope<'_> {
         str_len(SESSION_ID, self.session_id)
             + varint_len(TIMESTAMP, self.timestamp as u64)
             + str_len(USER_ID, self.user_id)
-            + self.payload.map_or(0, Payload::encoded_len)
-            + self.ack.as_ref().map_or(0, AckRef::field_len)
+            + match &self.payload {
+                Carried::Nothing => 0,
+                Carried::Payload(payload) => payload.encoded_len(),
+                Carried::Ack(ack) => ack.field_len(),
+            }
             + varint_len(SEQUENCE, self.sequence)
             + varint_len(CLIENT_SEQUENCE, self.client_sequence)
     }
@@ -182,21 +191,23 @@ mod tests {
     use prost::Message;
 
     fn owned(envelope: &Envelope<'_>) -> SessionMessage {
-        let ack = envelope.ack.map(|ack| {
-            Payload::Ack(Ack {
+        let payload = match envelope.payload {
+            Carried::Nothing => None,
+            Carried::Payload(payload) => Some(payload.clone()),
+            Carried::Ack(ack) => Some(Payload::Ack(Ack {
                 client_sequence: ack.client_sequence,
                 sequence: ack.sequence,
                 version: ack.version,
                 duplicate: ack.duplicate,
                 noop: ack.noop,
                 comment_id: ack.comment_id.to_owned(),
-            })
-        });
+            })),
+        };
         SessionMessage {
             session_id: envelope.session_id.to_owned(),
             timestamp: envelope.timestamp,
             user_id: envelope.user_id.to_owned(),
-            payload: envelope.payload.cloned().or(ack),
+            payload,
             sequence: envelope.sequence,
             client_sequence: envelope.client_sequence,
         }
@@ -272,20 +283,20 @@ mod tests {
             (-5, u64::MAX, 9),
             (i64::MIN, 128, u64::MAX),
         ];
-        let carried = payloads()
-            .into_iter()
-            .map(|payload| (payload, None))
-            .chain(acks().into_iter().map(|ack| (None, Some(ack))))
+        let payloads = payloads();
+        let carried = payloads
+            .iter()
+            .map(|payload| payload.as_ref().map_or(Carried::Nothing, Carried::Payload))
+            .chain(acks().into_iter().map(Carried::Ack))
             .collect::<Vec<_>>();
-        for (payload, ack) in &carried {
+        for payload in carried {
             for (session_id, user_id) in ids {
                 for (timestamp, sequence, client_sequence) in numbers {
                     let envelope = Envelope {
                         session_id,
                         timestamp,
                         user_id,
-                        payload: payload.as_ref(),
-                        ack: *ack,
+                        payload,
                         sequence,
                         client_sequence,
                     };

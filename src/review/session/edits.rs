@@ -196,16 +196,17 @@ impl Session {
             member,
             ack: Some(&info),
         };
-        let sent = self.broadcast(now, origin, &payload, fx);
-        self.remember_acked(user, &info, sent);
+        let sequence = self.broadcast(now, origin, &payload, fx);
+        self.remember_acked(user, &info, sequence);
     }
 
-    /// Remembers that the message `info` describes was acknowledged as the
-    /// event `sent` (a resend is answered the same way): the ack its author
-    /// was sent, or (no stream of the author's here) the same one made now.
-    fn remember_acked(&mut self, user: &Text, info: &AckInfo, sent: Broadcast) {
+    /// Remembers that the numbered message `info` describes was
+    /// acknowledged as the event `sequence`, so that a resend is answered
+    /// with the same acknowledgement its author was (or would have been)
+    /// sent.
+    fn remember_acked(&mut self, user: &Text, info: &AckInfo, sequence: u64) {
         if info.client_sequence != 0 {
-            let ack = ack_of(info, sent.sequence, false, false);
+            let ack = ack_of(info, sequence, false, false);
             self.remember(user, info.client_sequence, Outcome::Ack(ack));
         }
     }
@@ -306,17 +307,17 @@ impl Session {
             ack: Some(&info),
         };
         let payload = Payload::Comment(comment);
-        let sent = self.broadcast(now, origin, &payload, fx);
+        let sequence = self.broadcast(now, origin, &payload, fx);
         let Payload::Comment(comment) = payload else {
             unreachable!("built as a comment above")
         };
         self.comments.push(CommentEntry {
             user_id: str::to_owned(user),
             comment: Some(comment),
-            sequence: sent.sequence,
+            sequence,
             timestamp: now.unix_ms,
         });
-        self.remember_acked(user, &info, sent);
+        self.remember_acked(user, &info, sequence);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -448,6 +449,5 @@ impl Session {
             version,
         });
         self.broadcast(now, Origin::Server { user_id: user }, &payload, fx)
-            .sequence
     }
 }

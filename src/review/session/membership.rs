@@ -352,6 +352,6 @@ impl Session {
             member,
             ack: None,
         };
-        self.broadcast(now, origin, &payload, fx).sequence
+        self.broadcast(now, origin, &payload, fx)
     }
 }

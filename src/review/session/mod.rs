@@ -61,7 +61,7 @@ use super::bridge::OpLog;
 use super::comments::Comments;
 use super::counters::{Counters, MessageKind};
 use super::document::{Document, Room};
-use super::envelope::{AckRef, Envelope};
+use super::envelope::{AckRef, Carried, Envelope};
 use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
 use super::ids::{MemberId, Text};
@@ -290,11 +290,6 @@ fn ack_of(info: &AckInfo, sequence: u64, duplicate: bool, noop: bool) -> Ack {
             .map(str::to_owned)
             .unwrap_or_default(),
     }
-}
-
-/// An event broadcast: its number.
-struct Broadcast {
-    sequence: u64,
 }
 
 /// The acknowledgement of the event `sequence`, borrowed from `info` (as
@@ -742,6 +737,8 @@ impl Session {
     /// own stream gets the acknowledgement (if any) instead of the event, and
     /// replays give it the acknowledgement form too.
     ///
+    /// Returns the event's sequence number.
+    ///
     /// Cost: one encoding for everybody, then O(members) to queue it (the
     /// fan-out itself: each member gets a clone of the same bytes). Nothing
     /// here grows with the session's history or content.
@@ -751,14 +748,14 @@ impl Session {
         origin: Origin<'_>,
         payload: &Payload,
         fx: &mut Effects,
-    ) -> Broadcast {
+    ) -> u64 {
         self.sequence += 1;
         let kind = MessageKind::of(Some(payload));
         let (user_id, author, own_member, ack) = match origin {
             Origin::Server { user_id } => (user_id, None, None, None),
             Origin::Participant { user, member, ack } => (&**user, Some(user.clone()), member, ack),
         };
-        let framed = self.encode_event(now, user_id, Some(payload), 0);
+        let framed = self.encode_event(now, user_id, Carried::Payload(payload));
         self.history.push(LoggedEvent {
             sequence: self.sequence,
             version: self.version,
@@ -782,37 +779,26 @@ impl Session {
         self.recipients = recipients;
         if let (Some(member), Some(ack)) = (own_member, ack) {
             // Encoded from the session's strings: no owned Ack per event.
-            let framed = encode_message(&Envelope {
-                session_id: &self.id,
-                timestamp: now.unix_ms,
-                user_id,
-                ack: Some(ack_ref(ack, self.sequence)),
-                sequence: self.sequence,
-                client_sequence: ack.client_sequence,
-                ..Envelope::default()
-            });
+            let framed = self.encode_event(now, user_id, Carried::Ack(ack_ref(ack, self.sequence)));
             self.send_to(member, framed, MessageKind::Ack, version, fx);
         }
-        Broadcast {
-            sequence: self.sequence,
-        }
+        self.sequence
     }
 
     /// A server event, encoded and framed from borrowed parts (see
-    /// [`Envelope`]): numbered with the current sequence.
-    fn encode_event(
-        &self,
-        now: Now,
-        user_id: &str,
-        payload: Option<&Payload>,
-        client_sequence: u64,
-    ) -> Bytes {
+    /// [`Envelope`]): numbered with the current sequence. `payload` is the
+    /// event's, or its author's acknowledgement (which carries the author's
+    /// client sequence number).
+    fn encode_event(&self, now: Now, user_id: &str, payload: Carried<'_>) -> Bytes {
+        let client_sequence = match &payload {
+            Carried::Ack(ack) => ack.client_sequence,
+            Carried::Nothing | Carried::Payload(_) => 0,
+        };
         encode_message(&Envelope {
             session_id: &self.id,
             timestamp: now.unix_ms,
             user_id,
             payload,
-            ack: None,
             sequence: self.sequence,
             client_sequence,
         })
@@ -847,7 +833,7 @@ impl Session {
         fx: &mut Effects,
     ) {
         let counted = MessageKind::of(Some(&payload));
-        let framed = self.encode_event(now, user, Some(&payload), 0);
+        let framed = self.encode_event(now, user, Carried::Payload(&payload));
         if self.shared {
             self.published.push(Published {
                 user: user.clone(),
