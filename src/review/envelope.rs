@@ -9,7 +9,7 @@
 use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
-use crate::pb::codereview::session_message::Payload;
+use crate::pb::codereview::{Ack, session_message::Payload};
 
 /// The fields of a `SessionMessage`, borrowed. Encode-only: decoding one
 /// skips every field (decode into [`crate::pb::codereview::SessionMessage`]).
@@ -54,6 +54,18 @@ const ACK_NOOP: u32 = 5;
 const ACK_COMMENT_ID: u32 = 6;
 
 impl AckRef<'_> {
+    /// The same acknowledgement, owned (to keep, or to put in a message).
+    pub fn to_ack(&self) -> Ack {
+        Ack {
+            client_sequence: self.client_sequence,
+            sequence: self.sequence,
+            version: self.version,
+            duplicate: self.duplicate,
+            noop: self.noop,
+            comment_id: self.comment_id.to_owned(),
+        }
+    }
+
     fn body_len(&self) -> usize {
         varint_len(ACK_CLIENT_SEQUENCE, self.client_sequence)
             + varint_len(ACK_SEQUENCE, self.sequence)
@@ -194,14 +206,7 @@ mod tests {
         let payload = match envelope.payload {
             Carried::Nothing => None,
             Carried::Payload(payload) => Some(payload.clone()),
-            Carried::Ack(ack) => Some(Payload::Ack(Ack {
-                client_sequence: ack.client_sequence,
-                sequence: ack.sequence,
-                version: ack.version,
-                duplicate: ack.duplicate,
-                noop: ack.noop,
-                comment_id: ack.comment_id.to_owned(),
-            })),
+            Carried::Ack(ack) => Some(Payload::Ack(ack.to_ack())),
         };
         SessionMessage {
             session_id: envelope.session_id.to_owned(),

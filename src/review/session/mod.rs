@@ -278,29 +278,17 @@ pub struct UploadOutcome {
 /// The acknowledgement of the message `info` describes, as the event
 /// numbered `sequence`.
 fn ack_of(info: &AckInfo, sequence: u64, duplicate: bool, noop: bool) -> Ack {
-    Ack {
+    ack_ref(info, sequence, duplicate, noop).to_ack()
+}
+
+/// [`ack_of`], borrowed from `info` (for encoding, without a copy).
+fn ack_ref(info: &AckInfo, sequence: u64, duplicate: bool, noop: bool) -> AckRef<'_> {
+    AckRef {
         client_sequence: info.client_sequence,
         sequence,
         version: info.version,
         duplicate,
         noop,
-        comment_id: info
-            .comment_id
-            .as_deref()
-            .map(str::to_owned)
-            .unwrap_or_default(),
-    }
-}
-
-/// The acknowledgement of the event `sequence`, borrowed from `info` (as
-/// [`ack_of`] makes it owned).
-fn ack_ref(info: &AckInfo, sequence: u64) -> AckRef<'_> {
-    AckRef {
-        client_sequence: info.client_sequence,
-        sequence,
-        version: info.version,
-        duplicate: false,
-        noop: false,
         comment_id: info.comment_id.as_deref().unwrap_or(""),
     }
 }
@@ -779,7 +767,11 @@ impl Session {
         self.recipients = recipients;
         if let (Some(member), Some(ack)) = (own_member, ack) {
             // Encoded from the session's strings: no owned Ack per event.
-            let framed = self.encode_event(now, user_id, Carried::Ack(ack_ref(ack, self.sequence)));
+            let framed = self.encode_event(
+                now,
+                user_id,
+                Carried::Ack(ack_ref(ack, self.sequence, false, false)),
+            );
             self.send_to(member, framed, MessageKind::Ack, version, fx);
         }
         self.sequence
