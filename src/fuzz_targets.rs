@@ -276,6 +276,7 @@ pub fn log_frames(data: &[u8]) {
     use crate::review::limits::Limits;
     use crate::review::session::{Now, Session};
     use crate::store::{self, WalContents, frame};
+    use prost::Message;
     use std::sync::Arc;
 
     let scan = frame::scan(data, 1 << 20);
@@ -302,6 +303,14 @@ pub fn log_frames(data: &[u8]) {
         }
         let _ = session.finish_recovery(now);
         let snapshot = session.to_snapshot(0);
+        let encoded = session.encode_snapshot(0);
+        assert_eq!(
+            crate::pb::store::Snapshot::decode(encoded.payload.as_slice())
+                .ok()
+                .as_ref(),
+            Some(&snapshot),
+            "the encoded snapshot is the snapshot"
+        );
         let again =
             Session::from_snapshot(&snapshot, limits.clone()).expect("our own snapshot loads");
         assert_eq!(again.to_snapshot(0), snapshot);

@@ -106,9 +106,14 @@ fn segment_number(name: &str) -> Option<u64> {
 
 /// Encodes a snapshot file's bytes (one frame).
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
-    let payload = snapshot.encode_to_vec();
+    frame_snapshot(&snapshot.session_id, &snapshot.encode_to_vec())
+}
+
+/// A snapshot file's bytes: `payload`, an encoded `Snapshot` of the
+/// session, in one frame.
+pub fn frame_snapshot(session_id: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
-    frame::encode(&mut out, frame::session_key(&snapshot.session_id), &payload);
+    frame::encode(&mut out, frame::session_key(session_id), payload);
     out
 }
 

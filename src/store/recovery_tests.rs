@@ -294,7 +294,11 @@ fn closed_segments_wait(max_disk_bytes: u64, waiting: usize) {
         session_id: "s".into(),
         ..Default::default()
     };
-    assert!(store.send(Job::Snapshot(snapshot)));
+    assert!(store.send(Job::Snapshot {
+        session_id: "s".into(),
+        index: 5,
+        payload: snapshot.encode_to_vec(),
+    }));
     match store.events.blocking_recv() {
         Some(Event::Snapshotted { result: Ok(()), .. }) => {}
         other => panic!("a snapshot: {other:?}"),

@@ -18,10 +18,10 @@ use std::thread;
 use tokio::sync::mpsc as async_mpsc;
 
 use super::{
-    Recovered, StoreConfig, StoreError, encode_entries, encode_snapshot, io_error, segment_name,
+    Recovered, StoreConfig, StoreError, encode_entries, frame_snapshot, io_error, segment_name,
     snapshot_name, sync_dir,
 };
-use crate::pb::store::{Deleted, Record, Snapshot, record::Body};
+use crate::pb::store::{Deleted, Record, record::Body};
 use crate::review::ids::Text;
 
 /// A log segment as recovery found it.
@@ -77,9 +77,13 @@ impl SessionFrames {
 pub enum Job {
     /// Make these records durable (per session, in index order).
     Append(Vec<SessionFrames>),
-    /// Store a session's snapshot (its records up to `snapshot.index` are
-    /// durable already).
-    Snapshot(Snapshot),
+    /// Store a session's snapshot: `payload` is an encoded `Snapshot`
+    /// covering its records up to `index` (durable already).
+    Snapshot {
+        session_id: String,
+        index: u64,
+        payload: Vec<u8>,
+    },
     /// Delete a session (this incarnation: `epoch`).
     Delete { session: Text, epoch: u64 },
 }
@@ -237,14 +241,17 @@ impl Writer {
         while let Ok(job) = jobs.recv() {
             let event = match job {
                 Job::Append(batch) => self.append(batch),
-                Job::Snapshot(snapshot) => {
-                    let session = snapshot.session_id.clone();
-                    let result = self.snapshot(&snapshot).map_err(|e| e.0);
+                Job::Snapshot {
+                    session_id,
+                    index,
+                    payload,
+                } => {
+                    let result = self.snapshot(&session_id, index, &payload).map_err(|e| e.0);
                     if result.is_ok() {
                         self.collect_segments();
                     }
                     Event::Snapshotted {
-                        session,
+                        session: session_id,
                         result,
                         disk_bytes: self.disk_bytes(),
                     }
@@ -383,10 +390,10 @@ impl Writer {
     }
 
     /// Writes a snapshot file: temp file, fsync, rename, fsync the dir.
-    fn snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        let path = self.snapshot_path(&snapshot.session_id);
+    fn snapshot(&mut self, session_id: &str, index: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let path = self.snapshot_path(session_id);
         let tmp = path.with_extension("snap.tmp");
-        let bytes = encode_snapshot(snapshot);
+        let bytes = frame_snapshot(session_id, payload);
         let write = |path: &Path| -> std::io::Result<()> {
             let mut file = File::create(path)?;
             file.write_all(&bytes)?;
@@ -396,10 +403,9 @@ impl Writer {
         fs::rename(&tmp, &path).map_err(|e| io_error("cannot rename", &tmp, e))?;
         let dir = self.config.dir.join("snapshots");
         sync_dir(&dir).map_err(|e| io_error("cannot sync", &dir, e))?;
-        self.snapshot_index
-            .insert(snapshot.session_id.clone(), snapshot.index);
+        self.snapshot_index.insert(session_id.to_owned(), index);
         self.snapshot_bytes
-            .insert(snapshot.session_id.clone(), bytes.len() as u64);
+            .insert(session_id.to_owned(), bytes.len() as u64);
         Ok(())
     }
 

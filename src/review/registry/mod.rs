@@ -36,7 +36,7 @@ use super::counters::{Counters, NoSessionObserver, SessionObserver};
 use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, MemberMap, Text};
 use super::limits::Limits;
-use super::session::{Done, Effects, Input, JoinRequest, Now, Session};
+use super::session::{Done, Effects, Input, JoinRequest, Now, Session, snapshot_weight};
 use crate::pb::store::Record;
 use crate::shared_log::{self, Event as SharedEvent, SharedLogConfig};
 use crate::store::{self, Event as StoreEvent, Job, SessionFrames, StoreConfig, StoreHandle};
@@ -116,28 +116,17 @@ pub type Startup = oneshot::Receiver<Result<RecoveryReport, String>>;
 /// records as its last snapshot held entries (see [`snapshot_weight`]).
 const SNAPSHOT_EVERY: u64 = 4096;
 
-/// How many records make a session's next snapshot due after `last` (none:
-/// the session has no snapshot yet).
-fn records_before_the_next_snapshot(last: Option<&crate::pb::store::Snapshot>) -> u64 {
-    last.map_or(SNAPSHOT_EVERY, |s| SNAPSHOT_EVERY.max(snapshot_weight(s)))
-}
-
-/// The entries a snapshot holds: lines, comments, users' remembered outcomes
-/// and bridges, operations and history events. A snapshot costs in
-/// proportion to them (it is built, encoded and written whole), so the next
-/// one waits for at least as many new records: the snapshot work then stays
-/// within a constant of the log work, however long a review grows, instead
-/// of growing with the session's size on every [`SNAPSHOT_EVERY`] records.
-/// Recovery replays at most that many records after a snapshot, in
-/// proportion to the session's size again.
-fn snapshot_weight(snapshot: &crate::pb::store::Snapshot) -> u64 {
-    let lines: usize = snapshot.files.iter().map(|f| f.lines.len()).sum();
-    let users: usize = snapshot
-        .users
-        .iter()
-        .map(|u| 1 + u.outcomes.len() + u.bridge.len())
-        .sum();
-    (lines + snapshot.comments.len() + users + snapshot.ops.len() + snapshot.history.len()) as u64
+/// How many records make a session's next snapshot due after one of
+/// `last_weight` entries (none: the session has no snapshot yet). The next
+/// one waits for at least as many new records as the last held entries: a
+/// snapshot costs in proportion to its entries (it is built, encoded and
+/// written whole), so the snapshot work then stays within a constant of the
+/// log work, however long a review grows, instead of growing with the
+/// session's size on every [`SNAPSHOT_EVERY`] records. Recovery replays at
+/// most that many records after a snapshot, in proportion to the session's
+/// size again.
+fn records_before_the_next_snapshot(last_weight: Option<u64>) -> u64 {
+    last_weight.map_or(SNAPSHOT_EVERY, |weight| SNAPSHOT_EVERY.max(weight))
 }
 
 /// The most commands one turn of the registry handles after the one that
@@ -265,11 +254,11 @@ impl SessionSlot {
         self.since_snapshot >= self.snapshot_after
     }
 
-    /// A snapshot was taken: the count starts again, and the next one waits
-    /// for as many records as this one holds entries.
-    fn snapshotted(&mut self, snapshot: &crate::pb::store::Snapshot) {
+    /// A snapshot of `weight` entries was taken: the count starts again,
+    /// and the next one waits for as many records as this one holds entries.
+    fn snapshotted(&mut self, weight: u64) {
         self.since_snapshot = 0;
-        self.snapshot_after = records_before_the_next_snapshot(Some(snapshot));
+        self.snapshot_after = records_before_the_next_snapshot(Some(weight));
     }
 
     /// Notes since when the session has had no members; whether it has none.
@@ -506,7 +495,9 @@ impl Registry {
                 empty_since: Some(Instant::now()),
                 memory: 0,
                 since_snapshot: found.records.len() as u64,
-                snapshot_after: records_before_the_next_snapshot(found.snapshot.as_ref()),
+                snapshot_after: records_before_the_next_snapshot(
+                    found.snapshot.as_ref().map(snapshot_weight),
+                ),
                 last_active,
                 replica: replicas::Replica::default(),
             };
@@ -1063,9 +1054,13 @@ impl Registry {
             if durability.is_unwritten(id) || session.durable_index() < session.next_index() {
                 continue;
             }
-            let snapshot = session.to_snapshot(slot.last_active);
-            slot.snapshotted(&snapshot);
-            store.send(Job::Snapshot(snapshot));
+            let snapshot = session.encode_snapshot(slot.last_active);
+            slot.snapshotted(snapshot.weight);
+            store.send(Job::Snapshot {
+                session_id: id.to_string(),
+                index: snapshot.index,
+                payload: snapshot.payload,
+            });
             done.push(id.clone());
         }
         for id in done {
@@ -1429,14 +1424,14 @@ mod tests {
         slot.since_snapshot = SNAPSHOT_EVERY;
         assert!(slot.snapshot_is_due());
         // A small session: every SNAPSHOT_EVERY records still.
-        slot.snapshotted(&snapshot(10, 10, 0, 10));
+        slot.snapshotted(snapshot_weight(&snapshot(10, 10, 0, 10)));
         assert_eq!(slot.since_snapshot, 0);
         slot.since_snapshot = SNAPSHOT_EVERY;
         assert!(slot.snapshot_is_due());
         // A long review: 20,000 comments wait for 20,000 + records.
         let long = snapshot(100, 20_000, 0, 1000);
         let weight = snapshot_weight(&long);
-        slot.snapshotted(&long);
+        slot.snapshotted(weight);
         slot.since_snapshot = weight - 1;
         assert!(!slot.snapshot_is_due());
         slot.since_snapshot = weight;

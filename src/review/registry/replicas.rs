@@ -687,12 +687,12 @@ impl Registry {
             if !slot.snapshot_is_due() || !slot.replica.is_idle() {
                 continue;
             }
-            let snapshot = slot.session.to_snapshot(slot.last_active);
-            slot.snapshotted(&snapshot);
+            let snapshot = slot.session.encode_snapshot(slot.last_active);
+            slot.snapshotted(snapshot.weight);
             let _ = shared.jobs.send(Job::Snapshot {
                 session: id.clone(),
                 next: slot.session.next_index(),
-                data: snapshot.encode_to_vec(),
+                data: snapshot.payload,
             });
         }
     }

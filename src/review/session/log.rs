@@ -21,6 +21,7 @@ use super::super::history::LoggedEvent;
 use super::super::ot::{FileOp, LineOp};
 use super::*;
 use crate::pb::codereview::{FileContent, code_edit::Op as WireOp};
+use prost::Message;
 
 /// Why a record or a snapshot could not be folded into a session: the log
 /// is damaged, or does not belong where it was found.
@@ -35,6 +36,71 @@ impl std::fmt::Display for ReplayError {
 
 pub(super) fn damaged(what: impl Into<String>) -> ReplayError {
     ReplayError(what.into())
+}
+
+// The field numbers of `store.v1.Snapshot`'s files and comments, and those
+// of a `FileContent` (encoded from the session's own strings).
+const SNAPSHOT_FILES: u32 = 6;
+const SNAPSHOT_COMMENTS: u32 = 7;
+const FILE_PATH: u32 = 1;
+const FILE_LINES: u32 = 2;
+
+/// A session's snapshot as [`Session::encode_snapshot`] made it.
+#[derive(Debug)]
+pub struct EncodedSnapshot {
+    /// The log position it covers (records up to it).
+    pub index: u64,
+    /// Its entries (see [`snapshot_weight`]).
+    pub weight: u64,
+    /// The encoded `store.v1.Snapshot`.
+    pub payload: Vec<u8>,
+}
+
+/// The entries a snapshot holds: lines, comments, users' remembered
+/// outcomes and bridges, operations and history events. A snapshot costs in
+/// proportion to them (it is built, encoded and written whole); the
+/// registry makes the next one wait for at least as many new records.
+pub fn snapshot_weight(snapshot: &store::Snapshot) -> u64 {
+    let lines: usize = snapshot.files.iter().map(|f| f.lines.len()).sum();
+    let users: usize = snapshot
+        .users
+        .iter()
+        .map(|u| 1 + u.outcomes.len() + u.bridge.len())
+        .sum();
+    (lines + snapshot.comments.len() + users + snapshot.ops.len() + snapshot.history.len()) as u64
+}
+
+/// Encodes a file as field `tag` (a `FileContent` of version 0), exactly as
+/// prost would encode the owned message.
+fn encode_file(tag: u32, path: &str, lines: &[Text], buf: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let string_len =
+        |tag: u32, s: &str| key_len(tag) + encoded_len_varint(s.len() as u64) + s.len();
+    let put_string = |tag: u32, s: &str, buf: &mut Vec<u8>| {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(s.len() as u64, buf);
+        buf.extend_from_slice(s.as_bytes());
+    };
+    // proto3: an empty path is not encoded; every line is (repeated).
+    let path_len = if path.is_empty() {
+        0
+    } else {
+        string_len(FILE_PATH, path)
+    };
+    let body = path_len
+        + lines
+            .iter()
+            .map(|l| string_len(FILE_LINES, l))
+            .sum::<usize>();
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(body as u64, buf);
+    buf.reserve(body);
+    if !path.is_empty() {
+        put_string(FILE_PATH, path, buf);
+    }
+    for line in lines {
+        put_string(FILE_LINES, line, buf);
+    }
 }
 
 /// An edit's record: what it is and what it was based on.
@@ -179,6 +245,47 @@ impl Session {
 
     /// The whole state, at the last record made.
     pub fn to_snapshot(&self, last_active: i64) -> store::Snapshot {
+        let mut snapshot = self.snapshot_of_the_rest(last_active);
+        snapshot.files = self
+            .doc
+            .files()
+            .map(|(path, lines)| FileContent {
+                file_path: path.to_string(),
+                lines: lines.iter().map(|l| l.to_string()).collect(),
+                version: 0,
+            })
+            .collect();
+        snapshot.comments = self.comments.entries().to_vec();
+        snapshot
+    }
+
+    /// The session's snapshot, encoded: the bytes of [`Session::to_snapshot`]'s
+    /// message (its fields in another order, which decodes the same), made
+    /// without copying the files' lines and the comments into an owned
+    /// message first: they are encoded from where the session keeps them.
+    /// They are most of a long review's snapshot; copying them, then
+    /// freeing the copy, cost more than encoding them.
+    pub fn encode_snapshot(&self, last_active: i64) -> EncodedSnapshot {
+        let rest = self.snapshot_of_the_rest(last_active);
+        let lines: usize = self.doc.files().map(|(_, lines)| lines.len()).sum();
+        let comments = self.comments.entries();
+        let weight = snapshot_weight(&rest) + (lines + comments.len()) as u64;
+        let mut payload = rest.encode_to_vec();
+        for (path, lines) in self.doc.files() {
+            encode_file(SNAPSHOT_FILES, path, lines, &mut payload);
+        }
+        for entry in comments {
+            prost::encoding::message::encode(SNAPSHOT_COMMENTS, entry, &mut payload);
+        }
+        EncodedSnapshot {
+            index: rest.index,
+            weight,
+            payload,
+        }
+    }
+
+    /// Everything of the snapshot but the files and the comments.
+    fn snapshot_of_the_rest(&self, last_active: i64) -> store::Snapshot {
         let mut users: Vec<store::User> = self
             .roster
             .users()
@@ -228,16 +335,8 @@ impl Session {
             epoch: self.epoch,
             sequence: self.sequence,
             version: self.version,
-            files: self
-                .doc
-                .files()
-                .map(|(path, lines)| FileContent {
-                    file_path: path.to_string(),
-                    lines: lines.iter().map(|l| l.to_string()).collect(),
-                    version: 0,
-                })
-                .collect(),
-            comments: self.comments.entries().to_vec(),
+            files: Vec::new(),
+            comments: Vec::new(),
             users,
             ops: self
                 .ops

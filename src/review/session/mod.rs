@@ -81,6 +81,7 @@ mod apply;
 mod edits;
 mod lifecycle;
 mod log;
+pub use log::{EncodedSnapshot, snapshot_weight};
 mod membership;
 mod messages;
 mod roster;

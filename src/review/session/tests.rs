@@ -73,6 +73,11 @@ impl Harness {
         }
         let live = self.session.to_snapshot(0);
         assert_eq!(rebuilt.to_snapshot(0), live, "replayed log == live state");
+        let encoded = self.session.encode_snapshot(0);
+        let decoded = store::Snapshot::decode(encoded.payload.as_slice()).expect("it decodes");
+        assert_eq!(decoded, live, "the encoded snapshot is the snapshot");
+        assert_eq!(encoded.weight, snapshot_weight(&live));
+        assert_eq!(encoded.index, live.index);
         let restored = Session::from_snapshot(&live, limits).expect("the snapshot loads");
         assert_eq!(restored.to_snapshot(0), live, "snapshot round trip");
     }
