@@ -270,7 +270,15 @@ impl Session {
         let lines: usize = self.doc.files().map(|(_, lines)| lines.len()).sum();
         let comments = self.comments.entries();
         let weight = snapshot_weight(&rest) + (lines + comments.len()) as u64;
-        let mut payload = rest.encode_to_vec();
+        // Sized once: a long review's snapshot is megabytes, copied at
+        // every doubling otherwise. Lengths are read from the strings'
+        // headers, side by side in the entries.
+        let comments_len: usize = comments
+            .iter()
+            .map(|entry| prost::encoding::message::encoded_len(SNAPSHOT_COMMENTS, entry))
+            .sum();
+        let mut payload = Vec::with_capacity(rest.encoded_len() + comments_len);
+        rest.encode_raw(&mut payload);
         for (path, lines) in self.doc.files() {
             encode_file(SNAPSHOT_FILES, path, lines, &mut payload);
         }
