@@ -329,17 +329,18 @@ impl Bridge {
         let lane = self.lane_of(&op.path);
         let mut after = Vec::new();
         if let Some(index) = lane {
-            let shapes = &self.lanes[index].shapes;
-            after.reserve_exact(shapes.len());
-            let (front, back) = shapes.as_slices();
-            let mut shape = op.op.shape();
-            for half in [front, back] {
-                if shape == Shape::Noop {
-                    break;
-                }
-                shape =
-                    ot::transform_through(shape, half.iter().copied(), incoming_wins, &mut after);
+            let (front, back) = self.lanes[index].shapes.as_slices();
+            after.resize(front.len() + back.len(), Shape::Noop);
+            let (after_front, after_back) = after.split_at_mut(front.len());
+            let (mut shape, mut reached) =
+                ot::transform_through(op.op.shape(), front, incoming_wins, after_front);
+            if reached == front.len() && shape != Shape::Noop {
+                let (past_back, reached_back) =
+                    ot::transform_through(shape, back, incoming_wins, after_back);
+                shape = past_back;
+                reached += reached_back;
             }
+            after.truncate(reached);
             ot::set_shape(&mut op.op, shape);
         }
         Transformed {
