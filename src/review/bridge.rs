@@ -160,6 +160,9 @@ pub struct Bridge {
     synced_to: i32,
     /// Bases older than this can no longer be transformed (entries trimmed).
     floor: i32,
+    /// The buffer a transform writes the entries' new shapes into, kept
+    /// from one edit to the next (see [`Bridge::transform`]).
+    scratch: Vec<Shape>,
 }
 
 /// An edit transformed through a bridge, not yet known to apply: commit it
@@ -184,6 +187,7 @@ impl Bridge {
             len: 0,
             synced_to: version,
             floor: version,
+            scratch: Vec::new(),
         }
     }
 
@@ -319,28 +323,21 @@ impl Bridge {
     /// Transforms `op` (based where the last [`Bridge::sync`] said) through
     /// the entries on its file. `incoming_wins` breaks ties in the edit's
     /// favour (last writer wins) instead of the applied operations'.
-    pub fn transform(&self, mut op: FileOp, incoming_wins: bool) -> Transformed {
+    pub fn transform(&mut self, mut op: FileOp, incoming_wins: bool) -> Transformed {
         // Cost: one pass over the lane of the edit's file (the operations on
-        // it concurrent with the edit, at most the transform window),
-        // allocating once. Inherent to OT: an edit is transformed past
-        // everything it did not see. The same pass works out what each entry
-        // becomes once the edit applies before it, so that committing is a
-        // copy.
+        // it concurrent with the edit, at most the transform window), into
+        // the bridge's kept buffer (no allocation once it is large enough).
+        // Inherent to OT: an edit is transformed past everything it did
+        // not see. The same pass works out what each entry becomes once the
+        // edit applies before it, so that committing is a copy.
         let lane = self.lane_of(&op.path);
-        let mut after = Vec::new();
+        let mut after = std::mem::take(&mut self.scratch);
+        after.clear();
         if let Some(index) = lane {
             let (front, back) = self.lanes[index].shapes.as_slices();
-            after.resize(front.len() + back.len(), Shape::Noop);
-            let (after_front, after_back) = after.split_at_mut(front.len());
-            let (mut shape, mut reached) =
-                ot::transform_through(op.op.shape(), front, incoming_wins, after_front);
-            if reached == front.len() && shape != Shape::Noop {
-                let (past_back, reached_back) =
-                    ot::transform_through(shape, back, incoming_wins, after_back);
-                shape = past_back;
-                reached += reached_back;
-            }
-            after.truncate(reached);
+            after.reserve(front.len() + back.len());
+            let shape = ot::transform_through(op.op.shape(), front, incoming_wins, &mut after);
+            let shape = ot::transform_through(shape, back, incoming_wins, &mut after);
             ot::set_shape(&mut op.op, shape);
         }
         Transformed {
@@ -354,16 +351,16 @@ impl Bridge {
     /// The edit applied (as `version`, or as a no-op when `None`): the
     /// entries it met now apply after it.
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
-        if let Some(lane) = transformed.lane.and_then(|i| self.lanes.get_mut(i)) {
-            let after = &transformed.after[..transformed.after.len().min(lane.shapes.len())];
+        let Transformed { lane, after, .. } = transformed;
+        if let Some(lane) = lane.and_then(|i| self.lanes.get_mut(i)) {
             let (front, back) = lane.shapes.as_mut_slices();
-            let split = after.len().min(front.len());
-            front[..split].copy_from_slice(&after[..split]);
-            back[..after.len() - split].copy_from_slice(&after[split..]);
+            front.copy_from_slice(&after[..front.len()]);
+            back.copy_from_slice(&after[front.len()..]);
         }
         if let Some(version) = version {
             self.synced_to = version;
         }
+        self.scratch = after;
     }
 }
 

@@ -158,11 +158,11 @@ pub fn transform_shape(a: Shape, b: Shape, a_wins: bool) -> Shape {
 }
 
 /// Transforms `incoming` through `applied` (operations on the same file, in
-/// the order they applied), writing into `after` (as long as `applied`)
-/// what each of them becomes once `incoming` applies before it; returns
-/// what `incoming` becomes, and how many entries it reached (those written).
-/// `incoming_wins` decides ties in its favour. Once `incoming` is cancelled
-/// the walk stops: it changes nothing that follows, nor is changed by it.
+/// the order they applied), appending to `after` what each of them becomes
+/// once `incoming` applies before it (one entry for each); returns what
+/// `incoming` becomes. `incoming_wins` decides ties in its favour. Once
+/// `incoming` is cancelled it changes nothing that follows, nor is changed
+/// by it: the rest is appended as it is.
 ///
 /// The same as folding [`transform_shape`] both ways over `applied`, with
 /// the incoming kind fixed outside the loop (it never changes, only its
@@ -171,120 +171,135 @@ pub fn transform_shape(a: Shape, b: Shape, a_wins: bool) -> Shape {
 /// by the comparison's value, not by a branch: a lagging editor's lines and
 /// the applied ones compare as good as at random, so a branch would be
 /// mispredicted half the time, and the line carried from entry to entry
-/// waits only for a compare and an add. The entries are written in place
-/// (not pushed: a push stores the vector's length every time, and the next
-/// one waits for it).
+/// waits only for a compare and an add. The entries are appended by one
+/// `extend` of a slice's length (a push per entry would store the vector's
+/// length every time, and the next push would wait for it).
 pub fn transform_through(
     incoming: Shape,
     applied: &[Shape],
     incoming_wins: bool,
-    after: &mut [Shape],
-) -> (Shape, usize) {
-    assert_eq!(applied.len(), after.len(), "one entry after each applied");
+    after: &mut Vec<Shape>,
+) -> Shape {
     use Shape::*;
     let wins = incoming_wins;
     let one = u32::from;
+    let mut cancelled = false;
     match incoming {
-        Noop => (Noop, 0),
+        Noop => {
+            after.extend_from_slice(applied);
+            Noop
+        }
         Insert(mut q) => {
             // Two inserts at one line: the applied one stays first unless
             // the incoming one wins (q >= p, or q > p: q >= p + 1).
             let tie = u64::from(wins);
-            for (reached, (&a, out)) in applied.iter().zip(after.iter_mut()).enumerate() {
-                // Inserts first, apart: concurrent typing is mostly inserts,
-                // and a test and a predicted branch cost less than a jump
-                // through the table of kinds.
-                if let Insert(p) = a {
+            after.extend(applied.iter().map(|&a| {
+                // Inserts first, apart: concurrent typing is mostly
+                // inserts, and a test and a predicted branch cost less than
+                // a jump through the table of kinds.
+                if let Insert(p) = a
+                    && !cancelled
+                {
                     let moves = u64::from(q) >= u64::from(p) + tie;
                     q += one(moves);
-                    *out = Insert(p + one(!moves));
-                    continue;
+                    return Insert(p + one(!moves));
+                }
+                if cancelled {
+                    return a;
                 }
                 match a {
-                    Insert(_) => unreachable!("handled above"),
+                    Insert(_) | Noop => a,
                     Delete(p) => {
                         let moves = q > p;
                         q -= one(moves);
-                        *out = Delete(p + one(!moves));
+                        Delete(p + one(!moves))
                     }
-                    Replace(p) => *out = Replace(p + one(p >= q)),
-                    Noop => *out = a,
+                    Replace(p) => Replace(p + one(p >= q)),
                     ReplaceFile => {
-                        *out = a;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        a
                     }
                 }
-            }
-            (Insert(q), applied.len())
+            }));
+            if cancelled { Noop } else { Insert(q) }
         }
         Delete(mut q) => {
-            for (reached, (&a, out)) in applied.iter().zip(after.iter_mut()).enumerate() {
+            after.extend(applied.iter().map(|&a| {
+                if cancelled {
+                    return a;
+                }
                 match a {
                     Insert(p) => {
                         let moves = q >= p;
                         q += one(moves);
-                        *out = Insert(p - one(!moves));
+                        Insert(p - one(!moves))
                     }
                     Delete(p) if q == p => {
-                        *out = Noop;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        Noop
                     }
                     Delete(p) => {
                         let moves = q > p;
                         q -= one(moves);
-                        *out = Delete(p - one(!moves));
+                        Delete(p - one(!moves))
                     }
-                    Replace(p) if p == q => *out = Noop,
-                    Replace(p) => *out = Replace(p - one(p > q)),
-                    Noop => *out = a,
+                    Replace(p) if p == q => Noop,
+                    Replace(p) => Replace(p - one(p > q)),
+                    Noop => a,
                     ReplaceFile => {
-                        *out = a;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        a
                     }
                 }
-            }
-            (Delete(q), applied.len())
+            }));
+            if cancelled { Noop } else { Delete(q) }
         }
         Replace(mut q) => {
-            for (reached, (&a, out)) in applied.iter().zip(after.iter_mut()).enumerate() {
+            after.extend(applied.iter().map(|&a| {
+                if cancelled {
+                    return a;
+                }
                 match a {
                     Insert(p) => {
                         q += one(q >= p);
-                        *out = a;
+                        a
                     }
                     Delete(p) if q == p => {
-                        *out = a;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        a
                     }
                     Delete(p) => {
                         q -= one(q > p);
-                        *out = a;
+                        a
                     }
-                    Replace(p) if p == q && wins => *out = Noop,
+                    Replace(p) if p == q && wins => Noop,
                     Replace(p) if p == q => {
-                        *out = a;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        a
                     }
-                    Replace(_) | Noop => *out = a,
+                    Replace(_) | Noop => a,
                     ReplaceFile => {
-                        *out = a;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        a
                     }
                 }
-            }
-            (Replace(q), applied.len())
+            }));
+            if cancelled { Noop } else { Replace(q) }
         }
         ReplaceFile => {
-            for (reached, (&a, out)) in applied.iter().zip(after.iter_mut()).enumerate() {
+            after.extend(applied.iter().map(|&a| {
+                if cancelled {
+                    return a;
+                }
                 match a {
                     ReplaceFile if !wins => {
-                        *out = a;
-                        return (Noop, reached + 1);
+                        cancelled = true;
+                        a
                     }
-                    _ => *out = Noop,
+                    _ => Noop,
                 }
-            }
-            (ReplaceFile, applied.len())
+            }));
+            if cancelled { Noop } else { ReplaceFile }
         }
     }
 }
@@ -538,10 +553,13 @@ mod tests {
                 expected_after.push(transform_shape(a, expected, !incoming_wins));
                 expected = transform_shape(expected, a, incoming_wins);
             }
-            let mut after = vec![Shape::Noop; applied.len()];
-            let (got, reached) = transform_through(incoming, &applied, incoming_wins, &mut after);
+            // Past the entry that cancelled the incoming one, the rest as it is.
+            expected_after.extend_from_slice(&applied[expected_after.len()..]);
+            let mut after = vec![Shape::Insert(99)];
+            let got = transform_through(incoming, &applied, incoming_wins, &mut after);
             prop_assert_eq!(got, expected);
-            prop_assert_eq!(&after[..reached], &expected_after[..]);
+            prop_assert_eq!(after[0], Shape::Insert(99), "appended after what was there");
+            prop_assert_eq!(&after[1..], &expected_after[..]);
         }
     }
 }
