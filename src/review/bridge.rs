@@ -349,7 +349,9 @@ impl Bridge {
     }
 
     /// The edit applied (as `version`, or as a no-op when `None`): the
-    /// entries it met now apply after it.
+    /// entries it met now apply after it. `transformed` is this bridge's
+    /// last transform, nothing changed since (its entries are one for each
+    /// of the lane's).
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
         let Transformed { lane, after, .. } = transformed;
         if let Some(lane) = lane.and_then(|i| self.lanes.get_mut(i)) {

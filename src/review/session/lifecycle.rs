@@ -2,7 +2,7 @@
 //! and the drain at shutdown.
 
 use super::*;
-use crate::pb::codereview::{FileContent, Participant, presence_update::Status as Presence};
+use crate::pb::codereview::{Participant, presence_update::Status as Presence};
 
 impl Session {
     /// The whole state, as a late joiner or `GetSnapshot` sees it.
@@ -28,15 +28,7 @@ impl Session {
             session_epoch: self.epoch,
             sequence: self.sequence,
             version: self.version,
-            files: self
-                .doc
-                .files()
-                .map(|(path, lines)| FileContent {
-                    file_path: path.to_string(),
-                    lines: lines.iter().map(|l| l.to_string()).collect(),
-                    version: 0,
-                })
-                .collect(),
+            files: self.file_contents(),
             comments: self.comments.entries().to_vec(),
             participants,
         }

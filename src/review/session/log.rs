@@ -70,31 +70,46 @@ pub fn snapshot_weight(snapshot: &store::Snapshot) -> u64 {
     (lines + snapshot.comments.len() + users + snapshot.ops.len() + snapshot.history.len()) as u64
 }
 
+/// The encoded length of a string field (proto3 skips an empty one only
+/// where it is not repeated: the caller decides).
+fn string_field_len(tag: u32, s: &str) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+}
+
+/// The length of a file's `FileContent` (version 0) without its own key.
+fn file_body_len(path: &str, lines: &[Text]) -> usize {
+    // proto3: an empty path is not encoded; every line is (repeated).
+    let path_len = if path.is_empty() {
+        0
+    } else {
+        string_field_len(FILE_PATH, path)
+    };
+    path_len
+        + lines
+            .iter()
+            .map(|l| string_field_len(FILE_LINES, l))
+            .sum::<usize>()
+}
+
+/// The encoded length of a file as field `tag`.
+fn file_field_len(tag: u32, path: &str, lines: &[Text]) -> usize {
+    use prost::encoding::{encoded_len_varint, key_len};
+    let body = file_body_len(path, lines);
+    key_len(tag) + encoded_len_varint(body as u64) + body
+}
+
 /// Encodes a file as field `tag` (a `FileContent` of version 0), exactly as
 /// prost would encode the owned message.
 fn encode_file(tag: u32, path: &str, lines: &[Text], buf: &mut Vec<u8>) {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let string_len =
-        |tag: u32, s: &str| key_len(tag) + encoded_len_varint(s.len() as u64) + s.len();
+    use prost::encoding::{WireType, encode_key, encode_varint};
     let put_string = |tag: u32, s: &str, buf: &mut Vec<u8>| {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(s.len() as u64, buf);
         buf.extend_from_slice(s.as_bytes());
     };
-    // proto3: an empty path is not encoded; every line is (repeated).
-    let path_len = if path.is_empty() {
-        0
-    } else {
-        string_len(FILE_PATH, path)
-    };
-    let body = path_len
-        + lines
-            .iter()
-            .map(|l| string_len(FILE_LINES, l))
-            .sum::<usize>();
     encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(body as u64, buf);
-    buf.reserve(body);
+    encode_varint(file_body_len(path, lines) as u64, buf);
     if !path.is_empty() {
         put_string(FILE_PATH, path, buf);
     }
@@ -246,17 +261,21 @@ impl Session {
     /// The whole state, at the last record made.
     pub fn to_snapshot(&self, last_active: i64) -> store::Snapshot {
         let mut snapshot = self.snapshot_of_the_rest(last_active);
-        snapshot.files = self
-            .doc
+        snapshot.files = self.file_contents();
+        snapshot.comments = self.comments.entries().to_vec();
+        snapshot
+    }
+
+    /// The document's files as messages (version 0: not an upload's).
+    pub(super) fn file_contents(&self) -> Vec<FileContent> {
+        self.doc
             .files()
             .map(|(path, lines)| FileContent {
                 file_path: path.to_string(),
                 lines: lines.iter().map(|l| l.to_string()).collect(),
                 version: 0,
             })
-            .collect();
-        snapshot.comments = self.comments.entries().to_vec();
-        snapshot
+            .collect()
     }
 
     /// The session's snapshot, encoded: the bytes of [`Session::to_snapshot`]'s
@@ -272,12 +291,18 @@ impl Session {
         let weight = snapshot_weight(&rest) + (lines + comments.len()) as u64;
         // Sized once: a long review's snapshot is megabytes, copied at
         // every doubling otherwise. Lengths are read from the strings'
-        // headers, side by side in the entries.
+        // headers, side by side in the entries and the files.
+        let files_len: usize = self
+            .doc
+            .files()
+            .map(|(path, lines)| file_field_len(SNAPSHOT_FILES, path, lines))
+            .sum();
         let comments_len: usize = comments
             .iter()
             .map(|entry| prost::encoding::message::encoded_len(SNAPSHOT_COMMENTS, entry))
             .sum();
-        let mut payload = Vec::with_capacity(rest.encoded_len() + comments_len);
+        let size = rest.encoded_len() + files_len + comments_len;
+        let mut payload = Vec::with_capacity(size);
         rest.encode_raw(&mut payload);
         for (path, lines) in self.doc.files() {
             encode_file(SNAPSHOT_FILES, path, lines, &mut payload);
@@ -285,6 +310,11 @@ impl Session {
         for entry in comments {
             prost::encoding::message::encode(SNAPSHOT_COMMENTS, entry, &mut payload);
         }
+        debug_assert_eq!(
+            payload.len(),
+            size,
+            "the lengths summed are the bytes written"
+        );
         EncodedSnapshot {
             index: rest.index,
             weight,
