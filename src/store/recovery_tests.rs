@@ -218,6 +218,39 @@ fn a_snapshot_plus_the_tail_rebuilds_the_state() {
     );
 }
 
+/// The same, with the snapshot as the registry sends it to the writer: the
+/// session's own encoding (files and comments encoded from where it keeps
+/// them), framed as the writer frames it.
+#[test]
+fn a_snapshot_the_session_encoded_plus_the_tail_rebuilds_the_state() {
+    let (records, states) = session_log("s", 5);
+    let at = 3;
+    let mut session = Session::new(Text::from("s"), 0, Arc::new(Limits::default()));
+    for record in &records[..=at] {
+        session.replay(record).unwrap();
+    }
+    assert_eq!(session.to_snapshot(0), states[at]);
+    let encoded = session.encode_snapshot(0);
+    assert_eq!(encoded.index, at as u64);
+    let dir = TempDir::new("encoded-snapshot");
+    fs::create_dir_all(dir.0.join("snapshots")).unwrap();
+    fs::write(
+        dir.0.join("snapshots").join(snapshot_name("s")),
+        frame_snapshot("s", &encoded.payload),
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    encode_entries(&mut bytes, "s", &records[at + 1..]);
+    write_segment(&dir, &bytes);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    let found = &recovered.sessions[0];
+    assert_eq!(found.snapshot.as_ref(), Some(&states[at]));
+    assert_eq!(
+        rebuilt(found).unwrap().to_snapshot(0),
+        *states.last().unwrap()
+    );
+}
+
 fn segment_files(dir: &TempDir) -> usize {
     fs::read_dir(&dir.0)
         .unwrap()
