@@ -193,29 +193,44 @@ fn a_flipped_bit_in_a_middle_record_fails_its_session_alone() {
     );
 }
 
+/// Recovers a data dir holding `snapshot_file` as session "s"'s snapshot
+/// and `tail` as its log; checks that the snapshot and the tail rebuild
+/// `last`, and returns the snapshot recovery read.
+fn recover_snapshot_plus_tail(
+    label: &str,
+    snapshot_file: Vec<u8>,
+    tail: &[Record],
+    last: &Snapshot,
+) -> Option<Snapshot> {
+    let dir = TempDir::new(label);
+    fs::create_dir_all(dir.0.join("snapshots")).unwrap();
+    fs::write(
+        dir.0.join("snapshots").join(snapshot_name("s")),
+        snapshot_file,
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    encode_entries(&mut bytes, "s", tail);
+    write_segment(&dir, &bytes);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    let found = &recovered.sessions[0];
+    assert_eq!(rebuilt(found).unwrap().to_snapshot(0), *last);
+    found.snapshot.clone()
+}
+
 /// A snapshot and the records after it rebuild the state; the records it
 /// covers are not needed.
 #[test]
 fn a_snapshot_plus_the_tail_rebuilds_the_state() {
     let (records, states) = session_log("s", 5);
-    let dir = TempDir::new("snapshot");
-    fs::create_dir_all(dir.0.join("snapshots")).unwrap();
     let at = 3;
-    fs::write(
-        dir.0.join("snapshots").join(snapshot_name("s")),
+    let found = recover_snapshot_plus_tail(
+        "snapshot",
         encode_snapshot(&states[at]),
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    encode_entries(&mut bytes, "s", &records[at + 1..]);
-    write_segment(&dir, &bytes);
-    let (_handle, recovered) = open(config(&dir)).unwrap();
-    let found = &recovered.sessions[0];
-    assert_eq!(found.snapshot.as_ref().unwrap().index, at as u64);
-    assert_eq!(
-        rebuilt(found).unwrap().to_snapshot(0),
-        *states.last().unwrap()
+        &records[at + 1..],
+        states.last().unwrap(),
     );
+    assert_eq!(found.unwrap().index, at as u64);
 }
 
 /// The same, with the snapshot as the registry sends it to the writer: the
@@ -232,23 +247,13 @@ fn a_snapshot_the_session_encoded_plus_the_tail_rebuilds_the_state() {
     assert_eq!(session.to_snapshot(0), states[at]);
     let encoded = session.encode_snapshot(0);
     assert_eq!(encoded.index, at as u64);
-    let dir = TempDir::new("encoded-snapshot");
-    fs::create_dir_all(dir.0.join("snapshots")).unwrap();
-    fs::write(
-        dir.0.join("snapshots").join(snapshot_name("s")),
+    let found = recover_snapshot_plus_tail(
+        "encoded-snapshot",
         frame_snapshot("s", &encoded.payload),
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    encode_entries(&mut bytes, "s", &records[at + 1..]);
-    write_segment(&dir, &bytes);
-    let (_handle, recovered) = open(config(&dir)).unwrap();
-    let found = &recovered.sessions[0];
-    assert_eq!(found.snapshot.as_ref(), Some(&states[at]));
-    assert_eq!(
-        rebuilt(found).unwrap().to_snapshot(0),
-        *states.last().unwrap()
+        &records[at + 1..],
+        states.last().unwrap(),
     );
+    assert_eq!(found.as_ref(), Some(&states[at]));
 }
 
 fn segment_files(dir: &TempDir) -> usize {
