@@ -269,6 +269,7 @@ pub async fn run(
             failed_sessions = report.failed_sessions as u64,
             records = report.records as u64,
             torn_bytes = report.torn_bytes,
+            unused_bytes = report.unused_bytes,
             elapsed_ms = report.elapsed.as_millis() as u64
         );
     }

@@ -60,6 +60,9 @@ pub struct Recovered {
     pub bytes: u64,
     /// Bytes cut off the end of the last segment (a write a crash tore).
     pub torn_bytes: u64,
+    /// Zeros cut off segments' ends: space the writer had written ahead of
+    /// its records (see the writer), left by a crash.
+    pub unused_bytes: u64,
 }
 
 /// One session as the disk holds it: fold `snapshot`, then `records`.
@@ -249,15 +252,27 @@ pub fn open(config: StoreConfig) -> Result<(StoreHandle, Recovered), StoreError>
         contents.push(highest);
         let mut len = bytes.len() as u64;
         if valid < bytes.len() {
-            recovered.torn_bytes += (bytes.len() - valid) as u64;
+            let tail = &bytes[valid..];
             let last = i + 1 == numbers.len();
-            crate::log!(
-                Warn,
-                "log segment ends in a torn write: cut off",
-                segment = path.display().to_string().as_str(),
-                bytes = (bytes.len() - valid) as u64,
-                last_segment = last,
-            );
+            if tail.iter().all(|&b| b == 0) {
+                recovered.unused_bytes += tail.len() as u64;
+                crate::log!(
+                    Info,
+                    "log segment ends in space written ahead and not used: cut off",
+                    segment = path.display().to_string().as_str(),
+                    bytes = tail.len() as u64,
+                    last_segment = last,
+                );
+            } else {
+                recovered.torn_bytes += tail.len() as u64;
+                crate::log!(
+                    Warn,
+                    "log segment ends in a torn write: cut off",
+                    segment = path.display().to_string().as_str(),
+                    bytes = tail.len() as u64,
+                    last_segment = last,
+                );
+            }
             let file = fs::OpenOptions::new()
                 .write(true)
                 .open(&path)

@@ -144,6 +144,84 @@ fn a_log_torn_at_every_byte_of_its_last_record_recovers_the_records_before() {
     }
 }
 
+/// A crash leaves the space the writer wrote ahead (zeros) after the last
+/// record: recovery keeps every record, cuts the zeros off as unused space
+/// (not as a torn write), and the file ends at the records again.
+#[test]
+fn zeros_written_ahead_after_the_last_record_are_cut_as_unused_space() {
+    let (records, states) = session_log("s", 3);
+    let mut bytes = Vec::new();
+    encode_entries(&mut bytes, "s", &records);
+    let good = bytes.len();
+    bytes.resize(good + 100_000, 0);
+    let dir = TempDir::new("zeros");
+    let path = write_segment(&dir, &bytes);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    assert_eq!(recovered.torn_bytes, 0);
+    assert_eq!(recovered.unused_bytes, 100_000);
+    assert_eq!(fs::metadata(&path).unwrap().len(), good as u64);
+    let session = rebuilt(&recovered.sessions[0]).unwrap();
+    assert_eq!(session.to_snapshot(0), *states.last().unwrap());
+}
+
+/// A record torn inside the space written ahead (its start written, the
+/// rest still zeros) is a torn write: cut off with the zeros after it, and
+/// the state is the one before it.
+#[test]
+fn a_record_torn_inside_the_space_written_ahead_is_cut_as_torn() {
+    let (records, states) = session_log("s", 3);
+    let mut bytes = Vec::new();
+    encode_entries(&mut bytes, "s", &records[..records.len() - 1]);
+    let good = bytes.len();
+    encode_entries(&mut bytes, "s", &records[records.len() - 1..]);
+    let half = (bytes.len() - good) / 2;
+    bytes.truncate(good + half);
+    bytes.resize(good + half + 4096, 0);
+    let dir = TempDir::new("torn-zeros");
+    let path = write_segment(&dir, &bytes);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    assert_eq!(recovered.torn_bytes, (half + 4096) as u64);
+    assert_eq!(recovered.unused_bytes, 0);
+    assert_eq!(fs::metadata(&path).unwrap().len(), good as u64);
+    let session = rebuilt(&recovered.sessions[0]).unwrap();
+    assert_eq!(session.to_snapshot(0), states[states.len() - 2]);
+}
+
+/// The writer writes the current segment's space ahead of its records, and
+/// cuts it back when it stops: a clean stop leaves nothing for recovery to
+/// cut, and the records are all there.
+#[test]
+fn the_writer_writes_space_ahead_and_cuts_it_back_when_it_stops() {
+    let (records, states) = session_log("s", 3);
+    let dir = TempDir::new("ahead");
+    let (store, _) = open(config(&dir)).unwrap();
+    let mut frames = SessionFrames::new(Text::from("s"));
+    frames.push(&records);
+    let records_len = frames.bytes.len() as u64;
+    let (jobs, mut events) = store.split();
+    assert!(jobs.send(Job::Append(vec![frames])));
+    match events.blocking_recv() {
+        Some(Event::Appended { result: Ok(()), .. }) => {}
+        other => panic!("an append: {other:?}"),
+    }
+    let segment = dir.0.join(segment_name(1));
+    let written = fs::metadata(&segment).unwrap().len();
+    assert!(
+        written >= records_len + 32 * 1024,
+        "space written ahead: {written} bytes for {records_len} of records"
+    );
+    let head = fs::read(&segment).unwrap();
+    assert!(head[records_len as usize..].iter().all(|&b| b == 0));
+    // No more jobs: the writer stops (its events end once it is gone).
+    drop(jobs);
+    assert!(events.blocking_recv().is_none());
+    assert_eq!(fs::metadata(&segment).unwrap().len(), records_len);
+    let (_handle, recovered) = open(config(&dir)).unwrap();
+    assert_eq!((recovered.torn_bytes, recovered.unused_bytes), (0, 0));
+    let session = rebuilt(&recovered.sessions[0]).unwrap();
+    assert_eq!(session.to_snapshot(0), *states.last().unwrap());
+}
+
 /// A flipped bit in a record in the middle fails that session alone: the
 /// other session in the same log is rebuilt whole.
 #[test]

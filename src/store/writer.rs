@@ -7,10 +7,19 @@
 //! partial write is cut off, or the next batch goes to a new segment), and
 //! is reported as failed: nothing of it may be released, and the registry
 //! sends it again later.
+//!
+//! The current segment's space is written ahead of the records, in zeros
+//! ([`PREALLOCATION_STEP`]): an append then mostly lands in blocks the file
+//! already has, and its `fdatasync` has no new size or blocks to commit
+//! (on ext4 here, 170 µs instead of 240 for a few hundred bytes). A segment
+//! is cut back to its records when the writer leaves it (rolled or shut
+//! down); after a crash, recovery finds the zeros after the last record and
+//! cuts them off as unused space.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -160,6 +169,9 @@ struct Writer {
     current: Option<File>,
     /// The current segment's length before anything not yet durable.
     good_len: u64,
+    /// How far the current segment's space is written (zeros past
+    /// `good_len`).
+    allocated_len: u64,
     next_number: u64,
     snapshot_index: HashMap<String, u64>,
     snapshot_bytes: HashMap<String, u64>,
@@ -178,6 +190,18 @@ const MAX_WAITING_SEGMENTS: usize = 3;
 /// The largest gathering buffer kept between batches.
 const KEPT_ENCODE_BUFFER: usize = 4 << 20;
 
+/// How far past the records the current segment's space is written (zeros),
+/// topped up when half of it is used: one append in about half this many
+/// bytes pays for the space's commit. Measured here (ext4), zeros and a
+/// `fdatasync`: 64 KiB 250-270 µs, about what a growing append costs
+/// anyway; 256 KiB 400-470 µs; 1 MiB 1-2 ms, a stall that showed in the
+/// paced p99. A segment (or the disk budget) is exceeded by at most this
+/// much until it is cut back.
+const PREALLOCATION_STEP: u64 = 64 * 1024;
+
+/// The zeros the space ahead is written with, a piece at a time.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 pub(super) fn start(
     config: StoreConfig,
     segments: Vec<SegmentInfo>,
@@ -190,6 +214,7 @@ pub(super) fn start(
         segments: segments.into_iter().map(|info| Segment { info }).collect(),
         current: None,
         good_len: 0,
+        allocated_len: 0,
         config,
         snapshot_index: HashMap::new(),
         snapshot_bytes: HashMap::new(),
@@ -266,18 +291,59 @@ impl Writer {
                 }
             };
             if self.events.send(event).is_err() {
-                return; // the registry is gone
+                break; // the registry is gone
             }
         }
+        self.leave_current();
+    }
+
+    /// Cuts the current segment back to its records (the space written
+    /// ahead goes) and stops writing to it.
+    fn leave_current(&mut self) {
+        let Some(file) = self.current.take() else {
+            return;
+        };
+        if self.allocated_len > self.good_len {
+            let cut = file.set_len(self.good_len).and_then(|()| file.sync_data());
+            if let Err(error) = cut {
+                // Harmless: recovery cuts the zeros off too.
+                crate::log!(
+                    Warn,
+                    "cannot cut a log segment's unused space",
+                    error = error.to_string().as_str()
+                );
+            }
+        }
+        self.allocated_len = self.good_len;
+    }
+
+    /// Keeps space written ahead of the current segment's records, now
+    /// ending at `end`: when less than half a step is left past them, zeros
+    /// up to a step past them (never over the records just written). Made
+    /// durable by the append's own `fdatasync`.
+    fn write_ahead(file: &File, allocated_len: &mut u64, end: u64) -> std::io::Result<()> {
+        *allocated_len = (*allocated_len).max(end);
+        if *allocated_len - end >= PREALLOCATION_STEP / 2 {
+            return Ok(());
+        }
+        let target = end + PREALLOCATION_STEP;
+        while *allocated_len < target {
+            let piece = (target - *allocated_len).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..piece], *allocated_len)?;
+            *allocated_len += piece as u64;
+        }
+        Ok(())
     }
 
     /// Starts a new segment (durably: the directory entry too).
     fn roll(&mut self) -> Result<(), StoreError> {
+        self.leave_current();
         let number = self.next_number;
         let path = self.config.dir.join(segment_name(number));
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(true)
             .open(&path)
             .map_err(|e| io_error("cannot create", &path, e))?;
         sync_dir(&self.config.dir).map_err(|e| io_error("cannot sync", &self.config.dir, e))?;
@@ -292,6 +358,7 @@ impl Writer {
         });
         self.current = Some(file);
         self.good_len = 0;
+        self.allocated_len = 0;
         Ok(())
     }
 
@@ -307,7 +374,11 @@ impl Writer {
             .map(|s| s.info.path.clone())
             .unwrap_or_default();
         let file = self.current.as_mut().expect("rolled above");
-        let written = file.write_all(bytes).and_then(|()| file.sync_data());
+        let end = self.good_len + bytes.len() as u64;
+        let written = file
+            .write_all_at(bytes, self.good_len)
+            .and_then(|()| Self::write_ahead(file, &mut self.allocated_len, end))
+            .and_then(|()| file.sync_data());
         match written {
             Ok(()) => {
                 self.good_len += bytes.len() as u64;
@@ -320,6 +391,7 @@ impl Writer {
                 // Cut the partial write off; if even that fails, write the
                 // next batch to a new segment.
                 let cut = file.set_len(self.good_len).and_then(|()| file.sync_data());
+                self.allocated_len = self.good_len;
                 if cut.is_err() {
                     self.current = None;
                 }

@@ -104,6 +104,7 @@ pub struct RecoveryReport {
     pub failed_sessions: usize,
     pub records: usize,
     pub torn_bytes: u64,
+    pub unused_bytes: u64,
     pub elapsed: Duration,
 }
 
@@ -441,6 +442,7 @@ impl Registry {
                 }
             };
             report.torn_bytes = recovered.torn_bytes;
+            report.unused_bytes = recovered.unused_bytes;
             report.records = recovered.frames;
             let (handle, store_events) = handle.split();
             if let Some(d) = self.durability.as_mut() {
