@@ -239,6 +239,50 @@ pub fn frame_payload(payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Frames messages one after another into shared chunks: a message costs no
+/// allocation of its own, and clones of it share its chunk's reference
+/// count (a `Bytes` from [`encode_message`] gets a second allocation, for
+/// that count, at its first clone). A chunk is freed once every message in
+/// it is dropped, so the owner must not keep one message of a chunk for
+/// long while dropping the rest; a session's events, kept in order by its
+/// history and outboxes and dropped in order, are that case.
+///
+/// Chunks start small and double (to [`FrameArena::MAX_CHUNK`]) each time
+/// one fills, so a quiet owner holds a few hundred bytes, not a full chunk.
+#[derive(Debug, Default)]
+pub struct FrameArena {
+    chunk: BytesMut,
+    /// The capacity the next chunk is allocated with.
+    next_chunk: usize,
+}
+
+impl FrameArena {
+    /// The first chunk's size.
+    pub const MIN_CHUNK: usize = 512;
+    /// The largest chunk; a larger message gets a chunk of its own size.
+    pub const MAX_CHUNK: usize = 16 * 1024;
+
+    pub fn new() -> Self {
+        FrameArena::default()
+    }
+
+    /// Encodes and frames `message` (as [`encode_message`] does) into the
+    /// current chunk, or a fresh one when it does not fit.
+    pub fn encode<M: prost::Message>(&mut self, message: &M) -> Bytes {
+        let len = message.encoded_len();
+        let framed_len = HEADER_LEN + len;
+        if self.chunk.capacity() - self.chunk.len() < framed_len {
+            let size = self.next_chunk.max(Self::MIN_CHUNK);
+            self.next_chunk = (size * 2).min(Self::MAX_CHUNK);
+            self.chunk = BytesMut::with_capacity(size.max(framed_len));
+        }
+        put_header(&mut self.chunk, len);
+        message.encode_raw(&mut self.chunk);
+        debug_assert_eq!(self.chunk.len(), framed_len, "encoded_len was exact");
+        self.chunk.split().freeze()
+    }
+}
+
 /// Encodes a protobuf message and frames it, in one allocation.
 pub fn encode_message<M: prost::Message>(message: &M) -> Bytes {
     let len = message.encoded_len();
@@ -352,6 +396,36 @@ mod tests {
         let mut dec = MessageDecoder::new(100);
         dec.push(Bytes::from_static(&[0, 0]));
         assert_eq!(dec.finish(), Err(DecodeError::Truncated { buffered: 2 }));
+    }
+
+    #[test]
+    fn the_arena_frames_as_encode_message_does_and_shares_its_chunks() {
+        let mut arena = FrameArena::new();
+        let mut framed = Vec::new();
+        for size in [0usize, 3, 200, 600, 40, FrameArena::MAX_CHUNK * 2, 7] {
+            let msg = crate::pb::testing::Payload {
+                r#type: size as i32,
+                body: Bytes::from(vec![b'x'; size]),
+            };
+            let bytes = arena.encode(&msg);
+            assert_eq!(bytes, encode_message(&msg), "a body of {size} bytes");
+            framed.push((bytes, msg));
+        }
+        // Dropping some leaves the others whole.
+        framed.retain(|(bytes, _)| bytes.len() % 2 == 0);
+        for (bytes, msg) in &framed {
+            assert_eq!(*bytes, encode_message(msg));
+        }
+        // The chunk sizes double, starting small.
+        let mut arena = FrameArena::new();
+        let small = crate::pb::testing::Payload::default();
+        let first = arena.encode(&small);
+        let second = arena.encode(&small);
+        assert_eq!(
+            second.as_ptr() as usize - first.as_ptr() as usize,
+            first.len(),
+            "the second follows the first in the same chunk"
+        );
     }
 
     #[test]

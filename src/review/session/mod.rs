@@ -70,7 +70,7 @@ use super::outbox::{EphemeralKey, EphemeralKind};
 use super::rate::RateLimiter;
 use super::roles::{MayUpload, Role};
 use super::validate::{ClientMessage, JoinOptions};
-use crate::grpc::codec::encode_message;
+use crate::grpc::codec::{FrameArena, encode_message};
 use crate::pb::codereview::{
     self as pb, Ack, Notice, SessionMessage, notice::Kind as NoticeKind, session_message::Payload,
 };
@@ -351,6 +351,9 @@ pub struct Session {
     rates: HashMap<Text, RateLimiter>,
     /// Scratch space of [`Session::broadcast`] (kept empty between calls).
     recipients: Vec<MemberId>,
+    /// Where the session's events are framed: in shared chunks, not one
+    /// allocation each (they are kept and dropped in order).
+    frames: FrameArena,
     /// A step's [`Effects::woken`] handed back ([`Session::recycle_woken`])
     /// for the next step: no allocation per step for it.
     spare_woken: Vec<MemberId>,
@@ -405,6 +408,7 @@ impl Session {
             published: Vec::new(),
             rates: HashMap::new(),
             recipients: Vec::new(),
+            frames: FrameArena::new(),
             spare_woken: Vec::new(),
         }
     }
@@ -782,12 +786,12 @@ impl Session {
     /// [`Envelope`]): numbered with the current sequence. `payload` is the
     /// event's, or its author's acknowledgement (which carries the author's
     /// client sequence number).
-    fn encode_event(&self, now: Now, user_id: &str, payload: Carried<'_>) -> Bytes {
+    fn encode_event(&mut self, now: Now, user_id: &str, payload: Carried<'_>) -> Bytes {
         let client_sequence = match &payload {
             Carried::Ack(ack) => ack.client_sequence,
             Carried::Nothing | Carried::Payload(_) => 0,
         };
-        encode_message(&Envelope {
+        self.frames.encode(&Envelope {
             session_id: &self.id,
             timestamp: now.unix_ms,
             user_id,
