@@ -416,7 +416,7 @@ mod tests {
         for (bytes, msg) in &framed {
             assert_eq!(*bytes, encode_message(msg));
         }
-        // The chunk sizes double, starting small.
+        // Messages follow one another in the same chunk.
         let mut arena = FrameArena::new();
         let small = crate::pb::testing::Payload::default();
         let first = arena.encode(&small);
