@@ -64,10 +64,68 @@ fn server_id_sequence(id: &str) -> Option<u64> {
     canonical.then(|| digits.parse().ok()).flatten()
 }
 
+/// Entries a block holds once full (about 15 KiB of entries).
+const BLOCK_ENTRIES: usize = 128;
+
+/// Comment entries in blocks of [`BLOCK_ENTRIES`]: growing never moves the
+/// entries already held. One vector would be copied at every doubling, and
+/// under a burst of comments those copies (into freshly faulted pages) were
+/// 5% of the server's time. Only the first block grows (up to a block): a
+/// session with few comments holds little.
+#[derive(Debug, Default, Clone)]
+struct Entries {
+    blocks: Vec<Vec<CommentEntry>>,
+    len: usize,
+}
+
+impl Entries {
+    fn push(&mut self, entry: CommentEntry) {
+        match self.blocks.last_mut() {
+            Some(block) if block.len() < BLOCK_ENTRIES => block.push(entry),
+            _ => {
+                // A first block grows as entries come; later ones start full size.
+                let mut block = if self.blocks.is_empty() {
+                    Vec::new()
+                } else {
+                    Vec::with_capacity(BLOCK_ENTRIES)
+                };
+                block.push(entry);
+                self.blocks.push(block);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut CommentEntry> {
+        self.blocks
+            .get_mut(index / BLOCK_ENTRIES)?
+            .get_mut(index % BLOCK_ENTRIES)
+    }
+
+    fn last(&self) -> Option<&CommentEntry> {
+        self.blocks.last()?.last()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &CommentEntry> + Clone {
+        self.blocks.iter().flatten()
+    }
+
+    /// The entry with `sequence` (entries are in increasing sequence): a
+    /// binary search for its block, then within it.
+    fn find_sequence(&self, sequence: u64) -> Option<&CommentEntry> {
+        let after = self
+            .blocks
+            .partition_point(|block| block.first().is_some_and(|e| e.sequence <= sequence));
+        let block = self.blocks.get(after.checked_sub(1)?)?;
+        let at = block.binary_search_by_key(&sequence, |e| e.sequence).ok()?;
+        Some(&block[at])
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Comments {
     /// In the order posted, so by increasing sequence.
-    entries: Vec<CommentEntry>,
+    entries: Entries,
     /// The ids clients chose. A server id names the entry of its sequence
     /// (found by binary search), so the server's own comments, most of
     /// them, cost no index entry.
@@ -80,15 +138,23 @@ pub struct Comments {
 
 impl Comments {
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len == 0
     }
 
-    pub fn entries(&self) -> &[CommentEntry] {
-        &self.entries
+    /// Every comment, in the order posted.
+    pub fn iter(&self) -> impl Iterator<Item = &CommentEntry> + Clone {
+        self.entries.iter()
+    }
+
+    /// Every comment, copied (for a snapshot message).
+    pub fn to_vec(&self) -> Vec<CommentEntry> {
+        let mut all = Vec::with_capacity(self.len());
+        all.extend(self.iter().cloned());
+        all
     }
 
     pub fn contains_id(&self, id: &str) -> bool {
@@ -106,11 +172,9 @@ impl Comments {
             return false;
         }
         self.entries
-            .binary_search_by_key(&sequence, |e| e.sequence)
-            .is_ok_and(|at| {
-                let comment = self.entries[at].comment.as_ref();
-                comment.is_some_and(|c| c.comment_id == id)
-            })
+            .find_sequence(sequence)
+            .and_then(|entry| entry.comment.as_ref())
+            .is_some_and(|c| c.comment_id == id)
     }
 
     /// Encoded snapshot bytes of the comments (the content budget's measure).
@@ -147,9 +211,9 @@ impl Comments {
         }
         if !comment.file_path.is_empty() {
             match self.by_file.get_mut(&comment.file_path) {
-                Some(indexes) => indexes.push(self.entries.len()),
+                Some(indexes) => indexes.push(self.entries.len),
                 None => {
-                    let indexes = vec![self.entries.len()];
+                    let indexes = vec![self.entries.len];
                     self.by_file.insert(comment.file_path.clone(), indexes);
                 }
             }
@@ -171,7 +235,7 @@ impl Comments {
             return;
         };
         for &index in indexes {
-            let Some(comment) = self.entries[index].comment.as_mut() else {
+            let Some(comment) = self.entries.get_mut(index).and_then(|e| e.comment.as_mut()) else {
                 continue;
             };
             let line = comment.line_number.max(0) as u32;
@@ -284,7 +348,7 @@ mod tests {
         comments.push(entry(1, "c1", "a.rs", 0));
         comments.push(entry(2, "mine", "", 3));
         let mut snapshot = Snapshot {
-            comments: comments.entries().to_vec(),
+            comments: comments.to_vec(),
             ..Snapshot::default()
         };
         assert!(snapshot.encoded_len() <= comments.encoded_bytes());
@@ -308,13 +372,54 @@ mod tests {
         };
         comments.reanchor(&op, 10);
         let lines: Vec<i32> = comments
-            .entries()
             .iter()
             .map(|e| e.comment.as_ref().unwrap().line_number)
             .collect();
         assert_eq!(lines, vec![3, 2]);
         assert!(comments.contains_id("c2"));
         assert!(!comments.contains_id("c3"));
+    }
+
+    #[test]
+    fn comments_across_many_blocks_keep_their_order_ids_and_lines() {
+        let mut comments = Comments::default();
+        let count = 3 * BLOCK_ENTRIES + 5;
+        for i in 0..count as u64 {
+            let sequence = 2 * i + 1;
+            comments.push(entry(
+                sequence,
+                &server_comment_id(sequence),
+                "a.rs",
+                i as i32,
+            ));
+        }
+        assert_eq!(comments.len(), count);
+        assert!(comments.entries.blocks.len() >= 4);
+        let sequences: Vec<u64> = comments.iter().map(|e| e.sequence).collect();
+        assert_eq!(
+            sequences,
+            (0..count as u64).map(|i| 2 * i + 1).collect::<Vec<_>>()
+        );
+        for i in 0..count as u64 {
+            assert!(comments.contains_id(&server_comment_id(2 * i + 1)));
+            assert!(!comments.contains_id(&server_comment_id(2 * i + 2)));
+        }
+        assert!(!comments.contains_id("c0"));
+        // An insert above every comment moves each one down a line.
+        let op = FileOp {
+            path: Arc::from("a.rs"),
+            op: LineOp::Insert {
+                line: 0,
+                text: Arc::from("x"),
+            },
+        };
+        comments.reanchor(&op, count + 1);
+        let lines: Vec<i32> = comments
+            .to_vec()
+            .iter()
+            .map(|e| e.comment.as_ref().unwrap().line_number)
+            .collect();
+        assert_eq!(lines, (1..=count as i32).collect::<Vec<_>>());
     }
 
     #[test]

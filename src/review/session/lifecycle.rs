@@ -29,7 +29,7 @@ impl Session {
             sequence: self.sequence,
             version: self.version,
             files: self.file_contents(),
-            comments: self.comments.entries().to_vec(),
+            comments: self.comments.to_vec(),
             participants,
         }
     }

@@ -262,7 +262,7 @@ impl Session {
     pub fn to_snapshot(&self, last_active: i64) -> store::Snapshot {
         let mut snapshot = self.snapshot_of_the_rest(last_active);
         snapshot.files = self.file_contents();
-        snapshot.comments = self.comments.entries().to_vec();
+        snapshot.comments = self.comments.to_vec();
         snapshot
     }
 
@@ -287,8 +287,8 @@ impl Session {
     pub fn encode_snapshot(&self, last_active: i64) -> EncodedSnapshot {
         let rest = self.snapshot_of_the_rest(last_active);
         let lines: usize = self.doc.files().map(|(_, lines)| lines.len()).sum();
-        let comments = self.comments.entries();
-        let weight = snapshot_weight(&rest) + (lines + comments.len()) as u64;
+        let comments = self.comments.iter();
+        let weight = snapshot_weight(&rest) + (lines + self.comments.len()) as u64;
         // Sized once: a long review's snapshot is megabytes, copied at
         // every doubling otherwise. Lengths are read from the strings'
         // headers, side by side in the entries and the files.
@@ -298,7 +298,7 @@ impl Session {
             .map(|(path, lines)| file_field_len(SNAPSHOT_FILES, path, lines))
             .sum();
         let comments_len: usize = comments
-            .iter()
+            .clone()
             .map(|entry| prost::encoding::message::encoded_len(SNAPSHOT_COMMENTS, entry))
             .sum();
         let size = rest.encoded_len() + files_len + comments_len;
