@@ -1,20 +1,37 @@
-//! A participant's outbox: framed messages waiting for its stream to take
-//! them. Essential messages (edits, comments, joins, acks) queue in order and
-//! count against a byte bound; ephemeral ones (cursor moves, ACTIVE/IDLE) are
-//! keyed by user and kind, and a newer one replaces the older one still
-//! waiting (latest wins), so they cannot grow the outbox.
+//! What waits for each participant's stream: the session's [`Feed`] of
+//! broadcast events, shared by every member, and each member's [`Outbox`]:
+//! its place in the feed and the messages for it alone (acknowledgements,
+//! replies, its catch-up, cursor moves).
 //!
-//! The output gate: every entry carries the log position (`gate`) that must
-//! be durable before it may be taken: the number of the session's log records
-//! when it was queued. [`Outbox::take`] stops at the first entry whose gate
-//! is beyond the durable position it is given, so nothing is acknowledged or
-//! broadcast before the records it follows are on disk, and order is kept.
+//! A broadcast event is queued once, in the feed, however many members get
+//! it: a member's outbox only moves its position past it when its stream
+//! takes it. An event a member must not get (its own action: it gets the
+//! acknowledgement instead) names that member, who steps over it. The feed
+//! keeps an event until every member is past it.
+//!
+//! Essential messages (edits, comments, joins, acks) go in order and count
+//! against a byte bound: a member's backlog is the feed's bytes past its
+//! position plus its own messages. Ephemeral ones (cursor moves,
+//! ACTIVE/IDLE) are keyed by user and kind, and a newer one replaces the
+//! older one still waiting (latest wins), so they cannot grow the outbox.
+//!
+//! Order: a member's own message remembers how long the feed was when it was
+//! queued, and goes after the feed's events before that point and before
+//! the ones after it, so each stream reads everything in the order the
+//! session queued it.
+//!
+//! The output gate: every event and message carries the log position
+//! (`gate`) that must be durable before it may be taken: the number of the
+//! session's log records when it was queued. [`Outbox::take`] stops at the
+//! first one whose gate is beyond the durable position it is given, so
+//! nothing is acknowledged or broadcast before the records it follows are
+//! on disk, and order is kept.
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use super::ids::Text;
+use super::ids::{MemberId, Text};
 
 /// Bytes of the smallest framed event worth counting on when [`Outbox::take`]
 /// makes room for a batch (a smaller one only grows the batch's list).
@@ -33,6 +50,87 @@ pub enum EphemeralKind {
     Presence,
 }
 
+/// A broadcast event in the feed.
+#[derive(Debug)]
+struct FeedEvent {
+    gate: u64,
+    framed: Bytes,
+    /// The document version its recipients have seen once they read it.
+    version: i32,
+    /// The member that steps over it (its author's stream).
+    skipped_by: Option<MemberId>,
+    /// The feed's bytes before this event (since the session began).
+    bytes_before: u64,
+}
+
+/// The session's broadcast events that some member has not taken yet, in
+/// order. Positions count every event ever fed; `start` is the first kept.
+#[derive(Debug, Default)]
+pub struct Feed {
+    events: VecDeque<FeedEvent>,
+    start: u64,
+    /// Bytes of every event ever fed.
+    total_bytes: u64,
+    /// Bytes of the events kept.
+    kept_bytes: usize,
+}
+
+impl Feed {
+    /// The position of the first event kept.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// The position the next event gets.
+    pub fn end(&self) -> u64 {
+        self.start + self.events.len() as u64
+    }
+
+    /// Bytes of the events kept (each counted once, whoever waits for it).
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes
+    }
+
+    /// Adds an event for every member but `skipped_by`.
+    pub fn push(&mut self, framed: Bytes, version: i32, gate: u64, skipped_by: Option<MemberId>) {
+        let len = framed.len();
+        self.events.push_back(FeedEvent {
+            gate,
+            framed,
+            version,
+            skipped_by,
+            bytes_before: self.total_bytes,
+        });
+        self.total_bytes += len as u64;
+        self.kept_bytes += len;
+    }
+
+    /// Bytes of the events from `position` on.
+    fn bytes_from(&self, position: u64) -> usize {
+        let before = self
+            .event(position)
+            .map_or(self.total_bytes, |event| event.bytes_before);
+        (self.total_bytes - before) as usize
+    }
+
+    fn event(&self, position: u64) -> Option<&FeedEvent> {
+        let index = usize::try_from(position.checked_sub(self.start)?).ok()?;
+        self.events.get(index)
+    }
+
+    /// Drops the events before `position` (every member is past them).
+    pub fn forget_before(&mut self, position: u64) {
+        while self.start < position {
+            let Some(event) = self.events.pop_front() else {
+                self.start = position;
+                break;
+            };
+            self.kept_bytes -= event.framed.len();
+            self.start += 1;
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Entry {
     /// An essential message, with the document version its recipient has
@@ -41,10 +139,12 @@ enum Entry {
     Ephemeral(EphemeralKey, u64),
 }
 
-/// An entry and the log position that must be durable before it goes.
+/// A member's own message, the log position that must be durable before it
+/// goes, and the feed's end when it was queued (it follows the events before).
 #[derive(Debug)]
 struct Queued {
     gate: u64,
+    feed_at: u64,
     entry: Entry,
 }
 
@@ -54,8 +154,23 @@ pub struct Overflow {
     pub pending: usize,
 }
 
-#[derive(Debug, Default)]
+/// What comes next for a member.
+enum Next<'a> {
+    Own(&'a Queued),
+    Fed(&'a FeedEvent),
+    Nothing,
+}
+
+#[derive(Debug)]
 pub struct Outbox {
+    /// The member this outbox is for (it steps over the feed's events it
+    /// is named in).
+    member: MemberId,
+    /// The next feed position this member reads.
+    position: u64,
+    /// Bytes of the feed's events ahead of `position` that this member
+    /// steps over (not its backlog).
+    skipped_bytes: usize,
     queue: VecDeque<Queued>,
     essential_bytes: usize,
     /// Bytes of the joiner's catch-up still queued (exempt from the bound).
@@ -70,8 +185,55 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new() -> Self {
-        Outbox::default()
+    /// The outbox of a member that gets the feed's events from its end on.
+    pub fn new(member: MemberId, feed: &Feed) -> Self {
+        Outbox {
+            member,
+            position: feed.end(),
+            skipped_bytes: 0,
+            queue: VecDeque::new(),
+            essential_bytes: 0,
+            catch_up_bytes: 0,
+            ephemeral: HashMap::new(),
+            ephemeral_bytes: 0,
+            next_generation: 0,
+            stale_entries: 0,
+            delivered_version: 0,
+        }
+    }
+
+    /// The feed position this member reads next (the feed keeps what is
+    /// from the smallest such position on).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The essential backlog that counts against the bound: the feed's
+    /// events ahead (but those it steps over) and its own messages, but its
+    /// catch-up.
+    fn bounded_backlog(&self, feed: &Feed) -> usize {
+        feed.bytes_from(self.position) - self.skipped_bytes + self.essential_bytes
+            - self.catch_up_bytes
+    }
+
+    /// Called once an event was fed: steps over it if it names this member,
+    /// and says whether the backlog is now over `limit` bytes.
+    pub fn fed(
+        &mut self,
+        feed: &Feed,
+        len: usize,
+        skipped: bool,
+        limit: usize,
+    ) -> Result<(), Overflow> {
+        if skipped {
+            self.skipped_bytes += len;
+            return Ok(());
+        }
+        let pending = self.bounded_backlog(feed);
+        if pending > limit {
+            return Err(Overflow { pending });
+        }
+        Ok(())
     }
 
     /// Queues an essential message; fails (queueing nothing) when the
@@ -79,18 +241,20 @@ impl Outbox {
     /// waiting (see [`Outbox::push_catch_up`]) do not count.
     pub fn push(
         &mut self,
+        feed: &Feed,
         framed: Bytes,
         version: Option<i32>,
         gate: u64,
         limit: usize,
     ) -> Result<(), Overflow> {
-        let pending = self.essential_bytes + framed.len();
-        if pending - self.catch_up_bytes > limit {
+        let pending = self.bounded_backlog(feed) + framed.len();
+        if pending > limit {
             return Err(Overflow { pending });
         }
-        self.essential_bytes = pending;
+        self.essential_bytes += framed.len();
         self.queue.push_back(Queued {
             gate,
+            feed_at: feed.end(),
             entry: Entry::Essential(framed, version),
         });
         Ok(())
@@ -100,7 +264,7 @@ impl Outbox {
     /// snapshot). It is bounded by the history and session limits, not by the
     /// backlog bound, so a resume after a long absence is not refused for the
     /// very size of what it missed. Only valid before any other message.
-    pub fn push_catch_up(&mut self, framed: Bytes, version: Option<i32>, gate: u64) {
+    pub fn push_catch_up(&mut self, feed: &Feed, framed: Bytes, version: Option<i32>, gate: u64) {
         debug_assert_eq!(
             self.essential_bytes, self.catch_up_bytes,
             "catch-up comes first"
@@ -109,12 +273,13 @@ impl Outbox {
         self.catch_up_bytes += framed.len();
         self.queue.push_back(Queued {
             gate,
+            feed_at: feed.end(),
             entry: Entry::Essential(framed, version),
         });
     }
 
     /// Queues an ephemeral message, replacing any still waiting for `key`.
-    pub fn push_ephemeral(&mut self, key: EphemeralKey, framed: Bytes, gate: u64) {
+    pub fn push_ephemeral(&mut self, feed: &Feed, key: EphemeralKey, framed: Bytes, gate: u64) {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.ephemeral_bytes += framed.len();
@@ -124,6 +289,7 @@ impl Outbox {
         }
         self.queue.push_back(Queued {
             gate,
+            feed_at: feed.end(),
             entry: Entry::Ephemeral(key, generation),
         });
         if self.stale_entries > 64 && self.stale_entries > self.queue.len() / 2 {
@@ -153,44 +319,90 @@ impl Outbox {
         }
     }
 
-    /// Takes messages in order, up to `max_bytes` (at least one message when
-    /// any may go), stopping at the first whose gate is beyond `durable`.
-    pub fn take(&mut self, max_bytes: usize, durable: u64) -> Vec<Bytes> {
-        // Room for what is queued, up to as many of the smallest messages as
-        // `max_bytes` holds: not grown (and copied) message by message.
-        let room = self.queue.len().min(max_bytes / SMALLEST_MESSAGE + 1);
-        let mut out = Vec::with_capacity(room);
-        let mut taken = 0;
-        while let Some(queued) = self.queue.front() {
-            if self.is_stale(queued) {
+    /// Drops what this member will never send: replaced ephemeral markers
+    /// and feed events it steps over, when they come next.
+    fn skip_dead(&mut self, feed: &Feed) {
+        loop {
+            if let Some(queued) = self.queue.front()
+                && queued.feed_at <= self.position
+            {
+                if !self.is_stale(queued) {
+                    return;
+                }
                 self.queue.pop_front();
                 self.stale_entries = self.stale_entries.saturating_sub(1);
                 continue;
             }
-            if queued.gate > durable {
-                break;
-            }
-            let next_len = match &queued.entry {
-                Entry::Essential(bytes, _) => bytes.len(),
-                Entry::Ephemeral(key, _) => self.ephemeral.get(key).map_or(0, |(_, b)| b.len()),
-            };
-            if !out.is_empty() && taken + next_len > max_bytes {
-                break;
-            }
-            match self.queue.pop_front().expect("front exists").entry {
-                Entry::Essential(bytes, version) => {
-                    if let Some(version) = version {
-                        self.delivered_version = version;
-                    }
-                    self.essential_bytes -= bytes.len();
-                    // Catch-up entries are the first ones queued.
-                    self.catch_up_bytes = self.catch_up_bytes.saturating_sub(bytes.len());
-                    out.push(bytes);
+            match feed.event(self.position) {
+                Some(event) if event.skipped_by == Some(self.member) => {
+                    self.skipped_bytes -= event.framed.len();
+                    self.position += 1;
                 }
-                Entry::Ephemeral(key, _) => {
-                    let (_, bytes) = self.ephemeral.remove(&key).expect("checked above");
-                    self.ephemeral_bytes -= bytes.len();
-                    out.push(bytes);
+                _ => return,
+            }
+        }
+    }
+
+    /// What comes next, once dead entries are skipped: an own message
+    /// queued before the feed's next event, or that event.
+    fn next<'a>(&'a self, feed: &'a Feed) -> Next<'a> {
+        match (self.queue.front(), feed.event(self.position)) {
+            (Some(queued), _) if queued.feed_at <= self.position => Next::Own(queued),
+            (_, Some(event)) => Next::Fed(event),
+            // Own messages are queued at or before the feed's end.
+            (Some(queued), None) => Next::Own(queued),
+            (None, None) => Next::Nothing,
+        }
+    }
+
+    /// Takes messages in order, up to `max_bytes` (at least one message when
+    /// any may go), stopping at the first whose gate is beyond `durable`.
+    pub fn take(&mut self, feed: &Feed, max_bytes: usize, durable: u64) -> Vec<Bytes> {
+        // Room for what is queued, up to as many of the smallest messages as
+        // `max_bytes` holds: not grown (and copied) message by message.
+        let waiting = self.queue.len() + (feed.end() - self.position) as usize;
+        let room = waiting.min(max_bytes / SMALLEST_MESSAGE + 1);
+        let mut out = Vec::with_capacity(room);
+        let mut taken = 0;
+        loop {
+            self.skip_dead(feed);
+            let (fed, gate, next_len) = match self.next(feed) {
+                Next::Nothing => break,
+                Next::Fed(event) => (true, event.gate, event.framed.len()),
+                Next::Own(queued) => {
+                    let len = match &queued.entry {
+                        Entry::Essential(bytes, _) => bytes.len(),
+                        Entry::Ephemeral(key, _) => {
+                            self.ephemeral.get(key).map_or(0, |(_, b)| b.len())
+                        }
+                    };
+                    (false, queued.gate, len)
+                }
+            };
+            if gate > durable || (!out.is_empty() && taken + next_len > max_bytes) {
+                break;
+            }
+            if fed {
+                let event = feed.event(self.position).expect("next is this event");
+                self.delivered_version = event.version;
+                out.push(event.framed.clone());
+                self.position += 1;
+            } else {
+                match self.queue.pop_front().expect("next is this entry").entry {
+                    Entry::Essential(bytes, version) => {
+                        if let Some(version) = version {
+                            self.delivered_version = version;
+                        }
+                        self.essential_bytes -= bytes.len();
+                        // Catch-up entries are the first ones queued.
+                        self.catch_up_bytes = self.catch_up_bytes.saturating_sub(bytes.len());
+                        out.push(bytes);
+                    }
+                    Entry::Ephemeral(key, _) => {
+                        let (_, bytes) = self.ephemeral.remove(&key).expect("not stale");
+                        self.ephemeral_bytes -= bytes.len();
+                        out.push(bytes);
+                    }
                 }
             }
             taken += next_len;
@@ -199,20 +411,27 @@ impl Outbox {
     }
 
     /// Whether everything queued may be taken now (nothing waits for a log
-    /// position beyond `durable`): gates only grow along the queue.
-    pub fn all_ready(&self, durable: u64) -> bool {
-        self.queue
+    /// position beyond `durable`): gates only grow along the queue and the
+    /// feed.
+    pub fn all_ready(&self, feed: &Feed, durable: u64) -> bool {
+        let own_ready = self
+            .queue
             .back()
-            .is_none_or(|queued| queued.gate <= durable)
+            .is_none_or(|queued| queued.gate <= durable);
+        let fed_ready = self.position >= feed.end()
+            || feed.events.back().is_none_or(|event| event.gate <= durable);
+        own_ready && fed_ready
     }
 
     /// Whether a message may be taken now (it waits for nothing beyond
-    /// `durable`).
-    pub fn has_ready(&self, durable: u64) -> bool {
-        self.queue
-            .iter()
-            .find(|queued| !self.is_stale(queued))
-            .is_some_and(|queued| queued.gate <= durable)
+    /// `durable`). Steps over what the member will never send first.
+    pub fn has_ready(&mut self, feed: &Feed, durable: u64) -> bool {
+        self.skip_dead(feed);
+        match self.next(feed) {
+            Next::Nothing => false,
+            Next::Fed(event) => event.gate <= durable,
+            Next::Own(queued) => queued.gate <= durable,
+        }
     }
 
     /// The document version of the latest essential message taken (0 before
@@ -221,13 +440,15 @@ impl Outbox {
         self.delivered_version
     }
 
-    /// Whether a message is waiting.
-    pub fn has_pending(&self) -> bool {
-        self.essential_bytes > 0 || !self.ephemeral.is_empty()
+    /// Bytes waiting for this member (essential, fed and ephemeral).
+    pub fn buffered_bytes(&self, feed: &Feed) -> usize {
+        feed.bytes_from(self.position) - self.skipped_bytes
+            + self.essential_bytes
+            + self.ephemeral_bytes
     }
 
-    /// Bytes waiting (essential and ephemeral).
-    pub fn buffered_bytes(&self) -> usize {
+    /// Bytes of this member's own messages (not the feed's).
+    pub fn own_bytes(&self) -> usize {
         self.essential_bytes + self.ephemeral_bytes
     }
 }
@@ -246,17 +467,18 @@ mod tests {
 
     #[test]
     fn ephemeral_latest_wins_and_keeps_order() {
-        let mut outbox = Outbox::new();
+        let feed = Feed::default();
+        let mut outbox = Outbox::new(1, &feed);
         outbox
-            .push(Bytes::from_static(b"e1"), None, 0, 100)
+            .push(&feed, Bytes::from_static(b"e1"), None, 0, 100)
             .unwrap();
-        outbox.push_ephemeral(key("a"), Bytes::from_static(b"a1"), 0);
+        outbox.push_ephemeral(&feed, key("a"), Bytes::from_static(b"a1"), 0);
         outbox
-            .push(Bytes::from_static(b"e2"), None, 0, 100)
+            .push(&feed, Bytes::from_static(b"e2"), None, 0, 100)
             .unwrap();
-        outbox.push_ephemeral(key("a"), Bytes::from_static(b"a2"), 0);
-        outbox.push_ephemeral(key("b"), Bytes::from_static(b"b1"), 0);
-        let got = outbox.take(usize::MAX, 0);
+        outbox.push_ephemeral(&feed, key("a"), Bytes::from_static(b"a2"), 0);
+        outbox.push_ephemeral(&feed, key("b"), Bytes::from_static(b"b1"), 0);
+        let got = outbox.take(&feed, usize::MAX, 0);
         assert_eq!(
             got,
             vec![
@@ -266,102 +488,224 @@ mod tests {
                 Bytes::from_static(b"b1"),
             ]
         );
-        assert!(!outbox.has_pending());
-        assert_eq!(outbox.buffered_bytes(), 0);
+        assert_eq!(outbox.own_bytes(), 0);
+        assert_eq!(outbox.buffered_bytes(&feed), 0);
     }
 
     #[test]
     fn essential_bound_refuses_and_keeps_state() {
-        let mut outbox = Outbox::new();
+        let feed = Feed::default();
+        let mut outbox = Outbox::new(1, &feed);
         outbox
-            .push(Bytes::from(vec![0u8; 60]), None, 0, 100)
+            .push(&feed, Bytes::from(vec![0u8; 60]), None, 0, 100)
             .unwrap();
         assert_eq!(
-            outbox.push(Bytes::from(vec![0u8; 50]), None, 0, 100),
+            outbox.push(&feed, Bytes::from(vec![0u8; 50]), None, 0, 100),
             Err(Overflow { pending: 110 })
         );
-        assert_eq!(outbox.buffered_bytes(), 60);
+        assert_eq!(outbox.buffered_bytes(&feed), 60);
         // Ephemeral messages never overflow, however many.
         for i in 0..10_000 {
-            outbox.push_ephemeral(key("a"), Bytes::from(format!("{i}")), 0);
+            outbox.push_ephemeral(&feed, key("a"), Bytes::from(format!("{i}")), 0);
         }
         assert!(outbox.queue.len() < 200, "stale markers are compacted");
-        let got = outbox.take(usize::MAX, 0);
+        let got = outbox.take(&feed, usize::MAX, 0);
         assert_eq!(got.len(), 2);
         assert_eq!(got[1], Bytes::from("9999"));
     }
 
     #[test]
     fn catch_up_does_not_count_against_the_bound() {
-        let mut outbox = Outbox::new();
-        outbox.push_catch_up(Bytes::from(vec![0u8; 500]), None, 0);
+        let feed = Feed::default();
+        let mut outbox = Outbox::new(1, &feed);
+        outbox.push_catch_up(&feed, Bytes::from(vec![0u8; 500]), None, 0);
         outbox
-            .push(Bytes::from(vec![0u8; 90]), None, 0, 100)
+            .push(&feed, Bytes::from(vec![0u8; 90]), None, 0, 100)
             .unwrap();
         assert!(
             outbox
-                .push(Bytes::from(vec![0u8; 20]), None, 0, 100)
+                .push(&feed, Bytes::from(vec![0u8; 20]), None, 0, 100)
                 .is_err()
         );
-        assert_eq!(outbox.take(500, 0).len(), 1);
+        assert_eq!(outbox.take(&feed, 500, 0).len(), 1);
         outbox
-            .push(Bytes::from(vec![0u8; 10]), None, 0, 100)
+            .push(&feed, Bytes::from(vec![0u8; 10]), None, 0, 100)
             .unwrap();
-        assert_eq!(outbox.buffered_bytes(), 100);
+        assert_eq!(outbox.buffered_bytes(&feed), 100);
     }
 
     #[test]
     fn delivered_version_follows_what_was_taken() {
-        let mut outbox = Outbox::new();
-        outbox.push_catch_up(Bytes::from_static(b"joined"), None, 0);
+        let feed = Feed::default();
+        let mut outbox = Outbox::new(1, &feed);
+        outbox.push_catch_up(&feed, Bytes::from_static(b"joined"), None, 0);
         outbox
-            .push(Bytes::from_static(b"v3"), Some(3), 0, 100)
+            .push(&feed, Bytes::from_static(b"v3"), Some(3), 0, 100)
             .unwrap();
-        outbox.push_ephemeral(key("a"), Bytes::from_static(b"cursor"), 0);
+        outbox.push_ephemeral(&feed, key("a"), Bytes::from_static(b"cursor"), 0);
         outbox
-            .push(Bytes::from_static(b"v4"), Some(4), 0, 100)
+            .push(&feed, Bytes::from_static(b"v4"), Some(4), 0, 100)
             .unwrap();
         assert_eq!(outbox.delivered_version(), 0);
-        assert_eq!(outbox.take(8, 0).len(), 2);
+        assert_eq!(outbox.take(&feed, 8, 0).len(), 2);
         assert_eq!(outbox.delivered_version(), 3);
-        outbox.take(100, 0);
+        outbox.take(&feed, 100, 0);
         assert_eq!(outbox.delivered_version(), 4);
     }
 
     #[test]
     fn nothing_goes_before_the_log_position_it_follows_is_durable() {
-        let mut outbox = Outbox::new();
+        let feed = Feed::default();
+        let mut outbox = Outbox::new(1, &feed);
         outbox
-            .push(Bytes::from_static(b"ack"), Some(1), 3, 100)
+            .push(&feed, Bytes::from_static(b"ack"), Some(1), 3, 100)
             .unwrap();
-        outbox.push_ephemeral(key("a"), Bytes::from_static(b"cursor"), 3);
+        outbox.push_ephemeral(&feed, key("a"), Bytes::from_static(b"cursor"), 3);
         outbox
-            .push(Bytes::from_static(b"later"), Some(2), 5, 100)
+            .push(&feed, Bytes::from_static(b"later"), Some(2), 5, 100)
             .unwrap();
-        assert!(!outbox.has_ready(2));
-        assert!(outbox.take(100, 2).is_empty());
-        assert!(outbox.has_ready(3));
+        assert!(!outbox.has_ready(&feed, 2));
+        assert!(outbox.take(&feed, 100, 2).is_empty());
+        assert!(outbox.has_ready(&feed, 3));
         assert_eq!(
-            outbox.take(100, 4).len(),
+            outbox.take(&feed, 100, 4).len(),
             2,
             "the ack and the cursor, in order"
         );
-        assert!(!outbox.has_ready(4));
-        assert_eq!(outbox.take(100, 5), vec![Bytes::from_static(b"later")]);
+        assert!(!outbox.has_ready(&feed, 4));
+        assert_eq!(
+            outbox.take(&feed, 100, 5),
+            vec![Bytes::from_static(b"later")]
+        );
         assert_eq!(outbox.delivered_version(), 2);
+    }
+
+    fn b(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    #[test]
+    fn fed_events_and_own_messages_go_in_the_order_they_were_queued() {
+        let mut feed = Feed::default();
+        let mut ann = Outbox::new(1, &feed);
+        ann.push_catch_up(&feed, b("snapshot"), None, 0);
+        feed.push(b("e1"), 1, 0, None);
+        ann.fed(&feed, 2, false, 100).unwrap();
+        ann.push(&feed, b("reply"), None, 0, 100).unwrap();
+        feed.push(b("e2"), 2, 0, None);
+        ann.fed(&feed, 2, false, 100).unwrap();
+        // A member joining now reads the feed from here on.
+        let mut bob = Outbox::new(2, &feed);
+        feed.push(b("e3"), 3, 0, None);
+        ann.fed(&feed, 2, false, 100).unwrap();
+        bob.fed(&feed, 2, false, 100).unwrap();
+        ann.push_ephemeral(&feed, key("c"), b("cursor"), 0);
+        assert_eq!(
+            ann.take(&feed, usize::MAX, 0),
+            vec![
+                b("snapshot"),
+                b("e1"),
+                b("reply"),
+                b("e2"),
+                b("e3"),
+                b("cursor")
+            ]
+        );
+        assert_eq!(ann.delivered_version(), 3);
+        assert_eq!(bob.take(&feed, usize::MAX, 0), vec![b("e3")]);
+        assert_eq!(ann.buffered_bytes(&feed) + bob.buffered_bytes(&feed), 0);
+    }
+
+    #[test]
+    fn the_author_steps_over_its_own_event_and_gets_its_ack_in_its_place() {
+        let mut feed = Feed::default();
+        let mut ann = Outbox::new(1, &feed);
+        let mut bob = Outbox::new(2, &feed);
+        feed.push(b("ann's edit"), 1, 0, Some(1));
+        ann.fed(&feed, 10, true, 100).unwrap();
+        bob.fed(&feed, 10, false, 100).unwrap();
+        ann.push(&feed, b("ack"), Some(1), 0, 100).unwrap();
+        feed.push(b("bob's edit"), 2, 0, Some(2));
+        ann.fed(&feed, 10, false, 100).unwrap();
+        bob.fed(&feed, 10, true, 100).unwrap();
+        bob.push(&feed, b("ack"), Some(2), 0, 100).unwrap();
+        // The event stepped over is not ann's backlog.
+        assert_eq!(ann.buffered_bytes(&feed), 3 + 10);
+        assert!(ann.has_ready(&feed, 0));
+        assert_eq!(
+            ann.take(&feed, usize::MAX, 0),
+            vec![b("ack"), b("bob's edit")]
+        );
+        assert_eq!(
+            bob.take(&feed, usize::MAX, 0),
+            vec![b("ann's edit"), b("ack")]
+        );
+        assert_eq!(ann.delivered_version(), 2);
+        assert_eq!(bob.delivered_version(), 2);
+        assert!(!ann.has_ready(&feed, 0));
+        feed.forget_before(ann.position().min(bob.position()));
+        assert_eq!(feed.kept_bytes(), 0);
+        assert_eq!(feed.start(), 2);
+    }
+
+    #[test]
+    fn the_feed_counts_against_each_members_bound_and_waits_for_the_slowest() {
+        let mut feed = Feed::default();
+        let mut fast = Outbox::new(1, &feed);
+        let mut slow = Outbox::new(2, &feed);
+        for _ in 0..5 {
+            feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None);
+            fast.fed(&feed, 20, false, 100).unwrap();
+            slow.fed(&feed, 20, false, 100).unwrap();
+            assert_eq!(fast.take(&feed, usize::MAX, 0).len(), 1);
+        }
+        assert_eq!(slow.buffered_bytes(&feed), 100);
+        assert_eq!(fast.buffered_bytes(&feed), 0);
+        assert_eq!(
+            slow.push(&feed, b("x"), None, 0, 100),
+            Err(Overflow { pending: 101 })
+        );
+        feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None);
+        assert_eq!(
+            slow.fed(&feed, 20, false, 100),
+            Err(Overflow { pending: 120 })
+        );
+        assert!(fast.fed(&feed, 20, false, 100).is_ok());
+        // The feed keeps what the slow member has not taken.
+        feed.forget_before(fast.position().min(slow.position()));
+        assert_eq!(feed.kept_bytes(), 120);
+        assert_eq!(slow.take(&feed, 50, 0).len(), 2);
+        feed.forget_before(fast.position().min(slow.position()));
+        assert_eq!(feed.kept_bytes(), 80);
+    }
+
+    #[test]
+    fn fed_events_wait_for_their_gate() {
+        let mut feed = Feed::default();
+        let mut ann = Outbox::new(1, &feed);
+        feed.push(b("e1"), 1, 2, None);
+        ann.fed(&feed, 2, false, 100).unwrap();
+        ann.push(&feed, b("late"), None, 3, 100).unwrap();
+        assert!(!ann.has_ready(&feed, 1));
+        assert!(!ann.all_ready(&feed, 2));
+        assert!(ann.take(&feed, 100, 1).is_empty());
+        assert_eq!(ann.take(&feed, 100, 2), vec![b("e1")]);
+        assert!(ann.all_ready(&feed, 3));
+        assert_eq!(ann.take(&feed, 100, 3), vec![b("late")]);
     }
 
     #[test]
     fn take_respects_max_but_returns_at_least_one() {
-        let mut outbox = Outbox::new();
+        let feed = Feed::default();
+        let mut outbox = Outbox::new(1, &feed);
         outbox
-            .push(Bytes::from(vec![0u8; 10]), None, 0, 100)
+            .push(&feed, Bytes::from(vec![0u8; 10]), None, 0, 100)
             .unwrap();
         outbox
-            .push(Bytes::from(vec![0u8; 10]), None, 0, 100)
+            .push(&feed, Bytes::from(vec![0u8; 10]), None, 0, 100)
             .unwrap();
-        assert_eq!(outbox.take(5, 0).len(), 1);
-        assert_eq!(outbox.take(100, 0).len(), 1);
-        assert!(outbox.take(100, 0).is_empty());
+        assert_eq!(outbox.take(&feed, 5, 0).len(), 1);
+        assert_eq!(outbox.take(&feed, 100, 0).len(), 1);
+        assert!(outbox.take(&feed, 100, 0).is_empty());
     }
 }

@@ -1182,7 +1182,7 @@ impl Registry {
         let Some(session) = self.sessions.get_mut(&slot.session) else {
             return;
         };
-        if Self::can_answer(&session.session, member, mode) {
+        if Self::can_answer(&mut session.session, member, mode) {
             let batch = session.session.take(member, max_bytes);
             // Taking shrinks only the outbox: count it without a recount.
             let taken: usize = batch.iter().map(Bytes::len).sum();
@@ -1199,7 +1199,7 @@ impl Registry {
     }
 
     /// Whether a pull in `mode` can be answered now.
-    fn can_answer(session: &Session, member: MemberId, mode: PullMode) -> bool {
+    fn can_answer(session: &mut Session, member: MemberId, mode: PullMode) -> bool {
         match mode {
             PullMode::Next => session.has_pending(member),
             PullMode::All => session.all_ready(member),

@@ -292,6 +292,7 @@ impl Session {
             return;
         }
         if self.roster.detach(live).is_some() {
+            self.forget_fed();
             fx.unwake(live);
             fx.closed.push((live, error));
         }

@@ -229,11 +229,15 @@ impl Session {
         }
         self.durable_index = index.min(self.next_index);
         let durable = self.durable_index;
-        self.roster
-            .members()
-            .filter(|(_, m)| m.outbox.has_ready(durable))
-            .map(|(id, _)| id)
-            .collect()
+        let feed = &self.feed;
+        let ready = self
+            .roster
+            .members_mut()
+            .filter_map(|(id, m)| m.outbox.has_ready(feed, durable).then_some(id))
+            .collect();
+        // Members may have stepped over their own events: O(members) again.
+        self.forget_fed();
+        ready
     }
 
     /// Folds one record of the log into the state (recovery). Records must

@@ -1,6 +1,7 @@
 //! Joining (as a participant or a watcher), the catch-up a joiner gets
 //! (history, resume replay or snapshot, then CAUGHT_UP), and leaving.
 
+use super::super::outbox::Outbox;
 use super::roster::{Detached, MemberKind, VersionReading};
 use super::*;
 use crate::pb::codereview::{
@@ -85,8 +86,10 @@ impl Session {
         let member = Member::new(
             MemberKind::Participant(request.user_id.clone()),
             request.token,
+            Outbox::new(request.member, &self.feed),
         );
         if let Some(old) = self.roster.attach(request.member, member, now.at) {
+            self.forget_fed();
             fx.unwake(old);
             fx.closed.push((
                 old,
@@ -136,8 +139,11 @@ impl Session {
                 self.id
             )));
         }
-        self.roster
-            .attach(member, Member::new(MemberKind::Watcher, token), now.at);
+        self.roster.attach(
+            member,
+            Member::new(MemberKind::Watcher, token, Outbox::new(member, &self.feed)),
+            now.at,
+        );
         let joiner = Joiner {
             member,
             user: None,
@@ -279,6 +285,7 @@ impl Session {
                     let gate = self.next_index;
                     if let Some(m) = self.roster.member_mut(member) {
                         m.outbox.push_ephemeral(
+                            &self.feed,
                             EphemeralKey {
                                 user: name,
                                 kind: EphemeralKind::Cursor,
@@ -307,6 +314,7 @@ impl Session {
         let Some((_, detached)) = self.roster.detach(member) else {
             return;
         };
+        self.forget_fed();
         fx.unwake(member);
         if let Detached::Participant {
             user,

@@ -66,7 +66,7 @@ use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
-use super::outbox::{EphemeralKey, EphemeralKind};
+use super::outbox::{EphemeralKey, EphemeralKind, Feed};
 use super::rate::RateLimiter;
 use super::roles::{MayUpload, Role};
 use super::validate::{ClientMessage, JoinOptions};
@@ -317,6 +317,8 @@ pub struct Session {
     comments: Comments,
     roster: Roster,
     history: History,
+    /// Broadcast events some member has not taken yet (each kept once).
+    feed: Feed,
     /// Recent operations, the source of every user's bridge.
     ops: OpLog,
     limits: Arc<Limits>,
@@ -349,8 +351,6 @@ pub struct Session {
     /// Each user's allowance here (not the log's: every instance limits
     /// the streams it serves).
     rates: HashMap<Text, RateLimiter>,
-    /// Scratch space of [`Session::broadcast`] (kept empty between calls).
-    recipients: Vec<MemberId>,
     /// Where the session's events are framed: in shared chunks, not one
     /// allocation each (they are kept and dropped in order).
     frames: FrameArena,
@@ -392,6 +392,7 @@ impl Session {
             comments: Comments::default(),
             roster: Roster::default(),
             history: History::new(limits.history_events, limits.history_bytes),
+            feed: Feed::default(),
             ops: OpLog::default(),
             limits,
             memory_room: usize::MAX,
@@ -407,7 +408,6 @@ impl Session {
             proposals: Vec::new(),
             published: Vec::new(),
             rates: HashMap::new(),
-            recipients: Vec::new(),
             frames: FrameArena::new(),
             spare_woken: Vec::new(),
         }
@@ -561,7 +561,7 @@ impl Session {
             outbox_bytes: self
                 .roster
                 .members()
-                .map(|(_, m)| m.outbox.buffered_bytes())
+                .map(|(_, m)| m.outbox.buffered_bytes(&self.feed))
                 .sum(),
             history_bytes: self.history.bytes(),
             content_bytes: self.doc.encoded_bytes() + self.comments.encoded_bytes(),
@@ -581,11 +581,13 @@ impl Session {
             })
             .sum::<usize>()
             + self.rates.len() * RATE_MEMORY;
+        // The feed's events once, however many members wait for them.
         let outboxes: usize = self
             .roster
             .members()
-            .map(|(_, m)| MEMBER_MEMORY + m.outbox.buffered_bytes())
-            .sum();
+            .map(|(_, m)| MEMBER_MEMORY + m.outbox.own_bytes())
+            .sum::<usize>()
+            + self.feed.kept_bytes();
         SESSION_MEMORY
             + self.id.len()
             + self.doc.memory_bytes()
@@ -645,24 +647,55 @@ impl Session {
 
     /// Takes up to `max_bytes` of a member's outbox (its stream writes them).
     pub fn take(&mut self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
-        self.roster
-            .member_mut(member)
-            .map(|m| m.outbox.take(max_bytes, self.durable_index))
-            .unwrap_or_default()
+        let Some(m) = self.roster.member_mut(member) else {
+            return Vec::new();
+        };
+        let before = m.outbox.position();
+        let taken = m.outbox.take(&self.feed, max_bytes, self.durable_index);
+        let after = m.outbox.position();
+        self.moved_in_feed(before, after);
+        taken
+    }
+
+    /// A member read the feed from `before` up to `after`: if it was the
+    /// furthest behind, what nobody needs any more goes.
+    fn moved_in_feed(&mut self, before: u64, after: u64) {
+        if before == self.feed.start() && after > before {
+            self.forget_fed();
+        }
+    }
+
+    /// Drops the feed's events every member has taken (or stepped over).
+    /// O(members): called when the member that was furthest behind moved
+    /// on or left.
+    pub(super) fn forget_fed(&mut self) {
+        let end = self.feed.end();
+        let oldest = self
+            .roster
+            .members()
+            .map(|(_, m)| m.outbox.position())
+            .min()
+            .unwrap_or(end);
+        self.feed.forget_before(oldest);
     }
 
     /// Whether the member has a message it may take now (past the gate).
-    pub fn has_pending(&self, member: MemberId) -> bool {
-        self.roster
-            .member(member)
-            .is_some_and(|m| m.outbox.has_ready(self.durable_index))
+    pub fn has_pending(&mut self, member: MemberId) -> bool {
+        let Some(m) = self.roster.member_mut(member) else {
+            return false;
+        };
+        let before = m.outbox.position();
+        let ready = m.outbox.has_ready(&self.feed, self.durable_index);
+        let after = m.outbox.position();
+        self.moved_in_feed(before, after);
+        ready
     }
 
     /// Whether everything queued for the member may be taken now.
     pub fn all_ready(&self, member: MemberId) -> bool {
         self.roster
             .member(member)
-            .is_none_or(|m| m.outbox.all_ready(self.durable_index))
+            .is_none_or(|m| m.outbox.all_ready(&self.feed, self.durable_index))
     }
 
     pub fn has_member(&self, member: MemberId) -> bool {
@@ -673,7 +706,7 @@ impl Session {
     pub fn largest_outbox(&self) -> Option<(MemberId, usize)> {
         self.roster
             .members()
-            .map(|(id, m)| (id, m.outbox.buffered_bytes()))
+            .map(|(id, m)| (id, m.outbox.buffered_bytes(&self.feed)))
             .max_by_key(|(_, bytes)| *bytes)
     }
 
@@ -708,10 +741,14 @@ impl Session {
         let gate = self.next_index;
         if let Some(m) = self.roster.member_mut(member) {
             if self.catching_up == Some(member) {
-                m.outbox.push_catch_up(framed, version, gate);
+                m.outbox.push_catch_up(&self.feed, framed, version, gate);
                 self.counters.sent[kind as usize] += 1;
                 fx.woken.push(member);
-            } else if m.outbox.push(framed, version, gate, limit).is_err() {
+            } else if m
+                .outbox
+                .push(&self.feed, framed, version, gate, limit)
+                .is_err()
+            {
                 self.overflowed.push(member);
             } else {
                 self.counters.sent[kind as usize] += 1;
@@ -732,9 +769,10 @@ impl Session {
     ///
     /// Returns the event's sequence number.
     ///
-    /// Cost: one encoding for everybody, then O(members) to queue it (the
-    /// fan-out itself: each member gets a clone of the same bytes). Nothing
-    /// here grows with the session's history or content.
+    /// Cost: one encoding and one place in the feed for everybody, then
+    /// O(members) to check each one's backlog against the bound and wake its
+    /// stream (the fan-out itself: a few compares each, nothing written per
+    /// member). Nothing here grows with the session's history or content.
     fn broadcast(
         &mut self,
         now: Now,
@@ -756,20 +794,30 @@ impl Session {
             ack: ack.cloned(),
             framed: framed.clone(),
         });
-        // Reused: no allocation per event for the list of recipients.
-        let mut recipients = std::mem::take(&mut self.recipients);
-        recipients.extend(
-            self.roster
-                .members()
-                .map(|(id, _)| id)
-                .filter(|id| Some(*id) != own_member),
-        );
+        // Fed once for every member; each member's backlog is checked
+        // against the bound (the author steps over it: it gets the ack).
         let version = Some(self.version);
-        for &member in &recipients {
-            self.send_to(member, framed.clone(), kind, version, fx);
+        let len = framed.len();
+        self.feed
+            .push(framed, self.version, self.next_index, own_member);
+        let limit = self.limits.outbox_bytes;
+        for (id, member) in self.roster.members_mut() {
+            let skipped = Some(id) == own_member;
+            if skipped {
+                let _ = member.outbox.fed(&self.feed, len, true, limit);
+                continue;
+            }
+            // A joiner's catch-up is exempt from the bound, and what comes
+            // with it too.
+            if self.catching_up != Some(id)
+                && member.outbox.fed(&self.feed, len, false, limit).is_err()
+            {
+                self.overflowed.push(id);
+                continue;
+            }
+            self.counters.sent[kind as usize] += 1;
+            fx.woken.push(id);
         }
-        recipients.clear();
-        self.recipients = recipients;
         if let (Some(member), Some(ack)) = (own_member, ack) {
             // Encoded from the session's strings: no owned Ack per event.
             let framed = self.encode_event(
@@ -859,7 +907,7 @@ impl Session {
             if Some(id) != except {
                 member
                     .outbox
-                    .push_ephemeral(key.clone(), framed.clone(), gate);
+                    .push_ephemeral(&self.feed, key.clone(), framed.clone(), gate);
                 self.counters.sent[counted as usize] += 1;
                 fx.woken.push(id);
             }

@@ -90,10 +90,10 @@ pub(super) struct Member {
 }
 
 impl Member {
-    pub fn new(kind: MemberKind, token: Option<TokenWindow>) -> Member {
+    pub fn new(kind: MemberKind, token: Option<TokenWindow>, outbox: Outbox) -> Member {
         Member {
             kind,
-            outbox: Outbox::new(),
+            outbox,
             token,
             warned: false,
             versions: VersionReading::Untracked,

@@ -1646,3 +1646,44 @@ fn a_slow_consumer_is_ended_after_the_batch_that_overflowed_it() {
     assert!(!h.session.has_member(slow));
     assert_eq!(fast_edits, 100, "fast gets every edit");
 }
+
+#[test]
+fn the_feed_keeps_an_event_only_until_every_member_has_taken_it() {
+    let mut h = Harness::new(limits());
+    let members: Vec<MemberId> = ["ann", "bob", "cy"].iter().map(|u| h.join(u)).collect();
+    for &member in &members {
+        h.drain(member);
+    }
+    let comment = |n: u64| {
+        Action::Comment(CommentRequest {
+            comment_id: String::new(),
+            path: String::new(),
+            line: 0,
+            text: format!("comment {n}"),
+        })
+    };
+    for round in 1..=20u64 {
+        for &member in &members {
+            h.send(member, round, comment(round));
+        }
+    }
+    assert!(h.session.feed.kept_bytes() > 0);
+    // Everyone but cy has read everything: the feed waits for cy.
+    for &member in &members[..2] {
+        let got = h.drain(member);
+        assert_eq!(got.len(), 60, "20 acks and 40 comments of the others");
+    }
+    assert!(h.session.feed.kept_bytes() > 0);
+    let got = h.drain(members[2]);
+    assert_eq!(got.len(), 60);
+    assert_eq!(h.session.feed.kept_bytes(), 0);
+    // A member that leaves with events unread does not hold the feed.
+    h.send(members[0], 21, comment(21));
+    h.drain(members[0]);
+    h.drain(members[1]);
+    assert!(h.session.feed.kept_bytes() > 0);
+    h.leave(members[2]);
+    h.drain(members[0]);
+    h.drain(members[1]);
+    assert_eq!(h.session.feed.kept_bytes(), 0);
+}
