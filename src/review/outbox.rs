@@ -5,8 +5,8 @@
 //!
 //! A broadcast event is queued once, in the feed, however many members get
 //! it: a member's outbox only moves its position past it when its stream
-//! takes it. An event a member must not get (its own action: it gets the
-//! acknowledgement instead) names that member, who steps over it. The feed
+//! takes it. An event names its author's stream, which gets the event's
+//! acknowledgement in its place (kept with the event), or nothing. The feed
 //! keeps an event until every member is past it.
 //!
 //! Essential messages (edits, comments, joins, acks) go in order and count
@@ -57,8 +57,9 @@ struct FeedEvent {
     framed: Bytes,
     /// The document version its recipients have seen once they read it.
     version: i32,
-    /// The member that steps over it (its author's stream).
-    skipped_by: Option<MemberId>,
+    /// Its author's stream, which gets `ack` in its place (or nothing).
+    author: Option<MemberId>,
+    ack: Option<Bytes>,
     /// The feed's bytes before this event (since the session began).
     bytes_before: u64,
 }
@@ -91,18 +92,32 @@ impl Feed {
         self.kept_bytes
     }
 
-    /// Adds an event for every member but `skipped_by`.
-    pub fn push(&mut self, framed: Bytes, version: i32, gate: u64, skipped_by: Option<MemberId>) {
+    /// Adds an event for every member; `author`'s stream gets `ack` in its
+    /// place, or nothing.
+    pub fn push(
+        &mut self,
+        framed: Bytes,
+        version: i32,
+        gate: u64,
+        author: Option<MemberId>,
+        ack: Option<Bytes>,
+    ) {
         let len = framed.len();
         self.events.push_back(FeedEvent {
             gate,
             framed,
             version,
-            skipped_by,
+            author,
+            ack,
             bytes_before: self.total_bytes,
         });
         self.total_bytes += len as u64;
         self.kept_bytes += len;
+    }
+
+    /// Whether the last event fed carries an ack for its author.
+    pub fn last_has_ack(&self) -> bool {
+        self.events.back().is_some_and(|event| event.ack.is_some())
     }
 
     /// Bytes of the events from `position` on.
@@ -169,8 +184,10 @@ pub struct Outbox {
     /// The next feed position this member reads.
     position: u64,
     /// Bytes of the feed's events ahead of `position` that this member
-    /// steps over (not its backlog).
+    /// authored (not its backlog: it gets their acks, if anything).
     skipped_bytes: usize,
+    /// Bytes of the acks ahead of `position` (kept in the feed).
+    ack_bytes: usize,
     queue: VecDeque<Queued>,
     essential_bytes: usize,
     /// Bytes of the joiner's catch-up still queued (exempt from the bound).
@@ -191,6 +208,7 @@ impl Outbox {
             member,
             position: feed.end(),
             skipped_bytes: 0,
+            ack_bytes: 0,
             queue: VecDeque::new(),
             essential_bytes: 0,
             catch_up_bytes: 0,
@@ -212,22 +230,19 @@ impl Outbox {
     /// events ahead (but those it steps over) and its own messages, but its
     /// catch-up.
     fn bounded_backlog(&self, feed: &Feed) -> usize {
-        feed.bytes_from(self.position) - self.skipped_bytes + self.essential_bytes
+        feed.bytes_from(self.position) - self.skipped_bytes + self.ack_bytes + self.essential_bytes
             - self.catch_up_bytes
     }
 
-    /// Called once an event was fed: steps over it if it names this member,
-    /// and says whether the backlog is now over `limit` bytes.
-    pub fn fed(
-        &mut self,
-        feed: &Feed,
-        len: usize,
-        skipped: bool,
-        limit: usize,
-    ) -> Result<(), Overflow> {
-        if skipped {
-            self.skipped_bytes += len;
-            return Ok(());
+    /// Called once an event was fed (the feed's last): counts it, or its
+    /// ack when this member is its author, and says whether the backlog is
+    /// now over `limit` bytes.
+    pub fn fed(&mut self, feed: &Feed, limit: usize) -> Result<(), Overflow> {
+        if let Some(event) = feed.events.back()
+            && event.author == Some(self.member)
+        {
+            self.skipped_bytes += event.framed.len();
+            self.ack_bytes += event.ack.as_ref().map_or(0, Bytes::len);
         }
         let pending = self.bounded_backlog(feed);
         if pending > limit {
@@ -320,7 +335,7 @@ impl Outbox {
     }
 
     /// Drops what this member will never send: replaced ephemeral markers
-    /// and feed events it steps over, when they come next.
+    /// and feed events it authored without an ack, when they come next.
     fn skip_dead(&mut self, feed: &Feed) {
         loop {
             if let Some(queued) = self.queue.front()
@@ -334,7 +349,7 @@ impl Outbox {
                 continue;
             }
             match feed.event(self.position) {
-                Some(event) if event.skipped_by == Some(self.member) => {
+                Some(event) if event.author == Some(self.member) && event.ack.is_none() => {
                     self.skipped_bytes -= event.framed.len();
                     self.position += 1;
                 }
@@ -355,6 +370,16 @@ impl Outbox {
         }
     }
 
+    /// What this member gets of a feed event: the event, or its ack when
+    /// this member is its author (an event without one is stepped over
+    /// before).
+    fn fed_for_me<'a>(&self, event: &'a FeedEvent) -> &'a Bytes {
+        match &event.ack {
+            Some(ack) if event.author == Some(self.member) => ack,
+            _ => &event.framed,
+        }
+    }
+
     /// Takes messages in order, up to `max_bytes` (at least one message when
     /// any may go), stopping at the first whose gate is beyond `durable`.
     pub fn take(&mut self, feed: &Feed, max_bytes: usize, durable: u64) -> Vec<Bytes> {
@@ -368,7 +393,7 @@ impl Outbox {
             self.skip_dead(feed);
             let (fed, gate, next_len) = match self.next(feed) {
                 Next::Nothing => break,
-                Next::Fed(event) => (true, event.gate, event.framed.len()),
+                Next::Fed(event) => (true, event.gate, self.fed_for_me(event).len()),
                 Next::Own(queued) => {
                     let len = match &queued.entry {
                         Entry::Essential(bytes, _) => bytes.len(),
@@ -384,8 +409,12 @@ impl Outbox {
             }
             if fed {
                 let event = feed.event(self.position).expect("next is this event");
+                if event.author == Some(self.member) {
+                    self.skipped_bytes -= event.framed.len();
+                    self.ack_bytes -= next_len;
+                }
                 self.delivered_version = event.version;
-                out.push(event.framed.clone());
+                out.push(self.fed_for_me(event).clone());
                 self.position += 1;
             } else {
                 match self.queue.pop_front().expect("next is this entry").entry {
@@ -443,6 +472,7 @@ impl Outbox {
     /// Bytes waiting for this member (essential, fed and ephemeral).
     pub fn buffered_bytes(&self, feed: &Feed) -> usize {
         feed.bytes_from(self.position) - self.skipped_bytes
+            + self.ack_bytes
             + self.essential_bytes
             + self.ephemeral_bytes
     }
@@ -589,16 +619,16 @@ mod tests {
         let mut feed = Feed::default();
         let mut ann = Outbox::new(1, &feed);
         ann.push_catch_up(&feed, b("snapshot"), None, 0);
-        feed.push(b("e1"), 1, 0, None);
-        ann.fed(&feed, 2, false, 100).unwrap();
+        feed.push(b("e1"), 1, 0, None, None);
+        ann.fed(&feed, 100).unwrap();
         ann.push(&feed, b("reply"), None, 0, 100).unwrap();
-        feed.push(b("e2"), 2, 0, None);
-        ann.fed(&feed, 2, false, 100).unwrap();
+        feed.push(b("e2"), 2, 0, None, None);
+        ann.fed(&feed, 100).unwrap();
         // A member joining now reads the feed from here on.
         let mut bob = Outbox::new(2, &feed);
-        feed.push(b("e3"), 3, 0, None);
-        ann.fed(&feed, 2, false, 100).unwrap();
-        bob.fed(&feed, 2, false, 100).unwrap();
+        feed.push(b("e3"), 3, 0, None, None);
+        ann.fed(&feed, 100).unwrap();
+        bob.fed(&feed, 100).unwrap();
         ann.push_ephemeral(&feed, key("c"), b("cursor"), 0);
         assert_eq!(
             ann.take(&feed, usize::MAX, 0),
@@ -617,35 +647,65 @@ mod tests {
     }
 
     #[test]
-    fn the_author_steps_over_its_own_event_and_gets_its_ack_in_its_place() {
+    fn the_author_gets_its_ack_in_its_events_place_or_nothing() {
         let mut feed = Feed::default();
         let mut ann = Outbox::new(1, &feed);
         let mut bob = Outbox::new(2, &feed);
-        feed.push(b("ann's edit"), 1, 0, Some(1));
-        ann.fed(&feed, 10, true, 100).unwrap();
-        bob.fed(&feed, 10, false, 100).unwrap();
-        ann.push(&feed, b("ack"), Some(1), 0, 100).unwrap();
-        feed.push(b("bob's edit"), 2, 0, Some(2));
-        ann.fed(&feed, 10, false, 100).unwrap();
-        bob.fed(&feed, 10, true, 100).unwrap();
-        bob.push(&feed, b("ack"), Some(2), 0, 100).unwrap();
-        // The event stepped over is not ann's backlog.
-        assert_eq!(ann.buffered_bytes(&feed), 3 + 10);
+        feed.push(b("ann's edit"), 1, 0, Some(1), Some(b("ack 1")));
+        ann.fed(&feed, 100).unwrap();
+        bob.fed(&feed, 100).unwrap();
+        ann.push(&feed, b("reply"), None, 0, 100).unwrap();
+        feed.push(b("bob's edit"), 2, 0, Some(2), Some(b("ack 2")));
+        ann.fed(&feed, 100).unwrap();
+        bob.fed(&feed, 100).unwrap();
+        // Bob's join: an event without an ack, which bob steps over.
+        feed.push(b("bob joined"), 2, 0, Some(2), None);
+        ann.fed(&feed, 100).unwrap();
+        bob.fed(&feed, 100).unwrap();
+        // The author's backlog counts its ack, not its event.
+        assert_eq!(ann.buffered_bytes(&feed), 5 + 5 + 10 + 10);
+        assert_eq!(bob.buffered_bytes(&feed), 10 + 5);
         assert!(ann.has_ready(&feed, 0));
         assert_eq!(
             ann.take(&feed, usize::MAX, 0),
-            vec![b("ack"), b("bob's edit")]
+            vec![b("ack 1"), b("reply"), b("bob's edit"), b("bob joined")]
         );
         assert_eq!(
             bob.take(&feed, usize::MAX, 0),
-            vec![b("ann's edit"), b("ack")]
+            vec![b("ann's edit"), b("ack 2")]
         );
         assert_eq!(ann.delivered_version(), 2);
         assert_eq!(bob.delivered_version(), 2);
+        assert_eq!(ann.buffered_bytes(&feed) + bob.buffered_bytes(&feed), 0);
         assert!(!ann.has_ready(&feed, 0));
+        assert!(!bob.has_ready(&feed, 0));
         feed.forget_before(ann.position().min(bob.position()));
         assert_eq!(feed.kept_bytes(), 0);
-        assert_eq!(feed.start(), 2);
+        assert_eq!(feed.start(), 3);
+    }
+
+    #[test]
+    fn an_author_over_its_bound_with_its_acks_overflows() {
+        let mut feed = Feed::default();
+        let mut ann = Outbox::new(1, &feed);
+        for i in 0..3 {
+            feed.push(
+                b("an event"),
+                i,
+                0,
+                Some(1),
+                Some(Bytes::from(vec![0u8; 30])),
+            );
+            ann.fed(&feed, 100).unwrap();
+        }
+        feed.push(
+            b("an event"),
+            4,
+            0,
+            Some(1),
+            Some(Bytes::from(vec![0u8; 30])),
+        );
+        assert_eq!(ann.fed(&feed, 100), Err(Overflow { pending: 120 }));
     }
 
     #[test]
@@ -654,9 +714,9 @@ mod tests {
         let mut fast = Outbox::new(1, &feed);
         let mut slow = Outbox::new(2, &feed);
         for _ in 0..5 {
-            feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None);
-            fast.fed(&feed, 20, false, 100).unwrap();
-            slow.fed(&feed, 20, false, 100).unwrap();
+            feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None, None);
+            fast.fed(&feed, 100).unwrap();
+            slow.fed(&feed, 100).unwrap();
             assert_eq!(fast.take(&feed, usize::MAX, 0).len(), 1);
         }
         assert_eq!(slow.buffered_bytes(&feed), 100);
@@ -665,12 +725,9 @@ mod tests {
             slow.push(&feed, b("x"), None, 0, 100),
             Err(Overflow { pending: 101 })
         );
-        feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None);
-        assert_eq!(
-            slow.fed(&feed, 20, false, 100),
-            Err(Overflow { pending: 120 })
-        );
-        assert!(fast.fed(&feed, 20, false, 100).is_ok());
+        feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None, None);
+        assert_eq!(slow.fed(&feed, 100), Err(Overflow { pending: 120 }));
+        assert!(fast.fed(&feed, 100).is_ok());
         // The feed keeps what the slow member has not taken.
         feed.forget_before(fast.position().min(slow.position()));
         assert_eq!(feed.kept_bytes(), 120);
@@ -683,8 +740,8 @@ mod tests {
     fn fed_events_wait_for_their_gate() {
         let mut feed = Feed::default();
         let mut ann = Outbox::new(1, &feed);
-        feed.push(b("e1"), 1, 2, None);
-        ann.fed(&feed, 2, false, 100).unwrap();
+        feed.push(b("e1"), 1, 2, None, None);
+        ann.fed(&feed, 100).unwrap();
         ann.push(&feed, b("late"), None, 3, 100).unwrap();
         assert!(!ann.has_ready(&feed, 1));
         assert!(!ann.all_ready(&feed, 2));

@@ -794,38 +794,38 @@ impl Session {
             ack: ack.cloned(),
             framed: framed.clone(),
         });
-        // Fed once for every member; each member's backlog is checked
-        // against the bound (the author steps over it: it gets the ack).
-        let version = Some(self.version);
-        let len = framed.len();
-        self.feed
-            .push(framed, self.version, self.next_index, own_member);
-        let limit = self.limits.outbox_bytes;
-        for (id, member) in self.roster.members_mut() {
-            let skipped = Some(id) == own_member;
-            if skipped {
-                let _ = member.outbox.fed(&self.feed, len, true, limit);
-                continue;
-            }
-            // A joiner's catch-up is exempt from the bound, and what comes
-            // with it too.
-            if self.catching_up != Some(id)
-                && member.outbox.fed(&self.feed, len, false, limit).is_err()
-            {
-                self.overflowed.push(id);
-                continue;
-            }
-            self.counters.sent[kind as usize] += 1;
-            fx.woken.push(id);
-        }
-        if let (Some(member), Some(ack)) = (own_member, ack) {
-            // Encoded from the session's strings: no owned Ack per event.
-            let framed = self.encode_event(
+        // The author's acknowledgement, encoded from the session's strings
+        // (no owned Ack per event), goes in the event's place for it.
+        let ack = match (own_member, ack) {
+            (Some(_), Some(ack)) => Some(self.encode_event(
                 now,
                 user_id,
                 Carried::Ack(ack_ref(ack, self.sequence, false, false)),
-            );
-            self.send_to(member, framed, MessageKind::Ack, version, fx);
+            )),
+            _ => None,
+        };
+        // Fed once for every member; each member's backlog is checked
+        // against the bound.
+        self.feed
+            .push(framed, self.version, self.next_index, own_member, ack);
+        let limit = self.limits.outbox_bytes;
+        let author_acked = self.feed.last_has_ack();
+        for (id, member) in self.roster.members_mut() {
+            let authored = Some(id) == own_member;
+            // A joiner's catch-up is exempt from the bound, and what comes
+            // with it too.
+            let within = member.outbox.fed(&self.feed, limit).is_ok();
+            if !within && self.catching_up != Some(id) {
+                self.overflowed.push(id);
+                continue;
+            }
+            let counted = match (authored, author_acked) {
+                (false, _) => kind,
+                (true, true) => MessageKind::Ack,
+                (true, false) => continue,
+            };
+            self.counters.sent[counted as usize] += 1;
+            fx.woken.push(id);
         }
         self.sequence
     }
