@@ -82,6 +82,15 @@ impl Feed {
         self.start
     }
 
+    /// Events kept.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
     /// The position the next event gets.
     pub fn end(&self) -> u64 {
         self.start + self.events.len() as u64

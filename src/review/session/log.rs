@@ -230,14 +230,10 @@ impl Session {
         self.durable_index = index.min(self.next_index);
         let durable = self.durable_index;
         let feed = &self.feed;
-        let ready = self
-            .roster
+        self.roster
             .members_mut()
             .filter_map(|(id, m)| m.outbox.has_ready(feed, durable).then_some(id))
-            .collect();
-        // Members may have stepped over their own events: O(members) again.
-        self.forget_fed();
-        ready
+            .collect()
     }
 
     /// Folds one record of the log into the state (recovery). Records must

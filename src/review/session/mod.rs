@@ -319,6 +319,8 @@ pub struct Session {
     history: History,
     /// Broadcast events some member has not taken yet (each kept once).
     feed: Feed,
+    /// The feed's length at which [`Session::forget_fed`] runs next.
+    feed_trim_at: usize,
     /// Recent operations, the source of every user's bridge.
     ops: OpLog,
     limits: Arc<Limits>,
@@ -381,6 +383,10 @@ const OP_MEMORY: usize = 64;
 const OUTCOME_MEMORY: usize = 96;
 const RATE_MEMORY: usize = 96;
 
+/// The fewest events the feed grows by between two trims (see
+/// [`Session::forget_fed`]).
+const FEED_TRIM_EVENTS: usize = 64;
+
 impl Session {
     pub fn new(id: Text, epoch: u64, limits: Arc<Limits>) -> Session {
         Session {
@@ -393,6 +399,7 @@ impl Session {
             roster: Roster::default(),
             history: History::new(limits.history_events, limits.history_bytes),
             feed: Feed::default(),
+            feed_trim_at: FEED_TRIM_EVENTS,
             ops: OpLog::default(),
             limits,
             memory_room: usize::MAX,
@@ -650,24 +657,15 @@ impl Session {
         let Some(m) = self.roster.member_mut(member) else {
             return Vec::new();
         };
-        let before = m.outbox.position();
-        let taken = m.outbox.take(&self.feed, max_bytes, self.durable_index);
-        let after = m.outbox.position();
-        self.moved_in_feed(before, after);
-        taken
-    }
-
-    /// A member read the feed from `before` up to `after`: if it was the
-    /// furthest behind, what nobody needs any more goes.
-    fn moved_in_feed(&mut self, before: u64, after: u64) {
-        if before == self.feed.start() && after > before {
-            self.forget_fed();
-        }
+        m.outbox.take(&self.feed, max_bytes, self.durable_index)
     }
 
     /// Drops the feed's events every member has taken (or stepped over).
-    /// O(members): called when the member that was furthest behind moved
-    /// on or left.
+    /// O(members): called when a member leaves, and when the feed has
+    /// doubled since the last time (at least [`FEED_TRIM_EVENTS`] events),
+    /// so that members keeping up cost O(members) per that many events,
+    /// not per take; a member far behind holds the feed at most twice as
+    /// long as it needs.
     pub(super) fn forget_fed(&mut self) {
         let end = self.feed.end();
         let oldest = self
@@ -677,18 +675,15 @@ impl Session {
             .min()
             .unwrap_or(end);
         self.feed.forget_before(oldest);
+        self.feed_trim_at = FEED_TRIM_EVENTS.max(2 * self.feed.len());
     }
 
     /// Whether the member has a message it may take now (past the gate).
     pub fn has_pending(&mut self, member: MemberId) -> bool {
-        let Some(m) = self.roster.member_mut(member) else {
-            return false;
-        };
-        let before = m.outbox.position();
-        let ready = m.outbox.has_ready(&self.feed, self.durable_index);
-        let after = m.outbox.position();
-        self.moved_in_feed(before, after);
-        ready
+        let feed = &self.feed;
+        self.roster
+            .member_mut(member)
+            .is_some_and(|m| m.outbox.has_ready(feed, self.durable_index))
     }
 
     /// Whether everything queued for the member may be taken now.
@@ -808,6 +803,9 @@ impl Session {
         // against the bound.
         self.feed
             .push(framed, self.version, self.next_index, own_member, ack);
+        if self.feed.len() >= self.feed_trim_at {
+            self.forget_fed();
+        }
         let limit = self.limits.outbox_bytes;
         let author_acked = self.feed.last_has_ack();
         for (id, member) in self.roster.members_mut() {
