@@ -72,7 +72,7 @@ pub struct Feed {
     start: u64,
     /// Bytes of every event ever fed.
     total_bytes: u64,
-    /// Bytes of the events kept.
+    /// Bytes of the events kept, with their acks.
     kept_bytes: usize,
 }
 
@@ -96,7 +96,8 @@ impl Feed {
         self.start + self.events.len() as u64
     }
 
-    /// Bytes of the events kept (each counted once, whoever waits for it).
+    /// Bytes of the events kept, with their acks (each counted once,
+    /// whoever waits for it).
     pub fn kept_bytes(&self) -> usize {
         self.kept_bytes
     }
@@ -112,6 +113,7 @@ impl Feed {
         ack: Option<Bytes>,
     ) {
         let len = framed.len();
+        self.kept_bytes += len + ack.as_ref().map_or(0, Bytes::len);
         self.events.push_back(FeedEvent {
             gate,
             framed,
@@ -121,12 +123,6 @@ impl Feed {
             bytes_before: self.total_bytes,
         });
         self.total_bytes += len as u64;
-        self.kept_bytes += len;
-    }
-
-    /// Whether the last event fed carries an ack for its author.
-    pub fn last_has_ack(&self) -> bool {
-        self.events.back().is_some_and(|event| event.ack.is_some())
     }
 
     /// Bytes of the events from `position` on.
@@ -149,7 +145,7 @@ impl Feed {
                 self.start = position;
                 break;
             };
-            self.kept_bytes -= event.framed.len();
+            self.kept_bytes -= event.framed.len() + event.ack.as_ref().map_or(0, Bytes::len);
             self.start += 1;
         }
     }
@@ -187,8 +183,8 @@ enum Next<'a> {
 
 #[derive(Debug)]
 pub struct Outbox {
-    /// The member this outbox is for (it steps over the feed's events it
-    /// is named in).
+    /// The member this outbox is for (it gets the acks of the feed's
+    /// events it authored instead of the events).
     member: MemberId,
     /// The next feed position this member reads.
     position: u64,
@@ -236,8 +232,8 @@ impl Outbox {
     }
 
     /// The essential backlog that counts against the bound: the feed's
-    /// events ahead (but those it steps over) and its own messages, but its
-    /// catch-up.
+    /// events ahead (its acks in place of its own events) and its own
+    /// messages, but its catch-up.
     fn bounded_backlog(&self, feed: &Feed) -> usize {
         feed.bytes_from(self.position) - self.skipped_bytes + self.ack_bytes + self.essential_bytes
             - self.catch_up_bytes

@@ -799,6 +799,7 @@ impl Session {
             )),
             _ => None,
         };
+        let author_acked = ack.is_some();
         // Fed once for every member; each member's backlog is checked
         // against the bound.
         self.feed
@@ -807,7 +808,6 @@ impl Session {
             self.forget_fed();
         }
         let limit = self.limits.outbox_bytes;
-        let author_acked = self.feed.last_has_ack();
         for (id, member) in self.roster.members_mut() {
             let authored = Some(id) == own_member;
             // A joiner's catch-up is exempt from the bound, and what comes
