@@ -258,7 +258,13 @@ pub fn gzip(payload: &[u8]) -> Vec<u8> {
 /// bytes that are not a whole sequence of uncompressed messages — is returned
 /// unchanged, without a copy.
 pub fn compress_framed(framed: Bytes, encoding: Encoding) -> Bytes {
-    if encoding == Encoding::Identity || framed.len() < HEADER_LEN + COMPRESS_THRESHOLD {
+    compress_framed_from(framed, encoding, COMPRESS_THRESHOLD)
+}
+
+/// [`compress_framed`], compressing only messages of at least `min_len`
+/// bytes.
+pub fn compress_framed_from(framed: Bytes, encoding: Encoding, min_len: usize) -> Bytes {
+    if encoding == Encoding::Identity || framed.len() < HEADER_LEN + min_len {
         return framed;
     }
     let mut rest = &framed[..];
@@ -273,7 +279,7 @@ pub fn compress_framed(framed: Bytes, encoding: Encoding) -> Bytes {
             return framed;
         };
         let start = framed.len() - rest.len();
-        if len >= COMPRESS_THRESHOLD {
+        if len >= min_len {
             let compressed = gzip(payload);
             if compressed.len() < len {
                 let out = out.get_or_insert_with(|| BytesMut::with_capacity(framed.len() / 2));
@@ -293,6 +299,24 @@ pub fn compress_framed(framed: Bytes, encoding: Encoding) -> Bytes {
         }
         None => framed,
     }
+}
+
+/// Whether `framed`, a whole sequence of uncompressed framed messages,
+/// holds one of at least `min_len` bytes (false for anything else): read
+/// from the messages' headers alone.
+pub fn holds_message_from(framed: &[u8], min_len: usize) -> bool {
+    let mut rest = framed;
+    while rest.len() >= HEADER_LEN && rest[0] == 0 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if len >= min_len {
+            return rest.len() - HEADER_LEN >= len;
+        }
+        let Some(next) = rest.get(HEADER_LEN + len..) else {
+            return false;
+        };
+        rest = next;
+    }
+    false
 }
 
 #[cfg(test)]

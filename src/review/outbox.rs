@@ -29,13 +29,107 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::ids::{MemberId, Text};
 
-/// Bytes of the smallest framed event worth counting on when [`Outbox::take`]
-/// makes room for a batch (a smaller one only grows the batch's list).
-const SMALLEST_MESSAGE: usize = 32;
+/// Messages smaller than this are copied into a batch's buffer when taken;
+/// larger ones go whole (shared, not copied). Below gRPC compression's
+/// threshold, so a buffer of copied messages is never compressed.
+const COPY_BELOW: usize = 4 * 1024;
+
+/// The most a batch's buffer is made for before the messages taken are
+/// known to be there (some wait for the log): it grows beyond if need be.
+const GUESSED_BUFFER: usize = 16 * 1024;
+
+/// Messages taken for one stream, in order, as the bytes it writes: the
+/// small ones copied together into one buffer, a large one whole.
+///
+/// Copying a small message once here costs about what sharing it costs
+/// (a reference count changed by two threads, an entry in a list, a copy
+/// anyway when the stream gathers its DATA frame), and the stream then
+/// writes one buffer as it is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// Framed messages back to back, in order.
+    pub parts: Vec<Bytes>,
+    /// How many messages the parts hold.
+    pub messages: usize,
+}
+
+impl Taken {
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Bytes of every message taken.
+    pub fn bytes(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Every message's bytes, back to back (for tests and checks).
+    pub fn concat(&self) -> Vec<u8> {
+        self.parts.concat()
+    }
+}
+
+/// Builds a [`Taken`]: small messages are appended to `buffer`, which is
+/// made for `expected` bytes when the first one comes.
+struct Gather {
+    taken: Taken,
+    buffer: BytesMut,
+    expected: usize,
+}
+
+impl Gather {
+    fn new(expected: usize) -> Self {
+        Gather {
+            taken: Taken::default(),
+            buffer: BytesMut::new(),
+            expected,
+        }
+    }
+
+    fn copy(&mut self, message: &[u8]) {
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(self.expected.max(message.len()));
+        }
+        self.buffer.extend_from_slice(message);
+        self.taken.messages += 1;
+    }
+
+    fn add_shared(&mut self, message: &Bytes) {
+        if message.len() < COPY_BELOW {
+            self.copy(message);
+        } else {
+            self.seal();
+            self.taken.parts.push(message.clone());
+            self.taken.messages += 1;
+        }
+    }
+
+    fn add_owned(&mut self, message: Bytes) {
+        if message.len() < COPY_BELOW {
+            self.copy(&message);
+        } else {
+            self.seal();
+            self.taken.parts.push(message);
+            self.taken.messages += 1;
+        }
+    }
+
+    /// Ends the buffer's part (what follows starts a new one).
+    fn seal(&mut self) {
+        if !self.buffer.is_empty() {
+            self.taken.parts.push(self.buffer.split().freeze());
+        }
+    }
+
+    fn finish(mut self) -> Taken {
+        self.seal();
+        self.taken
+    }
+}
 
 /// What an ephemeral message is about; one per key may wait.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -387,12 +481,14 @@ impl Outbox {
 
     /// Takes messages in order, up to `max_bytes` (at least one message when
     /// any may go), stopping at the first whose gate is beyond `durable`.
-    pub fn take(&mut self, feed: &Feed, max_bytes: usize, durable: u64) -> Vec<Bytes> {
-        // Room for what is queued, up to as many of the smallest messages as
-        // `max_bytes` holds: not grown (and copied) message by message.
-        let waiting = self.queue.len() + (feed.end() - self.position) as usize;
-        let room = waiting.min(max_bytes / SMALLEST_MESSAGE + 1);
-        let mut out = Vec::with_capacity(room);
+    pub fn take(&mut self, feed: &Feed, max_bytes: usize, durable: u64) -> Taken {
+        // The buffer is made for everything waiting, up to `max_bytes`, when
+        // all of it may go; otherwise for a guess, and it grows if need be.
+        let mut expected = self.buffered_bytes(feed).min(max_bytes);
+        if !self.all_ready(feed, durable) {
+            expected = expected.min(GUESSED_BUFFER);
+        }
+        let mut out = Gather::new(expected);
         let mut taken = 0;
         loop {
             self.skip_dead(feed);
@@ -409,7 +505,7 @@ impl Outbox {
                     (false, queued.gate, len)
                 }
             };
-            if gate > durable || (!out.is_empty() && taken + next_len > max_bytes) {
+            if gate > durable || (taken > 0 && taken + next_len > max_bytes) {
                 break;
             }
             if fed {
@@ -419,7 +515,7 @@ impl Outbox {
                     self.ack_bytes -= next_len;
                 }
                 self.delivered_version = event.version;
-                out.push(self.fed_for_me(event).clone());
+                out.add_shared(self.fed_for_me(event));
                 self.position += 1;
             } else {
                 match self.queue.pop_front().expect("next is this entry").entry {
@@ -430,18 +526,18 @@ impl Outbox {
                         self.essential_bytes -= bytes.len();
                         // Catch-up entries are the first ones queued.
                         self.catch_up_bytes = self.catch_up_bytes.saturating_sub(bytes.len());
-                        out.push(bytes);
+                        out.add_owned(bytes);
                     }
                     Entry::Ephemeral(key, _) => {
                         let (_, bytes) = self.ephemeral.remove(&key).expect("not stale");
                         self.ephemeral_bytes -= bytes.len();
-                        out.push(bytes);
+                        out.add_owned(bytes);
                     }
                 }
             }
             taken += next_len;
         }
-        out
+        out.finish()
     }
 
     /// Whether everything queued may be taken now (nothing waits for a log
@@ -514,15 +610,8 @@ mod tests {
         outbox.push_ephemeral(&feed, key("a"), Bytes::from_static(b"a2"), 0);
         outbox.push_ephemeral(&feed, key("b"), Bytes::from_static(b"b1"), 0);
         let got = outbox.take(&feed, usize::MAX, 0);
-        assert_eq!(
-            got,
-            vec![
-                Bytes::from_static(b"e1"),
-                Bytes::from_static(b"e2"),
-                Bytes::from_static(b"a2"),
-                Bytes::from_static(b"b1"),
-            ]
-        );
+        assert_eq!(got.messages, 4);
+        assert_eq!(got.concat(), b"e1e2a2b1");
         assert_eq!(outbox.own_bytes(), 0);
         assert_eq!(outbox.buffered_bytes(&feed), 0);
     }
@@ -545,8 +634,8 @@ mod tests {
         }
         assert!(outbox.queue.len() < 200, "stale markers are compacted");
         let got = outbox.take(&feed, usize::MAX, 0);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[1], Bytes::from("9999"));
+        assert_eq!(got.messages, 2);
+        assert!(got.concat().ends_with(b"9999"));
     }
 
     #[test]
@@ -562,7 +651,7 @@ mod tests {
                 .push(&feed, Bytes::from(vec![0u8; 20]), None, 0, 100)
                 .is_err()
         );
-        assert_eq!(outbox.take(&feed, 500, 0).len(), 1);
+        assert_eq!(outbox.take(&feed, 500, 0).messages, 1);
         outbox
             .push(&feed, Bytes::from(vec![0u8; 10]), None, 0, 100)
             .unwrap();
@@ -582,7 +671,7 @@ mod tests {
             .push(&feed, Bytes::from_static(b"v4"), Some(4), 0, 100)
             .unwrap();
         assert_eq!(outbox.delivered_version(), 0);
-        assert_eq!(outbox.take(&feed, 8, 0).len(), 2);
+        assert_eq!(outbox.take(&feed, 8, 0).messages, 2);
         assert_eq!(outbox.delivered_version(), 3);
         outbox.take(&feed, 100, 0);
         assert_eq!(outbox.delivered_version(), 4);
@@ -603,20 +692,26 @@ mod tests {
         assert!(outbox.take(&feed, 100, 2).is_empty());
         assert!(outbox.has_ready(&feed, 3));
         assert_eq!(
-            outbox.take(&feed, 100, 4).len(),
+            outbox.take(&feed, 100, 4).messages,
             2,
             "the ack and the cursor, in order"
         );
         assert!(!outbox.has_ready(&feed, 4));
-        assert_eq!(
-            outbox.take(&feed, 100, 5),
-            vec![Bytes::from_static(b"later")]
-        );
+        assert_eq!(outbox.take(&feed, 100, 5).concat(), b"later");
         assert_eq!(outbox.delivered_version(), 2);
     }
 
     fn b(text: &'static str) -> Bytes {
         Bytes::from_static(text.as_bytes())
+    }
+
+    /// How many messages were taken, and their bytes back to back.
+    fn messages(taken: Taken) -> (usize, Vec<u8>) {
+        (taken.messages, taken.concat())
+    }
+
+    fn expected(texts: &[&str]) -> (usize, Vec<u8>) {
+        (texts.len(), texts.concat().into_bytes())
     }
 
     #[test]
@@ -636,18 +731,11 @@ mod tests {
         bob.fed(&feed, 100).unwrap();
         ann.push_ephemeral(&feed, key("c"), b("cursor"), 0);
         assert_eq!(
-            ann.take(&feed, usize::MAX, 0),
-            vec![
-                b("snapshot"),
-                b("e1"),
-                b("reply"),
-                b("e2"),
-                b("e3"),
-                b("cursor")
-            ]
+            messages(ann.take(&feed, usize::MAX, 0)),
+            expected(&["snapshot", "e1", "reply", "e2", "e3", "cursor"])
         );
         assert_eq!(ann.delivered_version(), 3);
-        assert_eq!(bob.take(&feed, usize::MAX, 0), vec![b("e3")]);
+        assert_eq!(bob.take(&feed, usize::MAX, 0).concat(), b"e3");
         assert_eq!(ann.buffered_bytes(&feed) + bob.buffered_bytes(&feed), 0);
     }
 
@@ -672,12 +760,12 @@ mod tests {
         assert_eq!(bob.buffered_bytes(&feed), 10 + 5);
         assert!(ann.has_ready(&feed, 0));
         assert_eq!(
-            ann.take(&feed, usize::MAX, 0),
-            vec![b("ack 1"), b("reply"), b("bob's edit"), b("bob joined")]
+            messages(ann.take(&feed, usize::MAX, 0)),
+            expected(&["ack 1", "reply", "bob's edit", "bob joined"])
         );
         assert_eq!(
-            bob.take(&feed, usize::MAX, 0),
-            vec![b("ann's edit"), b("ack 2")]
+            messages(bob.take(&feed, usize::MAX, 0)),
+            expected(&["ann's edit", "ack 2"])
         );
         assert_eq!(ann.delivered_version(), 2);
         assert_eq!(bob.delivered_version(), 2);
@@ -722,7 +810,7 @@ mod tests {
             feed.push(Bytes::from(vec![0u8; 20]), 1, 0, None, None);
             fast.fed(&feed, 100).unwrap();
             slow.fed(&feed, 100).unwrap();
-            assert_eq!(fast.take(&feed, usize::MAX, 0).len(), 1);
+            assert_eq!(fast.take(&feed, usize::MAX, 0).messages, 1);
         }
         assert_eq!(slow.buffered_bytes(&feed), 100);
         assert_eq!(fast.buffered_bytes(&feed), 0);
@@ -736,7 +824,7 @@ mod tests {
         // The feed keeps what the slow member has not taken.
         feed.forget_before(fast.position().min(slow.position()));
         assert_eq!(feed.kept_bytes(), 120);
-        assert_eq!(slow.take(&feed, 50, 0).len(), 2);
+        assert_eq!(slow.take(&feed, 50, 0).messages, 2);
         feed.forget_before(fast.position().min(slow.position()));
         assert_eq!(feed.kept_bytes(), 80);
     }
@@ -751,9 +839,9 @@ mod tests {
         assert!(!ann.has_ready(&feed, 1));
         assert!(!ann.all_ready(&feed, 2));
         assert!(ann.take(&feed, 100, 1).is_empty());
-        assert_eq!(ann.take(&feed, 100, 2), vec![b("e1")]);
+        assert_eq!(ann.take(&feed, 100, 2).concat(), b"e1");
         assert!(ann.all_ready(&feed, 3));
-        assert_eq!(ann.take(&feed, 100, 3), vec![b("late")]);
+        assert_eq!(ann.take(&feed, 100, 3).concat(), b"late");
     }
 
     #[test]
@@ -766,8 +854,8 @@ mod tests {
         outbox
             .push(&feed, Bytes::from(vec![0u8; 10]), None, 0, 100)
             .unwrap();
-        assert_eq!(outbox.take(&feed, 5, 0).len(), 1);
-        assert_eq!(outbox.take(&feed, 100, 0).len(), 1);
+        assert_eq!(outbox.take(&feed, 5, 0).messages, 1);
+        assert_eq!(outbox.take(&feed, 100, 0).messages, 1);
         assert!(outbox.take(&feed, 100, 0).is_empty());
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
+use super::outbox::Taken;
 use super::principal::Principal;
 use super::registry::{Ending, Membership, RegistryHandle};
 use super::session::TokenWindow;
@@ -388,9 +389,9 @@ impl Service {
                     batch = async { pull.as_mut().expect("guarded").await }, if pull.is_some() => {
                         pull = None;
                         if let Ok(batch) = batch {
-                            trace.messages_out += batch.len() as u64;
-                            for framed in batch {
-                                sink.queue_framed(framed);
+                            trace.messages_out += batch.messages as u64;
+                            for part in batch.parts {
+                                sink.queue_framed(part);
                             }
                         }
                     }
@@ -475,7 +476,7 @@ impl Service {
     async fn flush_after_half_close(
         &self,
         member: MemberId,
-        pull: Option<tokio::sync::oneshot::Receiver<Vec<bytes::Bytes>>>,
+        pull: Option<tokio::sync::oneshot::Receiver<Taken>>,
         sink: &mut ResponseSink<SessionMessage>,
     ) {
         let flushed = tokio::time::timeout(HALF_CLOSE_FLUSH, async {
@@ -484,12 +485,12 @@ impl Service {
             if let Some(mut earlier) = pull
                 && let Ok(batch) = earlier.try_recv()
             {
-                for framed in batch {
-                    sink.queue_framed(framed);
+                for part in batch.parts {
+                    sink.queue_framed(part);
                 }
             }
-            for framed in rest {
-                sink.queue_framed(framed);
+            for part in rest.parts {
+                sink.queue_framed(part);
             }
             sink.flush().await
         });
@@ -583,8 +584,8 @@ impl Service {
                 end = &mut ending => return finish(end),
                 batch = pull => {
                     if let Ok(batch) = batch {
-                        for framed in batch {
-                            sink.queue_framed(framed);
+                        for part in batch.parts {
+                            sink.queue_framed(part);
                         }
                     }
                 }

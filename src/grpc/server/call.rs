@@ -374,8 +374,8 @@ impl<T> ResponseSink<T> {
         self.core().send_headers().map(|_| ())
     }
 
-    /// Queues an already framed message (see [`codec::encode_message`]); the
-    /// same `Bytes` may be queued on many sinks.
+    /// Queues already framed messages (see [`codec::encode_message`]): one,
+    /// or several back to back; the same `Bytes` may be queued on many sinks.
     pub fn queue_framed(&mut self, framed: Bytes) {
         self.core().queue(framed);
     }

@@ -7,7 +7,8 @@
 //! queuing those very bytes (same buffer: the kept handle keeps it alive, so
 //! equal address and length mean equal content) takes the compressed copy.
 //! Only messages up to [`MAX_SHARED_LEN`] are kept (broadcasts; snapshots are
-//! one per joiner and large).
+//! one per joiner and large). Bytes queued may hold several messages back
+//! to back: each is compressed, or not, by its own length.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -32,11 +33,14 @@ static RECENT: Mutex<Recent> = Mutex::new(VecDeque::new());
 /// one of at least [`RESPONSE_COMPRESS_THRESHOLD`] bytes (smaller ones go
 /// as they are), done once for bytes queued to many streams.
 pub fn compress_framed(framed: Bytes, encoding: Encoding) -> Bytes {
-    if encoding == Encoding::Identity || framed.len() < HEADER_LEN + RESPONSE_COMPRESS_THRESHOLD {
+    if encoding == Encoding::Identity
+        || framed.len() < HEADER_LEN + RESPONSE_COMPRESS_THRESHOLD
+        || !compression::holds_message_from(&framed, RESPONSE_COMPRESS_THRESHOLD)
+    {
         return framed;
     }
     if framed.len() > MAX_SHARED_LEN {
-        return compression::compress_framed(framed, encoding);
+        return compression::compress_framed_from(framed, encoding, RESPONSE_COMPRESS_THRESHOLD);
     }
     let same = |(kept_encoding, kept, _): &&(Encoding, Bytes, Bytes)| {
         *kept_encoding == encoding && kept.as_ptr() == framed.as_ptr() && kept.len() == framed.len()
@@ -44,7 +48,8 @@ pub fn compress_framed(framed: Bytes, encoding: Encoding) -> Bytes {
     if let Some((_, _, compressed)) = recent().iter().find(same) {
         return compressed.clone();
     }
-    let compressed = compression::compress_framed(framed.clone(), encoding);
+    let compressed =
+        compression::compress_framed_from(framed.clone(), encoding, RESPONSE_COMPRESS_THRESHOLD);
     let mut recent = recent();
     if recent.len() == KEPT {
         recent.pop_front();
@@ -93,5 +98,28 @@ mod tests {
             compress_framed(small.clone(), Encoding::Gzip).as_ptr(),
             small.as_ptr()
         );
+    }
+
+    #[test]
+    fn messages_back_to_back_are_compressed_by_their_own_length() {
+        // Many live events together pass the threshold, none alone does.
+        let events: Vec<Bytes> = (0..12)
+            .map(|n| frame_payload(format!("note {n} ").repeat(150).as_bytes()))
+            .collect();
+        assert!(events.iter().all(|e| e.len() < RESPONSE_COMPRESS_THRESHOLD));
+        let together = Bytes::from(events.concat());
+        assert!(together.len() > RESPONSE_COMPRESS_THRESHOLD);
+        assert_eq!(
+            compress_framed(together.clone(), Encoding::Gzip).as_ptr(),
+            together.as_ptr()
+        );
+        // One large message among them: only that one is compressed.
+        let large = comment(3);
+        let mixed = Bytes::from([&events[0][..], &large[..], &events[1][..]].concat());
+        let out = compress_framed(mixed.clone(), Encoding::Gzip);
+        assert!(out.len() < mixed.len());
+        assert_eq!(&out[..events[0].len()], &events[0][..]);
+        assert_eq!(out[events[0].len()], 1, "the large one, flagged compressed");
+        assert!(out.ends_with(&events[1]));
     }
 }

@@ -1,11 +1,11 @@
 //! The registry's face: the handle streams use to talk to the registry
 //! task, the commands it carries, and what comes back.
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::error::{ErrorKind, ReviewError};
 use super::super::ids::{MemberId, Text};
+use super::super::outbox::Taken;
 use super::super::roles::Role;
 use super::super::session::{TokenWindow, UploadOutcome};
 use super::super::validate::{ClientMessage, JoinOptions};
@@ -82,7 +82,7 @@ pub(super) enum Command {
         max_bytes: usize,
         /// Park until something is pending (else answer at once, maybe empty).
         mode: PullMode,
-        reply: oneshot::Sender<Vec<Bytes>>,
+        reply: oneshot::Sender<Taken>,
     },
     Leave {
         member: MemberId,
@@ -229,7 +229,7 @@ impl RegistryHandle {
         &self,
         member: MemberId,
         max_bytes: usize,
-    ) -> Result<oneshot::Receiver<Vec<Bytes>>, ReviewError> {
+    ) -> Result<oneshot::Receiver<Taken>, ReviewError> {
         let (reply, rx) = oneshot::channel();
         self.pulls
             .send(Command::Pull {
@@ -245,7 +245,7 @@ impl RegistryHandle {
 
     /// Takes everything queued for the member, once all of it may go (what
     /// waits for the durable log is waited for).
-    pub async fn take_all(&self, member: MemberId) -> Vec<Bytes> {
+    pub async fn take_all(&self, member: MemberId) -> Taken {
         self.ask(|reply| Command::Pull {
             member,
             max_bytes: usize::MAX,

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -36,6 +35,7 @@ use super::counters::{Counters, NoSessionObserver, SessionObserver};
 use super::error::{ErrorKind, ReviewError};
 use super::ids::{MemberId, MemberMap, Text};
 use super::limits::Limits;
+use super::outbox::Taken;
 use super::session::{Done, Effects, Input, JoinRequest, Now, Session, snapshot_weight};
 use crate::pb::store::Record;
 use crate::shared_log::{self, Event as SharedEvent, SharedLogConfig};
@@ -228,7 +228,7 @@ struct MemberSlot {
 
 /// A stream waiting for its outbox.
 struct Parked {
-    reply: oneshot::Sender<Vec<Bytes>>,
+    reply: oneshot::Sender<Taken>,
     max_bytes: usize,
     mode: PullMode,
 }
@@ -1174,7 +1174,7 @@ impl Registry {
         member: MemberId,
         max_bytes: usize,
         mode: PullMode,
-        reply: oneshot::Sender<Vec<Bytes>>,
+        reply: oneshot::Sender<Taken>,
     ) {
         let Some(slot) = self.members.get_mut(&member) else {
             return;
@@ -1185,8 +1185,7 @@ impl Registry {
         if Self::can_answer(&mut session.session, member, mode) {
             let batch = session.session.take(member, max_bytes);
             // Taking shrinks only the outbox: count it without a recount.
-            let taken: usize = batch.iter().map(Bytes::len).sum();
-            let counted = session.memory.saturating_sub(taken);
+            let counted = session.memory.saturating_sub(batch.bytes());
             self.memory.recount(&mut session.memory, counted);
             let _ = reply.send(batch);
         } else {

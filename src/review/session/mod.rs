@@ -66,7 +66,7 @@ use super::error::{ErrorKind, ReviewError};
 use super::history::{AckInfo, History, LoggedEvent};
 use super::ids::{MemberId, Text};
 use super::limits::Limits;
-use super::outbox::{EphemeralKey, EphemeralKind, Feed};
+use super::outbox::{EphemeralKey, EphemeralKind, Feed, Taken};
 use super::rate::RateLimiter;
 use super::roles::{MayUpload, Role};
 use super::validate::{ClientMessage, JoinOptions};
@@ -653,9 +653,9 @@ impl Session {
     }
 
     /// Takes up to `max_bytes` of a member's outbox (its stream writes them).
-    pub fn take(&mut self, member: MemberId, max_bytes: usize) -> Vec<Bytes> {
+    pub fn take(&mut self, member: MemberId, max_bytes: usize) -> Taken {
         let Some(m) = self.roster.member_mut(member) else {
-            return Vec::new();
+            return Taken::default();
         };
         m.outbox.take(&self.feed, max_bytes, self.durable_index)
     }

@@ -31,6 +31,19 @@ fn decode(framed: &Bytes) -> SessionMessage {
     SessionMessage::decode(&framed[HEADER_LEN..]).expect("valid message")
 }
 
+/// The framed messages taken, one by one (a batch holds them back to back).
+fn split(taken: Taken) -> Vec<Bytes> {
+    let mut messages = Vec::new();
+    for mut part in taken.parts {
+        while !part.is_empty() {
+            let len = u32::from_be_bytes([part[1], part[2], part[3], part[4]]) as usize;
+            messages.push(part.split_to(HEADER_LEN + len));
+        }
+    }
+    assert_eq!(messages.len(), taken.messages);
+    messages
+}
+
 fn limits() -> Limits {
     Limits {
         rate_per_second: 0.0,
@@ -132,8 +145,7 @@ impl Harness {
     }
 
     fn drain(&mut self, member: MemberId) -> Vec<SessionMessage> {
-        self.session
-            .take(member, usize::MAX)
+        split(self.session.take(member, usize::MAX))
             .iter()
             .map(decode)
             .collect()
@@ -1356,7 +1368,7 @@ impl Sim {
 
     fn fetch(&mut self, i: usize) {
         if let Some(member) = self.clients[i].member {
-            let batch = self.h.session.take(member, usize::MAX);
+            let batch = split(self.h.session.take(member, usize::MAX));
             self.clients[i].inbox.extend(batch);
         }
     }
