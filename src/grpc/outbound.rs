@@ -55,10 +55,15 @@ impl OutboundQueue {
         }
     }
 
-    /// Takes up to `max` bytes as one buffer: zero-copy when the first message
-    /// alone fills it, otherwise the messages are gathered into one payload.
+    /// Takes up to `max` bytes as one buffer: zero-copy when the first
+    /// buffer queued alone fills it or is all there is, otherwise the
+    /// buffers are gathered into one payload.
     pub fn take(&mut self, max: usize) -> Bytes {
         let front_len = self.pending.front().map_or(0, Bytes::len);
+        if front_len == self.len && front_len <= max {
+            self.len = 0;
+            return self.pending.pop_front().unwrap_or_default();
+        }
         if front_len >= max {
             let front = self.pending.front_mut().expect("non-empty");
             let out = front.split_to(max);
@@ -128,5 +133,16 @@ mod tests {
         assert_eq!(&q.take(10)[..], b"h");
         assert!(q.is_empty());
         assert!(q.take(10).is_empty());
+    }
+
+    #[test]
+    fn a_lone_buffer_goes_as_it_is() {
+        let mut q = OutboundQueue::new();
+        let batch = Bytes::from(b"several messages back to back".to_vec());
+        q.push(batch.clone());
+        let taken = q.take(100);
+        assert_eq!(taken.as_ptr(), batch.as_ptr(), "not copied");
+        assert_eq!(taken, batch);
+        assert!(q.is_empty());
     }
 }
