@@ -48,7 +48,7 @@ pub struct AppConfig {
     pub max_stream_duration: Option<Duration>,
     /// On shutdown, how long streams may take to finish (default 10 s).
     pub drain_timeout: Duration,
-    /// The most a stream takes from its outbox per write (default 256 KiB;
+    /// The most a stream takes from its outbox per write (default 64 KiB;
     /// no flag: tests lower it to make a reader fall behind sooner).
     pub batch_bytes: usize,
     /// Keep sessions durable here (default: the `codereview-data` dir;

@@ -50,8 +50,9 @@ pub trait TokenVerifier: Send + Sync + 'static {
 const BATCH_MESSAGES: usize = 32;
 const BATCH_CONTENT_BYTES: usize = 64 * 1024;
 
-/// How much a stream takes from its outbox per write, by default.
-pub const DEFAULT_BATCH_BYTES: usize = 256 * 1024;
+/// How much a stream takes from its outbox per write, by default: the
+/// registry copies it into one buffer the stream holds until written.
+pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
 
 /// The service's settings.
 #[derive(Clone)]
@@ -60,7 +61,7 @@ pub struct ServiceConfig {
     /// Streams are ended with UNAVAILABLE after this long (reconnect and
     /// resume); `None` for no limit (default 24 h).
     pub max_stream_duration: Option<Duration>,
-    /// The most a stream takes from its outbox per write (default 256 KiB).
+    /// The most a stream takes from its outbox per write (default 64 KiB).
     pub batch_bytes: usize,
     /// Whether calls must carry a principal (authentication on).
     pub auth_required: bool,
