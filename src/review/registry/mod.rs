@@ -752,6 +752,7 @@ impl Registry {
         let refusal = self.durability.as_ref().and_then(Durability::refusal);
         let slot = self.sessions.get_mut(session_id)?;
         slot.session.set_memory_room(self.memory.room());
+        slot.session.set_keeps_records(self.durability.is_some());
         slot.session.set_write_refusal(refusal);
         let mut fx = slot.session.step(now, input);
         let result = fx.result.clone();

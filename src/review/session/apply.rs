@@ -46,7 +46,7 @@ impl Session {
         self.next_index = record.index + 1;
         self.durable_index = self.durable_index.max(self.next_index);
         let mut fx = Effects::default();
-        self.apply_body(now, record.index, body, author, &mut fx)?;
+        self.apply_body(now, record.index, body, None, author, &mut fx)?;
         self.settle(now, &mut fx);
         self.collect(&mut fx);
         Ok(fx)
@@ -67,7 +67,14 @@ impl Session {
         let index = self.next_index;
         self.next_index += 1;
         let made_before = self.records.len();
-        if let Err(error) = self.apply_body(now, index, &body, author, fx) {
+        // Kept nowhere, the record is not made: its comment moves into the
+        // state (a copy of its strings, then a drop, otherwise).
+        let mut body = body;
+        let comment = match &mut body {
+            Body::Comment(added) if !self.keeps_records => added.comment.take(),
+            _ => None,
+        };
+        if let Err(error) = self.apply_body(now, index, &body, comment, author, fx) {
             // A record decided here from a valid state always applies.
             crate::log!(
                 Error,
@@ -78,18 +85,23 @@ impl Session {
             debug_assert!(false, "a proposed record did not apply: {error}");
         }
         debug_assert_eq!(self.records.len(), made_before, "apply made no records");
-        self.records.push(Record {
-            index,
-            timestamp: now.unix_ms,
-            body: Some(body),
-        });
+        if self.keeps_records {
+            self.records.push(Record {
+                index,
+                timestamp: now.unix_ms,
+                body: Some(body),
+            });
+        }
     }
 
+    /// `comment`: a comment record's comment, moved out of it (None: the
+    /// record still holds it, and it is copied).
     fn apply_body(
         &mut self,
         now: Now,
         index: u64,
         body: &Body,
+        comment: Option<Comment>,
         author: Author,
         fx: &mut Effects,
     ) -> Result<(), log::ReplayError> {
@@ -115,10 +127,13 @@ impl Session {
                 self.apply_edit_record(now, edit, op, member, fx);
             }
             Body::Comment(added) => {
-                let comment = added
-                    .comment
-                    .clone()
-                    .ok_or_else(|| log::damaged("a comment record without its comment"))?;
+                let comment = match comment {
+                    Some(comment) => comment,
+                    None => added
+                        .comment
+                        .clone()
+                        .ok_or_else(|| log::damaged("a comment record without its comment"))?,
+                };
                 self.apply_comment(now, added, comment, member, fx);
             }
             Body::Upload(upload) => {

@@ -341,6 +341,9 @@ pub struct Session {
     durable_index: u64,
     /// Records made by the step in progress (the registry takes them).
     records: Vec<Record>,
+    /// Whether anything keeps the records (a log on disk): without one,
+    /// none is made, and a comment moves into the state instead of a copy.
+    keeps_records: bool,
     /// This process's name in stream identities ("<instance>/<member>").
     instance: Text,
     /// The log is shared with other instances: proposals wait to be
@@ -410,6 +413,7 @@ impl Session {
             next_index: 0,
             durable_index: 0,
             records: Vec::new(),
+            keeps_records: true,
             instance: Arc::from("local"),
             shared: false,
             proposals: Vec::new(),
@@ -624,6 +628,12 @@ impl Session {
     /// while it handles the next input.
     pub fn set_memory_room(&mut self, bytes: usize) {
         self.memory_room = bytes;
+    }
+
+    /// Whether the records the next input makes are kept (by a log on disk);
+    /// in memory they are not made at all.
+    pub fn set_keeps_records(&mut self, keep: bool) {
+        self.keeps_records = keep;
     }
 
     /// Room left for a change decided now: the session's content budget

@@ -1715,3 +1715,31 @@ fn the_feed_keeps_an_event_only_until_every_member_has_taken_it() {
     h.session.forget_fed();
     assert_eq!(h.session.feed.kept_bytes(), 0);
 }
+
+/// In memory nothing keeps the records: none is made, and a comment moves
+/// into the state instead of being copied; the state is the same.
+#[test]
+fn without_a_log_no_record_is_made_and_the_state_is_the_same() {
+    let mut kept = Harness::new(limits());
+    let mut not_kept = Harness::new(limits());
+    not_kept.session.set_keeps_records(false);
+    for h in [&mut kept, &mut not_kept] {
+        let ann = h.join("ann");
+        let bob = h.join("bob");
+        let fx = h.send(ann, 1, comment_on("", 0, ""));
+        assert_eq!(fx.records.is_empty(), !h.session.keeps_records);
+        h.send(bob, 1, comment_on("", 0, "mine"));
+        h.send(ann, 2, comment_on("", 0, "mine"));
+        let to_bob = h.drain(bob);
+        assert!(matches!(&to_bob[0].payload, Some(Payload::Comment(c)) if c.comment_id == "c3"));
+        let to_ann = h.drain(ann);
+        assert!(matches!(
+            &to_ann.last().unwrap().payload,
+            Some(Payload::Error(_))
+        ));
+    }
+    assert_eq!(kept.session.to_snapshot(0), not_kept.session.to_snapshot(0));
+    assert!(kept.log.len() > 1);
+    // Only the creation's record, made before the flag was set.
+    assert_eq!(not_kept.log.len(), 1);
+}
