@@ -67,11 +67,20 @@ impl Session {
         let index = self.next_index;
         self.next_index += 1;
         let made_before = self.records.len();
-        // Kept nowhere, the record is not made: its comment moves into the
-        // state (a copy of its strings, then a drop, otherwise).
+        // A comment moves into the state as it came (its strings were made
+        // by the stream that decoded it). A kept record gets a copy, made
+        // and dropped on this thread (once the log has it): freeing the
+        // stream's strings here instead would return them across threads.
+        // Kept nowhere, the record is not made at all.
         let mut body = body;
         let comment = match &mut body {
-            Body::Comment(added) if !self.keeps_records => added.comment.take(),
+            Body::Comment(added) => {
+                let comment = added.comment.take();
+                if self.keeps_records {
+                    added.comment.clone_from(&comment);
+                }
+                comment
+            }
             _ => None,
         };
         if let Err(error) = self.apply_body(now, index, &body, comment, author, fx) {
