@@ -19,6 +19,15 @@ use super::log::{line_op_from_store, role_from_store};
 use super::*;
 use crate::pb::codereview::Comment;
 
+/// What of a record's content comes to [`Session::apply_body`] by value:
+/// a comment (taken out of its record), an edit's operation as the stream
+/// decoded it (equal to the record's), or nothing.
+enum Moved {
+    Nothing,
+    Comment(Comment),
+    Edit(LineOp),
+}
+
 impl Session {
     /// Applies the record at the next position of the log: one that landed
     /// in a shared log (`author` says who here waits for it), or one read
@@ -46,7 +55,7 @@ impl Session {
         self.next_index = record.index + 1;
         self.durable_index = self.durable_index.max(self.next_index);
         let mut fx = Effects::default();
-        self.apply_body(now, record.index, body, None, author, &mut fx)?;
+        self.apply_body(now, record.index, body, Moved::Nothing, author, &mut fx)?;
         self.settle(now, &mut fx);
         self.collect(&mut fx);
         Ok(fx)
@@ -56,6 +65,20 @@ impl Session {
     /// once (what it queues is gated until it is durable); with a shared log
     /// it waits in the proposals for the registry to append it.
     pub(super) fn propose(&mut self, now: Now, body: Body, author: Author, fx: &mut Effects) {
+        self.propose_with(now, body, None, author, fx);
+    }
+
+    /// [`Session::propose`] for an edit whose operation, as the stream
+    /// decoded it, is `op`: applied as it is (the record's copy is not
+    /// read back).
+    pub(super) fn propose_with(
+        &mut self,
+        now: Now,
+        body: Body,
+        op: Option<LineOp>,
+        author: Author,
+        fx: &mut Effects,
+    ) {
         if self.shared {
             self.proposals.push(Proposal {
                 timestamp: now.unix_ms,
@@ -73,17 +96,18 @@ impl Session {
         // stream's strings here instead would return them across threads.
         // Kept nowhere, the record is not made at all.
         let mut body = body;
-        let comment = match &mut body {
-            Body::Comment(added) => {
+        let moved = match (&mut body, op) {
+            (Body::Comment(added), _) => {
                 let comment = added.comment.take();
                 if self.keeps_records {
                     added.comment.clone_from(&comment);
                 }
-                comment
+                comment.map_or(Moved::Nothing, Moved::Comment)
             }
-            _ => None,
+            (Body::Edit(_), Some(op)) => Moved::Edit(op),
+            _ => Moved::Nothing,
         };
-        if let Err(error) = self.apply_body(now, index, &body, comment, author, fx) {
+        if let Err(error) = self.apply_body(now, index, &body, moved, author, fx) {
             // A record decided here from a valid state always applies.
             crate::log!(
                 Error,
@@ -103,14 +127,14 @@ impl Session {
         }
     }
 
-    /// `comment`: a comment record's comment, moved out of it (None: the
-    /// record still holds it, and it is copied).
+    /// `moved`: what of the record's content is here already, moved (the
+    /// rest is copied out of the record).
     fn apply_body(
         &mut self,
         now: Now,
         index: u64,
         body: &Body,
-        comment: Option<Comment>,
+        moved: Moved,
         author: Author,
         fx: &mut Effects,
     ) -> Result<(), log::ReplayError> {
@@ -132,13 +156,16 @@ impl Session {
             }
             Body::Presence(presence) => self.apply_leave(now, index, presence, fx),
             Body::Edit(edit) => {
-                let op = line_op_from_store(edit.op.as_ref())?;
+                let op = match moved {
+                    Moved::Edit(op) => op,
+                    _ => line_op_from_store(edit.op.as_ref())?,
+                };
                 self.apply_edit_record(now, edit, op, member, fx);
             }
             Body::Comment(added) => {
-                let comment = match comment {
-                    Some(comment) => comment,
-                    None => added
+                let comment = match moved {
+                    Moved::Comment(comment) => comment,
+                    _ => added
                         .comment
                         .clone()
                         .ok_or_else(|| log::damaged("a comment record without its comment"))?,

@@ -88,7 +88,7 @@ impl Session {
             incoming_wins,
             &op,
         ));
-        self.propose(now, body, Author::Member(member), fx);
+        self.propose_with(now, body, Some(op.op), Author::Member(member), fx);
         Ok(())
     }
 
