@@ -34,8 +34,7 @@ use bytes::{Bytes, BytesMut};
 use super::ids::{MemberId, Text};
 
 /// Messages smaller than this are copied into a batch's buffer when taken;
-/// larger ones go whole (shared, not copied). Below gRPC compression's
-/// threshold, so a buffer of copied messages is never compressed.
+/// larger ones (catch-ups, uploads' files) go whole, shared, not copied.
 const COPY_BELOW: usize = 4 * 1024;
 
 /// The most a batch's buffer is made for before the messages taken are
@@ -67,7 +66,8 @@ impl Taken {
         self.parts.iter().map(Bytes::len).sum()
     }
 
-    /// Every message's bytes, back to back (for tests and checks).
+    /// Every message's bytes, back to back.
+    #[cfg(test)]
     pub fn concat(&self) -> Vec<u8> {
         self.parts.concat()
     }
@@ -90,32 +90,17 @@ impl Gather {
         }
     }
 
-    fn copy(&mut self, message: &[u8]) {
-        if self.buffer.capacity() == 0 {
-            self.buffer.reserve(self.expected.max(message.len()));
-        }
-        self.buffer.extend_from_slice(message);
-        self.taken.messages += 1;
-    }
-
-    fn add_shared(&mut self, message: &Bytes) {
+    fn add(&mut self, message: &Bytes) {
         if message.len() < COPY_BELOW {
-            self.copy(message);
+            if self.buffer.capacity() == 0 {
+                self.buffer.reserve(self.expected.max(message.len()));
+            }
+            self.buffer.extend_from_slice(message);
         } else {
             self.seal();
             self.taken.parts.push(message.clone());
-            self.taken.messages += 1;
         }
-    }
-
-    fn add_owned(&mut self, message: Bytes) {
-        if message.len() < COPY_BELOW {
-            self.copy(&message);
-        } else {
-            self.seal();
-            self.taken.parts.push(message);
-            self.taken.messages += 1;
-        }
+        self.taken.messages += 1;
     }
 
     /// Ends the buffer's part (what follows starts a new one).
@@ -515,7 +500,7 @@ impl Outbox {
                     self.ack_bytes -= next_len;
                 }
                 self.delivered_version = event.version;
-                out.add_shared(self.fed_for_me(event));
+                out.add(self.fed_for_me(event));
                 self.position += 1;
             } else {
                 match self.queue.pop_front().expect("next is this entry").entry {
@@ -526,12 +511,12 @@ impl Outbox {
                         self.essential_bytes -= bytes.len();
                         // Catch-up entries are the first ones queued.
                         self.catch_up_bytes = self.catch_up_bytes.saturating_sub(bytes.len());
-                        out.add_owned(bytes);
+                        out.add(&bytes);
                     }
                     Entry::Ephemeral(key, _) => {
                         let (_, bytes) = self.ephemeral.remove(&key).expect("not stale");
                         self.ephemeral_bytes -= bytes.len();
-                        out.add_owned(bytes);
+                        out.add(&bytes);
                     }
                 }
             }
