@@ -20,6 +20,7 @@ pub mod interop;
 pub mod logging;
 pub mod metrics;
 pub mod pb;
+pub mod protowire;
 pub mod review;
 pub mod shared_log;
 pub mod store;

@@ -9,6 +9,8 @@
 use bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
+use crate::protowire::{message_len, put_message_start, put_str, put_varint, str_len, varint_len};
+
 use crate::pb::codereview::{Ack, session_message::Payload};
 
 /// The fields of a `SessionMessage`, borrowed. Encode-only: decoding one
@@ -78,13 +80,11 @@ impl AckRef<'_> {
 
     /// Its length as the `ack` field of a `SessionMessage`.
     fn field_len(&self) -> usize {
-        let body = self.body_len();
-        encoding::key_len(ACK) + encoding::encoded_len_varint(body as u64) + body
+        message_len(ACK, self.body_len())
     }
 
     fn put_field(&self, buf: &mut impl BufMut) {
-        put_key(ACK, WireType::LengthDelimited, buf);
-        put_varint_value(self.body_len() as u64, buf);
+        put_message_start(ACK, self.body_len(), buf);
         put_varint(ACK_CLIENT_SEQUENCE, self.client_sequence, buf);
         put_varint(ACK_SEQUENCE, self.sequence, buf);
         put_varint(ACK_VERSION, i64::from(self.version) as u64, buf);
@@ -100,55 +100,6 @@ const TIMESTAMP: u32 = 2;
 const USER_ID: u32 = 3;
 const SEQUENCE: u32 = 8;
 const CLIENT_SEQUENCE: u32 = 9;
-
-fn str_len(tag: u32, value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
-    }
-}
-
-#[inline]
-fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
-    if !value.is_empty() {
-        put_key(tag, WireType::LengthDelimited, buf);
-        put_varint_value(value.len() as u64, buf);
-        buf.put_slice(value.as_bytes());
-    }
-}
-
-/// A varint: a value below 128 (nearly every key, length and small number
-/// here) is one byte put inline; a larger one goes to prost, whose
-/// `encode_varint` is a call per varint.
-#[inline]
-fn put_varint_value(value: u64, buf: &mut impl BufMut) {
-    if value < 0x80 {
-        buf.put_u8(value as u8);
-    } else {
-        encoding::encode_varint(value, buf);
-    }
-}
-
-#[inline]
-fn put_key(tag: u32, wire_type: WireType, buf: &mut impl BufMut) {
-    put_varint_value(u64::from(tag << 3 | wire_type as u32), buf);
-}
-
-fn varint_len(tag: u32, value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        encoding::key_len(tag) + encoding::encoded_len_varint(value)
-    }
-}
-
-fn put_varint(tag: u32, value: u64, buf: &mut impl BufMut) {
-    if value != 0 {
-        put_key(tag, WireType::Varint, buf);
-        put_varint_value(value, buf);
-    }
-}
 
 impl prost::Message for Envelope<'_> {
     // In prost's order: fields by their lowest tag, the oneof at 4.

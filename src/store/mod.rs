@@ -31,6 +31,7 @@ use prost::Message;
 use crate::pb::store::{Record, Snapshot, WalEntry, record::Body};
 
 pub mod crc;
+mod entry;
 pub mod frame;
 mod writer;
 
@@ -137,21 +138,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
 pub fn encode_entries(out: &mut Vec<u8>, session_id: &str, records: &[Record]) {
     let key = frame::session_key(session_id);
     for record in records {
-        frame::encode_with(out, key, |out| encode_wal_entry(out, session_id, record));
+        frame::encode_with(out, key, |out| entry::encode(out, session_id, record));
     }
-}
-
-/// A [`WalEntry`] of `session_id` and `record`, encoded from borrowed parts
-/// (prost's exact bytes for the owned entry, without copying the record).
-fn encode_wal_entry(buf: &mut Vec<u8>, session_id: &str, record: &Record) {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    // WalEntry: string session_id = 1; Record record = 2.
-    if !session_id.is_empty() {
-        encode_key(1, WireType::LengthDelimited, buf);
-        encode_varint(session_id.len() as u64, buf);
-        buf.extend_from_slice(session_id.as_bytes());
-    }
-    prost::encoding::message::encode(2, record, buf);
 }
 
 /// What the WAL's frames say about each session (pure: recovery and tests).
@@ -447,7 +435,7 @@ mod tests {
         for session_id in ["", "s", &"x".repeat(300)] {
             for r in &records {
                 let mut borrowed = Vec::new();
-                encode_wal_entry(&mut borrowed, session_id, r);
+                entry::encode(&mut borrowed, session_id, r);
                 let owned = WalEntry {
                     session_id: session_id.to_owned(),
                     record: Some(r.clone()),
