@@ -25,9 +25,17 @@ const RECORD_COMMENT: u32 = 6;
 
 /// Appends the `WalEntry` of `session_id` and `record` to `buf`.
 pub fn encode(buf: &mut Vec<u8>, session_id: &str, record: &Record) {
-    let (tag, inner_len) = match &record.body {
-        Some(Body::Comment(added)) => (RECORD_COMMENT, added_len(added)),
-        Some(Body::Edit(edit)) => (RECORD_EDIT, edit_len(edit)),
+    // The innermost message's length (the comment, the edit's operation),
+    // then the body's.
+    let (tag, nested_len, inner_len) = match &record.body {
+        Some(Body::Comment(added)) => {
+            let nested = added.comment.as_ref().map_or(0, comment_len);
+            (RECORD_COMMENT, nested, added_len(added, nested))
+        }
+        Some(Body::Edit(edit)) => {
+            let nested = edit.op.as_ref().map_or(0, op_len);
+            (RECORD_EDIT, nested, edit_len(edit, nested))
+        }
         _ => {
             put_str(ENTRY_SESSION_ID, session_id, buf);
             prost::encoding::message::encode(ENTRY_RECORD, record, buf);
@@ -44,8 +52,8 @@ pub fn encode(buf: &mut Vec<u8>, session_id: &str, record: &Record) {
     put_varint(RECORD_TIMESTAMP, record.timestamp as u64, buf);
     put_message_start(tag, inner_len, buf);
     match &record.body {
-        Some(Body::Comment(added)) => put_added(added, buf),
-        Some(Body::Edit(edit)) => put_edit(edit, buf),
+        Some(Body::Comment(added)) => put_added(added, nested_len, buf),
+        Some(Body::Edit(edit)) => put_edit(edit, nested_len, buf),
         _ => unreachable!("other records went to prost above"),
     }
 }
@@ -57,20 +65,20 @@ fn int32(value: i32) -> u64 {
 
 // CommentAdded: string user_id = 1; uint64 client_sequence = 2;
 // codereview.v1.Comment comment = 3.
-fn added_len(added: &CommentAdded) -> usize {
+fn added_len(added: &CommentAdded, comment_len: usize) -> usize {
     str_len(1, &added.user_id)
         + varint_len(2, added.client_sequence)
         + added
             .comment
             .as_ref()
-            .map_or(0, |comment| message_len(3, comment_len(comment)))
+            .map_or(0, |_| message_len(3, comment_len))
 }
 
-fn put_added(added: &CommentAdded, buf: &mut impl BufMut) {
+fn put_added(added: &CommentAdded, comment_len: usize, buf: &mut impl BufMut) {
     put_str(1, &added.user_id, buf);
     put_varint(2, added.client_sequence, buf);
     if let Some(comment) = &added.comment {
-        put_message_start(3, comment_len(comment), buf);
+        put_message_start(3, comment_len, buf);
         put_str(1, &comment.comment_id, buf);
         put_varint(2, int32(comment.line_number), buf);
         put_str(3, &comment.text, buf);
@@ -89,23 +97,23 @@ fn comment_len(comment: &Comment) -> usize {
 
 // Edit: string user_id = 1; uint64 client_sequence = 2; string file_path = 3;
 // int32 base = 4; bool incoming_wins = 5; LineOp op = 6.
-fn edit_len(edit: &Edit) -> usize {
+fn edit_len(edit: &Edit, op_len: usize) -> usize {
     str_len(1, &edit.user_id)
         + varint_len(2, edit.client_sequence)
         + str_len(3, &edit.file_path)
         + varint_len(4, int32(edit.base))
         + varint_len(5, u64::from(edit.incoming_wins))
-        + edit.op.as_ref().map_or(0, |op| message_len(6, op_len(op)))
+        + edit.op.as_ref().map_or(0, |_| message_len(6, op_len))
 }
 
-fn put_edit(edit: &Edit, buf: &mut impl BufMut) {
+fn put_edit(edit: &Edit, op_len: usize, buf: &mut impl BufMut) {
     put_str(1, &edit.user_id, buf);
     put_varint(2, edit.client_sequence, buf);
     put_str(3, &edit.file_path, buf);
     put_varint(4, int32(edit.base), buf);
     put_varint(5, u64::from(edit.incoming_wins), buf);
     if let Some(op) = &edit.op {
-        put_message_start(6, op_len(op), buf);
+        put_message_start(6, op_len, buf);
         put_varint(1, int32(op.op), buf);
         put_varint(2, u64::from(op.line), buf);
         put_str(3, &op.text, buf);
