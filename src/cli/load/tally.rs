@@ -388,7 +388,7 @@ pub(super) fn summarize(
     let cpu_per_million = usage.map(|u| u.cpu_seconds / (delivered.max(1) as f64) * 1e6);
     if let (Some(usage), Some(per_million)) = (usage, cpu_per_million) {
         eprintln!(
-            "  server: {:.2} CPU-seconds ({per_million:.2} per 1M deliveries), RSS peak {} KiB, at the end {} KiB",
+            "  server: {:.3} CPU-seconds ({per_million:.2} per 1M deliveries), RSS peak {} KiB, at the end {} KiB",
             usage.cpu_seconds,
             usage.rss_peak / 1024,
             usage.rss_end / 1024
