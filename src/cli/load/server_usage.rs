@@ -15,6 +15,10 @@
 //! are taken with the server idle (all joined; all delivered). Where
 //! schedstat cannot be read, the ticks are used.
 //!
+//! The load's own CPU over the same span is read the same way (its threads
+//! in `/proc/self`): on a shared machine the client's share is what bounds
+//! a fast server's figures.
+//!
 //! The parsers are pure functions of the files' text; only [`Watch`] reads.
 
 use std::collections::HashMap;
@@ -98,6 +102,9 @@ fn read_rss(pid: u32) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Usage {
     pub(super) cpu_seconds: f64,
+    /// What this load process spent over the same span (None where its
+    /// threads could not be read).
+    pub(super) client_cpu_seconds: Option<f64>,
     pub(super) rss_peak: u64,
     pub(super) rss_end: u64,
 }
@@ -107,6 +114,8 @@ pub(super) struct Usage {
 pub(super) struct Watch {
     pid: u32,
     start_threads: Mutex<Option<HashMap<u32, u64>>>,
+    /// This process's threads at the start.
+    own_start_threads: Mutex<Option<HashMap<u32, u64>>>,
     start_ticks: AtomicU64,
     peak: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
@@ -135,6 +144,7 @@ impl Watch {
         Ok(Watch {
             pid,
             start_threads: Mutex::new(read_threads(pid)),
+            own_start_threads: Mutex::new(read_threads(std::process::id())),
             start_ticks: AtomicU64::new(ticks),
             peak,
             done,
@@ -145,6 +155,10 @@ impl Watch {
     /// spent on connecting and joining is left out.
     pub(super) fn mark_start(&self) {
         *self.start_threads.lock().unwrap_or_else(|e| e.into_inner()) = read_threads(self.pid);
+        *self
+            .own_start_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = read_threads(std::process::id());
         if let Some(ticks) = read_cpu(self.pid) {
             self.start_ticks.store(ticks, Ordering::Relaxed);
         }
@@ -156,6 +170,7 @@ impl Watch {
         self.done.store(true, Ordering::Relaxed);
         let ticks = read_cpu(self.pid)?;
         let end_threads = read_threads(self.pid);
+        let own_end_threads = read_threads(std::process::id());
         let rss_end = read_rss(self.pid)?;
         let start_threads = self.start_threads.lock().unwrap_or_else(|e| e.into_inner());
         let cpu_seconds = match (start_threads.as_ref(), end_threads.as_ref()) {
@@ -165,8 +180,17 @@ impl Watch {
                 spent as f64 / TICKS_PER_SECOND
             }
         };
+        let own_start = self
+            .own_start_threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let client_cpu_seconds = match (own_start.as_ref(), own_end_threads.as_ref()) {
+            (Some(start), Some(end)) => Some(threads_spent(start, end) as f64 / 1e9),
+            _ => None,
+        };
         Some(Usage {
             cpu_seconds,
+            client_cpu_seconds,
             rss_peak: self.peak.load(Ordering::Relaxed).max(rss_end),
             rss_end,
         })

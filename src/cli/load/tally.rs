@@ -393,6 +393,12 @@ pub(super) fn summarize(
             usage.rss_peak / 1024,
             usage.rss_end / 1024
         );
+        if let Some(client) = usage.client_cpu_seconds {
+            eprintln!(
+                "  client (this load): {client:.3} CPU-seconds ({:.2} per 1M deliveries)",
+                client / (delivered.max(1) as f64) * 1e6
+            );
+        }
     } else if args.server_pid.is_some() {
         eprintln!("  server: its process was gone at the end; no CPU or RSS figures");
     }
@@ -439,6 +445,9 @@ pub(super) fn summarize(
             .uint("server_rss_peak", usage.rss_peak)
             .uint("server_rss_end", usage.rss_end)
             .num("cpu_per_million_deliveries", round3(per_million));
+        if let Some(client) = usage.client_cpu_seconds {
+            line = line.num("client_cpu_s", round3(client));
+        }
     }
     let line = line.finish();
     println!("{line}");
