@@ -94,6 +94,32 @@ fn read_threads(pid: u32) -> Option<HashMap<u32, u64>> {
     (!threads.is_empty()).then_some(threads)
 }
 
+/// A process's threads' CPU time from a marked start.
+struct ThreadClock {
+    pid: u32,
+    start: Mutex<Option<HashMap<u32, u64>>>,
+}
+
+impl ThreadClock {
+    fn start(pid: u32) -> ThreadClock {
+        ThreadClock {
+            pid,
+            start: Mutex::new(read_threads(pid)),
+        }
+    }
+
+    fn mark(&self) {
+        *self.start.lock().unwrap_or_else(|e| e.into_inner()) = read_threads(self.pid);
+    }
+
+    /// Seconds spent since the mark; None where the threads could not be read.
+    fn spent(&self) -> Option<f64> {
+        let end = read_threads(self.pid)?;
+        let start = self.start.lock().unwrap_or_else(|e| e.into_inner());
+        Some(threads_spent(start.as_ref()?, &end) as f64 / 1e9)
+    }
+}
+
 fn read_rss(pid: u32) -> Option<u64> {
     rss_bytes(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
@@ -113,9 +139,9 @@ pub(super) struct Usage {
 /// measurement (per thread, and in ticks), and a task sampling its RSS.
 pub(super) struct Watch {
     pid: u32,
-    start_threads: Mutex<Option<HashMap<u32, u64>>>,
-    /// This process's threads at the start.
-    own_start_threads: Mutex<Option<HashMap<u32, u64>>>,
+    server: ThreadClock,
+    /// This process (the load).
+    own: ThreadClock,
     start_ticks: AtomicU64,
     peak: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
@@ -143,8 +169,8 @@ impl Watch {
         });
         Ok(Watch {
             pid,
-            start_threads: Mutex::new(read_threads(pid)),
-            own_start_threads: Mutex::new(read_threads(std::process::id())),
+            server: ThreadClock::start(pid),
+            own: ThreadClock::start(std::process::id()),
             start_ticks: AtomicU64::new(ticks),
             peak,
             done,
@@ -154,11 +180,8 @@ impl Watch {
     /// The measurement starts now (every participant has joined): the CPU
     /// spent on connecting and joining is left out.
     pub(super) fn mark_start(&self) {
-        *self.start_threads.lock().unwrap_or_else(|e| e.into_inner()) = read_threads(self.pid);
-        *self
-            .own_start_threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = read_threads(std::process::id());
+        self.server.mark();
+        self.own.mark();
         if let Some(ticks) = read_cpu(self.pid) {
             self.start_ticks.store(ticks, Ordering::Relaxed);
         }
@@ -169,25 +192,12 @@ impl Watch {
     pub(super) fn finish(&self) -> Option<Usage> {
         self.done.store(true, Ordering::Relaxed);
         let ticks = read_cpu(self.pid)?;
-        let end_threads = read_threads(self.pid);
-        let own_end_threads = read_threads(std::process::id());
         let rss_end = read_rss(self.pid)?;
-        let start_threads = self.start_threads.lock().unwrap_or_else(|e| e.into_inner());
-        let cpu_seconds = match (start_threads.as_ref(), end_threads.as_ref()) {
-            (Some(start), Some(end)) => threads_spent(start, end) as f64 / 1e9,
-            _ => {
-                let spent = ticks.saturating_sub(self.start_ticks.load(Ordering::Relaxed));
-                spent as f64 / TICKS_PER_SECOND
-            }
-        };
-        let own_start = self
-            .own_start_threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let client_cpu_seconds = match (own_start.as_ref(), own_end_threads.as_ref()) {
-            (Some(start), Some(end)) => Some(threads_spent(start, end) as f64 / 1e9),
-            _ => None,
-        };
+        let cpu_seconds = self.server.spent().unwrap_or_else(|| {
+            let spent = ticks.saturating_sub(self.start_ticks.load(Ordering::Relaxed));
+            spent as f64 / TICKS_PER_SECOND
+        });
+        let client_cpu_seconds = self.own.spent();
         Some(Usage {
             cpu_seconds,
             client_cpu_seconds,
