@@ -27,7 +27,7 @@ use super::principal::Principal;
 use super::registry::{Ending, Membership, RegistryHandle};
 use super::session::TokenWindow;
 use super::upload::UploadAssembly;
-use super::validate::{self, Action, ClientMessage, JoinOptions};
+use super::validate::{self, Action, ClientMessage, JoinOptions, StreamIdentity};
 use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
 use crate::grpc::{Metadata, Status};
 use crate::log;
@@ -184,6 +184,16 @@ impl Inbox {
     }
 }
 
+/// A participant's first message, checked: who it is, how it joins, and
+/// the message itself when it was more than a join (an article client's
+/// first edit or comment; boxed, as the stream's future holds it until
+/// the join is done).
+struct Admitted {
+    identity: StreamIdentity,
+    options: JoinOptions,
+    pending: Option<Box<ClientMessage>>,
+}
+
 /// What a participant stream's closing log line reports.
 #[derive(Debug, Default)]
 pub(super) struct StreamTrace {
@@ -261,85 +271,70 @@ impl Service {
 
     /// A participant's stream, logged from open to close with its
     /// correlation fields.
-    async fn session(
+    // Not an async fn: the request is taken apart before the stream's
+    // future is made, so the future holds each part once, for its whole
+    // life, and never the request they came in.
+    fn session(
         self: Arc<Self>,
         request: Request<Streaming<SessionMessage>>,
         mut sink: ResponseSink<SessionMessage>,
-    ) -> Result<Metadata, Status> {
-        let started = Instant::now();
-        let (head, mut inbound) = request.into_parts();
-        let mut trace = StreamTrace::default();
-        // One future, no nested one: each layer of async fn would keep its
-        // own copy of the moved request parts for the stream's whole life.
-        let result = 'stream: {
-            let principal = match self.principal(&head) {
-                Ok(principal) => principal,
-                Err(status) => break 'stream Err(status.into()),
+    ) -> impl Future<Output = Result<Metadata, Status>> + Send {
+        let (head, inbound) = request.into_parts();
+        let mut inbox = Inbox::stream(inbound);
+        async move {
+            let started = Instant::now();
+            let mut trace = StreamTrace::default();
+            let result = 'stream: {
+                let principal = match self.principal(&head) {
+                    Ok(principal) => principal,
+                    Err(status) => break 'stream Err(status.into()),
+                };
+                // Say at once that the stream is accepted; clients may wait for it.
+                if let Err(status) = sink.send_headers() {
+                    break 'stream Err(status);
+                }
+                // The first message is handed over within the match arm:
+                // it is not kept beside the participant's future.
+                let participating = match inbox.next().await {
+                    Ok(Some(first)) => self.participant(
+                        &head, principal, first, &mut inbox, &mut sink, None, &mut trace,
+                    ),
+                    Ok(None) => break 'stream Ok(Metadata::new()),
+                    Err(status) => break 'stream Err(status),
+                };
+                participating.await
             };
-            // Say at once that the stream is accepted; clients may wait for it.
-            if let Err(status) = sink.send_headers() {
-                break 'stream Err(status);
-            }
-            let first = match inbound.message().await {
-                Ok(Some(first)) => first,
-                Ok(None) => break 'stream Ok(Metadata::new()),
-                Err(status) => break 'stream Err(status),
-            };
-            let inbox = Inbox::stream(inbound);
-            self.participant(&head, principal, first, inbox, sink, None, &mut trace)
-                .await
-        };
-        trace.log_closed_ids(head.connection_id, head.stream_id, started, &result);
-        result
+            trace.log_closed_ids(head.connection_id, head.stream_id, started, &result);
+            result
+        }
     }
 
     /// A participant from its first message to its end: checks, join, then
     /// its messages from `inbox` into the registry and its batches out to
     /// `sink` (after `greeting`, when there is one). Shared by the bidi
     /// stream and the browser's Participate call.
-    // Not an async fn: see the comment at its async block.
-    #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
-    pub(super) fn participant(
-        &self,
-        head: &RequestHead,
+    // Not an async fn: the first message is checked before the future is
+    // made (no await is needed for that), so the future never holds it; the
+    // inbox and sink are the caller's, held once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn participant<'a>(
+        &'a self,
+        head: &'a RequestHead,
         principal: Principal,
-        mut first: SessionMessage,
-        mut inbox: Inbox,
-        mut sink: ResponseSink<SessionMessage>,
-        greeting: Option<SessionMessage>,
-        trace: &mut StreamTrace,
-    ) -> impl Future<Output = Result<Metadata, Status>> + Send {
-        // A plain fn around an async block: an async fn keeps each moved
-        // argument twice in its future (as given and as bound), for the
-        // stream's whole life.
+        first: SessionMessage,
+        inbox: &'a mut Inbox,
+        sink: &'a mut ResponseSink<SessionMessage>,
+        greeting: Option<Box<SessionMessage>>,
+        trace: &'a mut StreamTrace,
+    ) -> impl Future<Output = Result<Metadata, Status>> + Send + 'a {
+        let admitted = self.admit(&principal, first, trace);
         async move {
             let limits = self.config.limits.clone();
-            if first.user_id.is_empty()
-                && let Some(subject) = &principal.subject
-            {
-                first.user_id = subject.clone();
-            }
-            let identity = validate::identity_of(&first, &limits)?;
-            trace.session_id = identity.session_id.clone();
-            trace.user_id = identity.user_id.clone();
-            principal.check_user(&identity.user_id)?;
-            principal.check_session(&identity.session_id)?;
-            let first = validate::validate(&mut first, &identity, &limits)?;
-            let (options, pending) = match first.action {
-                Action::Join(options) => (options, None),
-                Action::TokenRefresh(_) => {
-                    return Err(
-                        ReviewError::invalid("a stream cannot start with token_refresh").into(),
-                    );
-                }
-                _ => (
-                    JoinOptions {
-                        article_client: true,
-                        ..JoinOptions::default()
-                    },
-                    Some(first),
-                ),
-            };
+            let Admitted {
+                identity,
+                options,
+                pending,
+            } = admitted?;
             let Membership { member, mut ending } = self
                 .registry
                 .join(
@@ -365,11 +360,11 @@ impl Service {
                 member = member,
             );
             trace.messages_in = 1;
-            if let Some(greeting) = &greeting {
-                sink.queue(greeting);
+            if let Some(greeting) = greeting {
+                sink.queue(&greeting);
             }
             if let Some(message) = pending {
-                self.registry.message(member, message).await?;
+                self.registry.message(member, *message).await?;
             }
             let batch_bytes = self.config.batch_bytes;
             let mut pull = Some(self.registry.pull(member, batch_bytes).await?);
@@ -425,7 +420,7 @@ impl Service {
                                     // Deliver what is already queued for it (once
                                     // the log has it), then end with OK (it leaves
                                     // when this task ends).
-                                    self.flush_after_half_close(member, pull.take(), &mut sink).await;
+                                    self.flush_after_half_close(member, pull.take(), sink).await;
                                     return Ok(Metadata::new());
                                 }
                             };
@@ -469,6 +464,49 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// The checks of a participant's first message, none of which waits:
+    /// its identity (recorded in `trace`), the principal's rights to it, and
+    /// what the join is to be.
+    fn admit(
+        &self,
+        principal: &Principal,
+        mut first: SessionMessage,
+        trace: &mut StreamTrace,
+    ) -> Result<Admitted, Status> {
+        let limits = &self.config.limits;
+        if first.user_id.is_empty()
+            && let Some(subject) = &principal.subject
+        {
+            first.user_id = subject.clone();
+        }
+        let identity = validate::identity_of(&first, limits)?;
+        trace.session_id = identity.session_id.clone();
+        trace.user_id = identity.user_id.clone();
+        principal.check_user(&identity.user_id)?;
+        principal.check_session(&identity.session_id)?;
+        let first = validate::validate(&mut first, &identity, limits)?;
+        let (options, pending) = match first.action {
+            Action::Join(options) => (options, None),
+            Action::TokenRefresh(_) => {
+                return Err(
+                    ReviewError::invalid("a stream cannot start with token_refresh").into(),
+                );
+            }
+            _ => (
+                JoinOptions {
+                    article_client: true,
+                    ..JoinOptions::default()
+                },
+                Some(Box::new(first)),
+            ),
+        };
+        Ok(Admitted {
+            identity,
+            options,
+            pending,
+        })
     }
 
     /// After the client half-closed: what is queued for `member` (and a

@@ -138,15 +138,15 @@ impl WebParticipants {
                 })),
                 ..SessionMessage::default()
             };
-            let inbox = Inbox::Routed(routed);
+            let mut inbox = Inbox::Routed(routed);
             self.service
                 .participant(
                     &head,
                     principal,
                     first,
-                    inbox,
-                    sink,
-                    Some(greeting),
+                    &mut inbox,
+                    &mut sink,
+                    Some(Box::new(greeting)),
                     &mut trace,
                 )
                 .await

@@ -26,7 +26,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use super::Shared;
 use super::budget::{AccountedChunk, ConnectionAccount};
 use super::coalesce::CoalescedWrites;
-use super::dispatch::serve_stream;
+use super::dispatch::{NewStream, serve_stream};
 use super::preface::PrefaceWatch;
 use crate::grpc::shutdown::{Phase, ShutdownSignal};
 use crate::log;
@@ -164,7 +164,8 @@ pub(crate) async fn serve_connection<T>(
             }
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
-                    tokio::spawn(serve_stream(request, respond, shared.clone(), info.clone()));
+                    let stream = Box::new(NewStream { request, respond });
+                    tokio::spawn(serve_stream(stream, shared.clone(), info.clone()));
                 }
                 Some(Err(error)) => {
                     log!(Debug, "connection error", conn = info.id, error = error.to_string().as_str());

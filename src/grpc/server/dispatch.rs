@@ -29,7 +29,7 @@ use super::Shared;
 use super::budget::AccountedChunk;
 use super::call::{RequestHead, SinkCore};
 use super::connection::ConnectionInfo;
-use super::router::{Call, Route};
+use super::router::{BoxFuture, Call, Route};
 use crate::grpc::compression::{ACCEPT_ENCODING, Encoding};
 use crate::grpc::metadata::Metadata;
 use crate::grpc::status::{Code, Status};
@@ -78,68 +78,34 @@ pub(crate) fn is_grpc_content_type(value: &str) -> bool {
         || media.eq_ignore_ascii_case("application/grpc+proto")
 }
 
+/// A stream as h2 handed it over. Boxed on its way into the stream's task:
+/// the task then carries a pointer, not the request's parts, for its whole
+/// life (a task is as large as everything it ever holds across an await).
+pub(crate) struct NewStream {
+    pub request: http::Request<RecvStream>,
+    pub respond: SendResponse<AccountedChunk>,
+}
+
 /// Serves one stream to completion.
 pub(crate) async fn serve_stream(
-    request: http::Request<RecvStream>,
-    mut respond: SendResponse<AccountedChunk>,
+    stream: Box<NewStream>,
     shared: Arc<Shared>,
     connection: Arc<ConnectionInfo>,
 ) {
     let started = Instant::now();
-    let stream_id = respond.stream_id().as_u32();
-    let (parts, body) = request.into_parts();
-
-    if let Some(web) = &shared.web
-        && crate::grpc::web::h2::wants(&parts.method, &parts.headers)
-    {
-        let (web, tls) = (web.clone(), shared.tls_enabled());
-        // Boxed: a gRPC stream's task holds none of the web path's state.
-        Box::pin(crate::grpc::web::h2::serve(
-            parts, body, respond, shared, web, connection, tls,
-        ))
-        .await;
-        return;
-    }
-
-    if let Err(refusal) = check_http(&parts.method, &parts.headers) {
-        log!(
-            Debug,
-            "http request refused",
-            conn = connection.id,
-            stream = stream_id,
-            why = format!("{refusal:?}").as_str()
-        );
-        refuse_http(&mut respond, refusal);
-        return;
-    }
-
-    // The request's headers go to the call, which drops them once it has
-    // read them: a long stream does not keep them.
-    let http::request::Parts { uri, headers, .. } = parts;
-    let route = shared.router.route(uri.path());
-    let method_name = match &route {
-        Route::Method(name, _) => *name,
-        _ => "unknown",
+    let (running, method_name, stream_id) = match open(*stream, &shared, &connection) {
+        Opened::Web(web) => return web.await,
+        Opened::Refused => return,
+        Opened::Call {
+            running,
+            method_name,
+            stream_id,
+        } => (running, method_name, stream_id),
     };
-    shared.telemetry.observer.call_started(method_name);
-    shared
-        .telemetry
-        .stats
-        .streams
-        .fetch_add(1, Ordering::Relaxed);
-    connection.active_streams.fetch_add(1, Ordering::Relaxed);
-    let status = run_call(
-        &uri,
-        headers,
-        body,
-        respond,
-        route,
-        method_name,
-        &shared,
-        &connection,
-        stream_id,
-    )
-    .await;
+    let status = match running {
+        Ok(running) => running.run().await,
+        Err(status) => status,
+    };
     connection.active_streams.fetch_sub(1, Ordering::Relaxed);
     connection.touch();
     let elapsed = started.elapsed();
@@ -163,8 +129,101 @@ pub(crate) async fn serve_stream(
     );
 }
 
+/// What a new stream turned out to be.
+enum Opened {
+    /// A gRPC-Web request (served by the web front end).
+    Web(BoxFuture<()>),
+    /// Refused at the HTTP level, and answered.
+    Refused,
+    /// A gRPC call: running, or already answered with a status.
+    Call {
+        running: Result<Running, Status>,
+        method_name: &'static str,
+        stream_id: u32,
+    },
+}
+
+/// Everything a stream needs before its handler runs, done at once (no
+/// await): the request's headers are read and dropped here.
+fn open(stream: NewStream, shared: &Arc<Shared>, connection: &Arc<ConnectionInfo>) -> Opened {
+    let NewStream {
+        request,
+        mut respond,
+    } = stream;
+    let stream_id = respond.stream_id().as_u32();
+    let (parts, body) = request.into_parts();
+
+    if let Some(web) = &shared.web
+        && crate::grpc::web::h2::wants(&parts.method, &parts.headers)
+    {
+        let (web, tls) = (web.clone(), shared.tls_enabled());
+        // Boxed: a gRPC stream's task holds none of the web path's state.
+        return Opened::Web(Box::pin(crate::grpc::web::h2::serve(
+            parts,
+            body,
+            respond,
+            shared.clone(),
+            web,
+            connection.clone(),
+            tls,
+        )));
+    }
+
+    if let Err(refusal) = check_http(&parts.method, &parts.headers) {
+        log!(
+            Debug,
+            "http request refused",
+            conn = connection.id,
+            stream = stream_id,
+            why = format!("{refusal:?}").as_str()
+        );
+        refuse_http(&mut respond, refusal);
+        return Opened::Refused;
+    }
+
+    let http::request::Parts { uri, headers, .. } = parts;
+    let route = shared.router.route(uri.path());
+    let method_name = match &route {
+        Route::Method(name, _) => *name,
+        _ => "unknown",
+    };
+    shared.telemetry.observer.call_started(method_name);
+    shared
+        .telemetry
+        .stats
+        .streams
+        .fetch_add(1, Ordering::Relaxed);
+    connection.active_streams.fetch_add(1, Ordering::Relaxed);
+    let running = start_call(
+        &uri,
+        headers,
+        body,
+        respond,
+        route,
+        method_name,
+        shared,
+        connection,
+        stream_id,
+    );
+    Opened::Call {
+        running,
+        method_name,
+        stream_id,
+    }
+}
+
+/// A call's handler, started, and what its end waits for.
+struct Running {
+    handler: BoxFuture<Result<Metadata, Status>>,
+    /// The sink, given back when the handler drops it.
+    returned: oneshot::Receiver<SinkCore>,
+    deadline: Option<Instant>,
+}
+
+/// Checks the call's gRPC headers and starts its handler, or answers with
+/// the status that refuses it.
 #[allow(clippy::too_many_arguments)]
-async fn run_call(
+fn start_call(
     uri: &http::Uri,
     headers: http::HeaderMap,
     body: RecvStream,
@@ -174,7 +233,7 @@ async fn run_call(
     shared: &Arc<Shared>,
     connection: &Arc<ConnectionInfo>,
     stream_id: u32,
-) -> Status {
+) -> Result<Running, Status> {
     let mut sink = SinkCore::new(
         respond,
         shared.telemetry.clone(),
@@ -186,6 +245,10 @@ async fn run_call(
             .iter()
             .map(HeaderValue::as_bytes),
     ));
+    let refuse = |sink: SinkCore, status: Status| {
+        sink.finish(&status);
+        Err(status)
+    };
 
     let request_encoding = match headers.get("grpc-encoding") {
         None => Encoding::Identity,
@@ -198,8 +261,7 @@ async fn run_call(
                     "message encoding {:?} is not supported; supported: {ACCEPT_ENCODING}",
                     String::from_utf8_lossy(value.as_bytes())
                 ));
-                sink.finish(&status);
-                return status;
+                return refuse(sink, status);
             }
         },
     };
@@ -210,8 +272,7 @@ async fn run_call(
             Ok(duration) => Some(Instant::now() + duration),
             Err(error) => {
                 let status = Status::internal(format!("malformed grpc-timeout: {error}"));
-                sink.finish(&status);
-                return status;
+                return refuse(sink, status);
             }
         },
     };
@@ -221,18 +282,15 @@ async fn run_call(
         Route::UnknownMethod { service, method } => {
             let status =
                 Status::unimplemented(format!("unknown method {method} for service {service}"));
-            sink.finish(&status);
-            return status;
+            return refuse(sink, status);
         }
         Route::UnknownService(service) => {
             let status = Status::unimplemented(format!("unknown service {service}"));
-            sink.finish(&status);
-            return status;
+            return refuse(sink, status);
         }
         Route::Malformed => {
             let status = Status::unimplemented(format!("malformed method path {:?}", uri.path()));
-            sink.finish(&status);
-            return status;
+            return refuse(sink, status);
         }
     };
 
@@ -250,8 +308,7 @@ async fn run_call(
     if let Some(interceptor) = shared.router.interceptor()
         && let Err(status) = interceptor(&mut head)
     {
-        sink.finish(&status);
-        return status;
+        return refuse(sink, status);
     }
 
     let (give_back, returned) = oneshot::channel();
@@ -264,51 +321,67 @@ async fn run_call(
         request_encoding,
         telemetry: shared.telemetry.clone(),
     };
-    let handler_future = handler(call);
-    let outcome = match deadline {
-        Some(deadline) => tokio::select! {
-            outcome = handler_future => outcome,
-            _ = tokio::time::sleep_until(deadline) => Err(Status::deadline_exceeded("deadline exceeded")),
-        },
-        None => handler_future.await,
-    };
-    // The handler (or its cancellation) dropped the sink, which came back here.
-    let Ok(mut sink) = returned.await else {
-        return Status::internal("response sink lost");
-    };
-    let status = match outcome {
-        Ok(trailers) => Status::ok().with_metadata(trailers),
-        Err(status) => status,
-    };
-    let deliverable = !matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled);
-    if deliverable && sink.pending_len() > 0 {
-        // A peer that stopped reading must not hold the call open: the
-        // final flush is bounded even without a deadline.
-        let flush_until = Instant::now() + FINAL_FLUSH_TIMEOUT;
-        let limit = deadline.map_or(flush_until, |d| d.min(flush_until));
-        let flushed = tokio::time::timeout_at(limit, sink.flush()).await;
-        match flushed {
-            Ok(Ok(())) => {}
-            Err(_) if deadline.is_some_and(|d| d <= flush_until) => {
-                let status =
-                    Status::deadline_exceeded("deadline exceeded while flushing the response");
-                sink.finish(&status);
-                return status;
+    Ok(Running {
+        handler: handler(call),
+        returned,
+        deadline,
+    })
+}
+
+impl Running {
+    /// Runs the handler under the call's deadline, flushes what it queued,
+    /// and sends the trailers.
+    async fn run(self) -> Status {
+        let Running {
+            handler,
+            returned,
+            deadline,
+        } = self;
+        let outcome = match deadline {
+            Some(deadline) => tokio::select! {
+                outcome = handler => outcome,
+                _ = tokio::time::sleep_until(deadline) => Err(Status::deadline_exceeded("deadline exceeded")),
+            },
+            None => handler.await,
+        };
+        // The handler (or its cancellation) dropped the sink, which came back here.
+        let Ok(mut sink) = returned.await else {
+            return Status::internal("response sink lost");
+        };
+        let status = match outcome {
+            Ok(trailers) => Status::ok().with_metadata(trailers),
+            Err(status) => status,
+        };
+        let deliverable = !matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled);
+        if deliverable && sink.pending_len() > 0 {
+            // A peer that stopped reading must not hold the call open: the
+            // final flush is bounded even without a deadline.
+            let flush_until = Instant::now() + FINAL_FLUSH_TIMEOUT;
+            let limit = deadline.map_or(flush_until, |d| d.min(flush_until));
+            let flushed = tokio::time::timeout_at(limit, sink.flush()).await;
+            match flushed {
+                Ok(Ok(())) => {}
+                Err(_) if deadline.is_some_and(|d| d <= flush_until) => {
+                    let status =
+                        Status::deadline_exceeded("deadline exceeded while flushing the response");
+                    sink.finish(&status);
+                    return status;
+                }
+                // Not flushed in time, or the stream broke: the status still goes,
+                // but never an OK that would hide undelivered messages.
+                _ if status.is_ok() => {
+                    let status = Status::unavailable(
+                        "the response could not be delivered: the client is not reading",
+                    );
+                    sink.finish(&status);
+                    return status;
+                }
+                _ => {}
             }
-            // Not flushed in time, or the stream broke: the status still goes,
-            // but never an OK that would hide undelivered messages.
-            _ if status.is_ok() => {
-                let status = Status::unavailable(
-                    "the response could not be delivered: the client is not reading",
-                );
-                sink.finish(&status);
-                return status;
-            }
-            _ => {}
         }
+        sink.finish(&status);
+        status
     }
-    sink.finish(&status);
-    status
 }
 
 fn refuse_http(respond: &mut SendResponse<AccountedChunk>, refusal: HttpRefusal) {

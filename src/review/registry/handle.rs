@@ -1,6 +1,11 @@
 //! The registry's face: the handle streams use to talk to the registry
 //! task, the commands it carries, and what comes back.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::super::error::{ErrorKind, ReviewError};
@@ -135,9 +140,45 @@ fn gone() -> ReviewError {
     ReviewError::new(ErrorKind::Unavailable, "the server is shutting down")
 }
 
+/// A command on its way into one of the registry's inboxes: handed over at
+/// once when the inbox has room, so the future holds nothing; only a full
+/// inbox makes it wait, boxed. Every stream's task awaits these, and a task
+/// is as large as the largest thing it awaits: an inline `Sender::send`
+/// (the command and its place in the queue, 360 bytes) would be carried by
+/// every idle stream for its whole life.
+enum Sending<'a> {
+    Done(Option<Result<(), ReviewError>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<(), ReviewError>> + Send + 'a>>),
+}
+
+impl<'a> Sending<'a> {
+    fn new(inbox: &'a mpsc::Sender<Command>, command: Command) -> Sending<'a> {
+        // A try_send never overtakes a waiting send: freed room goes to the
+        // queue of waiters first, so the order of commands is kept.
+        match inbox.try_send(command) {
+            Ok(()) => Sending::Done(Some(Ok(()))),
+            Err(TrySendError::Closed(_)) => Sending::Done(Some(Err(gone()))),
+            Err(TrySendError::Full(command)) => Sending::Waiting(Box::pin(async move {
+                inbox.send(command).await.map_err(|_| gone())
+            })),
+        }
+    }
+}
+
+impl Future for Sending<'_> {
+    type Output = Result<(), ReviewError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Done(result) => Poll::Ready(result.take().unwrap_or_else(|| Err(gone()))),
+            Sending::Waiting(waiting) => waiting.as_mut().poll(cx),
+        }
+    }
+}
+
 impl RegistryHandle {
-    async fn send(&self, command: Command) -> Result<(), ReviewError> {
-        self.tx.send(command).await.map_err(|_| gone())
+    fn send(&self, command: Command) -> Sending<'_> {
+        Sending::new(&self.tx, command)
     }
 
     async fn ask<T>(
@@ -231,15 +272,13 @@ impl RegistryHandle {
         max_bytes: usize,
     ) -> Result<oneshot::Receiver<Taken>, ReviewError> {
         let (reply, rx) = oneshot::channel();
-        self.pulls
-            .send(Command::Pull {
-                member,
-                max_bytes,
-                mode: PullMode::Next,
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
+        let pull = Command::Pull {
+            member,
+            max_bytes,
+            mode: PullMode::Next,
+            reply,
+        };
+        Sending::new(&self.pulls, pull).await?;
         Ok(rx)
     }
 
