@@ -194,6 +194,27 @@ struct Admitted {
     pending: Option<Box<ClientMessage>>,
 }
 
+/// Messages a participant sent, taken in without waiting (see
+/// [`Service::take_in`]): a batch for the registry, then what ended it.
+struct Intake {
+    batch: Vec<ClientMessage>,
+    then: Then,
+}
+
+/// What ended an [`Intake`]'s batch, to be done once the batch is handed on.
+enum Then {
+    /// Nothing more is here yet, or the batch is full.
+    Nothing,
+    /// A token refresh: the new token's window, or why it was refused.
+    Refresh(Result<TokenWindow, (u64, ReviewError)>),
+    /// A message refused (its client sequence number and why).
+    Reject(u64, ReviewError),
+    /// The client half-closed: it sends no more.
+    HalfClosed,
+    /// The stream failed.
+    Failed(Status),
+}
+
 /// What a participant stream's closing log line reports.
 #[derive(Debug, Default)]
 pub(super) struct StreamTrace {
@@ -374,7 +395,7 @@ impl Service {
             let too_long = sleep_until_opt(stream_deadline);
             tokio::pin!(too_long);
             loop {
-                tokio::select! {
+                let mut intake = tokio::select! {
                     biased;
                     end = &mut ending => return finish(end),
                     // Before input: a client that never stops sending must not
@@ -390,6 +411,7 @@ impl Service {
                                 sink.queue_framed(part);
                             }
                         }
+                        None
                     }
                     // Writing, or (a browser's Participate call, which has no
                     // inbound half to end) watching for the client to leave.
@@ -399,64 +421,44 @@ impl Service {
                         } else {
                             Err(sink.cancelled().await)
                         }
-                    }, if sink.pending_bytes() > 0 || inbox.is_routed() => written?,
+                    }, if sink.pending_bytes() > 0 || inbox.is_routed() => {
+                        written?;
+                        None
+                    }
                     received = inbox.next() => {
-                        // This message and those already waiting behind it go
-                        // to the registry as one command (up to a bound).
-                        let mut received = received;
-                        let mut batch: Vec<ClientMessage> = Vec::new();
-                        let mut batch_bytes = 0;
-                        loop {
-                            let mut message = match received {
-                                Ok(Some(message)) => message,
-                                Err(status) => {
-                                    // What came before the error first.
-                                    self.registry.messages(member, batch).await?;
-                                    return Err(status);
-                                }
-                                Ok(None) => {
-                                    self.registry.messages(member, std::mem::take(&mut batch)).await?;
-                                    // The client half-closed: it is done sending.
-                                    // Deliver what is already queued for it (once
-                                    // the log has it), then end with OK (it leaves
-                                    // when this task ends).
-                                    self.flush_after_half_close(member, pull.take(), sink).await;
-                                    return Ok(Metadata::new());
-                                }
-                            };
-                            trace.messages_in += 1;
-                            let client_sequence = message.client_sequence;
-                            let validated = validate::validate(&mut message, &identity, &limits);
-                            inbox.recycle(message.session_id, message.user_id);
-                            match validated {
-                                Ok(validated) => match validated.action {
-                                    Action::TokenRefresh(token) => {
-                                        self.registry.messages(member, std::mem::take(&mut batch)).await?;
-                                        let refreshed = self.refresh(&principal, &identity.session_id, &token);
-                                        match refreshed {
-                                            Ok(window) => self.registry.refresh_token(member, window).await?,
-                                            Err(error) => self.registry.reject(member, client_sequence, error).await?,
-                                        }
-                                    }
-                                    _ => {
-                                        batch_bytes += validated.action.content_bytes();
-                                        batch.push(validated);
-                                    }
-                                },
-                                Err(error) => {
-                                    self.registry.messages(member, std::mem::take(&mut batch)).await?;
-                                    self.registry.reject(member, client_sequence, error).await?;
-                                }
-                            }
-                            if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_CONTENT_BYTES {
-                                break;
-                            }
-                            match inbox.next_ready() {
-                                Some(next) => received = next,
-                                None => break,
-                            }
+                        Some(self.take_in(received, inbox, &identity, &limits, &principal, trace))
+                    }
+                };
+                // What came in goes to the registry here, after the select
+                // and taken in without waiting: no received message (192
+                // bytes each) is held while these sends wait, so the stream's
+                // future keeps no room for one.
+                while let Some(Intake { batch, then }) = intake.take() {
+                    self.registry.messages(member, batch).await?;
+                    let came_apart = match then {
+                        Then::Nothing => false,
+                        Then::Failed(status) => return Err(status),
+                        Then::HalfClosed => {
+                            // The client is done sending. Deliver what is
+                            // already queued for it (once the log has it),
+                            // then end with OK (it leaves when this task ends).
+                            self.flush_after_half_close(member, pull.take(), sink).await;
+                            return Ok(Metadata::new());
                         }
-                        self.registry.messages(member, batch).await?;
+                        Then::Refresh(Ok(window)) => {
+                            self.registry.refresh_token(member, window).await?;
+                            true
+                        }
+                        Then::Refresh(Err((client_sequence, error)))
+                        | Then::Reject(client_sequence, error) => {
+                            self.registry.reject(member, client_sequence, error).await?;
+                            true
+                        }
+                    };
+                    // After one that came apart, those already waiting behind it.
+                    if came_apart && let Some(next) = inbox.next_ready() {
+                        intake =
+                            Some(self.take_in(next, inbox, &identity, &limits, &principal, trace));
                     }
                 }
                 if pull.is_none() && sink.pending_bytes() == 0 {
@@ -464,6 +466,56 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Takes in `received` and the messages already waiting behind it,
+    /// without waiting for more: validated, in order, into one batch for
+    /// the registry (up to a bound), until one that must go on its own (a
+    /// token refresh, a message refused, the end of input), which comes
+    /// apart as the batch's `then`.
+    fn take_in(
+        &self,
+        mut received: Result<Option<SessionMessage>, Status>,
+        inbox: &mut Inbox,
+        identity: &StreamIdentity,
+        limits: &Limits,
+        principal: &Principal,
+        trace: &mut StreamTrace,
+    ) -> Intake {
+        let mut batch: Vec<ClientMessage> = Vec::new();
+        let mut batch_bytes = 0;
+        let then = loop {
+            let mut message = match received {
+                Ok(Some(message)) => message,
+                Ok(None) => break Then::HalfClosed,
+                Err(status) => break Then::Failed(status),
+            };
+            trace.messages_in += 1;
+            let client_sequence = message.client_sequence;
+            let validated = validate::validate(&mut message, identity, limits);
+            inbox.recycle(message.session_id, message.user_id);
+            match validated {
+                Ok(validated) => match validated.action {
+                    Action::TokenRefresh(token) => {
+                        let refreshed = self.refresh(principal, &identity.session_id, &token);
+                        break Then::Refresh(refreshed.map_err(|error| (client_sequence, error)));
+                    }
+                    _ => {
+                        batch_bytes += validated.action.content_bytes();
+                        batch.push(validated);
+                    }
+                },
+                Err(error) => break Then::Reject(client_sequence, error),
+            }
+            if batch.len() >= BATCH_MESSAGES || batch_bytes >= BATCH_CONTENT_BYTES {
+                break Then::Nothing;
+            }
+            match inbox.next_ready() {
+                Some(next) => received = next,
+                None => break Then::Nothing,
+            }
+        };
+        Intake { batch, then }
     }
 
     /// The checks of a participant's first message, none of which waits:
