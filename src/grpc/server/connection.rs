@@ -139,6 +139,11 @@ pub(crate) async fn serve_connection<T>(
     let drain = drain_signal.reached(Phase::Draining);
     let close = close_signal.reached(Phase::Closing);
     tokio::pin!(handshake_expired, idle, shed, drain, close, keepalive);
+    // Closing waits (for the GOAWAY to be written) after the loop, not in
+    // its arms: a wait inside an arm would keep the select's output (an
+    // accepted request's parts) alive with it, and the connection's future
+    // would carry room for both all its life.
+    let mut close_after_loop = false;
     loop {
         let idle_at = info.last_activity() + idle_timeout;
         if idle.deadline() != idle_at {
@@ -178,7 +183,7 @@ pub(crate) async fn serve_connection<T>(
                 draining = true;
             }
             _ = &mut close => {
-                close_now(&mut conn).await;
+                close_after_loop = true;
                 break;
             }
             dead = &mut keepalive, if keepalive_armed => {
@@ -189,7 +194,7 @@ pub(crate) async fn serve_connection<T>(
                     continue;
                 }
                 log!(Info, "closing connection: keepalive ping unanswered", conn = info.id);
-                close_now(&mut conn).await;
+                close_after_loop = true;
                 break;
             }
             _ = &mut idle, if !draining => {
@@ -204,6 +209,9 @@ pub(crate) async fn serve_connection<T>(
                 }
             }
         }
+    }
+    if close_after_loop {
+        close_now(&mut conn).await;
     }
     info.outbound.mark_closing();
 }
