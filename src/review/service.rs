@@ -350,7 +350,6 @@ impl Service {
     ) -> impl Future<Output = Result<Metadata, Status>> + Send + 'a {
         let admitted = self.admit(&principal, first, trace);
         async move {
-            let limits = self.config.limits.clone();
             let Admitted {
                 identity,
                 options,
@@ -426,7 +425,7 @@ impl Service {
                         None
                     }
                     received = inbox.next() => {
-                        Some(self.take_in(received, inbox, &identity, &limits, &principal, trace))
+                        Some(self.take_in(received, inbox, &identity, &principal, trace))
                     }
                 };
                 // What came in goes to the registry here, after the select
@@ -457,8 +456,7 @@ impl Service {
                     };
                     // After one that came apart, those already waiting behind it.
                     if came_apart && let Some(next) = inbox.next_ready() {
-                        intake =
-                            Some(self.take_in(next, inbox, &identity, &limits, &principal, trace));
+                        intake = Some(self.take_in(next, inbox, &identity, &principal, trace));
                     }
                 }
                 if pull.is_none() && sink.pending_bytes() == 0 {
@@ -478,7 +476,6 @@ impl Service {
         mut received: Result<Option<SessionMessage>, Status>,
         inbox: &mut Inbox,
         identity: &StreamIdentity,
-        limits: &Limits,
         principal: &Principal,
         trace: &mut StreamTrace,
     ) -> Intake {
@@ -492,7 +489,7 @@ impl Service {
             };
             trace.messages_in += 1;
             let client_sequence = message.client_sequence;
-            let validated = validate::validate(&mut message, identity, limits);
+            let validated = validate::validate(&mut message, identity, &self.config.limits);
             inbox.recycle(message.session_id, message.user_id);
             match validated {
                 Ok(validated) => match validated.action {
