@@ -404,34 +404,69 @@ pub fn web_framing(data: &[u8]) {
 }
 
 /// What Redis holds is input too (another process, another version, a
-/// damaged or foreign key): a RESP reply, parsed by the redis crate, read
-/// as each reply the shared log reads. Never panics; every record read
-/// sits at its entry's id, and every session read names its stream's key.
+/// damaged or foreign key): RESP bytes, decoded by our decoder whole and
+/// again in pieces (the first byte sets their size), which must read the
+/// same; then each reply read as each reply the shared log reads. Never
+/// panics; every record read sits at its entry's id, and every session
+/// read names its stream's key.
 pub fn redis_replies(data: &[u8]) {
-    use crate::shared_log::{keys, reply};
-    use redis::Value;
-    let Ok(value) = redis::parse_redis_value(data) else {
+    use crate::resp::{Decoder, Value};
+    use bytes::BytesMut;
+    let Some((&piece, data)) = data.split_first() else {
         return;
     };
-    // The reply reader takes a RESP3 set wherever it takes an array.
-    if let (Ok(records), Value::Array(items) | Value::Set(items)) = (reply::entries(&value), &value)
-    {
+    let decode = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::new();
+        let mut values = Vec::new();
+        for bytes in pieces {
+            buf.extend_from_slice(bytes);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(value)) => values.push(value),
+                    Ok(None) => break,
+                    Err(error) => return (values, Some(error)),
+                }
+            }
+        }
+        (values, None)
+    };
+    let whole = decode(&mut std::iter::once(data));
+    let pieces = decode(&mut data.chunks(usize::from(piece).max(1)));
+    assert_eq!(whole, pieces, "read whole and in pieces of {piece}");
+    for value in whole.0 {
+        redis_reply(&value);
+        if let Value::Array(items) = &value
+            && let Ok(Some((channel, payload))) =
+                crate::shared_log::reply::pattern_message(value.clone())
+        {
+            assert_eq!(items.len(), 4);
+            assert_eq!(items[2], Value::Bulk(channel));
+            assert_eq!(items[3], Value::Bulk(payload));
+        }
+    }
+}
+
+fn redis_reply(value: &crate::resp::Value) {
+    use crate::resp::Value;
+    use crate::shared_log::{keys, reply};
+    if let (Ok(records), Value::Array(items)) = (reply::entries(value), value) {
         assert_eq!(records.len(), items.len());
         for (record, item) in records.iter().zip(items) {
-            let (Value::Array(parts) | Value::Set(parts)) = item else {
+            let Value::Array(parts) = item else {
                 panic!("an entry read from {item:?}");
             };
             let id = match &parts[0] {
-                Value::BulkString(id) => id.clone(),
-                Value::SimpleString(id) => id.clone().into_bytes(),
+                Value::Bulk(id) => id.to_vec(),
+                Value::Status(id) => id.clone().into_bytes(),
                 other => panic!("an id read from {other:?}"),
             };
             assert_eq!(id, keys::entry_id(record.index).into_bytes());
         }
     }
-    let _ = reply::appended(&value);
-    let _ = reply::stored(&value);
-    if let Ok(streams) = reply::read(&value) {
+    let _ = reply::appended(value);
+    let _ = reply::stored(value);
+    if let Ok(streams) = reply::read(value) {
         for (session, _) in streams {
             assert_eq!(
                 keys::session_of_log(keys::log(&session).as_bytes()),

@@ -8,6 +8,7 @@
 //! - [`web`]: the review page the server serves to browsers (embedded assets).
 //! - [`review`]: the domain — sessions, operational transformation, the registry.
 //! - [`grpc`]: the wire — gRPC framing on h2, status, metadata, server, client, TLS.
+//! - [`resp`]: a small Redis client (RESP2, TCP or TLS) under the shared log.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pb;
 pub mod protowire;
+pub mod resp;
 pub mod review;
 pub mod shared_log;
 pub mod store;

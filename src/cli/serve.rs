@@ -199,13 +199,13 @@ pub struct ServeArgs {
         from_str_fn(super::parse_duration)
     )]
     pub session_retention: Duration,
-    /// keep sessions in Redis, shared by every instance given the same URL: redis://HOST:PORT[/DB] or rediss:// (TLS); replaces --data-dir (default: none)
+    /// keep sessions in Redis, shared by every instance given the same URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss://… (TLS); replaces --data-dir (default: none)
     #[argh(option)]
     pub redis: Option<String>,
     /// a file holding the Redis password (instead of one in the --redis URL)
     #[argh(option)]
     pub redis_password_file: Option<PathBuf>,
-    /// PEM certificates to trust for rediss:// (default: the system's roots)
+    /// PEM certificates to trust for rediss:// (default: the system's, from SSL_CERT_FILE or the distribution's bundle)
     #[argh(option)]
     pub redis_ca: Option<PathBuf>,
     /// disk the data dir may use; past it edits, comments and uploads get RESOURCE_EXHAUSTED, 0 = no budget (default 4GiB)
@@ -333,12 +333,8 @@ impl ServeArgs {
             }
             return Ok(None);
         };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(format!(
-                "--redis {}: expected redis://HOST:PORT[/DB] or rediss://…",
-                crate::shared_log::redacted(url)
-            ));
-        }
+        crate::resp::Endpoint::parse(url)
+            .map_err(|e| format!("--redis {}: {e}", crate::shared_log::redacted(url)))?;
         let read = |path: &PathBuf, what: &str| {
             std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
         };

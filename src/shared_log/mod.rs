@@ -20,11 +20,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
 
 use crate::pb::store::Record;
+use crate::resp::{self, Command, Connection, Value};
 use crate::review::ids::Text;
 
 pub mod keys;
@@ -82,28 +81,20 @@ pub fn redacted(url: &str) -> String {
 }
 
 impl SharedLogConfig {
-    fn client(&self) -> Result<redis::Client, String> {
-        use redis::IntoConnectionInfo;
-        let mut info = self
-            .url
-            .as_str()
-            .into_connection_info()
+    /// The URL read, with the password from its file (if given) in place
+    /// of the URL's.
+    pub fn endpoint(&self) -> Result<resp::Endpoint, String> {
+        let mut endpoint = resp::Endpoint::parse(&self.url)
             .map_err(|e| format!("--redis {}: {e}", redacted(&self.url)))?;
         if let Some(password) = &self.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
+            endpoint.password = Some(password.clone());
         }
-        match &self.ca_pem {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(info),
-        }
-        .map_err(|e| format!("--redis {}: {e}", redacted(&self.url)))
+        Ok(endpoint)
+    }
+
+    fn client(&self) -> Result<resp::Client, String> {
+        resp::Client::new(self.endpoint()?, self.ca_pem.as_deref())
+            .map_err(|e| format!("--redis {}: {e}", redacted(&self.url)))
     }
 }
 
@@ -193,7 +184,7 @@ pub struct SharedLog {
 /// cannot work is an error.
 pub async fn open(config: SharedLogConfig) -> Result<SharedLog, String> {
     let client = config.client()?;
-    let connected = match tasks::connect(&client, tasks::COMMAND_TIMEOUT).await {
+    let connected = match client.connect(tasks::COMMAND_TIMEOUT).await {
         Ok(mut conn) => tasks::renew_lease(&mut conn, &config).await.map(|()| conn),
         Err(error) => Err(error),
     };
@@ -204,7 +195,7 @@ pub async fn open(config: SharedLogConfig) -> Result<SharedLog, String> {
                 Error,
                 "Redis is unreachable: not ready until it answers (retrying)",
                 redis = redacted(&config.url).as_str(),
-                error = error.as_str()
+                error = error.to_string().as_str()
             );
             (None, false)
         }
@@ -227,43 +218,16 @@ pub async fn open(config: SharedLogConfig) -> Result<SharedLog, String> {
     })
 }
 
-/// A query's outcome, with Redis errors as text.
-type Answer = Result<Value, String>;
+/// A query's outcome: a reply per command.
+type Answer = Result<Vec<Value>, resp::Error>;
 
-/// Runs one command or pipeline with a deadline.
-async fn query(
-    conn: &mut MultiplexedConnection,
-    command: &impl QueryAsync,
-    timeout: Duration,
-) -> Answer {
-    match tokio::time::timeout(timeout, command.run(conn)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("Redis did not answer within {timeout:?}")),
-    }
-}
-
-/// A command or a pipeline.
-trait QueryAsync {
-    fn run(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> impl std::future::Future<Output = redis::RedisResult<Value>>;
-}
-
-impl QueryAsync for redis::Cmd {
-    fn run(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> impl std::future::Future<Output = redis::RedisResult<Value>> {
-        self.query_async(conn)
-    }
-}
-
-impl QueryAsync for redis::Pipeline {
-    fn run(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> impl std::future::Future<Output = redis::RedisResult<Value>> {
-        self.query_async(conn)
+/// Runs commands as one pipeline with a deadline; missing it fails the
+/// connection.
+async fn query(conn: &mut Connection, commands: &[Command], timeout: Duration) -> Answer {
+    match tokio::time::timeout(timeout, conn.pipeline(commands)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(resp::Error::Connection(format!(
+            "Redis did not answer within {timeout:?}"
+        ))),
     }
 }

@@ -3,11 +3,12 @@
 //! an error naming what is wrong, never a panic: the log is shared with
 //! other processes, and whatever sits in Redis is input.
 
+use bytes::Bytes;
 use prost::Message;
-use redis::Value;
 
 use super::keys;
 use crate::pb::store::{Record, Snapshot};
+use crate::resp::Value;
 
 /// What the append script answered.
 #[derive(Debug)]
@@ -29,9 +30,9 @@ pub struct Stored {
     pub records: Vec<Record>,
 }
 
-fn array(value: &Value, what: &str) -> Result<Vec<Value>, String> {
+fn array<'a>(value: &'a Value, what: &str) -> Result<&'a [Value], String> {
     match value {
-        Value::Array(items) | Value::Set(items) => Ok(items.clone()),
+        Value::Array(items) => Ok(items),
         other => Err(format!("{what}: expected an array, got {}", kind(other))),
     }
 }
@@ -40,19 +41,17 @@ fn kind(value: &Value) -> &'static str {
     match value {
         Value::Nil => "nil",
         Value::Int(_) => "an integer",
-        Value::BulkString(_) => "a string",
+        Value::Bulk(_) => "a string",
         Value::Array(_) => "an array",
-        Value::SimpleString(_) => "a status",
-        Value::Okay => "OK",
-        Value::Map(_) => "a map",
-        _ => "another type",
+        Value::Status(_) => "a status",
+        Value::Error(_) => "an error",
     }
 }
 
 fn bytes<'a>(value: &'a Value, what: &str) -> Result<&'a [u8], String> {
     match value {
-        Value::BulkString(bytes) => Ok(bytes),
-        Value::SimpleString(s) => Ok(s.as_bytes()),
+        Value::Bulk(bytes) => Ok(bytes),
+        Value::Status(s) => Ok(s.as_bytes()),
         other => Err(format!("{what}: expected a string, got {}", kind(other))),
     }
 }
@@ -60,7 +59,7 @@ fn bytes<'a>(value: &'a Value, what: &str) -> Result<&'a [u8], String> {
 fn integer(value: &Value, what: &str) -> Result<i64, String> {
     match value {
         Value::Int(n) => Ok(*n),
-        Value::BulkString(b) => std::str::from_utf8(b)
+        Value::Bulk(b) => std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("{what}: not a number")),
@@ -90,16 +89,18 @@ pub fn entries(value: &Value) -> Result<Vec<Record>, String> {
         other => array(other, "entries")?,
     };
     let mut records = Vec::with_capacity(items.len());
-    for item in &items {
+    for item in items {
         let parts = array(item, "an entry")?;
-        let [id, fields] = parts.as_slice() else {
+        let [id, fields] = parts else {
             return Err("an entry that is not [id, fields]".into());
         };
         let index = entry_index(bytes(id, "an entry id")?)?;
         let fields = array(fields, "an entry's fields")?;
         let encoded = fields
             .chunks(2)
-            .find(|pair| pair.len() == 2 && matches!(&pair[0], Value::BulkString(f) if f == b"r"))
+            .find(|pair| {
+                pair.len() == 2 && matches!(&pair[0], Value::Bulk(f) if f == b"r".as_slice())
+            })
             .map(|pair| bytes(&pair[1], "a record"))
             .transpose()?
             .ok_or_else(|| format!("entry {index} holds no record"))?;
@@ -134,7 +135,7 @@ pub fn appended(value: &Value) -> Result<Appended, String> {
 /// The load script's answer.
 pub fn stored(value: &Value) -> Result<Stored, String> {
     let parts = array(value, "the load reply")?;
-    let [index, data, log] = parts.as_slice() else {
+    let [index, data, log] = parts else {
         return Err("a load reply that is not [index, data, entries]".into());
     };
     let snapshot = match (index, data) {
@@ -159,25 +160,48 @@ pub fn stored(value: &Value) -> Result<Stored, String> {
 
 /// One XREAD reply: per session, the entries read (nil: none in time).
 pub fn read(value: &Value) -> Result<Vec<(String, Vec<Record>)>, String> {
-    let streams: Vec<(Value, Value)> = match value {
+    let streams = match value {
         Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => pairs.clone(),
-        other => array(other, "the read reply")?
-            .into_iter()
-            .map(|stream| match array(&stream, "a stream")?.as_slice() {
-                [key, entries] => Ok((key.clone(), entries.clone())),
-                _ => Err("a stream that is not [key, entries]".to_string()),
-            })
-            .collect::<Result<_, String>>()?,
+        other => array(other, "the read reply")?,
     };
     let mut out = Vec::with_capacity(streams.len());
-    for (key, found) in &streams {
+    for stream in streams {
+        let [key, found] = array(stream, "a stream")? else {
+            return Err("a stream that is not [key, entries]".to_string());
+        };
         let key = bytes(key, "a stream key")?;
         let session = keys::session_of_log(key)
             .ok_or_else(|| format!("a reply for the key {:?}", String::from_utf8_lossy(key)))?;
         out.push((session.to_string(), entries(found)?));
     }
     Ok(out)
+}
+
+/// A message on a subscribed connection: `pmessage`'s channel and
+/// payload; None for what else comes there (the subscription's
+/// confirmation, a PING's answer).
+pub fn pattern_message(value: Value) -> Result<Option<(Bytes, Bytes)>, String> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Error(why) => return Err(format!("the subscription: {why}")),
+        other => {
+            return Err(format!(
+                "the subscription: expected an array, got {}",
+                kind(&other)
+            ));
+        }
+    };
+    match <[Value; 4]>::try_from(items) {
+        Ok(
+            [
+                Value::Bulk(kind),
+                _,
+                Value::Bulk(channel),
+                Value::Bulk(payload),
+            ],
+        ) if kind.as_ref() == b"pmessage" => Ok(Some((channel, payload))),
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -195,10 +219,10 @@ mod tests {
             })),
         };
         Value::Array(vec![
-            Value::BulkString(keys::entry_id(index).into_bytes()),
+            Value::Bulk(keys::entry_id(index).into()),
             Value::Array(vec![
-                Value::BulkString(b"r".to_vec()),
-                Value::BulkString(record.encode_to_vec()),
+                Value::Bulk(Bytes::from_static(b"r")),
+                Value::Bulk(record.encode_to_vec().into()),
             ]),
         ])
     }
@@ -210,7 +234,7 @@ mod tests {
         let moved = Value::Array(vec![entry(4, 5)]);
         assert!(entries(&moved).unwrap_err().contains("holds record 5"));
         let foreign = Value::Array(vec![Value::Array(vec![
-            Value::BulkString(b"1700000000000-0".to_vec()),
+            Value::Bulk(Bytes::from_static(b"1700000000000-0")),
             Value::Array(vec![]),
         ])]);
         assert!(entries(&foreign).is_err());
@@ -231,6 +255,25 @@ mod tests {
             appended(&Value::Array(vec![Value::Int(0)])),
             Ok(Appended::Lost { next: 0 })
         ));
-        assert!(appended(&Value::Okay).is_err());
+        assert!(appended(&Value::Status("OK".into())).is_err());
+    }
+
+    #[test]
+    fn subscribed_connections_hand_over_pattern_messages_only() {
+        let bulk = |b: &'static [u8]| Value::Bulk(Bytes::from_static(b));
+        let message = Value::Array(vec![
+            bulk(b"pmessage"),
+            bulk(b"p:*"),
+            bulk(b"p:s1"),
+            bulk(b"news"),
+        ]);
+        let (channel, payload) = pattern_message(message).unwrap().unwrap();
+        assert_eq!((&channel[..], &payload[..]), (&b"p:s1"[..], &b"news"[..]));
+        let confirmed = Value::Array(vec![bulk(b"psubscribe"), bulk(b"p:*"), Value::Int(1)]);
+        assert!(pattern_message(confirmed).unwrap().is_none());
+        let pong = Value::Array(vec![bulk(b"pong"), bulk(b"")]);
+        assert!(pattern_message(pong).unwrap().is_none());
+        assert!(pattern_message(Value::Error("ERR no".into())).is_err());
+        assert!(pattern_message(Value::Int(1)).is_err());
     }
 }

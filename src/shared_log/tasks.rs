@@ -3,15 +3,12 @@
 //! (ephemeral news).
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use redis::Value;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, watch};
 
 use super::{Answer, Event, Job, LoadError, SharedLogConfig, keys, query, reply, scripts};
+use crate::resp::{self, Client, Command, Connection, Value};
 use crate::review::ids::Text;
 
 /// How long a command may take before Redis counts as unreachable.
@@ -24,36 +21,26 @@ const READ_COUNT: usize = 1000;
 const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// Wait before connecting again after a failure.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
-
-pub async fn connect(
-    client: &redis::Client,
-    response_timeout: Duration,
-) -> Result<MultiplexedConnection, String> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(response_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| e.to_string())
-}
+/// A subscribed connection that has been quiet this long is asked for a
+/// PING, and dropped if that goes unanswered as long again.
+const SUBSCRIBER_QUIET: Duration = Duration::from_secs(30);
 
 /// Sets (or renews) this instance's lease.
 pub async fn renew_lease(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     config: &SharedLogConfig,
-) -> Result<(), String> {
-    let mut set = redis::cmd("SET");
+) -> Result<(), resp::Error> {
+    let mut set = Command::new("SET");
     set.arg(keys::lease(&config.instance))
-        .arg(1)
+        .arg("1")
         .arg("PX")
         .arg(config.lease_ttl.as_millis() as u64);
-    query(conn, &set, COMMAND_TIMEOUT).await.map(|_| ())
+    query(conn, &[set], COMMAND_TIMEOUT).await.map(|_| ())
 }
 
 pub struct Worker {
-    client: redis::Client,
-    conn: Option<MultiplexedConnection>,
+    client: Client,
+    conn: Option<Connection>,
     config: SharedLogConfig,
     events: mpsc::UnboundedSender<Event>,
     follow: watch::Sender<BTreeMap<Text, u64>>,
@@ -62,8 +49,8 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        client: redis::Client,
-        conn: Option<MultiplexedConnection>,
+        client: Client,
+        conn: Option<Connection>,
         healthy: bool,
         config: SharedLogConfig,
         events: mpsc::UnboundedSender<Event>,
@@ -96,18 +83,18 @@ impl Worker {
                         Ok(conn) => renew_lease(conn, &config).await,
                         Err(error) => Err(error),
                     };
-                    let _ = self.note(result.map(|_| Value::Nil));
+                    let _ = self.note(result.map(|_| Vec::new()));
                 }
             }
         }
-        let mut del = redis::cmd("DEL");
+        let mut del = Command::new("DEL");
         del.arg(keys::lease(&self.config.instance));
-        let _ = self.run_query(&del).await;
+        let _ = self.run_query(&[del]).await;
     }
 
-    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, String> {
+    async fn connection(&mut self) -> Result<&mut Connection, resp::Error> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.client, COMMAND_TIMEOUT).await?);
+            self.conn = Some(self.client.connect(COMMAND_TIMEOUT).await?);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -120,11 +107,11 @@ impl Worker {
                 self.healthy = true;
                 let _ = self.events.send(Event::Health(Ok(())));
             }
-            Err(error) if is_connection_error(error) => {
+            Err(error) if error.is_connection() => {
                 self.conn = None;
                 if self.healthy {
                     self.healthy = false;
-                    let _ = self.events.send(Event::Health(Err(error.clone())));
+                    let _ = self.events.send(Event::Health(Err(error.to_string())));
                 }
             }
             _ => {}
@@ -132,37 +119,48 @@ impl Worker {
         answer
     }
 
-    async fn run_query(&mut self, command: &impl super::QueryAsync) -> Answer {
+    async fn run_query(&mut self, commands: &[Command]) -> Answer {
         let answer = match self.connection().await {
-            Ok(conn) => query(conn, command, COMMAND_TIMEOUT).await,
+            Ok(conn) => query(conn, commands, COMMAND_TIMEOUT).await,
             Err(error) => Err(error),
         };
         self.note(answer)
+    }
+
+    /// Runs one command; its reply, or the failure as text.
+    async fn run_one(&mut self, command: Command) -> Result<Value, String> {
+        match self.run_query(&[command]).await {
+            Ok(mut replies) => Ok(replies.pop().unwrap_or(Value::Nil)),
+            Err(error) => Err(error.to_string()),
+        }
     }
 
     async fn run_job(&mut self, job: Job) {
         let retention = self.config.retention.as_millis() as u64;
         match job {
             Job::Append(batch) => {
-                let mut pipe = redis::pipe();
-                for append in &batch {
-                    let command = pipe
-                        .cmd("EVAL")
-                        .arg(scripts::APPEND)
-                        .arg(2)
-                        .arg(keys::log(&append.session))
-                        .arg(keys::snapshot(&append.session))
-                        .arg(append.first)
-                        .arg(retention);
-                    for record in &append.records {
-                        command.arg(record.as_slice());
+                let pipe: Vec<Command> = batch
+                    .iter()
+                    .map(|append| {
+                        let mut command = Command::new("EVAL");
+                        command
+                            .arg(scripts::APPEND)
+                            .arg("2")
+                            .arg(keys::log(&append.session))
+                            .arg(keys::snapshot(&append.session))
+                            .arg(append.first)
+                            .arg(retention);
+                        for record in &append.records {
+                            command.arg(record);
+                        }
+                        command
+                    })
+                    .collect();
+                let result = self.run_query(&pipe).await.map_err(|e| e.to_string());
+                let result = result.and_then(|answers| {
+                    if answers.len() != batch.len() {
+                        return Err("a pipeline answer of the wrong shape".to_string());
                     }
-                }
-                let result = self.run_query(&pipe).await.and_then(|answers| {
-                    let answers = match answers {
-                        Value::Array(answers) if answers.len() == batch.len() => answers,
-                        _ => return Err("a pipeline answer of the wrong shape".to_string()),
-                    };
                     Ok(batch
                         .iter()
                         .zip(answers)
@@ -172,12 +170,12 @@ impl Worker {
                 let _ = self.events.send(Event::Appended(result));
             }
             Job::Load(session) => {
-                let mut load = redis::cmd("EVAL");
+                let mut load = Command::new("EVAL");
                 load.arg(scripts::LOAD)
-                    .arg(2)
+                    .arg("2")
                     .arg(keys::log(&session))
                     .arg(keys::snapshot(&session));
-                let result = match self.run_query(&load).await {
+                let result = match self.run_one(load).await {
                     Ok(answer) => reply::stored(&answer).map_err(LoadError::Damaged),
                     Err(error) => Err(LoadError::Unavailable(error)),
                 };
@@ -187,7 +185,7 @@ impl Worker {
                 let _ = self.follow.send(sessions);
             }
             Job::ReadFrom { session, from } => {
-                let mut range = redis::cmd("XRANGE");
+                let mut range = Command::new("XRANGE");
                 range
                     .arg(keys::log(&session))
                     .arg(keys::entry_id(from))
@@ -195,7 +193,7 @@ impl Worker {
                     .arg("COUNT")
                     .arg(READ_COUNT);
                 let records = self
-                    .run_query(&range)
+                    .run_one(range)
                     .await
                     .and_then(|answer| reply::entries(&answer));
                 let _ = self.events.send(Event::Entries { session, records });
@@ -205,16 +203,16 @@ impl Worker {
                 next,
                 data,
             } => {
-                let mut store = redis::cmd("EVAL");
+                let mut store = Command::new("EVAL");
                 store
                     .arg(scripts::SNAPSHOT)
-                    .arg(2)
+                    .arg("2")
                     .arg(keys::log(&session))
                     .arg(keys::snapshot(&session))
                     .arg(next)
                     .arg(data)
                     .arg(retention);
-                if let Err(error) = self.run_query(&store).await {
+                if let Err(error) = self.run_one(store).await {
                     crate::log!(
                         Warn,
                         "storing a snapshot in Redis failed",
@@ -224,21 +222,26 @@ impl Worker {
                 }
             }
             Job::Publish(news) => {
-                let mut pipe = redis::pipe();
-                for (session, payload) in &news {
-                    pipe.cmd("PUBLISH")
-                        .arg(keys::channel(session))
-                        .arg(payload.as_slice())
-                        .ignore();
-                }
+                let pipe: Vec<Command> = news
+                    .iter()
+                    .map(|(session, payload)| {
+                        let mut publish = Command::new("PUBLISH");
+                        publish.arg(keys::channel(session)).arg(payload);
+                        publish
+                    })
+                    .collect();
                 let _ = self.run_query(&pipe).await;
             }
             Job::CheckLeases(instances) => {
-                let mut pipe = redis::pipe();
-                for instance in &instances {
-                    pipe.cmd("EXISTS").arg(keys::lease(instance));
-                }
-                if let Ok(Value::Array(found)) = self.run_query(&pipe).await {
+                let pipe: Vec<Command> = instances
+                    .iter()
+                    .map(|instance| {
+                        let mut exists = Command::new("EXISTS");
+                        exists.arg(keys::lease(instance));
+                        exists
+                    })
+                    .collect();
+                if let Ok(found) = self.run_query(&pipe).await {
                     let dead = instances
                         .into_iter()
                         .zip(found)
@@ -251,16 +254,13 @@ impl Worker {
                 }
             }
             Job::Touch(sessions) => {
-                let mut pipe = redis::pipe();
+                let mut pipe = Vec::with_capacity(sessions.len() * 2);
                 for session in &sessions {
-                    pipe.cmd("PEXPIRE")
-                        .arg(keys::log(session))
-                        .arg(retention)
-                        .ignore();
-                    pipe.cmd("PEXPIRE")
-                        .arg(keys::snapshot(session))
-                        .arg(retention)
-                        .ignore();
+                    for key in [keys::log(session), keys::snapshot(session)] {
+                        let mut expire = Command::new("PEXPIRE");
+                        expire.arg(key).arg(retention);
+                        pipe.push(expire);
+                    }
                 }
                 let _ = self.run_query(&pipe).await;
             }
@@ -268,24 +268,16 @@ impl Worker {
     }
 }
 
-/// Whether an error means Redis cannot be reached (not a refused command).
-fn is_connection_error(error: &str) -> bool {
-    !(error.starts_with("ERR")
-        || error.contains("NOSCRIPT")
-        || error.contains("WRONGTYPE")
-        || error.contains("An error was signalled by the server"))
-}
-
 /// Follows the streams of the sessions held here: a blocking XREAD of all
 /// of them; when the set changes, the read is abandoned (its connection
 /// dropped) and a new one starts with the new set.
 pub async fn read_loop(
-    client: redis::Client,
+    client: Client,
     mut follow: watch::Receiver<BTreeMap<Text, u64>>,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let mut positions: BTreeMap<Text, u64> = BTreeMap::new();
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Connection> = None;
     loop {
         {
             let wanted = follow.borrow_and_update();
@@ -302,7 +294,7 @@ pub async fn read_loop(
             continue;
         }
         if conn.is_none() {
-            match connect(&client, READ_BLOCK + COMMAND_TIMEOUT).await {
+            match client.connect(COMMAND_TIMEOUT).await {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
                     tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -310,7 +302,7 @@ pub async fn read_loop(
                 }
             }
         }
-        let mut read = redis::cmd("XREAD");
+        let mut read = Command::new("XREAD");
         read.arg("COUNT")
             .arg(READ_COUNT)
             .arg("BLOCK")
@@ -324,7 +316,7 @@ pub async fn read_loop(
         }
         let connection = conn.as_mut().expect("connected above");
         let answer = tokio::select! {
-            answer = read.query_async::<Value>(connection) => answer,
+            answer = query(connection, std::slice::from_ref(&read), READ_BLOCK + COMMAND_TIMEOUT) => answer,
             changed = follow.changed() => {
                 if changed.is_err() {
                     return;
@@ -336,7 +328,7 @@ pub async fn read_loop(
         };
         match answer
             .map_err(|e| e.to_string())
-            .and_then(|v| reply::read(&v))
+            .and_then(|mut replies| reply::read(&replies.pop().unwrap_or(Value::Nil)))
         {
             Ok(streams) => {
                 for (session, records) in streams {
@@ -356,40 +348,57 @@ pub async fn read_loop(
     }
 }
 
-/// Hands over every instance's ephemeral news (the registry skips its own).
-pub async fn subscribe_loop(client: redis::Client, events: mpsc::UnboundedSender<Event>) {
-    loop {
-        if events.is_closed() {
-            return;
+/// Hands over every instance's ephemeral news (the registry skips its own),
+/// read on a connection of its own subscribed to every session's channel.
+pub async fn subscribe_loop(client: Client, events: mpsc::UnboundedSender<Event>) {
+    while !events.is_closed() {
+        tokio::select! {
+            _ = events.closed() => return,
+            ended = subscribed(&client, &events) => {
+                if ended.is_err() {
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+            }
         }
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(pubsub) => pubsub,
+    }
+}
+
+/// One subscribed connection, until it fails (Err) or the registry is gone
+/// (Ok). A quiet connection is asked for a PING, to find one that died.
+async fn subscribed(client: &Client, events: &mpsc::UnboundedSender<Event>) -> Result<(), ()> {
+    let mut conn = client.connect(COMMAND_TIMEOUT).await.map_err(drop)?;
+    let mut subscribe = Command::new("PSUBSCRIBE");
+    subscribe.arg(keys::channel_pattern());
+    conn.send(&[subscribe]).await.map_err(drop)?;
+    let mut pinged = false;
+    loop {
+        let quiet = if pinged {
+            COMMAND_TIMEOUT
+        } else {
+            SUBSCRIBER_QUIET
+        };
+        let value = match tokio::time::timeout(quiet, conn.receive()).await {
+            Ok(value) => value.map_err(drop)?,
+            Err(_) if pinged => return Err(()),
             Err(_) => {
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                conn.send(&[Command::new("PING")]).await.map_err(drop)?;
+                pinged = true;
                 continue;
             }
         };
-        if pubsub.psubscribe(keys::channel_pattern()).await.is_err() {
-            tokio::time::sleep(RECONNECT_PAUSE).await;
+        pinged = false;
+        let Some((channel, payload)) = reply::pattern_message(value).map_err(drop)? else {
             continue;
+        };
+        let Some(session) = keys::session_of_channel(&channel) else {
+            continue;
+        };
+        let event = Event::Ephemeral {
+            session: Text::from(session),
+            payload,
+        };
+        if events.send(event).is_err() {
+            return Ok(());
         }
-        let mut messages = pubsub.into_on_message();
-        while let Some(message) =
-            std::future::poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut messages), cx))
-                .await
-        {
-            let Some(session) = keys::session_of_channel(message.get_channel_name().as_bytes())
-            else {
-                continue;
-            };
-            let event = Event::Ephemeral {
-                session: Text::from(session),
-                payload: Bytes::copy_from_slice(message.get_payload_bytes()),
-            };
-            if events.send(event).is_err() {
-                return;
-            }
-        }
-        tokio::time::sleep(RECONNECT_PAUSE).await;
     }
 }

@@ -583,6 +583,16 @@ fn help_version_and_usage_errors() {
             "codereview serve: --tls-cert and --tls-key go together\n"
         );
     }
+    // A Redis URL that cannot work says which part is wrong, and never
+    // shows its password.
+    assert_eq!(
+        usage(&["serve", "--redis", "redis://:hunter2@cache:99999"]),
+        "codereview serve: --redis redis://***@cache:99999: \"99999\" is not a port\n"
+    );
+    assert_eq!(
+        usage(&["serve", "--redis", "redis://cache/one"]),
+        "codereview serve: --redis redis://cache/one: \"/one\" is not a database number\n"
+    );
     assert_eq!(
         usage(&[
             "token",

@@ -118,7 +118,7 @@ async fn service_stops_while_redis_is_down_and_resumes_after() {
 }
 
 /// The status line's code of `GET path` on the metrics listener.
-fn http_status(addr: &str, path: &str) -> Option<u16> {
+pub(super) fn http_status(addr: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -159,15 +159,20 @@ async fn redis_down_at_start_means_not_ready_until_it_answers() {
     let status = refused.err().expect("no join without Redis");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     redis.start_again();
-    let deadline = std::time::Instant::now() + LONG;
-    while http_status(&metrics, "/readyz") != Some(200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not ready after Redis came up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_ready(&metrics, LONG).await;
     let (mut ann, _) = Participant::join(&channel, None, "z", "ann").await;
     let n = ann.send(comment("", 0, "hello")).await;
     ann.ack_of(n).await;
+}
+
+/// Waits until `/readyz` on the metrics listener says 200.
+pub(super) async fn wait_until_ready(metrics: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while http_status(metrics, "/readyz") != Some(200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -2,13 +2,14 @@
 //! (`serve --redis`): one total order per session across instances,
 //! resume and resend dedupe on another instance, no ghost after an
 //! instance dies, and service that stops cleanly while Redis is down and
-//! resumes by itself when it is back.
+//! resumes by itself when it is back; logins, databases and TLS.
 //!
 //! Each test starts its own `redis-server` (the Debian package; .ci/run
 //! installs it) on a free loopback port and stops it by pid.
 
 mod cli;
 mod failures;
+mod login;
 mod order;
 
 use std::time::Duration;

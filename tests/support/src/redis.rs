@@ -22,18 +22,46 @@ pub struct RedisServer {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Settings beyond the defaults, given on its command line.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one; panics (with how to get it) when the binary is missing.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(Vec::new())
+    }
+
+    /// Starts one with more settings (`--user ...`, `--tls-port ...`).
+    pub fn start_with(extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
             child: None,
+            extra,
         };
         server.start_again();
         server
+    }
+
+    /// Starts one that also serves TLS (with the certificates in `certs`,
+    /// not asking clients for theirs) on the port returned.
+    pub fn start_tls(certs: &crate::tls::Certs) -> (RedisServer, u16) {
+        let tls_port = free_port();
+        let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+        let server = RedisServer::start_with(vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(certs.server_cert()),
+            "--tls-key-file".into(),
+            path(certs.server_key()),
+            "--tls-ca-cert-file".into(),
+            path(certs.ca()),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]);
+        (server, tls_port)
     }
 
     pub fn url(&self) -> String {
@@ -60,6 +88,7 @@ impl RedisServer {
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .args(["--save", ""])
             .args(["--protected-mode", "no"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -91,14 +120,23 @@ impl RedisServer {
 
     /// One command's raw reply (RESP), for checks of what Redis holds.
     pub fn command(&self, args: &[&str]) -> String {
+        self.commands(&[args])
+    }
+
+    /// The raw replies (RESP) of commands sent on one connection, in order
+    /// (`SELECT` then a query of that database).
+    pub fn commands(&self, commands: &[&[&str]]) -> String {
         use std::io::{Read, Write};
         let mut conn =
             std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to redis");
         conn.set_read_timeout(Some(Duration::from_millis(300)))
             .expect("a read timeout");
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        let mut request = String::new();
+        for args in commands {
+            request.push_str(&format!("*{}\r\n", args.len()));
+            for arg in *args {
+                request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+            }
         }
         conn.write_all(request.as_bytes())
             .expect("sending to redis");
