@@ -254,11 +254,13 @@ pub async fn run(
     let report = startup
         .await
         .map_err(|_| AppError::Serving("the registry stopped while starting".into()))?
-        .map_err(|error| {
-            AppError::Setup(format!(
+        .map_err(|error| match config.redis {
+            // The shared log's own errors name the flag concerned.
+            Some(_) => AppError::Setup(error),
+            None => AppError::Setup(format!(
                 "cannot open the data dir: {error} (give --data-dir DIR for a writable directory, \
                  or --data-dir none to keep sessions in memory only)"
-            ))
+            )),
         })?;
     if let Some(store) = &config.store {
         log!(

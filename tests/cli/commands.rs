@@ -593,6 +593,17 @@ fn help_version_and_usage_errors() {
         usage(&["serve", "--redis", "redis://cache/one"]),
         "codereview serve: --redis redis://cache/one: \"/one\" is not a database number\n"
     );
+    let not_a_ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    assert_eq!(
+        usage(&[
+            "serve",
+            "--redis",
+            "rediss://127.0.0.1:1",
+            "--redis-ca",
+            not_a_ca
+        ]),
+        "codereview serve: --redis rediss://127.0.0.1:1: --redis-ca: no CA certificate in it\n"
+    );
     assert_eq!(
         usage(&[
             "token",
