@@ -2,10 +2,15 @@
 //! database, then commands written and their replies read in order.
 //!
 //! A connection does one thing at a time (a caller that needs two at once
-//! opens two). Any failure on it (the socket, a reply that cannot be read,
-//! a deadline) is an [`Error::Connection`], after which it must be dropped:
-//! where in a reply it stopped is not known. A refused command is an
-//! [`Error::Refused`] and leaves it usable.
+//! opens two). Any failure on it (the socket, a reply that cannot be read)
+//! is an [`Error::Connection`], after which it must be dropped; so must a
+//! connection whose `send`, `query` or `pipeline` was abandoned (a deadline):
+//! where it stopped is not known. `receive` alone may be abandoned and
+//! called again (what was read stays in the connection). A refused command
+//! is an [`Error::Refused`] and leaves the connection usable, except the
+//! refusals that mean this server cannot serve us as it is (a replica after
+//! a failover, a server still loading, a login gone): those are
+//! `Error::Connection`, so the caller connects again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +28,11 @@ use super::value::{Command, Decoder, Value};
 
 /// Read room added before each read from the socket.
 const READ_CHUNK: usize = 16 * 1024;
+/// A read buffer left larger than this by a big reply is let go once empty.
+const KEEP_READ_BUFFER: usize = 1024 * 1024;
+/// Error replies that mean: connect again (to whatever the name now points
+/// at), not: this command was wrong.
+const RECONNECT_ON: &[&str] = &["READONLY", "LOADING", "MASTERDOWN", "NOAUTH", "WRONGPASS"];
 
 /// Where the system's CA certificates usually are, when `SSL_CERT_FILE`
 /// does not say (Debian/Ubuntu, Fedora/RHEL, openSUSE, Alpine).
@@ -135,12 +145,12 @@ impl Client {
             select.arg(u64::from(endpoint.db));
             hello.push(select);
         }
-        if !hello.is_empty() {
-            // A refused login or database makes the connection useless.
-            connection.pipeline(&hello).await.map_err(|e| match e {
-                Error::Refused(why) => Error::Connection(format!("Redis refused the login: {why}")),
-                other => other,
-            })?;
+        // A refused login or database makes the connection useless.
+        connection.send(&hello).await?;
+        for _ in &hello {
+            if let Value::Error(why) = connection.receive().await? {
+                return Err(Error::Connection(format!("Redis refused the login: {why}")));
+            }
         }
         Ok(connection)
     }
@@ -169,7 +179,7 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<ClientConfig, String> {
 }
 
 /// The system's CA certificates: `SSL_CERT_FILE`, else the first bundle
-/// found where distributions keep it.
+/// with a certificate in it where distributions keep one.
 fn system_roots() -> Result<(Vec<u8>, String), String> {
     if let Some(path) = std::env::var_os("SSL_CERT_FILE") {
         let shown = path.to_string_lossy().into_owned();
@@ -179,13 +189,27 @@ fn system_roots() -> Result<(Vec<u8>, String), String> {
     }
     SYSTEM_ROOTS
         .iter()
-        .find_map(|path| std::fs::read(path).ok().map(|pem| (pem, path.to_string())))
+        .filter_map(|path| std::fs::read(path).ok().map(|pem| (pem, path.to_string())))
+        .find(|(pem, _)| {
+            rustls_pemfile::certs(&mut pem.as_slice()).any(|cert| cert.is_ok())
+        })
         .ok_or_else(|| {
             format!(
                 "rediss:// needs CA certificates: none at {} and no SSL_CERT_FILE; give --redis-ca FILE",
                 SYSTEM_ROOTS.join(", ")
             )
         })
+}
+
+/// An error reply as an error: most say the command was refused; some say
+/// this connection cannot serve us (see the module doc).
+fn refusal(why: String) -> Error {
+    let code = why.split(' ').next().unwrap_or_default();
+    if RECONNECT_ON.contains(&code) {
+        Error::Connection(format!("Redis refused: {why}"))
+    } else {
+        Error::Refused(why)
+    }
 }
 
 enum Stream {
@@ -206,7 +230,7 @@ impl Connection {
     pub async fn query(&mut self, command: &Command) -> Result<Value, Error> {
         self.send(std::slice::from_ref(command)).await?;
         match self.receive().await? {
-            Value::Error(why) => Err(Error::Refused(why)),
+            Value::Error(why) => Err(refusal(why)),
             value => Ok(value),
         }
     }
@@ -223,7 +247,7 @@ impl Connection {
             Value::Error(why) => Some(why.clone()),
             _ => None,
         }) {
-            Some(why) => Err(Error::Refused(why)),
+            Some(why) => Err(refusal(why)),
             None => Ok(replies),
         }
     }
@@ -255,6 +279,9 @@ impl Connection {
                 .decode(&mut self.read)
                 .map_err(|e| Error::Connection(e.to_string()))?
             {
+                if self.read.is_empty() && self.read.capacity() > KEEP_READ_BUFFER {
+                    self.read = BytesMut::new();
+                }
                 return Ok(value);
             }
             self.read.reserve(READ_CHUNK);
@@ -267,6 +294,32 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => return Err(connection_error("reading from Redis", e)),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_that_mean_connect_again_fail_the_connection() {
+        for why in [
+            "READONLY You can't write against a read only replica.",
+            "LOADING Redis is loading the dataset in memory",
+            "MASTERDOWN Link with MASTER is down",
+            "NOAUTH Authentication required.",
+            "WRONGPASS invalid username-password pair",
+        ] {
+            assert!(refusal(why.into()).is_connection(), "{why}");
+        }
+        for why in [
+            "ERR unknown command",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "READONLYISH not a code we know",
+        ] {
+            assert_eq!(refusal(why.into()), Error::Refused(why.into()));
         }
     }
 }

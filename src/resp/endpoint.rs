@@ -41,7 +41,10 @@ impl Endpoint {
             return Err("expected redis://HOST[:PORT][/DB] or rediss://…".into());
         };
         if rest.contains(['?', '#']) {
-            return Err("query parameters and fragments are not supported".into());
+            return Err(
+                "query parameters and fragments are not supported (a '?' or '#' in a password is written %3F or %23)"
+                    .into(),
+            );
         }
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (userinfo, hostport) = match authority.rfind('@') {
@@ -56,7 +59,10 @@ impl Endpoint {
                     None => (info, None),
                 };
                 let user = percent_decoded(user, "the user name")?;
+                // An empty password is none (no AUTH), as `redis://:@host`
+                // means in other clients.
                 let password = password
+                    .filter(|p| !p.is_empty())
                     .map(|p| percent_decoded(p, "the password"))
                     .transpose()?;
                 ((!user.is_empty()).then_some(user), password)
@@ -165,6 +171,12 @@ mod tests {
         assert_eq!(password_only.username, None);
         assert_eq!(password_only.password.as_deref(), Some("secret"));
         assert_eq!(password_only.db, 0);
+
+        let empty = Endpoint::parse("redis://app:@h").unwrap();
+        assert_eq!(
+            (empty.username.as_deref(), empty.password),
+            (Some("app"), None)
+        );
 
         let v6 = Endpoint::parse("redis://[::1]:7000").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 7000));

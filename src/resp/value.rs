@@ -14,7 +14,8 @@ use bytes::{Buf, Bytes, BytesMut};
 pub const MAX_LINE: usize = 64 * 1024;
 /// The largest bulk string: Redis's own default `proto-max-bulk-len`.
 pub const MAX_BULK: usize = 512 * 1024 * 1024;
-/// The most bytes in one reply.
+/// The most bytes in one reply, counting with each value's bytes the
+/// memory its [`Value`] takes (a 4-byte `:0` holds 40 bytes).
 pub const MAX_REPLY_BYTES: usize = 1024 * 1024 * 1024;
 /// The most values in one reply, counting every nested one (each costs
 /// memory beyond its bytes).
@@ -148,7 +149,7 @@ impl Decoder {
                 -1 => Element::Value(Value::Nil),
                 len if len < 0 => return Err(malformed(format!("a bulk of length {len}"))),
                 len => {
-                    let len = len as usize;
+                    let len = usize::try_from(len).unwrap_or(usize::MAX);
                     if len > MAX_BULK {
                         return Err(malformed(format!(
                             "a bulk of {len} bytes (at most {MAX_BULK})"
@@ -209,8 +210,10 @@ impl Decoder {
         Ok(())
     }
 
-    /// Counts one element of `bytes` into the reply.
+    /// Counts one element of `bytes` into the reply, with the memory of
+    /// the value it makes.
     fn count(&mut self, bytes: usize) -> Result<(), DecodeError> {
+        let bytes = bytes + std::mem::size_of::<Value>();
         self.within_bounds(bytes)?;
         self.reply_bytes += bytes;
         self.reply_values += 1;

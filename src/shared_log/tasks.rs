@@ -83,7 +83,7 @@ impl Worker {
                         Ok(conn) => renew_lease(conn, &config).await,
                         Err(error) => Err(error),
                     };
-                    let _ = self.note(result.map(|_| Vec::new()));
+                    let _ = self.note(result.map(|_| Vec::new()), true);
                 }
             }
         }
@@ -100,15 +100,21 @@ impl Worker {
     }
 
     /// Notes whether Redis answered; reports changes of health. A failed
-    /// connection is dropped (the next query connects again).
-    fn note(&mut self, answer: Answer) -> Answer {
+    /// connection is dropped (the next query connects again). A refusal of
+    /// what this instance cannot serve without (`vital`: an append, the
+    /// lease) counts as Redis being down too (full memory, a failing
+    /// script, a server refusing writes): the registry stops on it, and
+    /// the next answer tells it that Redis serves again.
+    fn note(&mut self, answer: Answer, vital: bool) -> Answer {
         match &answer {
             Ok(_) if !self.healthy => {
                 self.healthy = true;
                 let _ = self.events.send(Event::Health(Ok(())));
             }
-            Err(error) if error.is_connection() => {
-                self.conn = None;
+            Err(error) if error.is_connection() || vital => {
+                if error.is_connection() {
+                    self.conn = None;
+                }
                 if self.healthy {
                     self.healthy = false;
                     let _ = self.events.send(Event::Health(Err(error.to_string())));
@@ -120,11 +126,16 @@ impl Worker {
     }
 
     async fn run_query(&mut self, commands: &[Command]) -> Answer {
+        self.run_noted(commands, false).await
+    }
+
+    /// Runs commands; `vital`: see [`Worker::note`].
+    async fn run_noted(&mut self, commands: &[Command], vital: bool) -> Answer {
         let answer = match self.connection().await {
             Ok(conn) => query(conn, commands, COMMAND_TIMEOUT).await,
             Err(error) => Err(error),
         };
-        self.note(answer)
+        self.note(answer, vital)
     }
 
     /// Runs one command; its reply, or the failure as text.
@@ -156,7 +167,7 @@ impl Worker {
                         command
                     })
                     .collect();
-                let result = self.run_query(&pipe).await.map_err(|e| e.to_string());
+                let result = self.run_noted(&pipe, true).await.map_err(|e| e.to_string());
                 let result = result.and_then(|answers| {
                     if answers.len() != batch.len() {
                         return Err("a pipeline answer of the wrong shape".to_string());

@@ -117,6 +117,53 @@ async fn service_stops_while_redis_is_down_and_resumes_after() {
     bob.ack_of(n).await;
 }
 
+/// Redis answers but refuses every write (full memory, `noeviction`):
+/// nothing is acknowledged, the members end UNAVAILABLE and the instance is
+/// not ready, as when Redis is down. Once Redis takes writes again, it
+/// serves again by itself, without a reconnect to tell it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_stops_service_until_it_takes_them_again() {
+    let redis = RedisServer::start();
+    let server = ServerProcess::start(
+        BINARY,
+        &["--redis", &redis.url(), "--metrics-addr", "127.0.0.1:0"],
+    );
+    let metrics = server.metrics.clone().expect("a metrics address");
+    wait_until_ready(&metrics, LONG).await;
+    let addr = server.addr.parse().expect("an address");
+    let channel = kit::server::connect(&plaintext_endpoint(addr), None)
+        .await
+        .expect("connecting");
+    let (mut ann, _) = Participant::join(&channel, None, "full", "ann").await;
+    let n = ann.send(comment("", 0, "kept")).await;
+    ann.ack_of(n).await;
+
+    let full = redis.commands(&[
+        &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+        &["CONFIG", "SET", "maxmemory", "1"],
+    ]);
+    assert_eq!(full, "+OK\r\n+OK\r\n");
+    ann.send(comment("", 0, "refused")).await;
+    let (messages, status) = ann.until_end_within(WAIT).await;
+    assert!(
+        !messages
+            .iter()
+            .any(|m| matches!(&m.payload, Some(Payload::Ack(a)) if a.client_sequence == n + 1)),
+        "acknowledged while Redis refused writes: {messages:?}"
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(http_status(&metrics, "/readyz"), Some(503));
+
+    assert_eq!(
+        redis.command(&["CONFIG", "SET", "maxmemory", "0"]),
+        "+OK\r\n"
+    );
+    wait_until_ready(&metrics, LONG).await;
+    let (mut bob, _) = Participant::join(&channel, None, "full", "bob").await;
+    let n = bob.send(comment("", 0, "after")).await;
+    bob.ack_of(n).await;
+}
+
 /// The status line's code of `GET path` on the metrics listener.
 pub(super) fn http_status(addr: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
