@@ -71,14 +71,7 @@ async fn service_stops_while_redis_is_down_and_resumes_after() {
     redis.stop(true);
     // A write now is never acknowledged; the stream ends UNAVAILABLE.
     ann.send(comment("", 0, "not appended")).await;
-    let (messages, status) = ann.until_end_within(WAIT).await;
-    assert!(
-        !messages
-            .iter()
-            .any(|m| matches!(&m.payload, Some(Payload::Ack(a)) if a.client_sequence == n + 1)),
-        "acknowledged while Redis was down: {messages:?}"
-    );
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    ends_unavailable_without_ack(&mut ann, n + 1).await;
     // New calls fail fast.
     let started = std::time::Instant::now();
     let refused = Participant::try_join(
@@ -144,14 +137,7 @@ async fn redis_refusing_writes_stops_service_until_it_takes_them_again() {
     ]);
     assert_eq!(full, "+OK\r\n+OK\r\n");
     ann.send(comment("", 0, "refused")).await;
-    let (messages, status) = ann.until_end_within(WAIT).await;
-    assert!(
-        !messages
-            .iter()
-            .any(|m| matches!(&m.payload, Some(Payload::Ack(a)) if a.client_sequence == n + 1)),
-        "acknowledged while Redis refused writes: {messages:?}"
-    );
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    ends_unavailable_without_ack(&mut ann, n + 1).await;
     assert_eq!(http_status(&metrics, "/readyz"), Some(503));
 
     assert_eq!(
@@ -162,6 +148,19 @@ async fn redis_refusing_writes_stops_service_until_it_takes_them_again() {
     let (mut bob, _) = Participant::join(&channel, None, "full", "bob").await;
     let n = bob.send(comment("", 0, "after")).await;
     bob.ack_of(n).await;
+}
+
+/// `participant`'s stream ends UNAVAILABLE, and its message `sequence` was
+/// never acknowledged.
+async fn ends_unavailable_without_ack(participant: &mut Participant, sequence: u64) {
+    let (messages, status) = participant.until_end_within(WAIT).await;
+    assert!(
+        !messages
+            .iter()
+            .any(|m| matches!(&m.payload, Some(Payload::Ack(a)) if a.client_sequence == sequence)),
+        "message {sequence} acknowledged while Redis could not take it: {messages:?}"
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
 /// The status line's code of `GET path` on the metrics listener.

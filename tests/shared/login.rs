@@ -38,6 +38,20 @@ async fn comment_acknowledged(server: &kit::server::TestServer, session: &str) {
     ann.ack_of(n).await;
 }
 
+/// Why `server` (started with `--metrics-addr`) says it cannot use Redis;
+/// checks that it is not ready.
+fn not_ready_because(server: &ServerProcess) -> String {
+    let said = server
+        .wait_for_msg(
+            "Redis is unreachable: not ready until it answers (retrying)",
+            WAIT,
+        )
+        .expect("serve says it cannot use Redis");
+    let metrics = server.metrics.clone().expect("a metrics address");
+    assert_eq!(super::failures::http_status(&metrics, "/readyz"), Some(503));
+    said.str_of("error").unwrap_or_default().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_user_password_and_database_of_the_url_are_used() {
     let redis = redis_with_user();
@@ -66,17 +80,9 @@ async fn the_password_file_overrides_the_url_and_a_refused_login_is_not_ready() 
         BINARY,
         &["--redis", &wrong, "--metrics-addr", "127.0.0.1:0"],
     );
-    let said = refused
-        .wait_for_msg(
-            "Redis is unreachable: not ready until it answers (retrying)",
-            WAIT,
-        )
-        .expect("serve says it cannot use Redis");
-    let error = said.str_of("error").unwrap_or_default().to_string();
+    let error = not_ready_because(&refused);
     assert!(error.contains("refused the login"), "{error}");
     assert!(error.contains("WRONGPASS"), "{error}");
-    let metrics = refused.metrics.clone().expect("a metrics address");
-    assert_eq!(super::failures::http_status(&metrics, "/readyz"), Some(503));
 
     let server = ServerProcess::start(
         BINARY,
@@ -123,14 +129,6 @@ async fn rediss_verifies_redis_against_the_ca_given() {
             "127.0.0.1:0",
         ],
     );
-    let said = untrusting
-        .wait_for_msg(
-            "Redis is unreachable: not ready until it answers (retrying)",
-            WAIT,
-        )
-        .expect("serve says it cannot use Redis");
-    let error = said.str_of("error").unwrap_or_default().to_string();
+    let error = not_ready_because(&untrusting);
     assert!(error.contains("TLS handshake"), "{error}");
-    let metrics = untrusting.metrics.clone().expect("a metrics address");
-    assert_eq!(super::failures::http_status(&metrics, "/readyz"), Some(503));
 }
