@@ -50,18 +50,28 @@ pub enum Error {
     Connection(String),
     /// Redis refused the command (an error reply); the connection is fine.
     Refused(String),
+    /// The reply was past the decoder's bounds: drop the connection (it
+    /// stopped mid-reply), but Redis itself answered; asking for less can
+    /// work.
+    TooBig(String),
 }
 
 impl Error {
+    /// Redis cannot be reached or cannot serve us as it is.
     pub fn is_connection(&self) -> bool {
         matches!(self, Error::Connection(_))
+    }
+
+    /// The connection is unusable after this error.
+    pub fn drops_connection(&self) -> bool {
+        matches!(self, Error::Connection(_) | Error::TooBig(_))
     }
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Connection(why) => f.write_str(why),
+            Error::Connection(why) | Error::TooBig(why) => f.write_str(why),
             Error::Refused(why) => write!(f, "Redis refused: {why}"),
         }
     }
@@ -274,10 +284,13 @@ impl Connection {
     /// The next value Redis sends (a reply, or a pub/sub message).
     pub async fn receive(&mut self) -> Result<Value, Error> {
         loop {
-            if let Some(value) = self
-                .decoder
-                .decode(&mut self.read)
-                .map_err(|e| Error::Connection(e.to_string()))?
+            if let Some(value) =
+                self.decoder
+                    .decode(&mut self.read)
+                    .map_err(|e| match e.is_too_big() {
+                        true => Error::TooBig(e.to_string()),
+                        false => Error::Connection(e.to_string()),
+                    })?
             {
                 if self.read.is_empty() && self.read.capacity() > KEEP_READ_BUFFER {
                     self.read = BytesMut::new();

@@ -41,16 +41,44 @@ pub enum Value {
 
 /// Why a reply cannot be read; the connection is unusable after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
+pub struct DecodeError {
+    what: String,
+    /// Well formed as far as it went, but past a size bound: the reply,
+    /// not Redis, is the problem (asking for less can work).
+    too_big: bool,
+}
+
+impl DecodeError {
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    pub fn is_too_big(&self) -> bool {
+        self.too_big
+    }
+}
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a malformed Redis reply: {}", self.0)
+        match self.too_big {
+            true => write!(f, "a Redis reply too big to take: {}", self.what),
+            false => write!(f, "a malformed Redis reply: {}", self.what),
+        }
     }
 }
 
 fn malformed(what: impl Into<String>) -> DecodeError {
-    DecodeError(what.into())
+    DecodeError {
+        what: what.into(),
+        too_big: false,
+    }
+}
+
+fn too_big(what: impl Into<String>) -> DecodeError {
+    DecodeError {
+        what: what.into(),
+        too_big: true,
+    }
 }
 
 /// An array being filled.
@@ -151,7 +179,7 @@ impl Decoder {
                 len => {
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
                     if len > MAX_BULK {
-                        return Err(malformed(format!(
+                        return Err(too_big(format!(
                             "a bulk of {len} bytes (at most {MAX_BULK})"
                         )));
                     }
@@ -176,7 +204,7 @@ impl Decoder {
                 len => {
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
                     if len > MAX_REPLY_VALUES {
-                        return Err(malformed(format!(
+                        return Err(too_big(format!(
                             "an array of {len} values (at most {MAX_REPLY_VALUES} in a reply)"
                         )));
                     }
@@ -198,12 +226,12 @@ impl Decoder {
     /// Whether `bytes` more still fit the reply's bounds.
     fn within_bounds(&self, bytes: usize) -> Result<(), DecodeError> {
         if self.reply_bytes + bytes > MAX_REPLY_BYTES {
-            return Err(malformed(format!(
+            return Err(too_big(format!(
                 "a reply of more than {MAX_REPLY_BYTES} bytes"
             )));
         }
         if self.reply_values >= MAX_REPLY_VALUES {
-            return Err(malformed(format!(
+            return Err(too_big(format!(
                 "a reply of more than {MAX_REPLY_VALUES} values"
             )));
         }
@@ -405,20 +433,22 @@ mod tests {
         ];
         for (bytes, expected) in cases {
             let error = decode_all(bytes).unwrap_err();
-            assert!(error.0.contains(expected), "{bytes:?}: {error}");
+            assert!(error.what().contains(expected), "{bytes:?}: {error}");
+            let too_big = *expected == "at most";
+            assert_eq!(error.is_too_big(), too_big, "{bytes:?}: {error}");
         }
         let deep = "*1\r\n".repeat(MAX_DEPTH + 1);
         assert!(
             decode_all(deep.as_bytes())
                 .unwrap_err()
-                .0
+                .what()
                 .contains("nested")
         );
         let long_line = format!("+{}", "x".repeat(MAX_LINE + 10));
         assert!(
             decode_all(long_line.as_bytes())
                 .unwrap_err()
-                .0
+                .what()
                 .contains("longer")
         );
     }

@@ -100,7 +100,10 @@ impl Worker {
     }
 
     /// Notes whether Redis answered; reports changes of health. A failed
-    /// connection is dropped (the next query connects again). A refusal of
+    /// connection, or one a reply too big to take stopped mid-reply, is
+    /// dropped (the next query connects again); only the first says Redis
+    /// is down (a session too big to load is that session's failure). A
+    /// refusal of
     /// what this instance cannot serve without (`vital`: an append, the
     /// lease) counts as Redis being down too (full memory, a failing
     /// script, a server refusing writes): the registry stops on it, and
@@ -111,11 +114,11 @@ impl Worker {
                 self.healthy = true;
                 let _ = self.events.send(Event::Health(Ok(())));
             }
-            Err(error) if error.is_connection() || vital => {
-                if error.is_connection() {
+            Err(error) if error.drops_connection() || vital => {
+                if error.drops_connection() {
                     self.conn = None;
                 }
-                if self.healthy {
+                if (error.is_connection() || vital) && self.healthy {
                     self.healthy = false;
                     let _ = self.events.send(Event::Health(Err(error.to_string())));
                 }
@@ -289,6 +292,9 @@ pub async fn read_loop(
 ) {
     let mut positions: BTreeMap<Text, u64> = BTreeMap::new();
     let mut conn: Option<Connection> = None;
+    // Entries asked per stream: cut after a failed read (a reply can be
+    // too big to take: many big records), grown back after good ones.
+    let mut count = READ_COUNT;
     loop {
         {
             let wanted = follow.borrow_and_update();
@@ -315,7 +321,7 @@ pub async fn read_loop(
         }
         let mut read = Command::new("XREAD");
         read.arg("COUNT")
-            .arg(READ_COUNT)
+            .arg(count)
             .arg("BLOCK")
             .arg(READ_BLOCK.as_millis() as u64)
             .arg("STREAMS");
@@ -342,6 +348,7 @@ pub async fn read_loop(
             .and_then(|mut replies| reply::read(&replies.pop().unwrap_or(Value::Nil)))
         {
             Ok(streams) => {
+                count = (count * 2).min(READ_COUNT);
                 for (session, records) in streams {
                     let session = Text::from(session.as_str());
                     if let (Some(last), Some(at)) = (records.last(), positions.get_mut(&session)) {
@@ -352,6 +359,7 @@ pub async fn read_loop(
                 }
             }
             Err(_) => {
+                count = (count / 8).max(1);
                 conn = None;
                 tokio::time::sleep(RECONNECT_PAUSE).await;
             }
