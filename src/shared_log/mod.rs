@@ -83,7 +83,7 @@ pub fn redacted(url: &str) -> String {
 impl SharedLogConfig {
     /// The URL read, with the password from its file (if given) in place
     /// of the URL's.
-    pub fn endpoint(&self) -> Result<resp::Endpoint, String> {
+    fn endpoint(&self) -> Result<resp::Endpoint, String> {
         let mut endpoint = resp::Endpoint::parse(&self.url)
             .map_err(|e| format!("--redis {}: {e}", redacted(&self.url)))?;
         if let Some(password) = &self.password {
