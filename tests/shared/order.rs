@@ -291,3 +291,55 @@ async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
     assert_eq!(from_reader.files, from_writer.files);
     assert_eq!(from_reader.files[0].lines.len(), EDITS);
 }
+
+/// A few big records make a snapshot due too, not only many records: a
+/// long line rewritten 300 times (75 MiB of log, a 256 KiB document) is
+/// snapshotted and trimmed in Redis, so loading the session reads about
+/// its size, not its whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_records_make_a_snapshot_due_in_redis() {
+    const REWRITES: usize = 300;
+    const LINE: usize = 256 << 10;
+    let redis = RedisServer::start();
+    let roomy = |config: &mut AppConfig| {
+        config.limits.rate_per_second = 0.0;
+        config.limits.max_line_bytes = LINE;
+    };
+    let writer = instance_with(&redis, roomy).await;
+    let (mut ann, _) = Participant::join(&writer.channel().await, None, "wide", "ann").await;
+    for i in 0..REWRITES {
+        let number = i.to_string();
+        let text = format!("{}{number}", " ".repeat(LINE - number.len()));
+        let sent = ann.edit(Op::Replace, "f.txt", 0, &text).await;
+        // Acknowledged now and then, as a client keeping a window would.
+        if (i + 1) % 20 == 0 || i + 1 == REWRITES {
+            ann.ack_of(sent).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + LONG;
+    while redis
+        .command(&["HGET", "codereview:{wide}:snap", "index"])
+        .starts_with("$-1")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no snapshot in Redis after {REWRITES} records of {LINE} bytes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let length: usize = redis
+        .command(&["XLEN", "codereview:{wide}:log"])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .expect("XLEN");
+    assert!(length < REWRITES, "trimmed: {length} entries left");
+    // A fresh instance loads it: the last rewrite.
+    let reader = instance_with(&redis, roomy).await;
+    let from_reader = get_snapshot(&reader.channel().await, None, "wide")
+        .await
+        .expect("a snapshot");
+    let lines = &from_reader.files[0].lines;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].trim_start(), (REWRITES - 1).to_string());
+}

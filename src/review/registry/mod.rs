@@ -117,6 +117,16 @@ pub type Startup = oneshot::Receiver<Result<RecoveryReport, String>>;
 /// records as its last snapshot held entries (see [`snapshot_weight`]).
 const SNAPSHOT_EVERY: u64 = 4096;
 
+/// Shared mode: a session is also snapshotted once this many bytes of
+/// records landed since its last snapshot, however few records they were.
+/// A load reads the snapshot and the log after it in one reply, so this
+/// keeps that reply (and the session's stream in Redis) near the session's
+/// own size, far below the reply bound (1 GiB), even when big records
+/// replace each other (a file uploaded again and again, a long line
+/// rewritten). Durable mode needs no such bound: its log segments are
+/// rotated by size, and a session pinning an old segment is snapshotted.
+const SNAPSHOT_BYTES: u64 = 64 << 20;
+
 /// How many records make a session's next snapshot due after one of
 /// `last_weight` entries (none: the session has no snapshot yet). The next
 /// one waits for at least as many new records as the last held entries: a
@@ -240,6 +250,8 @@ struct SessionSlot {
     memory: usize,
     /// Records made since the last snapshot (durable and shared modes).
     since_snapshot: u64,
+    /// Shared mode: the encoded bytes of those records.
+    bytes_since_snapshot: u64,
     /// How many records make the next snapshot due: [`SNAPSHOT_EVERY`], or
     /// the last snapshot's [`snapshot_weight`] when that is larger.
     snapshot_after: u64,
@@ -250,15 +262,17 @@ struct SessionSlot {
 }
 
 impl SessionSlot {
-    /// Enough records since the last snapshot for the next one.
+    /// Enough records (or, shared, bytes) since the last snapshot for the
+    /// next one.
     fn snapshot_is_due(&self) -> bool {
-        self.since_snapshot >= self.snapshot_after
+        self.since_snapshot >= self.snapshot_after || self.bytes_since_snapshot >= SNAPSHOT_BYTES
     }
 
     /// A snapshot of `weight` entries was taken: the count starts again,
     /// and the next one waits for as many records as this one holds entries.
     fn snapshotted(&mut self, weight: u64) {
         self.since_snapshot = 0;
+        self.bytes_since_snapshot = 0;
         self.snapshot_after = records_before_the_next_snapshot(Some(weight));
     }
 
@@ -497,6 +511,7 @@ impl Registry {
                 empty_since: Some(Instant::now()),
                 memory: 0,
                 since_snapshot: found.records.len() as u64,
+                bytes_since_snapshot: 0,
                 snapshot_after: records_before_the_next_snapshot(
                     found.snapshot.as_ref().map(snapshot_weight),
                 ),
@@ -888,6 +903,7 @@ impl Registry {
             empty_since: None,
             memory: 0,
             since_snapshot: 0,
+            bytes_since_snapshot: 0,
             snapshot_after: SNAPSHOT_EVERY,
             last_active: now.unix_ms,
             replica: replicas::Replica::default(),
@@ -1417,6 +1433,7 @@ mod tests {
             empty_since: None,
             memory: 0,
             since_snapshot: 0,
+            bytes_since_snapshot: 0,
             snapshot_after: SNAPSHOT_EVERY,
             last_active: 0,
             replica: replicas::Replica::default(),
@@ -1438,5 +1455,13 @@ mod tests {
         assert!(!slot.snapshot_is_due());
         slot.since_snapshot = weight;
         assert!(slot.snapshot_is_due());
+        // However few the records, enough of their bytes make it due too.
+        slot.snapshotted(weight);
+        slot.bytes_since_snapshot = SNAPSHOT_BYTES - 1;
+        assert!(!slot.snapshot_is_due());
+        slot.bytes_since_snapshot = SNAPSHOT_BYTES;
+        assert!(slot.snapshot_is_due());
+        slot.snapshotted(weight);
+        assert_eq!(slot.bytes_since_snapshot, 0);
     }
 }

@@ -30,7 +30,10 @@ use super::super::session::{
     Author, Departed, Done, Effects, Input, Now, Proposal, Published, Session, UploadOutcome,
 };
 use super::handle::Command;
-use super::{Ending, Registry, SNAPSHOT_EVERY, SessionSlot};
+use super::{
+    Ending, Registry, SNAPSHOT_EVERY, SessionSlot, records_before_the_next_snapshot,
+    snapshot_weight,
+};
 use crate::pb::store::{self, Record};
 use crate::shared_log::{Append, Appended, Event, Job, LoadError, Stored};
 
@@ -343,10 +346,23 @@ impl Registry {
             Ok(stored) if stored.snapshot.is_none() && stored.records.is_empty() => {
                 // No such session: the commands create it (or are refused).
             }
-            Ok(stored) => match self.rebuild(now, &session_id, stored, instance) {
-                Ok(session) => self.adopt(now, &session_id, session, Vec::new()),
-                Err(error) => self.fail_session(&session_id, error),
-            },
+            Ok(stored) => {
+                // The log read after the snapshot counts toward the next one.
+                let tail = stored.records.len() as u64;
+                let tail_bytes = stored.records.iter().map(|r| r.encoded_len() as u64).sum();
+                let weight = stored.snapshot.as_ref().map(snapshot_weight);
+                match self.rebuild(now, &session_id, stored, instance) {
+                    Ok(session) => {
+                        self.adopt(now, &session_id, session, Vec::new());
+                        if let Some(slot) = self.sessions.get_mut(&session_id) {
+                            slot.snapshot_after = records_before_the_next_snapshot(weight);
+                            slot.since_snapshot = tail;
+                            slot.bytes_since_snapshot = tail_bytes;
+                        }
+                    }
+                    Err(error) => self.fail_session(&session_id, error),
+                }
+            }
         }
         for command in waiting {
             self.dispatch(command);
@@ -387,6 +403,7 @@ impl Registry {
             empty_since: Some(Instant::now()),
             memory: 0,
             since_snapshot: 0,
+            bytes_since_snapshot: 0,
             snapshot_after: SNAPSHOT_EVERY,
             last_active: now.unix_ms,
             replica: Replica::default(),
@@ -545,6 +562,7 @@ impl Registry {
             });
         }
         slot.since_snapshot += 1;
+        slot.bytes_since_snapshot += record.encoded_len() as u64;
         slot.last_active = record.timestamp;
         let proposals = std::mem::take(&mut fx.proposals);
         let published = std::mem::take(&mut fx.published);
@@ -684,7 +702,11 @@ impl Registry {
             }
         }
         for (id, slot) in &mut self.sessions {
-            if !slot.snapshot_is_due() || !slot.replica.is_idle() {
+            // Due by records or bytes, whatever is in flight: the session
+            // holds only what landed (proposals apply when they land), so its
+            // snapshot at `next_index` is the log's state there, and waiting
+            // for a quiet moment would wait forever under steady traffic.
+            if !slot.snapshot_is_due() {
                 continue;
             }
             let snapshot = slot.session.encode_snapshot(slot.last_active);
