@@ -1,5 +1,6 @@
-//! A gRPC echo server, as small as the project's fixed packages allow: one
-//! unary method (any path) answering the request's message, over h2c and,
+//! A gRPC echo server, as small as the project's fixed packages allow: any
+//! method path, each request message answered as it comes (unary or
+//! streaming), over h2c and,
 //! with the `tls` feature, over TLS (rustls, ring, ALPN h2). A size floor,
 //! not a server to run: see Cargo.toml.
 //!
@@ -29,23 +30,6 @@ async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T) {
     };
     while let Some(Ok((request, mut respond))) = connection.accept().await {
         tokio::spawn(async move {
-            let mut body = request.into_body();
-            let mut buf = BytesMut::new();
-            while framed_len(&buf).is_none_or(|len| buf.len() < len) {
-                let Some(Ok(chunk)) = body.data().await else {
-                    break;
-                };
-                let _ = body.flow_control().release_capacity(chunk.len());
-                buf.extend_from_slice(&chunk);
-            }
-            let message = framed_len(&buf)
-                .and_then(|len| buf.get(5..len))
-                .and_then(|bytes| Echo::decode(bytes).ok())
-                .unwrap_or_default();
-            let mut out = BytesMut::with_capacity(5 + message.encoded_len());
-            out.put_u8(0);
-            out.put_u32(message.encoded_len() as u32);
-            message.encode(&mut out).expect("room reserved");
             let response = Response::builder()
                 .header("content-type", "application/grpc")
                 .body(())
@@ -53,7 +37,23 @@ async fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T) {
             let Ok(mut send) = respond.send_response(response, false) else {
                 return;
             };
-            let _ = send.send_data(out.freeze(), false);
+            // Every message of the request is answered as it comes, for as
+            // long as the request is open (unary or streaming alike).
+            let mut body = request.into_body();
+            let mut buf = BytesMut::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                while let Some(len) = framed_len(&buf).filter(|len| buf.len() >= *len) {
+                    let frame = buf.split_to(len);
+                    let message = Echo::decode(&frame[5..]).unwrap_or_default();
+                    let mut out = BytesMut::with_capacity(5 + message.encoded_len());
+                    out.put_u8(0);
+                    out.put_u32(message.encoded_len() as u32);
+                    message.encode(&mut out).expect("room reserved");
+                    let _ = send.send_data(out.freeze(), false);
+                }
+            }
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             let _ = send.send_trailers(trailers);
