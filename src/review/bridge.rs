@@ -21,8 +21,10 @@
 //!
 //! Cost: an edit walks its lane's entries after its base (those it is
 //! concurrent with; at most the transform window: O(lag), inherent to OT,
-//! bounded by the window, 8 bytes and a compare or two an entry), and the
-//! log entries after the user's last edit, found by binary search.
+//! bounded by the window, 8 bytes and a compare or two an entry; an insert
+//! through a lane of inserts reads 4 bytes an entry and decides sixteen at
+//! a time), and the log entries after the user's last edit, found by binary
+//! search.
 
 use std::collections::VecDeque;
 
@@ -116,15 +118,26 @@ impl OpLog {
 pub struct TooOld;
 
 /// The bridge entries on one file, in version order: what transforms read
-/// of an operation (its kind and line, not its text), kept as two parallel
-/// queues so that walking a long bridge reads 8 bytes an entry and never
-/// compares a path. Operations on different files never transform each
-/// other, so an edit walks only its own file's lane.
+/// of an operation (its kind and line, not its text), kept apart from the
+/// versions so that walking a long bridge reads 8 bytes an entry (4 while
+/// they are all inserts) and never compares a path. Operations on different
+/// files never transform each other, so an edit walks only its own file's
+/// lane.
 #[derive(Debug, Clone)]
 struct Lane {
     path: Text,
     versions: VecDeque<i32>,
-    shapes: VecDeque<Shape>,
+    entries: Entries,
+}
+
+/// A lane's entries: while every one is an insert (concurrent typing), only
+/// their lines, which an insert's walk decides many at a time
+/// ([`ot::transform_insert_through_inserts`]); from the first entry or edit
+/// of another kind on, their shapes (the general walk).
+#[derive(Debug, Clone)]
+enum Entries {
+    Inserts(VecDeque<u32>),
+    Shapes(VecDeque<Shape>),
 }
 
 impl Lane {
@@ -132,18 +145,50 @@ impl Lane {
         Lane {
             path,
             versions: VecDeque::new(),
-            shapes: VecDeque::new(),
+            entries: Entries::Inserts(VecDeque::new()),
         }
     }
 
     fn push(&mut self, version: i32, shape: Shape) {
         self.versions.push_back(version);
-        self.shapes.push_back(shape);
+        match (&mut self.entries, shape) {
+            (Entries::Inserts(lines), Shape::Insert(line)) => lines.push_back(line),
+            (Entries::Inserts(_), _) => self.shapes().push_back(shape),
+            (Entries::Shapes(shapes), _) => shapes.push_back(shape),
+        }
     }
 
     fn pop_front(&mut self) -> Option<i32> {
-        self.shapes.pop_front();
+        match &mut self.entries {
+            Entries::Inserts(lines) => {
+                lines.pop_front();
+            }
+            Entries::Shapes(shapes) => {
+                shapes.pop_front();
+            }
+        }
         self.versions.pop_front()
+    }
+
+    /// The entries as shapes, kept so from now on (a lane of inserts
+    /// becomes one of shapes once, when another kind meets it).
+    fn shapes(&mut self) -> &mut VecDeque<Shape> {
+        if let Entries::Inserts(lines) = &self.entries {
+            let shapes = lines.iter().map(|&line| Shape::Insert(line)).collect();
+            self.entries = Entries::Shapes(shapes);
+        }
+        match &mut self.entries {
+            Entries::Shapes(shapes) => shapes,
+            Entries::Inserts(_) => unreachable!("made shapes above"),
+        }
+    }
+
+    /// Entry `i`'s shape.
+    fn shape(&self, i: usize) -> Shape {
+        match &self.entries {
+            Entries::Inserts(lines) => Shape::Insert(lines[i]),
+            Entries::Shapes(shapes) => shapes[i],
+        }
     }
 }
 
@@ -160,9 +205,9 @@ pub struct Bridge {
     synced_to: i32,
     /// Bases older than this can no longer be transformed (entries trimmed).
     floor: i32,
-    /// The buffer a transform writes the entries' new shapes into, kept
-    /// from one edit to the next (see [`Bridge::transform`]).
-    scratch: Vec<Shape>,
+    /// The buffers a transform writes the entries' new shapes or lines
+    /// into, kept from one edit to the next (see [`Bridge::transform`]).
+    scratch: After,
 }
 
 /// An edit transformed through a bridge, not yet known to apply: commit it
@@ -172,11 +217,26 @@ pub struct Transformed {
     pub op: FileOp,
     /// The lane of the edit's file, when the bridge has one.
     lane: Option<usize>,
-    /// The shapes of the lane's first entries once the edit applies before
-    /// them (the entries past the last one the edit reached are unchanged).
-    after: Vec<Shape>,
+    /// The lane's entries once the edit applies before them.
+    after: After,
     /// Whether any operation was transformed into the edit.
     pub was_concurrent: bool,
+}
+
+/// What a lane's entries become once an edit applies before them: lines
+/// for a lane of inserts, shapes otherwise (the other one stays empty).
+#[derive(Debug, Default, Clone)]
+struct After {
+    shapes: Vec<Shape>,
+    lines: Vec<u32>,
+}
+
+/// Copies a transform's results over the entries they were made from (one
+/// for each, in order).
+fn copy_over<T: Copy>(results: &[T], entries: &mut VecDeque<T>) {
+    let (front, back) = entries.as_mut_slices();
+    front.copy_from_slice(&results[..front.len()]);
+    back.copy_from_slice(&results[front.len()..]);
 }
 
 impl Bridge {
@@ -187,7 +247,7 @@ impl Bridge {
             len: 0,
             synced_to: version,
             floor: version,
-            scratch: Vec::new(),
+            scratch: After::default(),
         }
     }
 
@@ -247,8 +307,8 @@ impl Bridge {
             .flat_map(|lane| {
                 lane.versions
                     .iter()
-                    .zip(&lane.shapes)
-                    .map(|(version, shape)| (*version, &lane.path, *shape))
+                    .enumerate()
+                    .map(|(i, version)| (*version, &lane.path, lane.shape(i)))
             })
             .collect();
         entries.sort_by_key(|(version, _, _)| *version);
@@ -332,13 +392,38 @@ impl Bridge {
         // edit applies before it, so that committing is a copy.
         let lane = self.lane_of(&op.path);
         let mut after = std::mem::take(&mut self.scratch);
-        after.clear();
+        after.shapes.clear();
+        after.lines.clear();
         if let Some(index) = lane {
-            let (front, back) = self.lanes[index].shapes.as_slices();
-            after.reserve(front.len() + back.len());
-            let shape = ot::transform_through(op.op.shape(), front, incoming_wins, &mut after);
-            let shape = ot::transform_through(shape, back, incoming_wins, &mut after);
-            ot::set_shape(&mut op.op, shape);
+            let lane = &mut self.lanes[index];
+            match (op.op.shape(), &lane.entries) {
+                (Shape::Insert(line), Entries::Inserts(lines)) => {
+                    let (front, back) = lines.as_slices();
+                    after.lines.reserve(front.len() + back.len());
+                    let line = ot::transform_insert_through_inserts(
+                        line,
+                        front,
+                        incoming_wins,
+                        &mut after.lines,
+                    );
+                    let line = ot::transform_insert_through_inserts(
+                        line,
+                        back,
+                        incoming_wins,
+                        &mut after.lines,
+                    );
+                    ot::set_shape(&mut op.op, Shape::Insert(line));
+                }
+                (shape, _) => {
+                    let (front, back) = lane.shapes().as_slices();
+                    after.shapes.reserve(front.len() + back.len());
+                    let shape =
+                        ot::transform_through(shape, front, incoming_wins, &mut after.shapes);
+                    let shape =
+                        ot::transform_through(shape, back, incoming_wins, &mut after.shapes);
+                    ot::set_shape(&mut op.op, shape);
+                }
+            }
         }
         Transformed {
             op,
@@ -355,9 +440,10 @@ impl Bridge {
     pub fn commit(&mut self, transformed: Transformed, version: Option<i32>) {
         let Transformed { lane, after, .. } = transformed;
         if let Some(lane) = lane.and_then(|i| self.lanes.get_mut(i)) {
-            let (front, back) = lane.shapes.as_mut_slices();
-            front.copy_from_slice(&after[..front.len()]);
-            back.copy_from_slice(&after[front.len()..]);
+            match &mut lane.entries {
+                Entries::Inserts(lines) => copy_over(&after.lines, lines),
+                Entries::Shapes(shapes) => copy_over(&after.shapes, shapes),
+            }
         }
         if let Some(version) = version {
             self.synced_to = version;
