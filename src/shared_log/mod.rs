@@ -28,7 +28,7 @@ use crate::review::ids::Text;
 
 pub mod keys;
 pub mod reply;
-mod scripts;
+pub mod scripts;
 mod tasks;
 
 pub use reply::{Appended, Stored};

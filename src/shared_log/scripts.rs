@@ -48,22 +48,34 @@ if snap[1] then from = string.format('%d-1', tonumber(snap[1])) end
 return {snap[1], snap[2], redis.call('XRANGE', KEYS[1], from, '+')}
 "#;
 
-/// Stores a snapshot if it is newer than the stored one, and trims the log
-/// behind it (keeping the last entry, which says where the log ends).
+/// Stores a snapshot if it is newer than the stored one and the log
+/// reaches it, and trims the log behind the snapshot it replaces.
 ///
-/// KEYS: log, snapshot. ARGV: index, data, retention in ms.
+/// - A snapshot past the log's end is refused: its records were read
+///   before Redis lost the log's last entries (a failover, say), and
+///   storing it would claim records the log no longer holds, so that no
+///   append could follow it.
+/// - The trim keeps the entries since the previous snapshot, not only
+///   those since this one: an instance a little behind (a follower whose
+///   read is under way, a load) still finds the entries it is about to
+///   read. A load reads from the newest snapshot on, so it reads no more
+///   for that; the stream holds at most two snapshots' worth of records.
+///   The last entry always stays (it says where the log ends).
+///
+/// KEYS: log, snapshot. ARGV: index, data, retention in ms. Replies 1 when
+/// stored, 0 when not.
 pub const SNAPSHOT: &str = r#"
 local index = tonumber(ARGV[1])
 local stored = tonumber(redis.call('HGET', KEYS[2], 'index') or '-1')
 if index <= stored then return 0 end
-redis.call('HSET', KEYS[2], 'index', ARGV[1], 'data', ARGV[2])
-local keep = index
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #top > 0 then
-  local last = tonumber(string.match(top[1][1], '^(%d+)'))
-  if last < keep then keep = last end
+if #top == 0 then return 0 end
+local last = tonumber(string.match(top[1][1], '^(%d+)'))
+if index > last + 1 then return 0 end
+redis.call('HSET', KEYS[2], 'index', ARGV[1], 'data', ARGV[2])
+if stored >= 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-1', math.min(stored, last)))
 end
-redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-1', keep))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1

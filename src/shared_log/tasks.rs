@@ -209,7 +209,17 @@ impl Worker {
                 let records = self
                     .run_one(range)
                     .await
-                    .and_then(|answer| reply::entries(&answer));
+                    .and_then(|answer| reply::entries(&answer))
+                    .and_then(|records| match records.first() {
+                        // Trimmed behind snapshots this copy never reached:
+                        // reading again cannot close the gap; the session
+                        // must be loaded again (its members resume).
+                        Some(first) if first.index > from => Err(format!(
+                            "the log in Redis was trimmed past this copy: it resumes at {}, this copy is at {from}",
+                            first.index
+                        )),
+                        _ => Ok(records),
+                    });
                 let _ = self.events.send(Event::Entries { session, records });
             }
             Job::Snapshot {

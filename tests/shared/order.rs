@@ -12,6 +12,8 @@ use kit::payloads::{chunk, comment, join_message_with};
 use kit::redis::RedisServer;
 use kit::{LONG, STEP};
 
+use codereview::shared_log::scripts::SNAPSHOT;
+
 use super::{instance, instance_with};
 use codereview::app::AppConfig;
 
@@ -236,9 +238,33 @@ async fn a_resume_and_a_resend_work_on_another_instance() {
     assert_eq!(firsts, 1);
 }
 
-/// Every few thousand records a snapshot goes to Redis and the stream is
-/// trimmed behind it (keeping its last entry); an instance that has never
-/// seen the session rebuilds it from that snapshot and the tail.
+/// How many entries a session's stream holds, once fewer than `below`
+/// (snapshots are stored at the registry's next tick).
+async fn trimmed_below(redis: &RedisServer, session: &str, below: usize) -> usize {
+    let key = format!("codereview:{{{session}}}:log");
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let length: usize = redis
+            .command(&["XLEN", &key])
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .expect("XLEN");
+        if length < below {
+            return length;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} not trimmed: {length} entries ({:?})",
+            redis.command(&["HGET", &format!("codereview:{{{session}}}:snap"), "index"])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Every few thousand records a snapshot goes to Redis (the stream is
+/// trimmed behind the one before: see the script's test); an instance that
+/// has never seen the session rebuilds it from the snapshot and the tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
     const EDITS: usize = 4300;
@@ -256,29 +282,17 @@ async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
         }
     }
     ann.ack_of(last).await;
-    let key = "codereview:{big}:log";
     let deadline = tokio::time::Instant::now() + LONG;
-    let stored = loop {
-        let index = redis.command(&["HGET", "codereview:{big}:snap", "index"]);
-        if !index.starts_with("$-1") {
-            break index;
-        }
+    while redis
+        .command(&["HGET", "codereview:{big}:snap", "index"])
+        .starts_with("$-1")
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no snapshot in Redis"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    let length: usize = redis
-        .command(&["XLEN", key])
-        .trim_start_matches(':')
-        .trim()
-        .parse()
-        .expect("XLEN");
-    assert!(
-        length < EDITS,
-        "trimmed: {length} entries left ({stored:?})"
-    );
+    }
     // A fresh instance loads it: the same document.
     let reader = instance(&redis).await;
     let (_bob, _) = Participant::join(&reader.channel().await, None, "big", "bob").await;
@@ -293,12 +307,12 @@ async fn snapshots_in_redis_trim_the_stream_and_rebuild_replicas() {
 }
 
 /// A few big records make a snapshot due too, not only many records: a
-/// long line rewritten 300 times (75 MiB of log, a 256 KiB document) is
+/// long line rewritten 800 times (200 MiB of log, a 256 KiB document) is
 /// snapshotted and trimmed in Redis, so loading the session reads about
 /// its size, not its whole history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_records_make_a_snapshot_due_in_redis() {
-    const REWRITES: usize = 300;
+    const REWRITES: usize = 800;
     const LINE: usize = 256 << 10;
     let redis = RedisServer::start();
     let roomy = |config: &mut AppConfig| {
@@ -316,24 +330,8 @@ async fn big_records_make_a_snapshot_due_in_redis() {
             ann.ack_of(sent).await;
         }
     }
-    let deadline = tokio::time::Instant::now() + LONG;
-    while redis
-        .command(&["HGET", "codereview:{wide}:snap", "index"])
-        .starts_with("$-1")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no snapshot in Redis after {REWRITES} records of {LINE} bytes"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let length: usize = redis
-        .command(&["XLEN", "codereview:{wide}:log"])
-        .trim_start_matches(':')
-        .trim()
-        .parse()
-        .expect("XLEN");
-    assert!(length < REWRITES, "trimmed: {length} entries left");
+    // Two snapshots (64 MiB each): the second trims behind the first.
+    trimmed_below(&redis, "wide", REWRITES).await;
     // A fresh instance loads it: the last rewrite.
     let reader = instance_with(&redis, roomy).await;
     let from_reader = get_snapshot(&reader.channel().await, None, "wide")
@@ -342,4 +340,76 @@ async fn big_records_make_a_snapshot_due_in_redis() {
     let lines = &from_reader.files[0].lines;
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].trim_start(), (REWRITES - 1).to_string());
+}
+
+/// The snapshot script stores a snapshot only where the log reaches it (a
+/// log that lost its last entries after the snapshot was read must not get
+/// a snapshot claiming them), and trims behind the snapshot it replaces,
+/// not behind the new one, always keeping the last entry.
+#[test]
+fn the_snapshot_script_needs_the_log_to_reach_it_and_trims_behind_the_one_before() {
+    let redis = RedisServer::start();
+    let (log, snap) = ("t:log", "t:snap");
+    for i in 0..10 {
+        redis.command(&["XADD", log, &format!("{i}-1"), "r", "x"]);
+    }
+    let snapshot = |index: &str| {
+        redis
+            .command(&["EVAL", SNAPSHOT, "2", log, snap, index, "data", "60000"])
+            .trim()
+            .to_owned()
+    };
+    let length = || redis.command(&["XLEN", log]).trim().to_owned();
+    assert_eq!(snapshot("12"), ":0", "past the log's end (it ends at 10)");
+    assert!(redis.command(&["HGET", snap, "index"]).starts_with("$-1"));
+    assert_eq!(snapshot("4"), ":1");
+    assert_eq!(length(), ":10", "no snapshot before it: nothing trimmed");
+    assert_eq!(snapshot("10"), ":1", "the log's end is reached");
+    assert_eq!(length(), ":6", "trimmed behind the one before (4)");
+    assert_eq!(snapshot("9"), ":0", "older than the stored one");
+    redis.command(&["XTRIM", log, "MAXLEN", "0"]);
+    assert_eq!(snapshot("11"), ":0", "no log at all");
+    assert!(redis.command(&["HGET", snap, "index"]).contains("10"));
+}
+
+/// A follower whose next entries are gone from Redis (trimmed behind a
+/// snapshot it never reached) cannot read them again: its members are
+/// ended with UNAVAILABLE (they resume on a fresh copy, loaded from the
+/// snapshot) instead of the copy asking for them forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_trimmed_past_ends_its_members_to_load_again() {
+    let redis = RedisServer::start();
+    let writer = instance(&redis).await;
+    let follower = instance(&redis).await;
+    let (mut ann, _) = Participant::join(&writer.channel().await, None, "gap", "ann").await;
+    let (mut bob, _) = Participant::join(&follower.channel().await, None, "gap", "bob").await;
+    let sent = ann.send(comment("", 0, "seen by both")).await;
+    ann.ack_of(sent).await;
+    bob.recv_matching(
+        |m| matches!(&m.payload, Some(Payload::Comment(c)) if c.text == "seen by both"),
+    )
+    .await;
+    // The log jumps past where the follower is: the entries between are
+    // gone, as a trim behind a snapshot the follower never reached leaves
+    // them.
+    let top = redis.command(&["XREVRANGE", "codereview:{gap}:log", "+", "-", "COUNT", "1"]);
+    let last: u64 = top
+        .lines()
+        .find_map(|line| line.strip_suffix("-1"))
+        .and_then(|index| index.parse().ok())
+        .expect("the log's last entry");
+    let later = codereview::pb::store::Record {
+        index: last + 5,
+        ..Default::default()
+    };
+    let encoded = String::from_utf8(prost::Message::encode_to_vec(&later)).expect("ASCII");
+    let id = format!("{}-1", last + 5);
+    redis.command(&["XADD", "codereview:{gap}:log", &id, "r", &encoded]);
+    let status = bob.end().await;
+    assert_eq!(
+        status.code(),
+        codereview::grpc::Code::Unavailable,
+        "{status:?}"
+    );
+    assert!(status.message().contains("trimmed"), "{status:?}");
 }
