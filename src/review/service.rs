@@ -27,7 +27,7 @@ use super::principal::Principal;
 use super::registry::{Ending, Membership, RegistryHandle};
 use super::session::TokenWindow;
 use super::upload::UploadAssembly;
-use super::validate::{self, Action, ClientMessage, JoinOptions, StreamIdentity};
+use super::validate::{self, Action, ClientMessage, ClientPresence, JoinOptions, StreamIdentity};
 use crate::grpc::server::{Request, RequestHead, Response, ResponseSink, Router, Streaming};
 use crate::grpc::{Metadata, Status};
 use crate::log;
@@ -209,7 +209,7 @@ enum Then {
     Refresh(Result<TokenWindow, (u64, ReviewError)>),
     /// A message refused (its client sequence number and why).
     Reject(u64, ReviewError),
-    /// The client half-closed: it sends no more.
+    /// The client half-closed, or said LEFT: it sends no more.
     HalfClosed,
     /// The stream failed.
     Failed(Status),
@@ -497,6 +497,12 @@ impl Service {
                         let refreshed = self.refresh(principal, &identity.session_id, &token);
                         break Then::Refresh(refreshed.map_err(|error| (client_sequence, error)));
                     }
+                    // Saying LEFT is leaving as a half-close leaves: what is
+                    // queued for the stream (the acknowledgements of what
+                    // came before, released once the log has them) goes
+                    // out first, then the call ends with OK and the member
+                    // leaves (its LEFT goes to the others).
+                    Action::Presence(ClientPresence::Left) => break Then::HalfClosed,
                     _ => {
                         batch_bytes += validated.action.content_bytes();
                         batch.push(validated);

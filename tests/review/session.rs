@@ -28,8 +28,10 @@ use tokio::time::Instant;
 use crate::{
     author_presence, get_snapshot, is_empty, join, join_behind_proxy, join_explicit, limits,
     never_reading, own_join_ack, participant_entry, session_call_status, snapshot_lines, start,
-    tonic, upload, watch,
+    tonic, unlimited_rate, upload, watch,
 };
+use codereview::app::AppConfig;
+use kit::server::TestServer;
 
 // ----- 1. broadcast and exclusion -----
 
@@ -377,6 +379,52 @@ async fn presence_joined_and_left_however_a_stream_ends() {
         .map(|p| p.user_id.as_str())
         .collect();
     assert_eq!(names, ["alice"]);
+}
+
+/// A participant that says LEFT right after a burst gets every
+/// acknowledgement first (durable: each released once its record is on
+/// disk), then its call ends with OK, and the others see it leave: LEFT
+/// drops nothing queued for the stream, as a half-close does not.
+#[tokio::test]
+async fn left_after_a_burst_ends_the_call_after_its_acknowledgements() {
+    for durable in [false, true] {
+        let data = kit::process::TempDir::new("left");
+        let mut config = AppConfig {
+            limits: unlimited_rate(),
+            ..AppConfig::loopback()
+        };
+        if durable {
+            config.store = Some(codereview::app::default_store(data.path().to_path_buf()));
+        }
+        let server = TestServer::start(config).await;
+        let (mut watcher, _) = join(server.addr, "leaving", "bob").await;
+        let (mut ann, _) = join(server.addr, "leaving", "ann").await;
+        let mut sent = Vec::new();
+        for i in 0..20 {
+            sent.push(ann.send(comment("", 0, &format!("comment {i}"))).await);
+        }
+        ann.send_payload(Some(presence(Presence::Left))).await;
+        let (messages, end) = ann.inbox().until_end().await;
+        assert!(
+            end.is_ok(),
+            "durable {durable}: LEFT ends the call with OK: {end:?}"
+        );
+        let acked: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match &m.payload {
+                Some(Payload::Ack(ack)) if ack.client_sequence != 0 => Some(ack.client_sequence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            acked, sent,
+            "durable {durable}: every acknowledgement before the end"
+        );
+        let m = watcher
+            .recv_matching(|m| is_presence(m, "ann", Presence::Left))
+            .await;
+        assert!(is_presence(&m, "ann", Presence::Left));
+    }
 }
 
 #[tokio::test]
