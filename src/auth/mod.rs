@@ -97,12 +97,18 @@ impl Authenticator {
                 return Ok(());
             }
             let Some(value) = head.metadata.get("authorization") else {
+                if head.metadata.contains_key("authorization") {
+                    self.failed("malformed");
+                    return Err(Status::unauthenticated(
+                        "authorization is not ASCII: Bearer <token>",
+                    ));
+                }
                 self.failed("missing");
                 return Err(Status::unauthenticated(
                     "missing authorization: Bearer <token>",
                 ));
             };
-            let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else {
+            let Some(token) = bearer_token(value) else {
                 self.failed("malformed");
                 return Err(Status::unauthenticated(
                     "authorization must be: Bearer <token>",
@@ -120,6 +126,13 @@ impl Authenticator {
             }
         })
     }
+}
+
+/// The token of an `authorization: Bearer <token>` value; the scheme's
+/// name is case-insensitive (RFC 7235), so `bearer` is one too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl TokenVerifier for Authenticator {
@@ -144,6 +157,16 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
 
     #[test]
     fn warning_lead_is_a_third_of_the_lifetime_capped_at_a_minute() {

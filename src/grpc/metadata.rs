@@ -71,6 +71,11 @@ impl Metadata {
         self.headers.is_empty()
     }
 
+    /// Whether the key has a value (ASCII or not).
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.headers.contains_key(key)
+    }
+
     /// An ASCII value (the first, when the key repeats).
     pub fn get(&self, key: &str) -> Option<&str> {
         self.headers.get(key).and_then(|v| v.to_str().ok())

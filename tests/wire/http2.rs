@@ -205,6 +205,27 @@ async fn malformed_grpc_timeout_is_internal() {
     assert_empty_call_ok(&mut conn).await;
 }
 
+/// `grpc-timeout: 0n` is a deadline that has passed: DEADLINE_EXCEEDED,
+/// and the method does not run.
+#[tokio::test]
+async fn a_zero_grpc_timeout_is_deadline_exceeded() {
+    let server = interop_server(server_config()).await;
+    let mut conn = Conn::connect(server.addr).await;
+    for zero in ["0n", "0S", "00000000H"] {
+        let headers = with(
+            grpc_request_headers(&method("EmptyCall")),
+            "grpc-timeout",
+            zero,
+        );
+        let id = conn.open(&headers, false).await;
+        conn.send_data(id, &grpc_encode(&Empty {}), true).await;
+        let events = conn.collect_stream(id).await;
+        assert_eq!(grpc_status(&events), 4, "{zero}: {events:?}");
+        assert!(messages(&events).is_empty(), "{zero}: {events:?}");
+    }
+    assert_empty_call_ok(&mut conn).await;
+}
+
 #[tokio::test]
 async fn unknown_service_and_method_are_unimplemented() {
     let server = interop_server(server_config()).await;

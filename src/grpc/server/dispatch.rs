@@ -269,6 +269,11 @@ fn start_call(
     let deadline = match headers.get("grpc-timeout") {
         None => None,
         Some(value) => match timeout::parse(value.as_bytes()) {
+            // A deadline that has passed already: nothing runs.
+            Ok(duration) if duration.is_zero() => {
+                let status = Status::deadline_exceeded("grpc-timeout 0: the deadline has passed");
+                return refuse(sink, status);
+            }
             Ok(duration) => Some(Instant::now() + duration),
             Err(error) => {
                 let status = Status::internal(format!("malformed grpc-timeout: {error}"));
