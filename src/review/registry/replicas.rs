@@ -90,6 +90,9 @@ pub(super) struct Replica {
     pending: Vec<Proposal>,
     /// Sent, waiting for the answer.
     in_flight: Vec<Proposal>,
+    /// The encoded bytes of `in_flight`'s records (toward the next
+    /// snapshot once they land).
+    in_flight_bytes: u64,
     /// Entries read while a batch was in flight.
     stash: Vec<Record>,
     /// Uploads waiting for their record to land, in order.
@@ -241,12 +244,13 @@ impl Registry {
             }
             replica.in_flight = std::mem::take(&mut replica.pending);
             let first = slot.session.next_index();
-            let records = replica
+            let records: Vec<Vec<u8>> = replica
                 .in_flight
                 .iter()
                 .enumerate()
                 .map(|(i, p)| record_of(first + i as u64, p).encode_to_vec())
                 .collect();
+            replica.in_flight_bytes = records.iter().map(|r| r.len() as u64).sum();
             batch.push(Append {
                 session: id.clone(),
                 first,
@@ -428,8 +432,10 @@ impl Registry {
             return;
         };
         let proposals = std::mem::take(&mut slot.replica.in_flight);
+        let bytes = std::mem::take(&mut slot.replica.in_flight_bytes);
         match outcome {
             Ok(Appended::Landed) => {
+                slot.bytes_since_snapshot += bytes;
                 for proposal in proposals {
                     let record = record_of(self.next_index_of(session_id), &proposal);
                     if !self.apply_landed(now, session_id, &record, proposal.author, admitted) {
@@ -520,6 +526,9 @@ impl Registry {
                 }
                 return true;
             }
+            if let Some(slot) = self.sessions.get_mut(session_id) {
+                slot.bytes_since_snapshot += record.encoded_len() as u64;
+            }
             if !self.apply_landed(now, session_id, &record, Author::Nobody, admitted) {
                 return false;
             }
@@ -562,7 +571,6 @@ impl Registry {
             });
         }
         slot.since_snapshot += 1;
-        slot.bytes_since_snapshot += record.encoded_len() as u64;
         slot.last_active = record.timestamp;
         let proposals = std::mem::take(&mut fx.proposals);
         let published = std::mem::take(&mut fx.published);
